@@ -1,0 +1,1 @@
+"""lamina's container runtime: images, union-mounted root filesystems, namespaces, cgroups."""

@@ -1,0 +1,5 @@
+import sys
+
+from containers.cli import main
+
+sys.exit(main())

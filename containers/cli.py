@@ -1,0 +1,65 @@
+"""The `lamina` command: parses arguments, dispatches to one function per subcommand.
+
+Subcommands live in two modules that each register their own parsers:
+`commands_runtime` (run, ps, logs, exec, stop, kill, rm, pause, unpause, stats) and
+`commands_images` (import, images, rmi, image, diff, commit, save). Errors reach the user
+as one `error: ...` line and a non-zero exit, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+DEFAULT_ROOT = Path("/var/lib/lamina")
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line, exit status 125 (like docker)."""
+
+    def __init__(self, message: str, hint: str | None = None, status: int = 125) -> None:
+        super().__init__(message)
+        self.hint = hint
+        self.status = status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lamina", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=Path(os.environ.get("LAMINA_ROOT", DEFAULT_ROOT)),
+        help="state directory (default: $LAMINA_ROOT or /var/lib/lamina)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in ("containers.commands_runtime", "containers.commands_images"):
+        try:
+            module = __import__(module_name, fromlist=["register"])
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status: int = args.func(args)
+    except UserError as exc:
+        print(f"lamina: error: {exc}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return exc.status
+    except KeyboardInterrupt:
+        return 130
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

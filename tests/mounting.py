@@ -1,0 +1,106 @@
+"""Mount helpers shared by the real-mount tests: our unionfs and the kernel overlayfs.
+
+Every helper is a context manager that unmounts on exit, also when the body fails, so a
+test can never leak a mount.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+UNIONFS = Path(sys.executable).parent / "unionfs"
+
+
+@dataclass(frozen=True)
+class Layers:
+    """The directories of one union: lowers topmost first, then upper and work."""
+
+    lowers: tuple[Path, ...]
+    upper: Path | None
+    work: Path | None
+
+    def options(self) -> str:
+        opts = [f"lowerdir={':'.join(str(p) for p in self.lowers)}"]
+        if self.upper is not None and self.work is not None:
+            opts += [f"upperdir={self.upper}", f"workdir={self.work}"]
+        return ",".join(opts)
+
+
+def make_layers(base: Path, n_lowers: int = 2, *, writable: bool = True) -> Layers:
+    """Create empty layer directories under base (lower0 is the topmost lower)."""
+    lowers = tuple(base / f"lower{i}" for i in range(n_lowers))
+    for d in lowers:
+        d.mkdir(parents=True)
+    upper = work = None
+    if writable:
+        upper, work = base / "upper", base / "work"
+        upper.mkdir()
+        work.mkdir()
+    return Layers(lowers, upper, work)
+
+
+def is_mountpoint(path: Path) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            fields = line.split()
+            mnt = fields[1].encode().decode("unicode_escape")
+            if mnt == target:
+                return True
+    return False
+
+
+def unmount(mountpoint: Path, timeout: float = 10.0) -> None:
+    """Unmount and wait until the mount is gone; lazily detach as a last resort."""
+    if not is_mountpoint(mountpoint):
+        return
+    subprocess.run(["umount", str(mountpoint)], capture_output=True, check=False)
+    deadline = time.monotonic() + timeout
+    while is_mountpoint(mountpoint) and time.monotonic() < deadline:
+        time.sleep(0.02)
+        subprocess.run(["umount", str(mountpoint)], capture_output=True, check=False)
+    if is_mountpoint(mountpoint):
+        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, check=False)
+        raise RuntimeError(f"{mountpoint} would not unmount; lazily detached")
+
+
+@contextlib.contextmanager
+def kernel_overlay(layers: Layers, mountpoint: Path, extra: Sequence[str] = ()) -> Iterator[Path]:
+    """Mount the kernel overlayfs: the reference implementation."""
+    opts = ",".join([layers.options(), *extra])
+    subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o", opts, str(mountpoint)],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield mountpoint
+    finally:
+        unmount(mountpoint)
+
+
+@contextlib.contextmanager
+def unionfs(
+    layers: Layers, mountpoint: Path, extra: Sequence[str] = (), *, program: Path = UNIONFS
+) -> Iterator[Path]:
+    """Mount our unionfs through its command line (it returns once the mount is ready)."""
+    opts = ",".join([layers.options(), *extra])
+    result = subprocess.run(
+        [str(program), "-o", opts, str(mountpoint)], capture_output=True, text=True, timeout=60
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"unionfs failed ({result.returncode}): {result.stderr.strip()}")
+    try:
+        if not is_mountpoint(mountpoint):
+            raise RuntimeError(f"unionfs returned but {mountpoint} is not mounted")
+        yield mountpoint
+    finally:
+        unmount(mountpoint)
