@@ -1,0 +1,215 @@
+"""Container records on disk: one `state.json` per container, written atomically.
+
+Layout under the state root::
+
+    <root>/containers/<id>/state.json   the record (this module)
+    <root>/containers/<id>/upper, work  the container's writable layer
+    <root>/containers/<id>/rootfs       the union mount point while it runs
+    <root>/containers/<id>/container.log output of a detached container
+    <root>/names/<name>                 symlink to the id: makes names unique atomically
+
+A record says what was started; whether it still runs is decided by `live_status`, from the
+recorded pid and its kernel start time, so `ps` stays right when the `lamina` process that
+watched the container died.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from containers.cli import UserError
+
+CREATED = "created"
+RUNNING = "running"
+PAUSED = "paused"
+EXITED = "exited"
+
+STATE_FILE = "state.json"
+
+
+@dataclass
+class ContainerRecord:
+    """What lamina knows about one container; the JSON fields of state.json."""
+
+    id: str
+    name: str
+    dir: Path
+    image: str | None = None
+    layers: list[Path] = field(default_factory=list)  # topmost first
+    rootfs_dir: Path | None = None  # --rootfs DIR: bind-mounted, no union
+    command: list[str] = field(default_factory=list)
+    status: str = CREATED
+    pid: int | None = None
+    pid_start: int | None = None  # /proc/<pid>/stat field 22: tells a reused pid apart
+    monitor_pid: int | None = None
+    monitor_start: int | None = None
+    exit_code: int | None = None
+    oom_killed: bool = False
+    created_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+    cgroup: str | None = None  # the cgroup's name relative to each hierarchy's root
+    mounted: bool = False
+    auto_remove: bool = False
+    tty: bool = False
+    # What `exec` needs to enter like the first process did.
+    env: list[str] = field(default_factory=list)
+    workdir: str = "/"
+    user: str = ""
+    capabilities: list[str] = field(default_factory=list)
+    privileged: bool = False
+    memory_limit: int | None = None
+
+    @property
+    def upper_dir(self) -> Path:
+        return self.dir / "upper"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.dir / "work"
+
+    @property
+    def mount_point(self) -> Path:
+        return self.dir / "rootfs"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "container.log"
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["dir"] = str(self.dir)
+        data["layers"] = [str(p) for p in self.layers]
+        data["rootfs_dir"] = str(self.rootfs_dir) if self.rootfs_dir else None
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ContainerRecord:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["dir"] = Path(values["dir"])
+        values["layers"] = [Path(p) for p in values.get("layers", [])]
+        if values.get("rootfs_dir"):
+            values["rootfs_dir"] = Path(values["rootfs_dir"])
+        return cls(**values)
+
+
+def containers_dir(root: Path) -> Path:
+    return root / "containers"
+
+
+def names_dir(root: Path) -> Path:
+    return root / "names"
+
+
+def save(record: ContainerRecord) -> None:
+    """Write the record atomically: readers see the old or the new file, never half of one."""
+    tmp = record.dir / f".{STATE_FILE}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(record.to_json(), f, indent=1)
+    os.replace(tmp, record.dir / STATE_FILE)
+
+
+def load(container_dir: Path) -> ContainerRecord:
+    with open(container_dir / STATE_FILE, encoding="utf-8") as f:
+        return ContainerRecord.from_json(json.load(f))
+
+
+def all_records(root: Path) -> list[ContainerRecord]:
+    """Every container with a readable record, oldest first."""
+    records = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(containers_dir(root)):
+            try:
+                records.append(load(Path(entry.path)))
+            except (FileNotFoundError, NotADirectoryError, ValueError, KeyError, TypeError):
+                continue  # being created or removed right now, or not ours
+    return sorted(records, key=lambda r: r.created_at)
+
+
+def find_container(root: Path, ref: str) -> ContainerRecord:
+    """The container named by ref: its full id, a unique id prefix, or its name."""
+    if not ref:
+        raise UserError("empty container reference")
+    try:
+        target = os.readlink(names_dir(root) / ref)
+        return load(containers_dir(root) / target)
+    except (FileNotFoundError, OSError):
+        pass
+    if "/" not in ref:
+        with contextlib.suppress(FileNotFoundError):
+            return load(containers_dir(root) / ref)
+    matches = [r for r in all_records(root) if r.id.startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise UserError(f"container reference {ref!r} is ambiguous: use more characters")
+    raise UserError(f"no such container: {ref}")
+
+
+def reserve_name(root: Path, name: str, container_id: str) -> None:
+    """Claim name for container_id; fails if any container holds it (atomic: a symlink)."""
+    names_dir(root).mkdir(parents=True, exist_ok=True)
+    try:
+        os.symlink(container_id, names_dir(root) / name)
+    except FileExistsError:
+        raise UserError(
+            f"the container name {name!r} is already in use",
+            hint=f"remove that container (lamina rm {name}) or choose another --name",
+        ) from None
+
+
+def release_name(root: Path, name: str, container_id: str) -> None:
+    link = names_dir(root) / name
+    with contextlib.suppress(FileNotFoundError):
+        if os.readlink(link) == container_id:
+            link.unlink()
+
+
+def process_start_time(pid: int) -> int | None:
+    """The kernel's start time of pid (clock ticks since boot), or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    if fields[0] == b"Z":
+        return None  # a zombie has exited already; its parent just has not reaped it
+    return int(fields[19])
+
+
+def is_alive(pid: int | None, start: int | None) -> bool:
+    return pid is not None and start is not None and process_start_time(pid) == start
+
+
+def live_status(record: ContainerRecord) -> str:
+    """The status as it is now: a running record whose process is gone has exited."""
+    if record.status in (RUNNING, PAUSED) and not is_alive(record.pid, record.pid_start):
+        return EXITED
+    return record.status
+
+
+def monitor_alive(record: ContainerRecord) -> bool:
+    return is_alive(record.monitor_pid, record.monitor_start)
+
+
+@contextlib.contextmanager
+def locked(record_dir: Path) -> Iterator[None]:
+    """Serialize state changes of one container between the monitor, stop and rm."""
+    import fcntl
+
+    fd = os.open(record_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
