@@ -1,0 +1,155 @@
+"""Merged lookup and readdir: upper over lowers in order, whiteouts hide, opaque stops descent."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from tests.unionfs.conftest import Union
+from tests.unionfs.posix_helpers import DirStream, names, opaque_dir, whiteout, write
+
+pytestmark = pytest.mark.root
+
+
+def test_the_merged_view_lists_upper_and_every_lower_once(union: Union) -> None:
+    write(union.lowers[1] / "d" / "bottom")
+    write(union.lowers[1] / "d" / "shared")
+    write(union.lowers[0] / "d" / "middle")
+    write(union.lowers[0] / "d" / "shared")
+    write(union.upper / "d" / "top")
+    write(union.upper / "d" / "shared")
+    mnt = union.mount()
+    assert names(mnt / "d") == [b"bottom", b"middle", b"shared", b"top"]
+
+
+def test_the_topmost_layer_holding_a_name_wins(union: Union) -> None:
+    write(union.lowers[1] / "a", b"lower1")
+    write(union.lowers[1] / "b", b"lower1")
+    write(union.lowers[0] / "a", b"lower0")
+    write(union.lowers[1] / "c", b"lower1")
+    write(union.lowers[0] / "c", b"lower0")
+    write(union.upper / "c", b"upper")
+    mnt = union.mount()
+    assert (mnt / "a").read_bytes() == b"lower0"
+    assert (mnt / "b").read_bytes() == b"lower1"
+    assert (mnt / "c").read_bytes() == b"upper"
+
+
+def test_a_whiteout_hides_the_lower_entry_from_lookup_and_readdir(union: Union) -> None:
+    write(union.lowers[1] / "gone", b"x")
+    write(union.lowers[1] / "kept", b"x")
+    whiteout(union.upper / "gone")
+    mnt = union.mount()
+    assert names(mnt) == [b"kept"]
+    assert not os.path.lexists(mnt / "gone")
+
+
+def test_a_whiteout_in_a_middle_layer_hides_only_the_layers_below(union: Union) -> None:
+    write(union.lowers[1] / "f", b"bottom")
+    whiteout(union.lowers[0] / "f")
+    mnt = union.mount()
+    assert not os.path.lexists(mnt / "f")
+    write(mnt / "f", b"new")
+    assert (mnt / "f").read_bytes() == b"new"
+
+
+def test_an_opaque_directory_hides_everything_below_it(union: Union) -> None:
+    write(union.lowers[1] / "d" / "hidden")
+    opaque_dir(union.lowers[0] / "d")
+    write(union.lowers[0] / "d" / "shown")
+    mnt = union.mount()
+    assert names(mnt / "d") == [b"shown"]
+    assert not os.path.lexists(mnt / "d" / "hidden")
+
+
+def test_an_upper_file_hides_a_lower_directory_of_the_same_name(union: Union) -> None:
+    write(union.lower / "x" / "inner")
+    write(union.upper / "x", b"file")
+    mnt = union.mount()
+    assert (mnt / "x").read_bytes() == b"file"
+
+
+def test_an_upper_directory_over_a_lower_file_does_not_merge(union: Union) -> None:
+    write(union.lower / "x", b"file")
+    write(union.upper / "x" / "inner")
+    mnt = union.mount()
+    assert names(mnt / "x") == [b"inner"]
+
+
+def test_the_markers_themselves_never_appear_as_entries(union: Union) -> None:
+    write(union.lower / "a")
+    whiteout(union.upper / "a")
+    whiteout(union.upper / "never-existed")
+    mnt = union.mount()
+    assert names(mnt) == []
+
+
+def test_a_lookup_of_a_missing_name_fails_with_enoent(union: Union) -> None:
+    mnt = union.mount()
+    with pytest.raises(FileNotFoundError):
+        os.lstat(mnt / "missing")
+
+
+def test_readdir_reports_the_same_inode_numbers_as_stat(union: Union) -> None:
+    write(union.lower / "d" / "lower-file")
+    write(union.upper / "d" / "upper-file")
+    (union.lower / "d" / "sub").mkdir()
+    mnt = union.mount()
+    for entry in os.scandir(mnt / "d"):
+        assert entry.inode() == os.lstat(entry.path).st_ino, entry.name
+
+
+def _big_dir(union: Union, count: int) -> set[bytes]:
+    """A directory split between a lower and the upper, with names long enough to need
+    several readdir round trips."""
+    made = set()
+    for i in range(count):
+        name = f"{i:04d}-{'n' * 100}"
+        layer = union.upper if i % 3 == 0 else union.lower
+        write(layer / "big" / name)
+        made.add(name.encode())
+    return made
+
+
+def test_seekdir_to_a_telldir_position_resumes_there_while_the_directory_changes(
+    union: Union,
+) -> None:
+    _big_dir(union, 900)
+    mnt = union.mount()
+    with DirStream(mnt / "big") as d:
+        read_before = [d.read() for _ in range(300)]
+        position = d.tell()
+        expected = [d.read() for _ in range(10)]
+        for name in read_before[:20]:
+            assert name is not None
+            os.unlink(mnt / "big" / os.fsdecode(name))
+        for i in range(20):
+            write(mnt / "big" / f"new-{i}")
+        d.seek(position)
+        assert [d.read() for _ in range(10)] == expected
+
+
+def test_unlinking_each_entry_as_it_is_read_visits_every_entry_once(union: Union) -> None:
+    made = _big_dir(union, 900)
+    mnt = union.mount()
+    seen = []
+    with DirStream(mnt / "big") as d:
+        while (name := d.read()) is not None:
+            seen.append(name)
+            os.unlink(mnt / "big" / os.fsdecode(name))
+    assert sorted(seen) == sorted(made)
+    assert names(mnt / "big") == []
+
+
+def test_rm_rf_removes_a_big_tree_with_lower_and_upper_parts(union: Union) -> None:
+    for d in range(10):
+        for f in range(60):
+            layer = union.upper if f % 4 == 0 else union.lower
+            write(layer / "tree" / f"dir{d}" / f"sub{f % 3}" / f"file{f}-{'x' * 40}")
+    mnt = union.mount()
+    result = subprocess.run(["rm", "-rf", str(mnt / "tree")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert not os.path.lexists(mnt / "tree")
+    assert names(mnt) == []
