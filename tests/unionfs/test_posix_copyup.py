@@ -1,0 +1,191 @@
+"""Copy-up: the first change to a lower entry copies it (and its parents) to the upper dir,
+with data, mode, owner, times and xattrs; reading never does."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from tests.unionfs.conftest import Union
+from tests.unionfs.posix_helpers import is_opaque, is_whiteout, names, user_xattrs, write
+
+pytestmark = pytest.mark.root
+
+MTIME_NS = 1_500_000_000_123_456_789
+ATIME_NS = 1_400_000_000_987_654_321
+
+
+def _lower_file(union: Union, rel: str = "a/b/f", data: bytes = b"0123456789") -> None:
+    """A lower file with distinctive metadata under parents with distinctive metadata."""
+    path = write(union.lower / rel, data, mode=0o640)
+    os.chown(path, 1000, 1001)
+    os.setxattr(path, "user.colour", b"blue")
+    os.utime(path, ns=(ATIME_NS, MTIME_NS))
+    for parent in (path.parent, path.parent.parent):
+        os.chmod(parent, 0o750)
+        os.chown(parent, 1001, 1000)
+        os.setxattr(parent, "user.dir", parent.name.encode())
+        os.utime(parent, ns=(ATIME_NS, MTIME_NS - 1000))
+
+
+def test_reading_a_lower_file_never_copies_it_up(union: Union) -> None:
+    _lower_file(union)
+    mnt = union.mount()
+    assert (mnt / "a/b/f").read_bytes() == b"0123456789"
+    os.lstat(mnt / "a/b/f")
+    os.listxattr(mnt / "a/b/f")
+    os.getxattr(mnt / "a/b/f", "user.colour")
+    os.listdir(mnt / "a/b")
+    assert names(union.upper) == []
+
+
+def test_writing_a_lower_file_copies_it_up_with_the_new_data(union: Union) -> None:
+    _lower_file(union)
+    mnt = union.mount()
+    with open(mnt / "a/b/f", "r+b") as f:
+        f.seek(3)
+        f.write(b"X")
+    assert (union.upper / "a/b/f").read_bytes() == b"012X456789"
+    assert (mnt / "a/b/f").read_bytes() == b"012X456789"
+
+
+def test_copy_up_keeps_mode_owner_and_xattrs_of_the_file(union: Union) -> None:
+    _lower_file(union)
+    mnt = union.mount()
+    with open(mnt / "a/b/f", "r+b") as f:
+        f.write(b"X")
+    st = os.lstat(union.upper / "a/b/f")
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 1000, 1001)
+    assert user_xattrs(union.upper / "a/b/f") == {"user.colour": b"blue"}
+
+
+def test_copy_up_creates_the_parents_with_their_mode_owner_and_xattrs(union: Union) -> None:
+    _lower_file(union)
+    mnt = union.mount()
+    os.chmod(mnt / "a/b/f", 0o600)
+    for rel in ("a", "a/b"):
+        st = os.lstat(union.upper / rel)
+        assert stat.S_ISDIR(st.st_mode), rel
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o750, 1001, 1000), rel
+        assert user_xattrs(union.upper / rel) == {"user.dir": rel[-1].encode()}, rel
+        assert not is_opaque(union.upper / rel), rel
+
+
+def test_copy_up_of_a_child_leaves_the_parents_times_alone(union: Union) -> None:
+    _lower_file(union)
+    mnt = union.mount()
+    os.chmod(mnt / "a/b/f", 0o600)
+    for rel in ("a", "a/b"):
+        assert os.lstat(mnt / rel).st_mtime_ns == MTIME_NS - 1000, rel
+        assert os.lstat(union.upper / rel).st_mtime_ns == MTIME_NS - 1000, rel
+
+
+def test_chmod_copies_up_with_the_data_and_times_unchanged(union: Union) -> None:
+    _lower_file(union)
+    mnt = union.mount()
+    os.chmod(mnt / "a/b/f", 0o604)
+    st = os.lstat(union.upper / "a/b/f")
+    assert stat.S_IMODE(st.st_mode) == 0o604
+    assert st.st_mtime_ns == MTIME_NS
+    assert (union.upper / "a/b/f").read_bytes() == b"0123456789"
+
+
+def test_chown_copies_up_with_the_new_owner(union: Union) -> None:
+    _lower_file(union)
+    mnt = union.mount()
+    os.chown(mnt / "a/b/f", 2000, 2001)
+    st = os.lstat(union.upper / "a/b/f")
+    assert (st.st_uid, st.st_gid) == (2000, 2001)
+    assert (union.upper / "a/b/f").read_bytes() == b"0123456789"
+
+
+def test_utimens_copies_up_with_the_new_times(union: Union) -> None:
+    _lower_file(union)
+    mnt = union.mount()
+    os.utime(mnt / "a/b/f", ns=(7_000_000_001, 9_000_000_002))
+    st = os.lstat(union.upper / "a/b/f")
+    assert (st.st_atime_ns, st.st_mtime_ns) == (7_000_000_001, 9_000_000_002)
+    assert os.lstat(mnt / "a/b/f").st_mtime_ns == 9_000_000_002
+
+
+def test_truncate_copies_up_the_shortened_data(union: Union) -> None:
+    _lower_file(union)
+    mnt = union.mount()
+    os.truncate(mnt / "a/b/f", 4)
+    assert (union.upper / "a/b/f").read_bytes() == b"0123"
+    assert (mnt / "a/b/f").read_bytes() == b"0123"
+
+
+def test_setxattr_copies_up_keeping_the_lower_xattrs(union: Union) -> None:
+    _lower_file(union)
+    mnt = union.mount()
+    os.setxattr(mnt / "a/b/f", "user.shape", b"round")
+    assert user_xattrs(union.upper / "a/b/f") == {
+        "user.colour": b"blue",
+        "user.shape": b"round",
+    }
+
+
+def test_removing_a_lower_xattr_copies_up_without_it(union: Union) -> None:
+    _lower_file(union)
+    mnt = union.mount()
+    os.removexattr(mnt / "a/b/f", "user.colour")
+    assert user_xattrs(union.upper / "a/b/f") == {}
+    assert os.listxattr(mnt / "a/b/f") == []
+
+
+def test_linking_a_lower_file_copies_it_up_and_links_the_copy(union: Union) -> None:
+    _lower_file(union)
+    mnt = union.mount()
+    os.link(mnt / "a/b/f", mnt / "a/g")
+    up_f, up_g = os.lstat(union.upper / "a/b/f"), os.lstat(union.upper / "a/g")
+    assert up_f.st_ino == up_g.st_ino
+    assert up_f.st_nlink == 2
+    assert (union.upper / "a/g").read_bytes() == b"0123456789"
+
+
+def test_renaming_a_lower_file_copies_it_up_and_whites_out_the_old_name(union: Union) -> None:
+    _lower_file(union)
+    mnt = union.mount()
+    os.rename(mnt / "a/b/f", mnt / "a/moved")
+    assert (union.upper / "a/moved").read_bytes() == b"0123456789"
+    assert is_whiteout(union.upper / "a/b/f")
+    assert stat.S_IMODE(os.lstat(union.upper / "a/moved").st_mode) == 0o640
+
+
+def test_chmod_of_a_lower_directory_copies_it_up_and_it_stays_merged(union: Union) -> None:
+    write(union.lower / "d" / "child", b"c")
+    mnt = union.mount()
+    os.chmod(mnt / "d", 0o700)
+    assert stat.S_IMODE(os.lstat(union.upper / "d").st_mode) == 0o700
+    assert names(union.upper / "d") == []
+    assert names(mnt / "d") == [b"child"]
+
+
+def test_copy_up_copies_every_byte_of_a_multi_megabyte_file(union: Union) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    write(union.lower / "big", data)
+    mnt = union.mount()
+    with open(mnt / "big", "ab") as f:
+        f.write(b"!")
+    assert (union.upper / "big").read_bytes() == data + b"!"
+
+
+def test_copy_up_takes_the_file_from_the_topmost_lower_holding_it(union: Union) -> None:
+    write(union.lowers[1] / "f", b"bottom")
+    write(union.lowers[0] / "f", b"top")
+    mnt = union.mount()
+    os.chmod(mnt / "f", 0o600)
+    assert (union.upper / "f").read_bytes() == b"top"
+
+
+def test_a_copied_up_file_survives_a_remount(union: Union) -> None:
+    _lower_file(union)
+    mnt = union.mount()
+    with open(mnt / "a/b/f", "r+b") as f:
+        f.write(b"X")
+    mnt = union.remount()
+    assert (mnt / "a/b/f").read_bytes() == b"X123456789"
+    assert os.getxattr(mnt / "a/b/f", "user.colour") == b"blue"
