@@ -1,0 +1,104 @@
+"""Extended attributes: get/set/list/remove, lower ones visible, the overlay's own hidden."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+
+import pytest
+
+from tests.unionfs.conftest import Union
+from tests.unionfs.posix_helpers import errno_of, is_opaque, names, opaque_dir, write
+
+pytestmark = pytest.mark.root
+
+
+def test_an_xattr_set_on_a_new_file_can_be_read_listed_and_removed(union: Union) -> None:
+    mnt = union.mount()
+    f = write(mnt / "f")
+    os.setxattr(f, "user.k", b"v")
+    assert os.getxattr(f, "user.k") == b"v"
+    assert os.listxattr(f) == ["user.k"]
+    os.removexattr(f, "user.k")
+    assert os.listxattr(f) == []
+    assert errno_of(lambda: os.getxattr(f, "user.k")) == errno.ENODATA
+
+
+def test_xattrs_of_a_lower_file_are_visible(union: Union) -> None:
+    f = write(union.lower / "f")
+    os.setxattr(f, "user.a", b"1")
+    os.setxattr(f, "trusted.b", b"2")
+    mnt = union.mount()
+    assert sorted(os.listxattr(mnt / "f")) == ["trusted.b", "user.a"]
+    assert os.getxattr(mnt / "f", "trusted.b") == b"2"
+
+
+def test_a_missing_xattr_reads_as_enodata(union: Union) -> None:
+    write(union.lower / "f")
+    mnt = union.mount()
+    assert errno_of(lambda: os.getxattr(mnt / "f", "user.none")) == errno.ENODATA
+    assert errno_of(lambda: os.removexattr(mnt / "f", "user.none")) == errno.ENODATA
+
+
+def test_xattr_create_and_replace_flags_are_honoured(union: Union) -> None:
+    f = write(union.lower / "f")
+    os.setxattr(f, "user.a", b"1")
+    mnt = union.mount()
+    exists = errno_of(lambda: os.setxattr(mnt / "f", "user.a", b"2", os.XATTR_CREATE))
+    missing = errno_of(lambda: os.setxattr(mnt / "f", "user.b", b"2", os.XATTR_REPLACE))
+    assert (exists, missing) == (errno.EEXIST, errno.ENODATA)
+    os.setxattr(mnt / "f", "user.a", b"3", os.XATTR_REPLACE)
+    assert os.getxattr(mnt / "f", "user.a") == b"3"
+
+
+def test_a_large_xattr_value_round_trips(union: Union) -> None:
+    mnt = union.mount()
+    value = os.urandom(3000)
+    f = write(mnt / "f")
+    os.setxattr(f, "user.big", value)
+    assert os.getxattr(f, "user.big") == value
+    mnt = union.remount()
+    assert os.getxattr(mnt / "f", "user.big") == value
+
+
+def test_an_xattr_on_a_lower_directory_keeps_its_contents_merged(union: Union) -> None:
+    write(union.lower / "d" / "child")
+    mnt = union.mount()
+    os.setxattr(mnt / "d", "user.tag", b"t")
+    assert os.getxattr(mnt / "d", "user.tag") == b"t"
+    assert os.getxattr(union.upper / "d", "user.tag") == b"t"
+    assert names(mnt / "d") == [b"child"]
+
+
+def test_the_opaque_marker_is_not_listed_or_readable_in_the_merged_view(union: Union) -> None:
+    d = opaque_dir(union.upper / "d")
+    os.setxattr(d, "user.visible", b"yes")
+    mnt = union.mount()
+    assert os.listxattr(mnt / "d") == ["user.visible"]
+    assert errno_of(lambda: os.getxattr(mnt / "d", "trusted.overlay.opaque")) == errno.ENODATA
+
+
+def test_the_redirect_marker_of_a_renamed_directory_is_not_visible(union: Union) -> None:
+    write(union.lower / "old" / "f")
+    mnt = union.mount()
+    os.rename(mnt / "old", mnt / "new")
+    assert [n for n in os.listxattr(mnt / "new") if n.startswith("trusted.overlay.")] == []
+
+    def read_redirect() -> None:
+        os.getxattr(mnt / "new", "trusted.overlay.redirect")
+
+    assert errno_of(read_redirect) == errno.ENODATA
+
+
+def test_the_overlay_markers_cannot_be_changed_through_the_merged_view(union: Union) -> None:
+    """Whether the call fails or is ignored, the marker on disk must stay and keep hiding."""
+    write(union.lower / "d" / "hidden")
+    opaque_dir(union.upper / "d")
+    mnt = union.mount()
+    with contextlib.suppress(OSError):
+        os.removexattr(mnt / "d", "trusted.overlay.opaque")
+    with contextlib.suppress(OSError):
+        os.setxattr(mnt / "d", "trusted.overlay.opaque", b"n")
+    assert is_opaque(union.upper / "d")
+    assert names(mnt / "d") == []
