@@ -1,0 +1,158 @@
+"""Ownership and permissions for callers other than root: new entries belong to the caller,
+setgid directories pass on their group, the sticky bit and the mode bits are enforced."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.unionfs.conftest import Union
+from tests.unionfs.posix_helpers import (
+    GROUP,
+    OTHER_GROUP,
+    OTHER_USER,
+    USER,
+    as_user,
+    is_whiteout,
+    names,
+    write,
+)
+
+pytestmark = pytest.mark.root
+
+
+def _public_dir(union: Union, mode: int = 0o777, gid: int = 0) -> None:
+    d = union.lower / "pub"
+    d.mkdir()
+    os.chown(d, 0, gid)
+    os.chmod(d, mode)
+
+
+def _lstat_ids(path: Path) -> tuple[int, int]:
+    st = os.lstat(path)
+    return st.st_uid, st.st_gid
+
+
+def _errno_as_user(fn: Callable[..., object], *args: object) -> int:
+    """The errno of fn(*args) run as USER, which must fail."""
+    try:
+        as_user(USER, GROUP, fn, *args)
+    except OSError as exc:
+        return exc.errno or 0
+    raise AssertionError(f"{fn} succeeded as uid {USER}")
+
+
+def _mkfifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def test_new_entries_belong_to_the_callers_uid_and_gid(union: Union) -> None:
+    _public_dir(union)
+    mnt = union.mount()
+    pub = mnt / "pub"
+    as_user(USER, GROUP, write, pub / "file")
+    as_user(USER, GROUP, os.mkdir, pub / "dir")
+    as_user(USER, GROUP, os.symlink, "file", pub / "link")
+    as_user(USER, GROUP, _mkfifo, pub / "fifo")
+    for name in ("file", "dir", "link", "fifo"):
+        assert _lstat_ids(pub / name) == (USER, GROUP), name
+        assert _lstat_ids(union.upper / "pub" / name) == (USER, GROUP), name
+
+
+def test_a_setgid_directory_passes_its_group_to_new_entries(union: Union) -> None:
+    _public_dir(union, mode=0o2777, gid=OTHER_GROUP)
+    mnt = union.mount()
+    as_user(USER, GROUP, write, mnt / "pub" / "file")
+    as_user(USER, GROUP, os.mkdir, mnt / "pub" / "dir")
+    assert _lstat_ids(mnt / "pub" / "file") == (USER, OTHER_GROUP)
+    assert _lstat_ids(mnt / "pub" / "dir") == (USER, OTHER_GROUP)
+    assert os.lstat(mnt / "pub" / "dir").st_mode & stat.S_ISGID
+
+
+def test_the_sticky_bit_stops_another_user_deleting_or_renaming(union: Union) -> None:
+    _public_dir(union, mode=0o1777)
+    victim = write(union.lower / "pub" / "theirs", b"x")
+    os.chown(victim, OTHER_USER, OTHER_GROUP)
+    mnt = union.mount()
+    target = mnt / "pub" / "theirs"
+    assert _errno_as_user(os.unlink, target) == errno.EPERM
+    assert _errno_as_user(os.rename, target, mnt / "pub" / "mine") == errno.EPERM
+    assert names(mnt / "pub") == [b"theirs"]
+
+
+def test_the_sticky_bit_lets_the_owner_delete(union: Union) -> None:
+    _public_dir(union, mode=0o1777)
+    mine = write(union.lower / "pub" / "mine", b"x")
+    os.chown(mine, USER, GROUP)
+    mnt = union.mount()
+    as_user(USER, GROUP, os.unlink, mnt / "pub" / "mine")
+    assert names(mnt / "pub") == []
+    assert is_whiteout(union.upper / "pub" / "mine")
+
+
+def test_a_file_without_read_permission_cannot_be_read(union: Union) -> None:
+    write(union.lower / "secret", b"s", mode=0o600)
+    mnt = union.mount()
+    assert _errno_as_user(Path.read_bytes, mnt / "secret") == errno.EACCES
+
+
+def test_a_refused_write_copies_nothing_up(union: Union) -> None:
+    write(union.lower / "ro", b"r", mode=0o644)
+    mnt = union.mount()
+    assert _errno_as_user(write, mnt / "ro", b"w") == errno.EACCES
+    assert names(union.upper) == []
+    assert (mnt / "ro").read_bytes() == b"r"
+
+
+def test_a_directory_without_search_permission_blocks_lookups(union: Union) -> None:
+    write(union.lower / "closed" / "f")
+    os.chmod(union.lower / "closed", 0o700)
+    mnt = union.mount()
+    assert _errno_as_user(os.lstat, mnt / "closed" / "f") == errno.EACCES
+    assert _errno_as_user(os.listdir, mnt / "closed") == errno.EACCES
+
+
+def test_creating_in_a_directory_without_write_permission_fails(union: Union) -> None:
+    (union.lower / "d").mkdir(mode=0o755)
+    mnt = union.mount()
+    assert _errno_as_user(write, mnt / "d" / "f") == errno.EACCES
+    assert names(union.upper) == []
+
+
+def test_only_the_owner_may_chmod_and_only_root_may_chown(union: Union) -> None:
+    theirs = write(union.lower / "theirs", mode=0o666)
+    os.chown(theirs, OTHER_USER, OTHER_GROUP)
+    mine = write(union.lower / "mine", mode=0o644)
+    os.chown(mine, USER, GROUP)
+    mnt = union.mount()
+    assert _errno_as_user(os.chmod, mnt / "theirs", 0o777) == errno.EPERM
+    assert _errno_as_user(os.chown, mnt / "mine", OTHER_USER, GROUP) == errno.EPERM
+    as_user(USER, GROUP, os.chmod, mnt / "mine", 0o600)
+    assert stat.S_IMODE(os.lstat(mnt / "mine").st_mode) == 0o600
+
+
+def test_a_user_writing_their_own_lower_file_keeps_owning_the_copy(union: Union) -> None:
+    mine = write(union.lower / "mine", b"old", mode=0o644)
+    os.chown(mine, USER, GROUP)
+    mnt = union.mount()
+    as_user(USER, GROUP, write, mnt / "mine", b"new")
+    assert (mnt / "mine").read_bytes() == b"new"
+    assert _lstat_ids(union.upper / "mine") == (USER, GROUP)
+
+
+def test_writing_a_setuid_file_as_another_user_clears_the_setuid_bit(union: Union) -> None:
+    f = write(union.lower / "suid", b"x", mode=0o4777)
+    mnt = union.mount()
+
+    def append(path: Path) -> None:
+        with open(path, "ab") as out:
+            out.write(b"y")
+
+    as_user(USER, GROUP, append, mnt / "suid")
+    assert not os.lstat(mnt / "suid").st_mode & stat.S_ISUID
+    assert os.lstat(f).st_mode & stat.S_ISUID
