@@ -1,0 +1,129 @@
+"""The `unionfs` command: a drop-in for fuse-overlayfs' command line.
+
+    unionfs [-f] [-d] -o lowerdir=L1:L2,upperdir=U,workdir=W[,opts] MOUNTPOINT
+    unionfs SOURCE MOUNTPOINT -o OPTS          (as mount.fuse3 calls a helper)
+
+The only module that prints: problems become `unionfs: error: ...` lines and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from unionfs import __version__
+from unionfs.config import ConfigError, MountConfig, parse_options, validate
+
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unionfs",
+        description="Mount a copy-on-write union of directories (kernel overlayfs format).",
+        epilog=(
+            "options: lowerdir=L1:L2 (topmost first), upperdir=DIR, workdir=DIR, ro, "
+            "userxattr, volatile, fsname=NAME, timeout=SECONDS, noallow_other, "
+            "nodefault_permissions; common mount options (rw, noatime, ...) are accepted"
+        ),
+    )
+    parser.add_argument("paths", nargs="+", metavar="[SOURCE] MOUNTPOINT")
+    parser.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS")
+    parser.add_argument("-f", dest="foreground", action="store_true", help="stay in the foreground")
+    parser.add_argument("-d", dest="debug", action="store_true", help="debug output (implies -f)")
+    parser.add_argument("-s", dest="single", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("-V", "--version", action="version", version=f"unionfs {__version__}")
+    return parser
+
+
+def fail(message: str) -> int:
+    print(f"unionfs: error: {message}", file=sys.stderr)
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if len(args.paths) > 2:
+        return fail("expected MOUNTPOINT (or SOURCE MOUNTPOINT), got more paths")
+    try:
+        config = parse_options(args.options, args.paths[-1])
+    except ConfigError as exc:
+        for problem in exc.problems:
+            fail(problem)
+        return 1
+    config.debug = config.debug or args.debug
+    config.foreground = args.foreground or config.debug
+    problems = validate(config)
+    if problems:
+        for problem in problems:
+            fail(problem)
+        return 1
+    if config.foreground:
+        return run_foreground(config)
+    return run_background(config)
+
+
+def setup_logging(config: MountConfig) -> None:
+    level = logging.DEBUG if config.debug else logging.WARNING
+    logging.basicConfig(level=level, format="unionfs: %(levelname)s %(name)s: %(message)s")
+
+
+def run_foreground(config: MountConfig) -> int:
+    setup_logging(config)
+    from unionfs.mount import serve
+
+    try:
+        serve(config, ready=lambda: None)
+    except Exception as exc:
+        return fail(f"mount failed: {exc}")
+    return 0
+
+
+def run_background(config: MountConfig) -> int:
+    """Fork; the parent returns once the child reports the mount is ready (or failed)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            message = pipe.read().decode(errors="replace")
+        if message == "ok":
+            return 0
+        os.waitpid(pid, 0)
+        return fail(message or "the filesystem daemon died before the mount was ready")
+    os.close(read_end)
+    os.setsid()
+    status = 1
+    try:
+        setup_logging(config)
+        from unionfs.mount import serve
+
+        def ready() -> None:
+            os.write(write_end, b"ok")
+            os.close(write_end)
+            detach_stdio()
+
+        serve(config, ready)
+        status = 0
+    except Exception as exc:
+        try:
+            os.write(write_end, f"mount failed: {exc}".encode())
+        except OSError:
+            logging.getLogger(__name__).exception("daemon failed")
+    finally:
+        os._exit(status)
+
+
+def detach_stdio() -> None:
+    """Close our end of the caller's stdout/stderr: callers such as podman wait for EOF."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

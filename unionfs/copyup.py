@@ -1,0 +1,191 @@
+"""Atomic copy-up and the work directory (no FUSE here).
+
+Everything new that must appear in the upper layer whole (a copied-up file, a directory
+that replaces a whiteout) is built under `workdir/work` with a temporary name and then
+renamed into place, so a crash never shows a half-copied file in the upper layer. The
+same `work` subdirectory is what the kernel overlayfs uses, so a workdir can be shared.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import shutil
+import stat
+
+from unionfs.syscalls import RENAME_EXCHANGE, renameat2
+from unionfs.whiteouts import XattrNames
+
+COPY_CHUNK = 8 << 20
+
+
+class WorkDir:
+    """`workdir/work`: a private scratch directory on the upper's filesystem."""
+
+    def __init__(self, workdir: bytes) -> None:
+        self.path = workdir + b"/work"
+        self._counter = itertools.count(1)
+
+    def prepare(self) -> None:
+        """Create work/ if needed and empty it: leftovers are half-done operations."""
+        try:
+            os.mkdir(self.path, 0o000)
+        except FileExistsError:
+            self.purge()
+
+    def purge(self) -> None:
+        for name in os.listdir(self.path):
+            remove_tree(self.path + b"/" + name)
+
+    def temp_name(self) -> bytes:
+        return self.path + b"/#%x" % next(self._counter)
+
+    def discard(self, path: bytes) -> None:
+        """Remove something that was moved into work/ (a whole tree of whiteouts, say)."""
+        remove_tree(path)
+
+
+def remove_tree(path: bytes) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+def copy_xattrs(src: bytes, dst: bytes, markers: XattrNames) -> None:
+    """Copy every xattr but the overlay's own markers (never followed through symlinks)."""
+    try:
+        names = os.listxattr(src, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno == errno.ENOTSUP:
+            return
+        raise
+    for name in names:
+        if markers.is_private(name.encode()):
+            continue
+        try:
+            value = os.getxattr(src, name, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno == errno.ENODATA:
+                continue
+            raise
+        os.setxattr(dst, name, value, follow_symlinks=False)
+
+
+def copy_data(src_fd: int, dst_fd: int, length: int) -> None:
+    """Copy `length` bytes, keeping holes: only the data extents are copied."""
+    offset = 0
+    while offset < length:
+        try:
+            data = os.lseek(src_fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole is left
+                break
+            raise
+        if data >= length:
+            break
+        try:
+            hole = min(os.lseek(src_fd, data, os.SEEK_HOLE), length)
+        except OSError:
+            hole = length
+        position = data
+        while position < hole:
+            count = min(COPY_CHUNK, hole - position)
+            copied = _copy_range(src_fd, dst_fd, position, count)
+            if copied == 0:
+                raise OSError(errno.EIO, "source file shrank during copy-up")
+            position += copied
+        offset = hole
+    os.ftruncate(dst_fd, length)
+
+
+def _copy_range(src_fd: int, dst_fd: int, offset: int, count: int) -> int:
+    try:
+        return os.copy_file_range(src_fd, dst_fd, count, offset, offset)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    data = os.pread(src_fd, count, offset)
+    return os.pwrite(dst_fd, data, offset)
+
+
+def apply_metadata(path: bytes, st: os.stat_result, *, is_link: bool = False) -> None:
+    """Owner, then mode (chown clears set-id bits), then times."""
+    os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+    if not is_link:
+        os.chmod(path, stat.S_IMODE(st.st_mode))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+class CopyUp:
+    """Builds upper copies of lower entries in the work dir and renames them into place."""
+
+    def __init__(self, work: WorkDir, markers: XattrNames, *, sync: bool) -> None:
+        self.work = work
+        self.markers = markers
+        self.sync = sync
+
+    def copy(self, src: bytes, dst: bytes, st: os.stat_result, length: int | None = None) -> None:
+        """Copy the lower entry at src to the upper path dst (whose parent exists).
+
+        `length` limits the data copied (a copy-up for a truncate needs no more).
+        """
+        temp = self.work.temp_name()
+        mode = st.st_mode
+        try:
+            if stat.S_ISREG(mode):
+                self._build_file(src, temp, st, st.st_size if length is None else length)
+            elif stat.S_ISDIR(mode):
+                os.mkdir(temp, 0o700)
+                self._finish(src, temp, st)
+            elif stat.S_ISLNK(mode):
+                os.symlink(os.readlink(src), temp)
+                self._finish(src, temp, st, is_link=True)
+            else:
+                os.mknod(temp, mode, st.st_rdev)
+                self._finish(src, temp, st)
+            os.rename(temp, dst)
+        except BaseException:
+            remove_tree(temp)
+            raise
+
+    def _build_file(self, src: bytes, temp: bytes, st: os.stat_result, length: int) -> None:
+        dst_fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            if length:
+                src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    copy_data(src_fd, dst_fd, min(length, st.st_size))
+                finally:
+                    os.close(src_fd)
+            self._finish(src, temp, st)
+            if self.sync:
+                os.fsync(dst_fd)
+        finally:
+            os.close(dst_fd)
+
+    def _finish(
+        self, src: bytes, temp: bytes, st: os.stat_result, *, is_link: bool = False
+    ) -> None:
+        copy_xattrs(src, temp, self.markers)
+        apply_metadata(temp, st, is_link=is_link)
+
+    def replace_with_dir(self, dst: bytes, mode: int, uid: int, gid: int, *, opaque: bool) -> None:
+        """Put a new (opaque) directory where dst holds a whiteout, in one atomic exchange."""
+        temp = self.work.temp_name()
+        os.mkdir(temp, 0o700)
+        try:
+            os.chown(temp, uid, gid)
+            os.chmod(temp, mode)
+            if opaque:
+                os.setxattr(temp, self.markers.opaque, b"y")
+            renameat2(temp, dst, RENAME_EXCHANGE)
+        except BaseException:
+            remove_tree(temp)
+            raise
+        remove_tree(temp)  # now the old whiteout

@@ -1,0 +1,639 @@
+"""UnionFilesystem: every POSIX operation of the merged view, in domain terms.
+
+No pyfuse3 here: requests arrive as inode numbers, names and a Caller; answers are
+(node, stat) pairs and bytes; failures are OSErrors carrying an errno, which the adapter
+turns into FUSE replies. Mutations run one at a time under one lock (they only yield while
+a large copy-up or an fsync runs in a worker thread); lookups, attributes and data reads
+never wait for it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import trio
+
+from unionfs import errors
+from unionfs.blocking import Blocking
+from unionfs.copyup import CopyUp, WorkDir
+from unionfs.handles import DirSnapshot, FileHandle, HandleTable
+from unionfs.inodes import ROOT_INO, InodeTable, Node
+from unionfs.stack import Entry, LayerStack, join, lstat_or_none
+from unionfs.syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, renameat2
+from unionfs.whiteouts import WHITEOUT_DEV, XattrNames, is_whiteout, make_whiteout, set_opaque
+
+log = logging.getLogger(__name__)
+
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
+# Flags the kernel already acted on, or that our backing descriptor must not carry.
+STRIPPED_OPEN_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | getattr(os, "O_DIRECT", 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    uid: int
+    gid: int
+    umask: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AttrChanges:
+    """What a setattr request changes (None: leave as is)."""
+
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    size: int | None = None
+    atime_ns: int | None = None
+    mtime_ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FsStats:
+    block_size: int
+    fragment_size: int
+    blocks: int
+    blocks_free: int
+    blocks_available: int
+    files: int
+    files_free: int
+    files_available: int
+    name_max: int
+
+
+Answer = tuple[Node, os.stat_result]
+
+
+class UnionFilesystem:
+    def __init__(
+        self,
+        stack: LayerStack,
+        work: WorkDir | None,
+        markers: XattrNames,
+        blocking: Blocking,
+        *,
+        sync: bool = True,
+    ) -> None:
+        self.stack = stack
+        self.markers = markers
+        self.blocking = blocking
+        self.sync = sync
+        self.work = work
+        self.copier = CopyUp(work, markers, sync=sync) if work is not None else None
+        self.read_only = stack.upper_root is None
+        self.inodes = InodeTable(stack.root())
+        self.handles = HandleTable()
+        self._lock = trio.Lock()
+
+    # -- resolution ----------------------------------------------------------------------
+
+    def _upper_rel(self, node: Node) -> bytes | None:
+        return node.rel_path() if node.in_upper else None
+
+    def _backing_path(self, node: Node) -> bytes:
+        if node.in_upper:
+            return self.stack.upper_path(node.rel_path())
+        return self.stack.lower_path(node.sources[0])
+
+    def _stat(self, node: Node) -> os.stat_result:
+        if not node.linked:
+            fd = self.handles.any_fd(node.ino)
+            if fd is None:
+                raise errors.not_found()
+            return os.fstat(fd)
+        return os.lstat(self._backing_path(node))
+
+    def _resolve_child(self, parent: Node, name: bytes) -> Answer | None:
+        if not parent.is_dir:
+            raise errors.not_a_directory()
+        known = parent.children.get(name)
+        if known is not None:
+            try:
+                return known, self._stat(known)
+            except FileNotFoundError:
+                # Someone changed a layer under the mount; forget the stale name.
+                self.inodes.remove_link(parent, name)
+        entry = self.stack.lookup(self._upper_rel(parent), parent.sources, name)
+        if entry is None:
+            return None
+        return self.inodes.child(parent, name, entry), entry.st
+
+    def _existing_child(self, parent: Node, name: bytes) -> Answer:
+        found = self._resolve_child(parent, name)
+        if found is None:
+            raise errors.not_found()
+        return found
+
+    def _node(self, ino: int) -> Node:
+        try:
+            return self.inodes.get(ino)
+        except KeyError:
+            raise errors.not_found() from None
+
+    # -- lookup, attributes --------------------------------------------------------------
+
+    def lookup(self, parent_ino: int, name: bytes) -> Answer:
+        node, st = self._existing_child(self._node(parent_ino), name)
+        self.inodes.lookup(node)
+        return node, st
+
+    def forget(self, ino: int, count: int) -> None:
+        self.inodes.forget(ino, count)
+
+    def getattr(self, ino: int) -> Answer:
+        node = self._node(ino)
+        return node, self._stat(node)
+
+    async def setattr(
+        self, ino: int, changes: AttrChanges, fh: int | None, caller: Caller
+    ) -> Answer:
+        node = self._node(ino)
+        async with self._lock:
+            if changes.size is not None:
+                if node.is_dir:
+                    raise errors.is_a_directory()
+                await self._copy_up(node, length=changes.size)
+            else:
+                await self._copy_up(node)
+            handle = self.handles.file(fh) if fh is not None else None
+            path = self.stack.upper_path(node.rel_path()) if node.linked else None
+            target: int | bytes = (
+                handle.fd
+                if handle is not None and handle.writable
+                else (path if path is not None else self._any_fd(node))
+            )
+            is_link = stat.S_ISLNK(node.mode)
+            if changes.size is not None:
+                os.truncate(target, changes.size)
+            if changes.uid is not None or changes.gid is not None:
+                uid = -1 if changes.uid is None else changes.uid
+                gid = -1 if changes.gid is None else changes.gid
+                os.chown(target, uid, gid, follow_symlinks=False)
+            if changes.mode is not None and not is_link:
+                os.chmod(target, stat.S_IMODE(changes.mode))
+            if changes.atime_ns is not None or changes.mtime_ns is not None:
+                current = os.stat(target, follow_symlinks=False)
+                atime = current.st_atime_ns if changes.atime_ns is None else changes.atime_ns
+                mtime = current.st_mtime_ns if changes.mtime_ns is None else changes.mtime_ns
+                os.utime(target, ns=(atime, mtime), follow_symlinks=False)
+            return node, self._stat(node)
+
+    def _any_fd(self, node: Node) -> int:
+        fd = self.handles.any_fd(node.ino)
+        if fd is None:
+            raise errors.not_found()
+        return fd
+
+    def readlink(self, ino: int) -> bytes:
+        node = self._node(ino)
+        if not stat.S_ISLNK(node.mode):
+            raise errors.invalid()
+        return os.readlink(self._backing_path(node))
+
+    # -- copy-up -------------------------------------------------------------------------
+
+    def _writable(self) -> CopyUp:
+        if self.copier is None:
+            raise errors.read_only()
+        return self.copier
+
+    async def _copy_up(self, node: Node, length: int | None = None) -> None:
+        """Make sure node lives in the upper layer, parents first (call with the lock)."""
+        copier = self._writable()
+        if node.in_upper:
+            return
+        chain: list[Node] = []
+        current: Node | None = node
+        while current is not None and not current.in_upper:
+            if not current.linked:
+                raise errors.not_found()
+            chain.append(current)
+            current = current.parent
+        for item in reversed(chain):
+            src = self.stack.lower_path(item.sources[0])
+            st = os.lstat(src)
+            dst = self.stack.upper_path(item.rel_path())
+            size = st.st_size if length is None or item is not node else min(length, st.st_size)
+            if stat.S_ISREG(st.st_mode) and self.blocking.is_heavy(size):
+                await self.blocking.run(copier.copy, src, dst, st, size)
+            else:
+                copier.copy(src, dst, st, size)
+            self.inodes.set_upper(item, os.lstat(dst))
+
+    async def _ensure_upper_dir(self, directory: Node) -> None:
+        if not directory.is_dir:
+            raise errors.not_a_directory()
+        await self._copy_up(directory)
+
+    # -- creating entries ----------------------------------------------------------------
+
+    def _new_owner(self, parent: Node, caller: Caller) -> tuple[int, int, bool]:
+        """(uid, gid, inherit setgid): setgid directories pass their group down."""
+        parent_st = os.lstat(self.stack.upper_path(parent.rel_path()))
+        if parent_st.st_mode & stat.S_ISGID:
+            return caller.uid, parent_st.st_gid, True
+        return caller.uid, caller.gid, False
+
+    async def _create_entry(
+        self,
+        parent_ino: int,
+        name: bytes,
+        caller: Caller,
+        build: Callable[[bytes], None],
+    ) -> Answer:
+        """Create a new non-directory with `build(path)`, over a whiteout if there is one."""
+        parent = self._node(parent_ino)
+        if self._resolve_child(parent, name) is not None:
+            raise errors.exists()
+        await self._ensure_upper_dir(parent)
+        uid, gid, _ = self._new_owner(parent, caller)
+        rel = join(parent.rel_path(), name)
+        path = self.stack.upper_path(rel)
+        existing = lstat_or_none(path)
+        if existing is not None and is_whiteout(existing):
+            assert self.work is not None
+            temp = self.work.temp_name()
+            build(temp)
+            try:
+                os.chown(temp, uid, gid, follow_symlinks=False)
+                os.rename(temp, path)
+            except BaseException:
+                self.work.discard(temp)
+                raise
+        else:
+            build(path)
+            try:
+                os.chown(path, uid, gid, follow_symlinks=False)
+            except BaseException:
+                os.unlink(path)
+                raise
+        return self._adopt(parent, name, rel)
+
+    def _adopt(self, parent: Node, name: bytes, rel: bytes) -> Answer:
+        st = os.lstat(self.stack.upper_path(rel))
+        parent.children.pop(name, None)
+        node = self.inodes.child(parent, name, Entry(rel, (), st))
+        self.inodes.lookup(node)
+        return node, st
+
+    async def mknod(
+        self, parent_ino: int, name: bytes, mode: int, rdev: int, caller: Caller
+    ) -> Answer:
+        if stat.S_ISCHR(mode) and rdev == WHITEOUT_DEV:
+            raise errors.not_permitted()  # a whiteout cannot be made through the merged view
+        async with self._lock:
+            return await self._create_entry(
+                parent_ino, name, caller, lambda path: os.mknod(path, mode, rdev)
+            )
+
+    async def symlink(self, parent_ino: int, name: bytes, target: bytes, caller: Caller) -> Answer:
+        async with self._lock:
+            return await self._create_entry(
+                parent_ino, name, caller, lambda path: os.symlink(target, path)
+            )
+
+    async def create(
+        self, parent_ino: int, name: bytes, mode: int, flags: int, caller: Caller
+    ) -> tuple[FileHandle, Node, os.stat_result]:
+        fds: list[int] = []
+
+        def build(path: bytes) -> None:
+            fds.append(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, mode))
+
+        async with self._lock:
+            node, st = await self._create_entry(parent_ino, name, caller, build)
+        os.close(fds[0])
+        handle = self._open_backing(node, flags & ~os.O_TRUNC)
+        return handle, node, st
+
+    async def mkdir(self, parent_ino: int, name: bytes, mode: int, caller: Caller) -> Answer:
+        async with self._lock:
+            parent = self._node(parent_ino)
+            if self._resolve_child(parent, name) is not None:
+                raise errors.exists()
+            await self._ensure_upper_dir(parent)
+            uid, gid, setgid = self._new_owner(parent, caller)
+            if setgid:
+                mode |= stat.S_ISGID
+            rel = join(parent.rel_path(), name)
+            path = self.stack.upper_path(rel)
+            existing = lstat_or_none(path)
+            if existing is not None and is_whiteout(existing):
+                # Over a whiteout the new directory must hide what lower layers still hold.
+                self._writable().replace_with_dir(path, mode & 0o7777, uid, gid, opaque=True)
+            else:
+                os.mkdir(path, 0o700)
+                try:
+                    os.chown(path, uid, gid)
+                    os.chmod(path, mode & 0o7777)
+                except BaseException:
+                    os.rmdir(path)
+                    raise
+            return self._adopt(parent, name, rel)
+
+    async def link(self, ino: int, new_parent_ino: int, new_name: bytes, caller: Caller) -> Answer:
+        async with self._lock:
+            node = self._node(ino)
+            if node.is_dir:
+                raise errors.not_permitted()
+            parent = self._node(new_parent_ino)
+            if self._resolve_child(parent, new_name) is not None:
+                raise errors.exists()
+            await self._copy_up(node)
+            await self._ensure_upper_dir(parent)
+            src = self.stack.upper_path(node.rel_path())
+            rel = join(parent.rel_path(), new_name)
+            dst = self.stack.upper_path(rel)
+            existing = lstat_or_none(dst)
+            if existing is not None and is_whiteout(existing):
+                assert self.work is not None
+                temp = self.work.temp_name()
+                os.link(src, temp, follow_symlinks=False)
+                try:
+                    os.rename(temp, dst)
+                except BaseException:
+                    self.work.discard(temp)
+                    raise
+            else:
+                os.link(src, dst, follow_symlinks=False)
+            self.inodes.add_link(node, parent, new_name)
+            self.inodes.lookup(node)
+            return node, os.lstat(dst)
+
+    # -- removing entries ----------------------------------------------------------------
+
+    async def unlink(self, parent_ino: int, name: bytes) -> None:
+        async with self._lock:
+            parent = self._node(parent_ino)
+            node, _ = self._existing_child(parent, name)
+            if node.is_dir:
+                raise errors.is_a_directory()
+            await self._remove(parent, name, node)
+
+    async def rmdir(self, parent_ino: int, name: bytes) -> None:
+        async with self._lock:
+            parent = self._node(parent_ino)
+            node, _ = self._existing_child(parent, name)
+            if not node.is_dir:
+                raise errors.not_a_directory()
+            if not self.stack.is_empty_dir(self._upper_rel(node), node.sources):
+                raise errors.not_empty()
+            await self._remove(parent, name, node)
+
+    async def _remove(self, parent: Node, name: bytes, node: Node) -> None:
+        self._writable()
+        await self._ensure_upper_dir(parent)
+        needs_whiteout = self.stack.lower_positive(parent.sources, name)
+        path = self.stack.upper_path(join(parent.rel_path(), name))
+        if node.in_upper:
+            if node.is_dir or needs_whiteout:
+                self._move_to_work(path, whiteout=needs_whiteout)
+            else:
+                os.unlink(path)
+        else:
+            make_whiteout(path)
+        self.inodes.remove_link(parent, name)
+
+    def _move_to_work(self, path: bytes, *, whiteout: bool) -> None:
+        """Take path out of the upper (leaving a whiteout if asked) and delete it in work/."""
+        assert self.work is not None
+        temp = self.work.temp_name()
+        if whiteout:
+            self._rename_leaving_whiteout(path, temp)
+        else:
+            os.rename(path, temp)
+        self.work.discard(temp)
+
+    def _rename_leaving_whiteout(self, old: bytes, new: bytes) -> None:
+        try:
+            renameat2(old, new, RENAME_WHITEOUT)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            os.rename(old, new)
+            make_whiteout(old)
+
+    # -- rename --------------------------------------------------------------------------
+
+    async def rename(
+        self, old_parent_ino: int, old_name: bytes, new_parent_ino: int, new_name: bytes, flags: int
+    ) -> None:
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == (
+            RENAME_NOREPLACE | RENAME_EXCHANGE
+        ):
+            raise errors.invalid()
+        async with self._lock:
+            self._writable()
+            old_parent = self._node(old_parent_ino)
+            new_parent = self._node(new_parent_ino)
+            src, _ = self._existing_child(old_parent, old_name)
+            found = self._resolve_child(new_parent, new_name)
+            dst = found[0] if found is not None else None
+            if flags & RENAME_NOREPLACE and dst is not None:
+                raise errors.exists()
+            if flags & RENAME_EXCHANGE:
+                if dst is None:
+                    raise errors.not_found()
+                await self._exchange(old_parent, old_name, src, new_parent, new_name, dst)
+                return
+            if dst is src:
+                return  # two names of one file: rename(2) does nothing
+            if dst is not None:
+                if src.is_dir and not dst.is_dir:
+                    raise errors.not_a_directory()
+                if not src.is_dir and dst.is_dir:
+                    raise errors.is_a_directory()
+                if dst.is_dir and not self.stack.is_empty_dir(self._upper_rel(dst), dst.sources):
+                    raise errors.not_empty()
+            await self._ensure_upper_dir(old_parent)
+            await self._ensure_upper_dir(new_parent)
+            await self._copy_up(src)
+            old_path = self.stack.upper_path(join(old_parent.rel_path(), old_name))
+            new_path = self.stack.upper_path(join(new_parent.rel_path(), new_name))
+            if src.is_dir:
+                self._mark_moved_dir(src, old_path, new_parent)
+            if dst is not None and dst.is_dir and dst.in_upper:
+                self._move_to_work(new_path, whiteout=False)  # drop its whiteouts with it
+            leave_whiteout = self.stack.lower_positive(old_parent.sources, old_name)
+            target = lstat_or_none(new_path)
+            if src.is_dir and target is not None and not stat.S_ISDIR(target.st_mode):
+                # A directory cannot replace the whiteout in place: swap them, then drop it.
+                renameat2(old_path, new_path, RENAME_EXCHANGE)
+                if not leave_whiteout:
+                    os.unlink(old_path)
+            elif leave_whiteout:
+                self._rename_leaving_whiteout(old_path, new_path)
+            else:
+                os.rename(old_path, new_path)
+            if dst is not None:
+                self.inodes.remove_link(new_parent, new_name)
+            self.inodes.move_link(src, (old_parent, old_name), (new_parent, new_name))
+
+    def _mark_moved_dir(self, node: Node, upper_path: bytes, new_parent: Node) -> None:
+        """Keep a moved directory's merged content: redirect it, or make it opaque."""
+        if node.sources:
+            # Absolute redirects stay right whatever later renames do to the ancestors.
+            os.setxattr(
+                upper_path, self.markers.redirect, b"/" + node.sources[0][1], follow_symlinks=False
+            )
+        elif new_parent.sources and not self.stack.dir_markers(upper_path).opaque:
+            set_opaque(upper_path, self.markers)
+
+    async def _exchange(
+        self,
+        old_parent: Node,
+        old_name: bytes,
+        src: Node,
+        new_parent: Node,
+        new_name: bytes,
+        dst: Node,
+    ) -> None:
+        await self._ensure_upper_dir(old_parent)
+        await self._ensure_upper_dir(new_parent)
+        await self._copy_up(src)
+        await self._copy_up(dst)
+        old_path = self.stack.upper_path(join(old_parent.rel_path(), old_name))
+        new_path = self.stack.upper_path(join(new_parent.rel_path(), new_name))
+        if src.is_dir:
+            self._mark_moved_dir(src, old_path, new_parent)
+        if dst.is_dir:
+            self._mark_moved_dir(dst, new_path, old_parent)
+        renameat2(old_path, new_path, RENAME_EXCHANGE)
+        old_parent.children.pop(old_name, None)
+        new_parent.children.pop(new_name, None)
+        self.inodes.move_link(src, (old_parent, old_name), (new_parent, new_name))
+        self.inodes.move_link(dst, (new_parent, new_name), (old_parent, old_name))
+
+    # -- files ---------------------------------------------------------------------------
+
+    async def open(self, ino: int, flags: int) -> FileHandle:
+        node = self._node(ino)
+        if flags & WRITE_FLAGS or flags & os.O_TRUNC:
+            if self.read_only:
+                raise errors.read_only()
+            if not node.in_upper:
+                async with self._lock:
+                    await self._copy_up(node, length=0 if flags & os.O_TRUNC else None)
+        return self._open_backing(node, flags)
+
+    def _open_backing(self, node: Node, flags: int) -> FileHandle:
+        flags = (flags & ~STRIPPED_OPEN_FLAGS) | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self._backing_path(node), flags)
+        node.open_count += 1
+        return self.handles.add_file(fd, node, writable=bool(flags & WRITE_FLAGS))
+
+    def read(self, fh: int, offset: int, size: int) -> bytes:
+        return os.pread(self.handles.file(fh).fd, size, offset)
+
+    def write(self, fh: int, offset: int, data: bytes) -> int:
+        return os.pwrite(self.handles.file(fh).fd, data, offset)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        if not self.sync:
+            return
+        fd = self.handles.file(fh).fd
+        await self.blocking.run(os.fdatasync if datasync else os.fsync, fd)
+
+    def release(self, fh: int) -> None:
+        handle = self.handles.pop_file(fh)
+        os.close(handle.fd)
+        self.inodes.release(handle.node)
+
+    # -- directories ---------------------------------------------------------------------
+
+    def opendir(self, ino: int) -> int:
+        node = self._node(ino)
+        if not node.is_dir:
+            raise errors.not_a_directory()
+        return self.handles.add_dir(DirSnapshot(node, self._list(node)))
+
+    def _list(self, node: Node) -> list[bytes]:
+        return self.stack.list_dir(self._upper_rel(node), node.sources)
+
+    def readdir(self, fh: int, offset: int) -> Iterator[tuple[bytes, Node, os.stat_result, int]]:
+        """Entries from `offset` on, lazily: (name, node, stat, next offset).
+
+        The caller counts a lookup for each entry it hands to the kernel.
+        """
+        snapshot = self.handles.directory(fh)
+        if offset == 0:
+            snapshot.names = self._list(snapshot.node)  # rewinddir sees a fresh listing
+        for index in range(offset, len(snapshot.names)):
+            name = snapshot.names[index]
+            found = self._resolve_child(snapshot.node, name)
+            if found is not None:
+                yield name, found[0], found[1], index + 1
+
+    def releasedir(self, fh: int) -> None:
+        self.handles.pop_dir(fh)
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        node = self.handles.directory(fh).node
+        if not self.sync or not node.in_upper:
+            return
+        fd = os.open(self.stack.upper_path(node.rel_path()), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            await self.blocking.run(os.fsync, fd)
+        finally:
+            os.close(fd)
+
+    def statfs(self) -> FsStats:
+        path = self.stack.upper_root if self.stack.upper_root is not None else self.stack.lowers[0]
+        st = os.statvfs(path)
+        return FsStats(
+            st.f_bsize,
+            st.f_frsize,
+            st.f_blocks,
+            st.f_bfree,
+            st.f_bavail,
+            st.f_files,
+            st.f_ffree,
+            st.f_favail,
+            st.f_namemax,
+        )
+
+    # -- extended attributes -------------------------------------------------------------
+
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        if self.markers.is_private(name):
+            raise errors.no_data()
+        node = self._node(ino)
+        return os.getxattr(self._backing_path(node), name, follow_symlinks=False)
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        node = self._node(ino)
+        names = os.listxattr(self._backing_path(node), follow_symlinks=False)
+        encoded = (n.encode("utf-8", "surrogateescape") for n in names)
+        return [n for n in encoded if not self.markers.is_private(n)]
+
+    async def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
+        if self.markers.is_private(name):
+            raise errors.not_permitted()
+        async with self._lock:
+            node = self._node(ino)
+            await self._copy_up(node)
+            os.setxattr(self.stack.upper_path(node.rel_path()), name, value, follow_symlinks=False)
+
+    async def removexattr(self, ino: int, name: bytes) -> None:
+        if self.markers.is_private(name):
+            raise errors.no_data()
+        async with self._lock:
+            node = self._node(ino)
+            os.getxattr(self._backing_path(node), name, follow_symlinks=False)  # ENODATA first
+            await self._copy_up(node)
+            os.removexattr(self.stack.upper_path(node.rel_path()), name, follow_symlinks=False)
+
+    # -- invariants (for tests) ------------------------------------------------------------
+
+    def check_invariants(self) -> None:
+        """The table agrees with itself: every child points back to a live parent."""
+        for node in self.inodes.nodes.values():
+            for name, child in node.children.items():
+                links = [(child.parent, child.name), *child.extra_links]
+                assert (node, name) in links, (node.ino, name)
+        assert ROOT_INO in self.inodes.nodes

@@ -1,0 +1,82 @@
+"""Open files and directory snapshots, by the handle number the kernel hands back."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from unionfs import errors
+from unionfs.inodes import Node
+
+
+@dataclass(slots=True)
+class FileHandle:
+    fh: int
+    fd: int
+    node: Node
+    writable: bool
+
+
+@dataclass(slots=True)
+class DirSnapshot:
+    """The merged names of a directory at opendir (or rewind) time.
+
+    readdir offsets index into this list, so they stay valid while the directory
+    changes: nothing is reported twice or skipped, as POSIX asks of telldir/seekdir.
+    """
+
+    node: Node
+    names: list[bytes]
+
+
+class HandleTable:
+    def __init__(self) -> None:
+        self._numbers = itertools.count(1)
+        self._files: dict[int, FileHandle] = {}
+        self._dirs: dict[int, DirSnapshot] = {}
+        self._by_inode: dict[int, set[int]] = {}
+
+    def add_file(self, fd: int, node: Node, *, writable: bool) -> FileHandle:
+        handle = FileHandle(next(self._numbers), fd, node, writable)
+        self._files[handle.fh] = handle
+        self._by_inode.setdefault(node.ino, set()).add(handle.fh)
+        return handle
+
+    def file(self, fh: int) -> FileHandle:
+        try:
+            return self._files[fh]
+        except KeyError:
+            raise errors.fs_error(9) from None  # EBADF
+
+    def pop_file(self, fh: int) -> FileHandle:
+        handle = self.file(fh)
+        del self._files[fh]
+        peers = self._by_inode[handle.node.ino]
+        peers.discard(fh)
+        if not peers:
+            del self._by_inode[handle.node.ino]
+        return handle
+
+    def any_fd(self, ino: int) -> int | None:
+        """A descriptor of an open file of this inode (stat of an unlinked open file)."""
+        for fh in self._by_inode.get(ino, ()):
+            return self._files[fh].fd
+        return None
+
+    def add_dir(self, snapshot: DirSnapshot) -> int:
+        fh = next(self._numbers)
+        self._dirs[fh] = snapshot
+        return fh
+
+    def directory(self, fh: int) -> DirSnapshot:
+        try:
+            return self._dirs[fh]
+        except KeyError:
+            raise errors.fs_error(9) from None
+
+    def pop_dir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    @property
+    def open_files(self) -> int:
+        return len(self._files)

@@ -1,0 +1,191 @@
+"""InodeTable: our own inode numbers, the tree of known names, lookup counts, forget.
+
+The kernel knows a file by the number we hand out; that number stays the file's st_ino
+while the kernel holds the inode, across copy-up and rename. A node remembers where it is
+in the merged tree (its links: parent node and name), so its layer paths follow renames of
+any ancestor. Files in the upper layer with several links share one node, keyed by the
+upper (st_dev, st_ino); a lower file is known by its path, since the kernel overlayfs also
+breaks lower hard links on copy-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import stat
+from dataclasses import dataclass, field
+
+from unionfs.stack import Entry, Source
+
+ROOT_INO = 1
+
+
+@dataclass(eq=False, slots=True)
+class Node:
+    ino: int
+    mode: int
+    upper_key: tuple[int, int] | None
+    # lower sources: the backing lower file of a non-directory, or the merged lower dirs.
+    sources: tuple[Source, ...]
+    in_upper: bool
+    parent: Node | None = None
+    name: bytes = b""
+    extra_links: list[tuple[Node, bytes]] = field(default_factory=list)
+    children: dict[bytes, Node] = field(default_factory=dict)
+    lookups: int = 0
+    open_count: int = 0
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def linked(self) -> bool:
+        return self.parent is not None or self.ino == ROOT_INO
+
+    def rel_path(self) -> bytes:
+        """The node's path relative to every layer root (the upper's layout)."""
+        parts: list[bytes] = []
+        node: Node | None = self
+        while node is not None and node.ino != ROOT_INO:
+            parts.append(node.name)
+            node = node.parent
+        return b"/".join(reversed(parts))
+
+    def entry(self, st: os.stat_result) -> Entry:
+        return Entry(self.rel_path() if self.in_upper else None, self.sources, st)
+
+
+class InodeTable:
+    """Every node the kernel may ask about, by number, plus upper hard-link sharing."""
+
+    def __init__(self, root_entry: Entry) -> None:
+        self._numbers = itertools.count(ROOT_INO + 1)
+        self.root = Node(
+            ROOT_INO, root_entry.st.st_mode, None, root_entry.sources, root_entry.upper is not None
+        )
+        self.root.lookups = 1
+        self.nodes: dict[int, Node] = {ROOT_INO: self.root}
+        self._by_upper: dict[tuple[int, int], Node] = {}
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def get(self, ino: int) -> Node:
+        return self.nodes[ino]
+
+    def child(self, parent: Node, name: bytes, entry: Entry) -> Node:
+        """The node for a name just resolved: the known one, a hard-link peer, or a new one."""
+        known = parent.children.get(name)
+        if known is not None:
+            return known
+        key = _upper_key(entry)
+        node = self._by_upper.get(key) if key is not None else None
+        if node is not None and node.linked:
+            node.extra_links.append((parent, name))
+        else:
+            node = Node(
+                next(self._numbers),
+                entry.st.st_mode,
+                key,
+                entry.sources,
+                entry.upper is not None,
+            )
+            node.parent, node.name = parent, name
+            self.nodes[node.ino] = node
+            if key is not None:
+                self._by_upper[key] = node
+        parent.children[name] = node
+        return node
+
+    def set_upper(self, node: Node, st: os.stat_result) -> None:
+        """The node now lives in the upper layer (copied up or created)."""
+        node.in_upper = True
+        if not node.is_dir:
+            node.sources = ()
+            if node.upper_key is not None:
+                self._by_upper.pop(node.upper_key, None)
+            node.upper_key = (st.st_dev, st.st_ino)
+            self._by_upper[node.upper_key] = node
+
+    def add_link(self, node: Node, parent: Node, name: bytes) -> None:
+        parent.children[name] = node
+        if node.parent is None:
+            node.parent, node.name = parent, name
+        else:
+            node.extra_links.append((parent, name))
+
+    def remove_link(self, parent: Node, name: bytes) -> Node | None:
+        """Forget that `name` in parent names its node (after unlink/rmdir/rename away)."""
+        node = parent.children.pop(name, None)
+        if node is None:
+            return None
+        if node.parent is parent and node.name == name:
+            if node.extra_links:
+                node.parent, node.name = node.extra_links.pop(0)
+            else:
+                node.parent, node.name = None, b""
+        else:
+            with contextlib.suppress(ValueError):
+                node.extra_links.remove((parent, name))
+        self._drop_if_unused(node)
+        return node
+
+    def move_link(self, node: Node, old: tuple[Node, bytes], new: tuple[Node, bytes]) -> None:
+        old[0].children.pop(old[1], None)
+        new[0].children[new[1]] = node
+        if node.parent is old[0] and node.name == old[1]:
+            node.parent, node.name = new
+        else:
+            node.extra_links = [new if link == old else link for link in node.extra_links]
+
+    def lookup(self, node: Node, count: int = 1) -> None:
+        node.lookups += count
+
+    def forget(self, ino: int, count: int) -> None:
+        node = self.nodes.get(ino)
+        if node is None:
+            return
+        node.lookups -= count
+        if node.lookups <= 0:
+            node.lookups = 0
+            self._detach_if_forgotten(node)
+
+    def discard_unreferenced(self, node: Node) -> None:
+        """Drop a node made while resolving that the kernel never took a reference to."""
+        if node.lookups <= 0:
+            self._detach_if_forgotten(node)
+
+    def _detach_if_forgotten(self, node: Node) -> None:
+        if node.ino == ROOT_INO or node.lookups > 0 or node.open_count > 0:
+            return
+        if node.parent is not None:
+            if node.parent.children.get(node.name) is node:
+                del node.parent.children[node.name]
+            for parent, name in node.extra_links:
+                if parent.children.get(name) is node:
+                    del parent.children[name]
+        node.parent, node.extra_links = None, []
+        self._remove(node)
+
+    def _drop_if_unused(self, node: Node) -> None:
+        if not node.linked and node.lookups <= 0 and node.open_count <= 0:
+            self._remove(node)
+
+    def release(self, node: Node) -> None:
+        """An open file was closed: an unlinked and forgotten node can go now."""
+        node.open_count -= 1
+        if node.lookups <= 0 and node.open_count <= 0:
+            self._detach_if_forgotten(node)
+
+    def _remove(self, node: Node) -> None:
+        self.nodes.pop(node.ino, None)
+        if node.upper_key is not None and self._by_upper.get(node.upper_key) is node:
+            del self._by_upper[node.upper_key]
+
+
+def _upper_key(entry: Entry) -> tuple[int, int] | None:
+    if entry.upper is None or entry.is_dir:
+        return None
+    return (entry.st.st_dev, entry.st.st_ino)

@@ -1,0 +1,65 @@
+"""Composition root: build the filesystem, mount it with pyfuse3, serve until unmounted.
+
+Imported only after the command line has been checked (and, in background mode, after
+the fork), so a bad invocation answers fast and the daemon owns trio and FUSE alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Callable
+
+import pyfuse3
+import trio
+
+from unionfs.blocking import Blocking
+from unionfs.config import MountConfig
+from unionfs.copyup import WorkDir
+from unionfs.filesystem import UnionFilesystem
+from unionfs.fuse_adapter import FuseAdapter
+from unionfs.stack import LayerStack
+
+log = logging.getLogger(__name__)
+
+
+def build_filesystem(config: MountConfig) -> UnionFilesystem:
+    upper = bytes(config.upper) if config.writable and config.upper is not None else None
+    work = None
+    if upper is not None and config.work is not None:
+        work = WorkDir(bytes(config.work))
+        work.prepare()
+    stack = LayerStack([bytes(p) for p in config.lowers], upper, config.markers)
+    return UnionFilesystem(stack, work, config.markers, Blocking(), sync=not config.volatile)
+
+
+def serve(config: MountConfig, ready: Callable[[], None]) -> None:
+    """Mount, call ready() once the kernel accepted the mount, serve until unmounted."""
+    os.umask(0)  # the kernel already applied the caller's umask to every mode we get
+    fs = build_filesystem(config)
+    adapter = FuseAdapter(fs, config.timeout)
+    pyfuse3.init(adapter, str(config.mountpoint), config.fuse_options())
+    stopped_by_signal = False
+
+    async def main() -> None:
+        nonlocal stopped_by_signal
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                nonlocal stopped_by_signal
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sig:
+                    async for _ in sig:
+                        stopped_by_signal = True
+                        pyfuse3.terminate()
+                        return
+
+            nursery.start_soon(watch_signals)
+            ready()
+            await pyfuse3.main(min_tasks=4, max_tasks=64)
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    finally:
+        pyfuse3.close(unmount=stopped_by_signal)

@@ -1,0 +1,236 @@
+"""LayerStack: which layer holds a merged name, and which directories merge (no FUSE here).
+
+Paths inside a layer are bytes relative to the layer's root (b"" is the root itself);
+names need not be UTF-8. Lower layers are numbered from 0, the topmost. A merged
+directory is described by where it lives in the upper layer (if at all) and by its lower
+*sources*: the (lower index, path) pairs whose contents merge into it, already cut at
+opaque directories and whiteouts, and following `redirect` xattrs like the kernel does.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from unionfs.whiteouts import TRUSTED, XattrNames, is_whiteout
+
+Source = tuple[int, bytes]
+
+
+def join(parent: bytes, name: bytes) -> bytes:
+    return parent + b"/" + name if parent else name
+
+
+def lstat_or_none(path: bytes) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A merged name: the upper path if the upper holds it, and its lower sources.
+
+    For a non-directory, `sources` holds at most the one lower file that backs it (and
+    nothing once the upper has it). For a directory, every lower directory that merges.
+    """
+
+    upper: bytes | None
+    sources: tuple[Source, ...]
+    st: os.stat_result
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.st.st_mode)
+
+
+@dataclass(frozen=True, slots=True)
+class DirMarkers:
+    opaque: bool
+    redirect: bytes | None
+
+
+class LayerStack:
+    """The layer directories of one mount and the rules to resolve names through them."""
+
+    def __init__(
+        self, lowers: Sequence[bytes], upper: bytes | None, markers: XattrNames = TRUSTED
+    ) -> None:
+        self.lowers = tuple(lowers)
+        self.upper_root = upper
+        self.markers = markers
+
+    # -- paths ---------------------------------------------------------------------------
+
+    def lower_path(self, source: Source) -> bytes:
+        index, rel = source
+        root = self.lowers[index]
+        return root + b"/" + rel if rel else root
+
+    def upper_path(self, rel: bytes) -> bytes:
+        assert self.upper_root is not None
+        return self.upper_root + b"/" + rel if rel else self.upper_root
+
+    # -- markers -------------------------------------------------------------------------
+
+    def dir_markers(self, path: bytes) -> DirMarkers:
+        """Read the opaque and redirect markers of a directory with one listxattr."""
+        try:
+            names = os.listxattr(path, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTSUP, errno.ENOENT):
+                return DirMarkers(False, None)
+            raise
+        if not names:
+            return DirMarkers(False, None)
+        opaque = redirect = None
+        prefix = self.markers.prefix.decode()
+        for name in names:
+            if not name.startswith(prefix):
+                continue
+            try:
+                value = os.getxattr(path, name, follow_symlinks=False)
+            except OSError:
+                continue
+            if name.encode() == self.markers.opaque:
+                opaque = value == b"y"
+            elif name.encode() == self.markers.redirect:
+                redirect = value
+        return DirMarkers(bool(opaque), redirect)
+
+    # -- resolution ----------------------------------------------------------------------
+
+    def root(self) -> Entry:
+        """The merged root directory."""
+        upper_st = os.lstat(self.upper_root) if self.upper_root is not None else None
+        if upper_st is not None and self.dir_markers(self.upper_root or b"").opaque:
+            return Entry(b"", (), upper_st)
+        sources: list[Source] = []
+        for index in range(len(self.lowers)):
+            sources.append((index, b""))
+            if self.dir_markers(self.lowers[index]).opaque:
+                break
+        st = upper_st if upper_st is not None else os.lstat(self.lowers[0])
+        return Entry(b"" if upper_st is not None else None, tuple(sources), st)
+
+    def lookup(
+        self, parent_upper: bytes | None, parent_sources: tuple[Source, ...], name: bytes
+    ) -> Entry | None:
+        """Resolve `name` in a merged directory (its upper path and lower sources).
+
+        None if the name does not exist in the merged view.
+        """
+        upper_rel: bytes | None = None
+        upper_st: os.stat_result | None = None
+        redirect: bytes | None = None
+        if parent_upper is not None and self.upper_root is not None:
+            rel = join(parent_upper, name)
+            st = lstat_or_none(self.upper_path(rel))
+            if st is not None:
+                if is_whiteout(st):
+                    return None
+                if not stat.S_ISDIR(st.st_mode):
+                    return Entry(rel, (), st)
+                markers = self.dir_markers(self.upper_path(rel))
+                if markers.opaque:
+                    return Entry(rel, (), st)
+                upper_rel, upper_st, redirect = rel, st, markers.redirect
+        candidates = self._candidates(parent_sources, name, redirect, after=-1)
+        sources: list[Source] = []
+        first_st = upper_st
+        position = 0
+        while position < len(candidates):
+            source = candidates[position]
+            position += 1
+            path = self.lower_path(source)
+            st = lstat_or_none(path)
+            if st is None:
+                continue
+            if is_whiteout(st):
+                break
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if first_st is None:
+                first_st = st
+                if not is_dir:
+                    return Entry(None, (source,), st)
+            elif not is_dir:
+                break  # a non-directory below a directory ends the merge
+            sources.append(source)
+            markers = self.dir_markers(path)
+            if markers.opaque:
+                break
+            if markers.redirect is not None:
+                candidates = candidates[:position] + self._candidates(
+                    parent_sources, name, markers.redirect, after=source[0]
+                )
+        if first_st is None:
+            return None
+        return Entry(upper_rel, tuple(sources), first_st)
+
+    def _candidates(
+        self, parent_sources: Iterable[Source], name: bytes, redirect: bytes | None, after: int
+    ) -> list[Source]:
+        """Where to look for `name` in the lower layers below index `after`."""
+        if redirect is not None and redirect.startswith(b"/"):
+            target = redirect.strip(b"/")
+            return [(i, target) for i in range(after + 1, len(self.lowers))]
+        leaf = redirect if redirect is not None else name
+        return [(i, join(path, leaf)) for i, path in parent_sources if i > after]
+
+    def lower_positive(self, parent_sources: tuple[Source, ...], name: bytes) -> bool:
+        """True if a lower layer still shows `name` under a directory with these sources.
+
+        Removing such a name from the upper needs a whiteout.
+        """
+        for source in parent_sources:
+            st = lstat_or_none(self.lower_path((source[0], join(source[1], name))))
+            if st is None:
+                continue
+            return not is_whiteout(st)
+        return False
+
+    # -- listing -------------------------------------------------------------------------
+
+    def list_dir(self, upper: bytes | None, sources: tuple[Source, ...]) -> list[bytes]:
+        """The merged names of a directory: upper over lowers, whiteouts hide, no duplicates."""
+        seen: set[bytes] = set()
+        names: list[bytes] = []
+        paths: list[bytes] = []
+        if upper is not None and self.upper_root is not None:
+            paths.append(self.upper_path(upper))
+        paths.extend(self.lower_path(source) for source in sources)
+        for path in paths:
+            layer_names = []
+            try:
+                with os.scandir(path) as it:
+                    for dirent in it:
+                        name = dirent.name
+                        if name in seen:
+                            continue
+                        layer_names.append(name)
+                        if not _maybe_whiteout(dirent) or not is_whiteout(
+                            dirent.stat(follow_symlinks=False)
+                        ):
+                            names.append(name)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            seen.update(layer_names)
+        return names
+
+    def is_empty_dir(self, upper: bytes | None, sources: tuple[Source, ...]) -> bool:
+        return not self.list_dir(upper, sources)
+
+
+def _maybe_whiteout(dirent: os.DirEntry[bytes]) -> bool:
+    """Cheap pre-check from d_type: only a special file can be a whiteout."""
+    return not (
+        dirent.is_dir(follow_symlinks=False)
+        or dirent.is_file(follow_symlinks=False)
+        or dirent.is_symlink()
+    )
