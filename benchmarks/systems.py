@@ -1,0 +1,107 @@
+"""The filesystems under test and how to mount each one over the same two lower layers.
+
+Each system mounts a union of the dataset's lowers with a fresh, empty upper directory;
+"native" is the baseline without a union: a plain directory holding the merged tree.
+Mounting and unmounting happen outside the timed part of a sample.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.cleanup import is_mountpoint, remove_tree, unmount
+from benchmarks.dataset import Dataset
+
+OURS = Path(sys.executable).parent / "unionfs"
+UNIONFS_FUSE = Path("/usr/bin/unionfs")
+
+
+class MountFailed(Exception):
+    """The system could not mount: the whole system is reported as failed, with this reason."""
+
+
+@dataclass(frozen=True)
+class Mounted:
+    """A mounted union: where to work, and the upper directory (None for native)."""
+
+    root: Path
+    upper: Path | None
+
+
+@dataclass(frozen=True)
+class FsSystem:
+    """One filesystem: a name, what it needs installed, and how it mounts."""
+
+    name: str
+    label: str
+    program: str | None  # the executable that must exist; None for native/kernel
+
+    def missing(self) -> str | None:
+        """Why this system cannot run here, or None."""
+        if self.program and shutil.which(self.program) is None:
+            return f"{self.program} not installed"
+        return None
+
+    def mount_argv(self, lowers: Sequence[Path], upper: Path, work: Path, mnt: Path) -> list[str]:
+        lowerdir = ":".join(str(p) for p in lowers)
+        opts = f"lowerdir={lowerdir},upperdir={upper},workdir={work}"
+        if self.name == "overlayfs":
+            return ["mount", "-t", "overlay", "overlay", "-o", opts, str(mnt)]
+        if self.name == "unionfs-fuse":
+            branches = ":".join([f"{upper}=RW", *(f"{p}=RO" for p in lowers)])
+            return [str(UNIONFS_FUSE), "-o", "cow", branches, str(mnt)]
+        assert self.program is not None
+        return [self.program, "-o", opts, str(mnt)]
+
+    @contextlib.contextmanager
+    def mount(self, data: Dataset, scratch: Path, parts: Sequence[str]) -> Iterator[Mounted]:
+        """Mount a fresh union under scratch; unmount and delete it all on the way out."""
+        scratch.mkdir(parents=True)
+        try:
+            if self.name == "native":
+                data.link_native(scratch / "tree", parts)
+                yield Mounted(scratch / "tree", None)
+                return
+            upper, work, mnt = scratch / "upper", scratch / "work", scratch / "mnt"
+            for d in (upper, work, mnt):
+                d.mkdir()
+            argv = self.mount_argv(data.lowers, upper, work, mnt)
+            try:
+                result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+            except subprocess.TimeoutExpired as exc:
+                raise MountFailed("mount command timed out after 60 s") from exc
+            try:
+                if result.returncode != 0:
+                    lines = (result.stderr or result.stdout).strip().splitlines()
+                    last = lines[-1] if lines else ""
+                    raise MountFailed(f"mount exited {result.returncode}: {last}"[:300])
+                wait_mounted(mnt)
+                yield Mounted(mnt, upper)
+            finally:
+                unmount(mnt)
+        finally:
+            remove_tree(scratch)
+
+
+def wait_mounted(mnt: Path, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not is_mountpoint(mnt):
+        if time.monotonic() > deadline:
+            raise MountFailed(f"mount command returned but {mnt} is not mounted")
+        time.sleep(0.02)
+
+
+FS_SYSTEMS: tuple[FsSystem, ...] = (
+    FsSystem("native", "native (no union)", None),
+    FsSystem("overlayfs", "kernel overlayfs", None),
+    FsSystem("fuse-overlayfs", "fuse-overlayfs", "fuse-overlayfs"),
+    FsSystem("unionfs-fuse", "unionfs-fuse -o cow", str(UNIONFS_FUSE)),
+    FsSystem("lamina-unionfs", "lamina unionfs (ours)", str(OURS)),
+)
