@@ -21,6 +21,7 @@ from tests.unionfs.differential.runner import (
     IMPLEMENTATIONS,
     Mismatch,
     Pair,
+    Scenario,
     reduce,
     run_generated,
 )
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--seeds", type=seed_range, default=range(8), help="N or N-M")
     run.add_argument("--ops", type=int, default=300)
     run.add_argument("--check-every", type=int, default=50)
+    run.add_argument("--warmup", type=int, default=0, help="kernel ops run first on both")
     run.add_argument("--reduce", action="store_true", help="shrink each mismatch to few ops")
     layers = sub.add_parser("layers", help="list the lower layers a seed builds")
     layers.add_argument("--seed", type=int, required=True)
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             started = time.monotonic()
             base = Path(tmp) / f"seed{seed}"
             try:
-                run_generated(seed, args.ops, pair, base, args.check_every)
+                run_generated(Scenario(seed, args.warmup), args.ops, pair, base, args.check_every)
             except Mismatch as mismatch:
                 tally[mismatch.signature] += 1
                 print(f"seed {seed}: MISMATCH {mismatch.signature}", flush=True)

@@ -89,8 +89,10 @@ WEIGHTS: dict[str, int] = {
 class OpGenerator:
     """Draws the next operation from a seeded stream, given the current merged view."""
 
-    def __init__(self, seed: int, weights: dict[str, int] | None = None) -> None:
-        self.rng = random.Random(f"ops:{seed}")
+    def __init__(
+        self, seed: int, weights: dict[str, int] | None = None, stream: str = "ops"
+    ) -> None:
+        self.rng = random.Random(f"{stream}:{seed}")
         self.weights = weights or WEIGHTS
 
     def next(self, view: View) -> Op:

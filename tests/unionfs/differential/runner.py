@@ -53,12 +53,29 @@ IMPLEMENTATIONS: dict[str, Mounter] = {
 }
 
 
+@dataclass(frozen=True)
+class Scenario:
+    """Where a sequence starts: the seed's layers, maybe already lived in by the kernel.
+
+    With warmup > 0, both copies are first mounted with the kernel overlayfs and the same
+    `warmup` generated ops run on each, so the upper dir starts with what a previous
+    session leaves: copied-up files, whiteouts, opaque dirs and redirects in the kernel's
+    own hand, which the implementation under test must read.
+    """
+
+    seed: int
+    warmup: int = 0
+
+    def __str__(self) -> str:
+        return f"seed {self.seed}" + (f", warm-up {self.warmup}" if self.warmup else "")
+
+
 @dataclass
 class Mismatch(Exception):
     """The first difference between the two sides, with what is needed to replay it."""
 
-    seed: int
-    stage: str  # "outcome", "merged view", "upper dir", "lower layer"
+    scenario: Scenario
+    stage: str  # "outcome", "merged view", "upper dir", "lower layer", "kernel remount"
     names: tuple[str, str]
     ops: list[Op]  # every op run so far, the failing one last
     details: list[str] = field(default_factory=list)
@@ -73,7 +90,7 @@ class Mismatch(Exception):
 
     def __str__(self) -> str:
         a, b = self.names
-        lines = [f"{a} and {b} differ: {self.stage}, seed {self.seed}, after op #{len(self.ops)}"]
+        lines = [f"{a} and {b} differ: {self.stage}, {self.scenario}, after op #{len(self.ops)}"]
         if self.stage == "outcome":
             lines.append(f"  op #{len(self.ops) - 1}: {self.ops[-1]}")
         lines += self.details
@@ -95,84 +112,131 @@ class Pair:
         return (self.a, self.b)
 
 
-@contextlib.contextmanager
-def _mounted_pair(seed: int, pair: Pair, base: Path) -> Iterator[tuple[Layers, Layers, Path, Path]]:
-    """Build the seed's layers twice and mount them: side a and side b."""
-    sides = []
-    for side in ("a", "b"):
-        layers = build_layers(seed, base / side)
-        mountpoint = base / side / "mnt"
-        mountpoint.mkdir()
-        sides.append((layers, mountpoint))
-    (layers_a, mnt_a), (layers_b, mnt_b) = sides
-    with (
-        IMPLEMENTATIONS[pair.a](layers_a, mnt_a),
-        IMPLEMENTATIONS[pair.b](layers_b, mnt_b),
-    ):
-        yield layers_a, layers_b, mnt_a, mnt_b
+NextOp = Callable[[View, int], Op | None]
+
+
+def generated(seed: int, n_ops: int, stream: str = "ops") -> NextOp:
+    """n_ops ops drawn for seed, each aimed at the view it is given."""
+    generator = OpGenerator(seed, stream=stream)
+    return lambda view, index: generator.next(view) if index < n_ops else None
+
+
+def fixed(ops: Sequence[Op]) -> NextOp:
+    return lambda _view, index: ops[index] if index < len(ops) else None
+
+
+class _Session:
+    """One side-by-side run on two copies of a scenario's layers."""
+
+    def __init__(self, scenario: Scenario, pair: Pair, base: Path) -> None:
+        self.scenario, self.pair = scenario, pair
+        self.layers = (
+            build_layers(scenario.seed, base / "a"),
+            build_layers(scenario.seed, base / "b"),
+        )
+        self.mounts = (base / "a" / "mnt", base / "b" / "mnt")
+        for mountpoint in self.mounts:
+            mountpoint.mkdir()
+        self.ops: list[Op] = []
+
+    def fail(self, stage: str, details: list[str]) -> Mismatch:
+        return Mismatch(self.scenario, stage, self.pair.names, list(self.ops), details)
+
+    @contextlib.contextmanager
+    def mounted(self, names: tuple[str, str]) -> Iterator[tuple[str, str]]:
+        with (
+            IMPLEMENTATIONS[names[0]](self.layers[0], self.mounts[0]),
+            IMPLEMENTATIONS[names[1]](self.layers[1], self.mounts[1]),
+        ):
+            yield str(self.mounts[0]), str(self.mounts[1])
+
+    def warm_up(self) -> None:
+        if not self.scenario.warmup:
+            return
+        with self.mounted(("kernel", "kernel")) as (mnt_a, mnt_b):
+            next_op = generated(self.scenario.seed, self.scenario.warmup, stream="warmup")
+            while (op := next_op(view_of(mnt_a), len(self.ops))) is not None:
+                self.ops.append(op)
+                if execute(op, mnt_a) != execute(op, mnt_b):
+                    raise self.fail("warm-up (kernel against itself)", [f"  {op}"])
+        self.ops = []
+
+    def run_ops(self, next_op: NextOp, check_every: int) -> None:
+        with self.mounted(self.pair.names) as (mnt_a, mnt_b):
+            while (op := next_op(view_of(mnt_a), len(self.ops))) is not None:
+                self.ops.append(op)
+                outcome_a, outcome_b = execute(op, mnt_a), execute(op, mnt_b)
+                if outcome_a != outcome_b:
+                    details = [f"  {self.pair.a}: {outcome_a}", f"  {self.pair.b}: {outcome_b}"]
+                    raise self.fail("outcome", details)
+                self.compare_views(mnt_a, mnt_b)
+                if check_every and len(self.ops) % check_every == 0:
+                    self.compare_trees("merged view", mnt_a, mnt_b)
+            self.compare_trees("merged view", mnt_a, mnt_b)
+
+    def compare_views(self, mnt_a: str, mnt_b: str) -> None:
+        """After every op: the same paths with the same kinds (cheap; full checks are rarer)."""
+        view_a, view_b = view_of(mnt_a), view_of(mnt_b)
+        if view_a != view_b:
+            diff = [
+                f"  {path or '/'}: kind: {self.pair.a}={view_a.get(path)!r} "
+                f"{self.pair.b}={view_b.get(path)!r}"
+                for path in sorted(view_a.keys() | view_b.keys())
+                if view_a.get(path) != view_b.get(path)
+            ]
+            raise self.fail("merged view", diff)
+
+    def compare_trees(self, stage: str, a: str | Path, b: str | Path, upper: bool = False) -> None:
+        diff = diff_snapshots(snapshot(a, upper=upper), snapshot(b, upper=upper), self.pair.names)
+        if diff:
+            raise self.fail(stage, diff)
+
+    def compare_uppers(self) -> None:
+        upper_a, upper_b = self.layers[0].upper, self.layers[1].upper
+        assert upper_a is not None and upper_b is not None
+        self.compare_trees("upper dir", upper_a, upper_b, upper=True)
+
+    def compare_kernel_remounts(self) -> None:
+        """The kernel reads both uppers the same way: checks what RULE_REDIRECT_PRESENCE skips."""
+        with self.mounted(("kernel", "kernel")) as (mnt_a, mnt_b):
+            self.compare_trees("kernel remount", mnt_a, mnt_b)
+
+    def lowers(self) -> list[Path]:
+        return [*self.layers[0].lowers, *self.layers[1].lowers]
 
 
 def run(
-    seed: int,
-    pair: Pair,
-    base: Path,
-    next_op: Callable[[View, int], Op | None],
-    check_every: int = 0,
+    scenario: Scenario, pair: Pair, base: Path, next_op: NextOp, check_every: int = 0
 ) -> list[Op]:
-    """Run ops from next_op(view of a, index) until it returns None; raise Mismatch."""
-    ops: list[Op] = []
-
-    def fail(stage: str, details: list[str]) -> Mismatch:
-        return Mismatch(seed, stage, pair.names, list(ops), details)
-
-    def compare_merged(mnt_a: Path, mnt_b: Path) -> None:
-        diff = diff_snapshots(snapshot(mnt_a), snapshot(mnt_b), pair.names)
-        if diff:
-            raise fail("merged view", diff)
-
+    """Run ops from next_op(view of side a, index) until it returns None; raise Mismatch."""
     base.mkdir(parents=True, exist_ok=True)
-    with _mounted_pair(seed, pair, base) as (layers_a, layers_b, mnt_a, mnt_b):
-        lowers_before = [fingerprint(p) for p in layers_a.lowers + layers_b.lowers]
-        while (op := next_op(view_of(str(mnt_a)), len(ops))) is not None:
-            ops.append(op)
-            outcome_a, outcome_b = execute(op, str(mnt_a)), execute(op, str(mnt_b))
-            if outcome_a != outcome_b:
-                raise fail("outcome", [f"  {pair.a}: {outcome_a}", f"  {pair.b}: {outcome_b}"])
-            if check_every and len(ops) % check_every == 0:
-                compare_merged(mnt_a, mnt_b)
-        compare_merged(mnt_a, mnt_b)
-    assert layers_a.upper is not None and layers_b.upper is not None
-    upper_diff = diff_snapshots(
-        snapshot(layers_a.upper, upper=True), snapshot(layers_b.upper, upper=True), pair.names
-    )
-    if upper_diff:
-        raise fail("upper dir", upper_diff)
-    lowers_after = [fingerprint(p) for p in layers_a.lowers + layers_b.lowers]
-    for path, before, after in zip(
-        layers_a.lowers + layers_b.lowers, lowers_before, lowers_after, strict=True
-    ):
+    session = _Session(scenario, pair, base)
+    lowers_before = [fingerprint(p) for p in session.lowers()]
+    session.warm_up()
+    session.run_ops(next_op, check_every)
+    session.compare_uppers()
+    session.compare_kernel_remounts()
+    for path, before in zip(session.lowers(), lowers_before, strict=True):
+        after = fingerprint(path)
         if before != after:
             changed = sorted(
                 k for k in before.keys() | after.keys() if before.get(k) != after.get(k)
             )
-            raise fail("lower layer", [f"  {path} changed: {changed}"])
-    return ops
+            raise session.fail("lower layer", [f"  {path} changed: {changed}"])
+    return session.ops
 
 
-def run_generated(seed: int, n_ops: int, pair: Pair, base: Path, check_every: int = 50) -> list[Op]:
-    """The differential test proper: n_ops generated ops for seed."""
-    generator = OpGenerator(seed)
-
-    def next_op(view: View, index: int) -> Op | None:
-        return generator.next(view) if index < n_ops else None
-
-    return run(seed, pair, base, next_op, check_every)
+def run_generated(
+    scenario: Scenario, n_ops: int, pair: Pair, base: Path, check_every: int = 50
+) -> list[Op]:
+    """The differential test proper: n_ops generated ops on the scenario."""
+    return run(scenario, pair, base, generated(scenario.seed, n_ops), check_every)
 
 
-def replay(seed: int, ops: Sequence[Op], pair: Pair, base: Path) -> None:
-    """Run a fixed op list (a reproduction) on fresh layers for seed; raise Mismatch."""
+def replay(scenario: Scenario, ops: Sequence[Op], pair: Pair, base: Path) -> None:
+    """Run a fixed op list (a reproduction) on fresh layers; raise Mismatch."""
     try:
-        run(seed, pair, base, lambda _view, i: ops[i] if i < len(ops) else None)
+        run(scenario, pair, base, fixed(ops))
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -185,7 +249,7 @@ def reduce(mismatch: Mismatch, pair: Pair, base: Path, log: Callable[[str], None
         nonlocal trials
         trials += 1
         try:
-            replay(mismatch.seed, ops, pair, base / f"trial{trials}")
+            replay(mismatch.scenario, ops, pair, base / f"trial{trials}")
         except Mismatch as found:
             return found if found.signature == mismatch.signature else None
         return None
@@ -196,8 +260,7 @@ def reduce(mismatch: Mismatch, pair: Pair, base: Path, log: Callable[[str], None
     while len(ops) >= 2:
         size = max(1, len(ops) // chunks)
         for start in range(0, len(ops), size):
-            candidate = ops[:start] + ops[start + size :]
-            found = failing(candidate)
+            found = failing(ops[:start] + ops[start + size :])
             if found is not None:
                 ops, best = list(found.ops), found
                 chunks = max(chunks - 1, 2)
