@@ -115,8 +115,7 @@ def tree_snapshot(root: Path) -> dict[bytes, tuple[object, ...]]:
             path = dirpath if name == b"." else os.path.join(dirpath, name)
             st = os.lstat(path)
             if stat.S_ISREG(st.st_mode):
-                with open(path, "rb") as f:
-                    content: object = hashlib.sha256(f.read()).hexdigest()
+                content: object = sparse_digest(path)
             elif stat.S_ISLNK(st.st_mode):
                 content = os.readlink(path)
             else:
@@ -139,6 +138,36 @@ def tree_snapshot(root: Path) -> dict[bytes, tuple[object, ...]]:
                 tuple(attrs),
             )
     return snap
+
+
+def sparse_digest(path: bytes | str) -> str:
+    """A hash of a file's data that reads only its data extents, so huge sparse files are cheap.
+
+    Holes read as zeros, so (offset, bytes) of each extent plus the size identify the content.
+    """
+    digest = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        digest.update(str(size).encode())
+        offset = 0
+        while offset < size:
+            try:
+                start = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # only a hole is left
+                    break
+                raise
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            digest.update(f"@{start}".encode())
+            while start < end:
+                chunk = os.pread(fd, min(end - start, 1 << 20), start)
+                digest.update(chunk)
+                start += len(chunk)
+            offset = end
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
 
 
 def leftovers(work: Path) -> list[bytes]:
@@ -233,6 +262,21 @@ def renameat2(old: Path, new: Path, flags: int) -> None:
     if _libc.renameat2(AT_FDCWD, os.fsencode(old), AT_FDCWD, os.fsencode(new), flags) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code), str(old), None, str(new))
+
+
+_libc.linkat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+_libc.linkat.restype = ctypes.c_int
+AT_EMPTY_PATH = 0x1000
+
+
+def link_fd(fd: int, new: Path) -> None:
+    """Give an open file (an O_TMPFILE one) a name: linkat(fd, "", AT_EMPTY_PATH).
+
+    Linking /proc/self/fd/N instead fails with EXDEV on the kernel overlayfs.
+    """
+    if _libc.linkat(fd, b"", AT_FDCWD, os.fsencode(new), AT_EMPTY_PATH) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), str(new))
 
 
 class _Dirent(ctypes.Structure):

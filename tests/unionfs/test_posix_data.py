@@ -1,0 +1,181 @@
+"""File data: mmap, O_APPEND, O_TRUNC, O_EXCL, O_TMPFILE, sparse and > 4 GiB files,
+fsync/fdatasync and statfs."""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.unionfs.conftest import Union
+from tests.unionfs.posix_helpers import errno_of, link_fd, names, write
+
+pytestmark = pytest.mark.root
+
+GiB = 1024**3
+
+
+def _pread(path: Path, offset: int, size: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, size, offset)
+    finally:
+        os.close(fd)
+
+
+def _pwrite(path: Path, offset: int, data: bytes, flags: int = os.O_WRONLY) -> None:
+    fd = os.open(path, flags, 0o644)
+    try:
+        assert os.pwrite(fd, data, offset) == len(data)
+    finally:
+        os.close(fd)
+
+
+def test_a_shared_writable_mmap_of_a_lower_file_writes_through(union: Union) -> None:
+    write(union.lower / "f", b"a" * 8192)
+    mnt = union.mount()
+    fd = os.open(mnt / "f", os.O_RDWR)
+    try:
+        with mmap.mmap(fd, 8192, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE) as m:
+            m[4095:4097] = b"XY"
+            m.flush()
+    finally:
+        os.close(fd)
+    expected = b"a" * 4095 + b"XY" + b"a" * 4095
+    assert (mnt / "f").read_bytes() == expected
+    mnt = union.remount()
+    assert (mnt / "f").read_bytes() == expected
+
+
+def test_mmap_writes_are_seen_by_read_through_another_descriptor(union: Union) -> None:
+    mnt = union.mount()
+    write(mnt / "f", b"\0" * 4096)
+    fd = os.open(mnt / "f", os.O_RDWR)
+    try:
+        with mmap.mmap(fd, 4096, mmap.MAP_SHARED) as m:
+            m[0:5] = b"hello"
+            assert _pread(mnt / "f", 0, 5) == b"hello"
+    finally:
+        os.close(fd)
+
+
+def test_o_append_writes_at_the_end_of_a_lower_file_whatever_the_offset(union: Union) -> None:
+    write(union.lower / "log", b"one\n")
+    mnt = union.mount()
+    first = os.open(mnt / "log", os.O_WRONLY | os.O_APPEND)
+    second = os.open(mnt / "log", os.O_WRONLY | os.O_APPEND)
+    try:
+        os.lseek(first, 0, os.SEEK_SET)
+        os.write(first, b"two\n")
+        os.write(second, b"three\n")
+        os.write(first, b"four\n")
+    finally:
+        os.close(first)
+        os.close(second)
+    assert (mnt / "log").read_bytes() == b"one\ntwo\nthree\nfour\n"
+
+
+def test_o_trunc_empties_a_lower_file_keeping_its_mode(union: Union) -> None:
+    write(union.lower / "f", b"old data", mode=0o640)
+    mnt = union.mount()
+    os.close(os.open(mnt / "f", os.O_WRONLY | os.O_TRUNC))
+    assert (mnt / "f").read_bytes() == b""
+    assert (union.upper / "f").read_bytes() == b""
+    assert os.lstat(union.upper / "f").st_mode & 0o777 == 0o640
+
+
+def test_o_excl_refuses_a_lower_file_and_accepts_a_whited_out_name(union: Union) -> None:
+    write(union.lower / "f", b"old")
+    write(union.lower / "g", b"old")
+    mnt = union.mount()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    assert errno_of(lambda: os.open(mnt / "f", flags)) == errno.EEXIST
+    os.unlink(mnt / "g")
+    os.close(os.open(mnt / "g", flags, 0o600))
+    assert (mnt / "g").read_bytes() == b""
+
+
+def test_an_o_tmpfile_file_is_invisible_until_linked(union: Union) -> None:
+    (union.lower / "d").mkdir()
+    mnt = union.mount()
+    fd = os.open(mnt / "d", os.O_TMPFILE | os.O_RDWR, 0o600)
+    try:
+        os.write(fd, b"anonymous")
+        assert names(mnt / "d") == []
+        link_fd(fd, mnt / "d" / "named")
+    finally:
+        os.close(fd)
+    assert (mnt / "d" / "named").read_bytes() == b"anonymous"
+    assert (union.upper / "d" / "named").read_bytes() == b"anonymous"
+
+
+def test_a_hole_reads_as_zeros_and_takes_no_space(union: Union) -> None:
+    mnt = union.mount()
+    _pwrite(mnt / "sparse", 64 * 1024 * 1024, b"end", os.O_WRONLY | os.O_CREAT)
+    assert os.lstat(mnt / "sparse").st_size == 64 * 1024 * 1024 + 3
+    assert _pread(mnt / "sparse", 1024 * 1024, 4096) == b"\0" * 4096
+    assert os.lstat(union.upper / "sparse").st_blocks * 512 < 1024 * 1024
+
+
+def test_a_file_larger_than_4_gib_keeps_offsets_past_32_bits(union: Union) -> None:
+    mnt = union.mount()
+    boundary = 4 * GiB
+    big = mnt / "big"
+    _pwrite(big, boundary - 2, b"ABCD", os.O_WRONLY | os.O_CREAT)
+    _pwrite(big, 5 * GiB, b"tail")
+    assert os.lstat(big).st_size == 5 * GiB + 4
+    assert _pread(big, boundary - 2, 4) == b"ABCD"
+    assert _pread(big, 5 * GiB, 10) == b"tail"
+    assert _pread(big, 2, 2) == b"\0\0"
+
+
+def test_copy_up_of_a_sparse_lower_file_past_4_gib_keeps_its_data_and_holes(
+    union: Union,
+) -> None:
+    lower = union.lower / "big"
+    _pwrite(lower, 5 * GiB, b"tail", os.O_WRONLY | os.O_CREAT)
+    _pwrite(lower, 0, b"head")
+    mnt = union.mount()
+    os.chmod(mnt / "big", 0o600)
+    upper = os.lstat(union.upper / "big")
+    assert upper.st_size == 5 * GiB + 4
+    assert upper.st_blocks * 512 < 64 * 1024 * 1024
+    assert _pread(mnt / "big", 5 * GiB, 4) == b"tail"
+    assert _pread(mnt / "big", 0, 4) == b"head"
+
+
+def test_fsync_and_fdatasync_succeed_on_new_and_copied_up_files(union: Union) -> None:
+    write(union.lower / "old", b"x")
+    mnt = union.mount()
+    for name in ("old", "new"):
+        fd = os.open(mnt / name, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, b"data")
+            os.fsync(fd)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+    dir_fd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    assert (union.upper / "old").read_bytes() == b"data"
+
+
+def test_statfs_reports_the_upper_filesystem(union: Union) -> None:
+    mnt = union.mount()
+    merged, upper = os.statvfs(mnt), os.statvfs(union.upper)
+    assert merged.f_blocks * merged.f_frsize == upper.f_blocks * upper.f_frsize
+    assert merged.f_namemax == 255
+    assert abs(merged.f_bavail * merged.f_frsize - upper.f_bavail * upper.f_frsize) < 1024**3
+
+
+def test_writing_past_the_end_of_a_lower_file_fills_the_gap_with_zeros(union: Union) -> None:
+    write(union.lower / "f", b"abc")
+    mnt = union.mount()
+    _pwrite(mnt / "f", 10, b"z")
+    assert (mnt / "f").read_bytes() == b"abc" + b"\0" * 7 + b"z"
