@@ -1,0 +1,363 @@
+"""LayerStore: images and their content-addressed layers under one root directory.
+
+Layout (everything appears by a rename from `<root>/tmp`, so a crash leaves no half layer)::
+
+    <root>/layers/<key>/diff/           the layer, unpacked in the overlay format
+    <root>/layers/<key>/layer.json      key, diff_id (sha256 of the tar), sizes
+    <root>/layers/<key>/tar-split.zst   the tar's non-data bytes, to rebuild it on save
+    <root>/images/<id>/config.json      the OCI image config, verbatim; id = its sha256
+    <root>/images/<id>/image.json       layer keys (bottom first), import time
+    <root>/images/tags.json             "name:tag" -> image id
+    <root>/images/.lock                 flock held while images or tags change
+
+A layer's key is the xxh3-128 of its uncompressed tar: two images with the same base layer
+share one directory. A layer is removed only when no image names it any more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import xxhash
+
+from containers import oci
+from containers.cli import UserError
+from containers.layer_tar import unpack_layer
+from containers.tar_split import cuttable_spans, write_tar_split
+
+SPOOL_CHUNK = 1 << 20
+IMAGES_HINT = "`lamina images` lists the images; `lamina import` adds one"
+
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REPO = re.compile(rf"(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+def parse_name(ref: str) -> str:
+    """`busybox` -> `busybox:latest`; refuse what docker would refuse as a name."""
+    repo, tag = ref, "latest"
+    slash, colon = ref.rfind("/"), ref.rfind(":")
+    if colon > slash:
+        repo, tag = ref[:colon], ref[colon + 1 :]
+    if not _REPO.fullmatch(repo) or not _TAG.fullmatch(tag) or len(repo) > 255:
+        raise UserError(
+            f"invalid image name {ref!r}",
+            hint="use lowercase NAME[:TAG], e.g. busybox:1.36 or my/app",
+        )
+    return f"{repo}:{tag}"
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    key: str
+    diff_id: str
+    tar_size: int
+    disk_size: int
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: str  # sha256:<hex> of the config
+    layer_keys: tuple[str, ...]  # bottom first, as in the OCI config
+    tags: tuple[str, ...]
+    imported: float
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    """What `lamina run` needs: layer dirs for the union (topmost first) and run defaults."""
+
+    name: str
+    id: str
+    layers: list[Path]
+    config: oci.ImageConfig
+    layer_keys: tuple[str, ...]
+    oci_config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SpooledLayer:
+    """An uncompressed layer tar in the store's scratch space, hashed on the way in."""
+
+    path: Path
+    key: str
+    diff_id: str
+    size: int
+
+
+class LayerStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.layers_dir = self.root / "layers"
+        self.images_dir = self.root / "images"
+        self.tmp_dir = self.root / "tmp"
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _ensure_dirs(self) -> None:
+        for d in (self.layers_dir, self.images_dir, self.tmp_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """One writer at a time for tags, image records and layer removal."""
+        self._ensure_dirs()
+        fd = os.open(self.images_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def scratch(self) -> Iterator[Path]:
+        """A private directory on the store's filesystem (for renames); always removed."""
+        self._ensure_dirs()
+        path = Path(tempfile.mkdtemp(prefix="work-", dir=self.tmp_dir))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    # -- layers ---------------------------------------------------------------------------
+
+    def layer_path(self, key: str) -> Path:
+        return self.layers_dir / key / "diff"
+
+    def tar_split_path(self, key: str) -> Path:
+        return self.layers_dir / key / "tar-split.zst"
+
+    def layer_info(self, key: str) -> LayerInfo:
+        return self._read_info(self.layers_dir / key)
+
+    def has_layer(self, key: str) -> bool:
+        return (self.layers_dir / key / "layer.json").exists()
+
+    def spool(self, stream: BinaryIO, scratch: Path, on_bytes: Any = None) -> SpooledLayer:
+        """Copy an uncompressed layer tar into scratch, computing its key and diff_id."""
+        path = Path(tempfile.mkstemp(prefix="layer-", suffix=".tar", dir=scratch)[1])
+        sha, xxh, size = hashlib.sha256(), xxhash.xxh3_128(), 0
+        with open(path, "wb") as out:
+            while chunk := stream.read(SPOOL_CHUNK):
+                sha.update(chunk)
+                xxh.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+        return SpooledLayer(path, xxh.hexdigest(), "sha256:" + sha.hexdigest(), size)
+
+    def prepare_layer(
+        self, spooled: SpooledLayer, work: Path, *, allow_devices: bool | None = None
+    ) -> LayerInfo:
+        """Unpack a spooled tar into work, unless the store has that layer already.
+
+        Nothing is published here: `add_image` renames every staged layer into place, so a
+        failed import leaves no layer behind."""
+        if self.has_layer(spooled.key):
+            return self.layer_info(spooled.key)
+        staged = work / f"layer-{spooled.key}"
+        if (staged / "layer.json").exists():
+            return self._read_info(staged)
+        diff = staged / "diff"
+        diff.mkdir(parents=True)
+        os.chmod(diff, 0o755)  # a layer root without its own tar entry still looks like "/"
+        result = unpack_layer(spooled.path, diff, allow_devices=allow_devices)
+        with open(spooled.path, "rb") as tar, open(staged / "tar-split.zst", "wb") as out:
+            write_tar_split(tar, cuttable_spans(result.spans, result.names), out)
+        info = LayerInfo(spooled.key, spooled.diff_id, spooled.size, disk_usage(diff))
+        _write_json(staged / "layer.json", info.__dict__)
+        return info
+
+    @staticmethod
+    def _read_info(layer_dir: Path) -> LayerInfo:
+        with open(layer_dir / "layer.json", encoding="utf-8") as f:
+            data = json.load(f)
+        return LayerInfo(data["key"], data["diff_id"], data["tar_size"], data["disk_size"])
+
+    def _publish_layers(self, work: Path, keys: list[str]) -> None:
+        """Rename staged layers into place; caller holds the lock."""
+        for key in dict.fromkeys(keys):
+            if self.has_layer(key):
+                continue
+            staged = work / f"layer-{key}"
+            if not (staged / "layer.json").exists():
+                raise UserError(f"layer {key} was removed during the import", hint="retry")
+            shutil.rmtree(self.layers_dir / key, ignore_errors=True)  # a crashed removal
+            os.rename(staged, self.layers_dir / key)
+
+    def remove_layer(self, key: str) -> None:
+        """Rename away first, so a half-deleted layer never looks present."""
+        src = self.layers_dir / key
+        if not src.exists():
+            return
+        with self.scratch() as work:
+            os.rename(src, work / key)
+
+    # -- images ---------------------------------------------------------------------------
+
+    def _tags_path(self) -> Path:
+        return self.images_dir / "tags.json"
+
+    def tags(self) -> dict[str, str]:
+        try:
+            with open(self._tags_path(), encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return {}
+        return {str(k): str(v) for k, v in data.items()}
+
+    def _write_tags(self, tags: dict[str, str]) -> None:
+        _write_json(self._tags_path(), dict(sorted(tags.items())))
+
+    def image_ids(self) -> list[str]:
+        with contextlib.suppress(FileNotFoundError):
+            return sorted(
+                "sha256:" + e.name
+                for e in os.scandir(self.images_dir)
+                if e.is_dir() and (Path(e.path) / "image.json").exists()
+            )
+        return []
+
+    def _image_dir(self, image_id: str) -> Path:
+        return self.images_dir / oci.digest_hex(image_id)
+
+    def image(self, image_id: str, tags: dict[str, str] | None = None) -> ImageRecord:
+        with open(self._image_dir(image_id) / "image.json", encoding="utf-8") as f:
+            data = json.load(f)
+        all_tags = self.tags() if tags is None else tags
+        names = tuple(sorted(t for t, i in all_tags.items() if i == image_id))
+        return ImageRecord(image_id, tuple(data["layers"]), names, float(data["imported"]))
+
+    def images(self) -> list[ImageRecord]:
+        tags = self.tags()
+        return [self.image(i, tags) for i in self.image_ids()]
+
+    def config_bytes(self, image_id: str) -> bytes:
+        return (self._image_dir(image_id) / "config.json").read_bytes()
+
+    def oci_config(self, image_id: str) -> dict[str, Any]:
+        return oci.load_json_object(self.config_bytes(image_id), "image config")
+
+    def add_image(
+        self, work: Path, config: bytes, layer_keys: list[str], names: list[str]
+    ) -> ImageRecord:
+        """Publish the layers staged in work, record the image, point names at it."""
+        image_id = oci.sha256_digest(config)
+        with self.lock():
+            self._publish_layers(work, layer_keys)
+            target = self._image_dir(image_id)
+            if not (target / "image.json").exists():
+                with self.scratch() as work:
+                    staged = work / "image"
+                    staged.mkdir()
+                    (staged / "config.json").write_bytes(config)
+                    record = {"layers": layer_keys, "imported": time.time()}
+                    _write_json(staged / "image.json", record)
+                    shutil.rmtree(target, ignore_errors=True)
+                    os.rename(staged, target)
+            tags = self.tags()
+            for name in names:
+                tags[name] = image_id
+            self._write_tags(tags)
+        return self.image(image_id)
+
+    def find_image(self, ref: str) -> ImageRecord:
+        """An image by name[:tag], full id (sha256:...) or a unique id prefix."""
+        if not ref:
+            raise UserError("empty image reference", hint=IMAGES_HINT)
+        tags = self.tags()
+        with contextlib.suppress(UserError):
+            name = parse_name(ref)
+            if name in tags:
+                return self.image(tags[name], tags)
+        hex_part = ref.removeprefix("sha256:")
+        if _HEX.fullmatch(hex_part):
+            matches = [
+                i for i in self.image_ids() if i.removeprefix("sha256:").startswith(hex_part)
+            ]
+            if len(matches) == 1:
+                return self.image(matches[0], tags)
+            if len(matches) > 1:
+                raise UserError(f"image id prefix {ref!r} is ambiguous", hint="give more digits")
+        raise UserError(f"no such image: {ref}", hint=IMAGES_HINT)
+
+    def resolve_image(self, ref: str) -> ResolvedImage:
+        record = self.find_image(ref)
+        config = self.oci_config(record.id)
+        if parse_name_ok(ref) and parse_name(ref) in record.tags:
+            name = parse_name(ref)
+        else:
+            name = record.tags[0] if record.tags else record.id
+        return ResolvedImage(
+            name=name,
+            id=record.id,
+            layers=[self.layer_path(k) for k in reversed(record.layer_keys)],
+            config=oci.ImageConfig.from_oci(config),
+            layer_keys=record.layer_keys,
+            oci_config=config,
+        )
+
+    def untag(self, name: str) -> str | None:
+        """Remove one name; returns the image id it pointed to."""
+        with self.lock():
+            tags = self.tags()
+            image_id = tags.pop(name, None)
+            self._write_tags(tags)
+        return image_id
+
+    def remove_image(self, image_id: str) -> list[str]:
+        """Drop an image (its names too) and every layer no other image uses."""
+        with self.lock():
+            tags = {t: i for t, i in self.tags().items() if i != image_id}
+            self._write_tags(tags)
+            record = self.image(image_id, tags)
+            with self.scratch() as work:
+                os.rename(self._image_dir(image_id), work / "image")
+            still_used = {k for i in self.image_ids() for k in self.image(i, tags).layer_keys}
+            removed = [k for k in dict.fromkeys(record.layer_keys) if k not in still_used]
+            for key in removed:
+                self.remove_layer(key)
+        return removed
+
+
+def parse_name_ok(ref: str) -> bool:
+    try:
+        parse_name(ref)
+    except UserError:
+        return False
+    return True
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes allocated under path, each inode counted once (hard links share)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in [*dirnames, *filenames, ""]:
+            st = os.lstat(os.path.join(dirpath, name)) if name else os.lstat(dirpath)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_blocks * 512
+    return total
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write atomically: readers see the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)

@@ -1,0 +1,121 @@
+"""Helpers for the image-store tests: run the image subcommands, build test images offline."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import json
+import os
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from containers import commands_images
+from containers.cli import UserError
+
+
+def lamina(root: Path, *argv: str) -> int:
+    """Run one image subcommand in-process (only ours are registered, so the test does not
+    depend on the runtime's commands); a UserError propagates for the test to inspect."""
+    parser = argparse.ArgumentParser(prog="lamina")
+    parser.set_defaults(root=root)
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands_images.register(sub)
+    args = parser.parse_args(list(argv))
+    status: int = args.func(args)
+    return status
+
+
+def lamina_error(root: Path, *argv: str) -> UserError:
+    try:
+        lamina(root, *argv)
+    except UserError as exc:
+        return exc
+    raise AssertionError(f"lamina {' '.join(argv)} succeeded, expected an error")
+
+
+def umoci(*args: str | Path) -> None:
+    subprocess.run(["umoci", *map(str, args)], check=True, capture_output=True)
+
+
+@contextlib.contextmanager
+def umoci_bundle(layout: Path, tag: str, bundle: Path) -> Iterator[Path]:
+    """umoci unpack IMAGE into bundle (its rootfs is in bundle/rootfs)."""
+    umoci("unpack", "--image", f"{layout}:{tag}", bundle)
+    yield bundle / "rootfs"
+
+
+def tar_bytes(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    """An uncompressed tar from (info, data) pairs; data None for non-regular members."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            else:
+                tar.addfile(info)
+    return buf.getvalue()
+
+
+def member(
+    name: str,
+    kind: bytes = tarfile.REGTYPE,
+    *,
+    linkname: str = "",
+    mode: int = 0o644,
+    mtime: int = 1_700_000_000,
+) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode, info.mtime = kind, linkname, mode, mtime
+    return info
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def write_docker_save(dest: Path, layers: list[bytes], tags: list[str]) -> Path:
+    """A `docker save` style tarball (legacy layout: <id>/layer.tar, <config>.json)."""
+    diff_ids = [sha256(layer) for layer in layers]
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "WorkingDir": "/root"},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        }
+    ).encode()
+    config_name = sha256(config).removeprefix("sha256:") + ".json"
+    files: dict[str, bytes] = {config_name: config}
+    layer_names = []
+    for i, layer in enumerate(layers):
+        layer_id = hashlib.sha256(f"layer{i}".encode()).hexdigest()
+        files[f"{layer_id}/layer.tar"] = layer
+        files[f"{layer_id}/VERSION"] = b"1.0"
+        layer_names.append(f"{layer_id}/layer.tar")
+    manifest = [{"Config": config_name, "RepoTags": tags, "Layers": layer_names}]
+    files["manifest.json"] = json.dumps(manifest).encode()
+    dest.write_bytes(tar_bytes([(member(name), data) for name, data in files.items()]))
+    return dest
+
+
+def tree(root: Path) -> dict[str, tuple[str, str]]:
+    """A comparable picture of a tree: path -> (kind+mode+owner, content or link target)."""
+    out: dict[str, tuple[str, str]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            st = path.lstat()
+            rel = str(path.relative_to(root))
+            meta = f"{oct(st.st_mode)} {st.st_uid}:{st.st_gid}"
+            if path.is_symlink():
+                out[rel] = (meta, os.readlink(path))
+            elif path.is_file():
+                out[rel] = (meta, hashlib.sha256(path.read_bytes()).hexdigest())
+            else:
+                out[rel] = (meta, "")
+    return out
