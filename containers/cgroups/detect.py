@@ -1,0 +1,110 @@
+"""Detect the host's cgroup layout once and open a container's cgroup with the right driver."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from containers.cgroups.base import Cgroup, CgroupStats
+from containers.cgroups.resources import Resources
+from containers.cgroups.v1 import V1Cgroup
+from containers.cgroups.v2 import V2Cgroup
+
+PARENT = "lamina"  # every container cgroup sits under <hierarchy>/lamina/<id>
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the hierarchies are: v1 controller mounts and/or a cgroup2 mount."""
+
+    v1: dict[str, Path] = field(default_factory=dict)
+    v2: Path | None = None
+
+    @property
+    def kind(self) -> str:
+        if self.v1 and self.v2:
+            return "hybrid"
+        return "v1" if self.v1 else "v2"
+
+
+def parse_mounts(mounts_text: str) -> Layout:
+    """Read /proc/self/mounts: cgroup (v1) mounts by controller, and the cgroup2 mount."""
+    v1: dict[str, Path] = {}
+    v2: Path | None = None
+    for line in mounts_text.splitlines():
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        target, fstype, options = Path(fields[1]), fields[2], fields[3].split(",")
+        if fstype == "cgroup2" and v2 is None:
+            v2 = target
+        elif fstype == "cgroup":
+            for option in options:
+                v1.setdefault(option, target)
+    return Layout(v1=v1, v2=v2)
+
+
+def detect_layout() -> Layout:
+    with open("/proc/self/mounts", encoding="utf-8") as f:
+        return parse_mounts(f.read())
+
+
+class HybridCgroup:
+    """v1 controllers for limits and accounting; the v2 tree for cgroup.kill and freeze."""
+
+    def __init__(self, v1: V1Cgroup, v2: V2Cgroup) -> None:
+        self.name = v1.name
+        self.v1 = v1
+        self.v2 = v2
+
+    def paths(self) -> list[Path]:
+        return [*self.v1.paths(), *self.v2.paths()]
+
+    def create(self, resources: Resources) -> None:
+        self.v1.create(resources)
+        try:
+            self.v2.create(Resources())
+        except BaseException:
+            self.v1.destroy()
+            raise
+
+    def add(self, pid: int) -> None:
+        self.v1.add(pid)
+        self.v2.add(pid)
+
+    def pids(self) -> list[int]:
+        return sorted(set(self.v1.pids()) | set(self.v2.pids()))
+
+    def kill(self) -> None:
+        self.v2.kill()
+        self.v1.kill()  # anything that slipped out of the v2 group
+
+    def freeze(self) -> None:
+        self.v2.freeze()
+
+    def thaw(self) -> None:
+        self.v2.thaw()
+
+    def stats(self) -> CgroupStats:
+        return self.v1.stats()
+
+    def oom_kills(self) -> int:
+        return self.v1.oom_kills()
+
+    def destroy(self) -> None:
+        self.v2.destroy()
+        self.v1.destroy()
+
+
+def open_cgroup(container_id: str, layout: Layout | None = None) -> Cgroup:
+    """The cgroup driver for this host, for the container container_id (not yet created)."""
+    layout = layout if layout is not None else detect_layout()
+    name = f"{PARENT}/{container_id}"
+    if layout.kind == "hybrid":
+        assert layout.v2 is not None
+        return HybridCgroup(V1Cgroup(name, layout.v1), V2Cgroup(name, layout.v2))
+    if layout.kind == "v1":
+        return V1Cgroup(name, layout.v1)
+    if layout.v2 is None:
+        raise OSError(0, "no cgroup filesystem is mounted")
+    return V2Cgroup(name, layout.v2)

@@ -1,0 +1,114 @@
+"""cgroup v1: one directory per controller hierarchy (memory, cpu, pids, cpuset, freezer...)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+from containers.cgroups import base
+from containers.cgroups.base import CgroupStats
+from containers.cgroups.resources import Resources, v1_settings
+
+# The hierarchies a container joins; those the host does not mount are skipped.
+CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "cpuset", "freezer", "blkio", "devices")
+
+
+class V1Cgroup:
+    """A cgroup named `name` in every mounted v1 controller hierarchy."""
+
+    def __init__(self, name: str, mounts: dict[str, Path]) -> None:
+        self.name = name
+        self.mounts = {c: mounts[c] for c in CONTROLLERS if c in mounts}
+
+    def dir(self, controller: str) -> Path | None:
+        root = self.mounts.get(controller)
+        return None if root is None else root / self.name
+
+    def paths(self) -> list[Path]:
+        # Several controllers can share one hierarchy (cpu,cpuacct): list each dir once.
+        return sorted({root / self.name for root in self.mounts.values()})
+
+    def create(self, resources: Resources) -> None:
+        settings = v1_settings(resources, swap_accounting=self._has_swap_accounting())
+        for controller, _, _ in settings:
+            if controller not in self.mounts:
+                raise OSError(0, f"the cgroup v1 {controller} controller is not mounted")
+        for controller, root in self.mounts.items():
+            for new_dir in base.make_dirs(root, self.name):
+                if controller == "cpuset":
+                    _inherit_cpuset(new_dir)
+        for controller, filename, value in settings:
+            directory = self.dir(controller)
+            assert directory is not None
+            base.write(directory / filename, value)
+
+    def _has_swap_accounting(self) -> bool:
+        root = self.mounts.get("memory")
+        return root is not None and (root / "memory.memsw.limit_in_bytes").exists()
+
+    def add(self, pid: int) -> None:
+        for path in self.paths():
+            base.write(path / "cgroup.procs", str(pid))
+
+    def pids(self) -> list[int]:
+        found: set[int] = set()
+        for path in self.paths():
+            found.update(base.read_procs(path))
+        return sorted(found)
+
+    def kill(self) -> None:
+        # v1 has no cgroup.kill: freeze first so nothing forks while we signal.
+        frozen = self.dir("freezer") is not None
+        if frozen:
+            self.freeze()
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if frozen:
+            self.thaw()
+        base.wait_until(lambda: not self.pids(), 10.0, f"cgroup {self.name} to empty")
+
+    def freeze(self) -> None:
+        self._set_freezer("FROZEN")
+
+    def thaw(self) -> None:
+        self._set_freezer("THAWED")
+
+    def _set_freezer(self, state: str) -> None:
+        directory = self.dir("freezer")
+        if directory is None:
+            raise OSError(0, "the cgroup v1 freezer controller is not mounted")
+        base.write(directory / "freezer.state", state)
+        state_file = directory / "freezer.state"
+        base.wait_until(lambda: state_file.read_text().strip() == state, 10.0, state)
+
+    def stats(self) -> CgroupStats:
+        mem = self.dir("memory")
+        limit = base.read_int(mem / "memory.limit_in_bytes") if mem else 0
+        acct = self.dir("cpuacct")
+        pids = self.dir("pids")
+        return CgroupStats(
+            memory_bytes=base.read_int(mem / "memory.usage_in_bytes") if mem else 0,
+            memory_limit=limit if 0 < limit < 2**62 else None,
+            cpu_usage_ns=base.read_int(acct / "cpuacct.usage") if acct else 0,
+            pids=base.read_int(pids / "pids.current") if pids else len(self.pids()),
+        )
+
+    def oom_kills(self) -> int:
+        mem = self.dir("memory")
+        return base.read_keyed(mem / "memory.oom_control", "oom_kill") if mem else 0
+
+    def destroy(self) -> None:
+        if self.pids():
+            self.kill()
+        for path in self.paths():
+            base.remove_dir(path)
+
+
+def _inherit_cpuset(directory: Path) -> None:
+    """A new v1 cpuset starts empty and refuses tasks: copy cpus and mems from its parent."""
+    for filename in ("cpuset.cpus", "cpuset.mems"):
+        if not (directory / filename).read_text().strip():
+            base.write(directory / filename, (directory.parent / filename).read_text().strip())

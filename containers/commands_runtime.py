@@ -1,0 +1,374 @@
+"""The container lifecycle subcommands: run, ps, logs, exec, stop, kill, rm, pause, unpause,
+stats. Each parses its options, calls runtime/state, and returns an exit status.
+
+Imports of the heavier modules happen inside the commands, so `lamina run` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from containers.cli import UserError
+
+# argparse's subparsers object has no public type.
+Subparsers = Any
+
+
+def register(sub: Subparsers) -> None:
+    _register_run(sub)
+    ps = sub.add_parser("ps", help="list containers")
+    ps.add_argument("-a", "--all", action="store_true", help="also stopped containers")
+    ps.add_argument("-q", "--quiet", action="store_true", help="only ids")
+    ps.set_defaults(func=cmd_ps)
+
+    logs = sub.add_parser("logs", help="output of a detached container")
+    logs.add_argument("-f", "--follow", action="store_true", help="follow until it exits")
+    logs.add_argument("container")
+    logs.set_defaults(func=cmd_logs)
+
+    exe = sub.add_parser("exec", help="run a command in a running container")
+    exe.add_argument("-i", "--interactive", action="store_true")
+    exe.add_argument("-t", "--tty", action="store_true")
+    exe.add_argument("-e", "--env", action="append", default=[])
+    exe.add_argument("-w", "--workdir")
+    exe.add_argument("-u", "--user")
+    exe.add_argument("--privileged", action="store_true")
+    exe.add_argument("container")
+    exe.add_argument("command", nargs=argparse.REMAINDER)
+    exe.set_defaults(func=cmd_exec)
+
+    stop = sub.add_parser("stop", help="SIGTERM, then SIGKILL after a grace period")
+    stop.add_argument("-t", "--time", type=int, default=10, help="seconds (default 10)")
+    stop.add_argument("containers", nargs="+")
+    stop.set_defaults(func=cmd_stop)
+
+    kill = sub.add_parser("kill", help="send a signal to a container's first process")
+    kill.add_argument("-s", "--signal", default="KILL")
+    kill.add_argument("containers", nargs="+")
+    kill.set_defaults(func=cmd_kill)
+
+    rm = sub.add_parser("rm", help="remove containers")
+    rm.add_argument("-f", "--force", action="store_true", help="kill it first if running")
+    rm.add_argument("containers", nargs="+")
+    rm.set_defaults(func=cmd_rm)
+
+    for name, helptext in (("pause", "freeze"), ("unpause", "thaw")):
+        p = sub.add_parser(name, help=f"{helptext} every process of containers")
+        p.add_argument("containers", nargs="+")
+        p.set_defaults(func=cmd_pause if name == "pause" else cmd_unpause)
+
+    stats = sub.add_parser("stats", help="memory, cpu and pids use of running containers")
+    stats.add_argument("--no-stream", action="store_true", help="(the default: one sample)")
+    stats.add_argument("containers", nargs="*")
+    stats.set_defaults(func=cmd_stats)
+
+
+def _register_run(sub: Subparsers) -> None:
+    run = sub.add_parser(
+        "run",
+        add_help=False,
+        help="run a command in a new container",
+        usage="lamina run [OPTIONS] IMAGE [COMMAND...] | lamina run --layer DIR... -- COMMAND",
+    )
+    add = run.add_argument
+    add("--layer", action="append", type=Path, default=[], help="layer dir (first = topmost)")
+    add("--rootfs", type=Path, help="use DIR as the root filesystem, bind-mounted (no union)")
+    add("--name")
+    add("-h", "--hostname")
+    add("-e", "--env", action="append", default=[], help="KEY=VAL (or KEY from the host)")
+    add("--env-file", action="append", type=Path, default=[])
+    add("-w", "--workdir")
+    add("-u", "--user", help="USER[:GROUP] or UID[:GID]")
+    add("--entrypoint")
+    add("-i", "--interactive", action="store_true", help="keep stdin open")
+    add("-t", "--tty", action="store_true", help="allocate a pseudo-terminal")
+    add("-d", "--detach", action="store_true", help="run in the background, print the id")
+    add("--rm", action="store_true", help="remove the container when it exits")
+    add("--read-only", action="store_true", help="mount the root filesystem read-only")
+    add("-v", "--volume", action="append", default=[], help="HOST:CONTAINER[:ro]")
+    add("--tmpfs", action="append", default=[], help="PATH[:OPTIONS]")
+    add("--network", "--net", default="private", help="host, or none (default: only lo)")
+    add("--init", action="store_true", help="run a small init as PID 1 (signals, zombies)")
+    add("--privileged", action="store_true", help="all capabilities, no masked paths")
+    add("--cap-add", action="append", default=[])
+    add("--cap-drop", action="append", default=[])
+    add("-m", "--memory", help="memory limit, e.g. 64m")
+    add("--memory-swap", help="memory + swap limit, -1 for unlimited swap")
+    add("--cpus", help="CPU quota, e.g. 0.5")
+    add("--cpu-shares", type=int, help="relative CPU weight (default 1024)")
+    add("--pids-limit", type=int, help="maximum number of processes")
+    add("--cpuset-cpus", help="CPUs allowed, e.g. 0-1")
+    add("args", nargs=argparse.REMAINDER, metavar="IMAGE [COMMAND...]")
+    run.set_defaults(func=cmd_run)
+    # -h is --hostname, like docker; keep --help.
+    run.add_argument("--help", action="help", help="show this help")
+
+
+def _image_defaults(root: Path, ref: str) -> Any:
+    from containers.spec import ImageDefaults
+
+    try:
+        from containers.store import LayerStore
+    except ImportError:
+        raise UserError(f"unknown image {ref!r}: this build has no image store") from None
+    image = LayerStore(root).resolve_image(ref)
+    config = image.config
+    return ImageDefaults(
+        name=image.name,
+        layers=tuple(image.layers),
+        env=tuple(config.env),
+        entrypoint=tuple(config.entrypoint) if config.entrypoint is not None else None,
+        cmd=tuple(config.cmd) if config.cmd is not None else None,
+        working_dir=config.working_dir,
+        user=config.user,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from containers import runtime
+    from containers.spec import RunOptions, build_spec
+
+    rest: list[str] = list(args.args)
+    if rest and rest[0] == "--":
+        rest = rest[1:]
+    image = None
+    if not args.layer and args.rootfs is None:
+        if not rest:
+            raise UserError("no image given", hint="lamina run [OPTIONS] IMAGE [COMMAND...]")
+        image = _image_defaults(args.root, rest.pop(0))
+    options = RunOptions(
+        command=tuple(rest),
+        layers=tuple(p.absolute() for p in args.layer),
+        rootfs=args.rootfs.absolute() if args.rootfs else None,
+        image=image,
+        name=args.name,
+        hostname=args.hostname,
+        env=tuple(args.env),
+        env_files=tuple(args.env_file),
+        workdir=args.workdir,
+        user=args.user,
+        entrypoint=args.entrypoint,
+        interactive=args.interactive,
+        tty=args.tty,
+        detach=args.detach,
+        auto_remove=args.rm,
+        read_only=args.read_only,
+        volumes=tuple(args.volume),
+        tmpfs=tuple(args.tmpfs),
+        network=args.network,
+        init=args.init,
+        privileged=args.privileged,
+        cap_add=tuple(args.cap_add),
+        cap_drop=tuple(args.cap_drop),
+        memory=args.memory,
+        memory_swap=args.memory_swap,
+        cpus=args.cpus,
+        cpu_shares=args.cpu_shares,
+        pids_limit=args.pids_limit,
+        cpuset_cpus=args.cpuset_cpus,
+    )
+    spec = build_spec(options, runtime.new_container_id())
+    root: Path = args.root.absolute()
+    if spec.detach:
+        return runtime.run_detached(spec, root)
+    return runtime.run_foreground(spec, root)
+
+
+# ---- listing ------------------------------------------------------------------------------
+
+
+def _ago(seconds: float) -> str:
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            n = int(seconds // size)
+            return f"{n} {unit}{'s' if n > 1 else ''}"
+    n = int(seconds)
+    return "Less than a second" if n < 1 else f"{n} second{'s' if n > 1 else ''}"
+
+
+def describe_status(record: Any, now: float) -> str:
+    from containers import state
+
+    status = state.live_status(record)
+    if status == state.RUNNING:
+        return f"Up {_ago(now - record.created_at)}"
+    if status == state.PAUSED:
+        return f"Up {_ago(now - record.created_at)} (Paused)"
+    if status == state.EXITED:
+        code = (
+            "?" if record.exit_code is None or record.status != state.EXITED else record.exit_code
+        )
+        since = f" {_ago(now - record.finished_at)} ago" if record.finished_at else ""
+        oom = " (OOM killed)" if record.oom_killed else ""
+        return f"Exited ({code}){oom}{since}"
+    return "Created"
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    from containers import state
+
+    now = time.time()
+    records = state.all_records(args.root)
+    if not args.all:
+        records = [r for r in records if state.live_status(r) in (state.RUNNING, state.PAUSED)]
+    if args.quiet:
+        for r in records:
+            print(r.id[:12])
+        return 0
+    rows = [("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES")]
+    for r in records:
+        image = r.image or (str(r.rootfs_dir) if r.rootfs_dir else f"<{len(r.layers)} layers>")
+        command = " ".join(r.command)
+        command = f'"{command[:20]}…"' if len(command) > 20 else f'"{command}"'
+        created = f"{_ago(now - r.created_at)} ago"
+        rows.append((r.id[:12], image, command, created, describe_status(r, now), r.name))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from containers import state
+
+    record = state.find_container(args.root, args.container)
+    try:
+        log = open(record.log_path, "rb")  # noqa: SIM115 - read incrementally below
+    except FileNotFoundError:
+        raise UserError(f"container {record.name} has no logs: only -d containers log") from None
+    with log:
+        while True:
+            data = log.read()
+            if data:
+                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.flush()
+            if not args.follow:
+                return 0
+            try:
+                current = state.load(record.dir)
+            except FileNotFoundError:
+                return 0
+            if state.live_status(current) == state.EXITED and not (data := log.read()):
+                return 0
+            if data:
+                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.flush()
+            else:
+                time.sleep(0.1)  # follow mode polls the file, like tail -f
+
+
+# ---- exec ---------------------------------------------------------------------------------
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from containers import init, runtime, state
+    from containers.spec import _check_user, _env_items, merge_env
+
+    record = state.find_container(args.root, args.container)
+    status = state.live_status(record)
+    if status == state.PAUSED:
+        raise UserError(f"container {record.name} is paused: unpause it first")
+    if status != state.RUNNING:
+        raise UserError(f"container {record.name} is not running")
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UserError("no command given", hint="lamina exec [OPTIONS] CONTAINER COMMAND...")
+    env = merge_env(record.env, [item for e in args.env for item in _env_items(e)])
+    if args.tty and not any(e.startswith("TERM=") for e in env):
+        env = (*env, "TERM=xterm")
+    process = init.Process(
+        argv=command,
+        env=env,
+        workdir=args.workdir or record.workdir,
+        user=_check_user(args.user) if args.user else record.user,
+        capabilities=_all_caps() if args.privileged else record.capabilities,
+        privileged=args.privileged or record.privileged,
+        tty=args.tty,
+    )
+    return runtime.exec_in(record, process, args.interactive)
+
+
+def _all_caps() -> list[str]:
+    from containers.spec import CAPABILITY_NUMBERS
+
+    return list(CAPABILITY_NUMBERS)
+
+
+# ---- stop, kill, rm, pause ----------------------------------------------------------------
+
+
+def _each(args: argparse.Namespace, action: Any) -> int:
+    """Apply action to every named container; report failures one per line, like docker."""
+    from containers import state
+
+    status = 0
+    for ref in args.containers:
+        try:
+            action(state.find_container(args.root, ref))
+            print(ref)
+        except UserError as exc:
+            print(f"lamina: error: {exc}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def parse_signal(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    name = text.upper()
+    name = name if name.startswith("SIG") else f"SIG{name}"
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise UserError(f"invalid signal: {text}") from None
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    from containers import state
+
+    sig = parse_signal(args.signal)
+
+    def kill(record: Any) -> None:
+        if state.live_status(record) not in (state.RUNNING, state.PAUSED):
+            raise UserError(f"container {record.name} is not running")
+        os.kill(record.pid, sig)
+
+    return _each(args, kill)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from containers import lifecycle
+
+    return _each(args, lambda record: lifecycle.stop(args.root, record, args.time))
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    from containers import lifecycle
+
+    return _each(args, lambda record: lifecycle.rm(args.root, record, args.force))
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    from containers import lifecycle
+
+    return _each(args, lambda record: lifecycle.pause(record, True))
+
+
+def cmd_unpause(args: argparse.Namespace) -> int:
+    from containers import lifecycle
+
+    return _each(args, lambda record: lifecycle.pause(record, False))
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from containers import lifecycle
+
+    return lifecycle.print_stats(args.root, args.containers)

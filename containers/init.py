@@ -1,0 +1,432 @@
+"""The child side of a start or an exec: ordered, named steps that end in execve.
+
+Runs in the forked child. Any failure is written as one JSON line to the error pipe (closed
+on exec, so the parent reads EOF when the command started) and the child exits with the
+docker status: 127 command not found, 126 not executable, 125 anything else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import signal
+import socket
+import stat
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+from containers import namespaces
+from containers import syscalls as sc
+from containers.mount_plan import Device, Mask, Mount, ReadOnly, Step, Symlink, plan_mounts
+from containers.spec import CAPABILITY_NUMBERS, DEFAULT_PATH, ContainerSpec, capability_mask
+
+TIOCSCTTY = 0x540E
+TIOCGPTN = 0x80045430
+TIOCSPTLCK = 0x40045431
+
+# Signals a container's init passes on to the command.
+FORWARDED_SIGNALS = tuple(
+    s
+    for s in signal.Signals
+    if s not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGTSTP)
+    and s not in (signal.SIGTTIN, signal.SIGTTOU)
+)
+
+
+class StartError(Exception):
+    """A failure the parent reports as it is, with a docker-like exit status."""
+
+    def __init__(self, message: str, status: int = 125) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Channels:
+    """The child's ends of its links to the parent."""
+
+    go: int  # read: one byte once the parent has put us in the cgroup
+    errors: int  # write, close-on-exec: a JSON error line if a step fails
+    console: socket.socket | None  # sends the pty master with -t
+    stdio: tuple[int, int, int] | None  # fds for 0, 1, 2 without -t (None: inherit)
+
+
+@dataclass(frozen=True)
+class Process:
+    """What is executed and as whom, for the first process and for exec alike."""
+
+    argv: Sequence[str]
+    env: Sequence[str]
+    workdir: str
+    user: str
+    capabilities: Sequence[str]
+    privileged: bool
+    tty: bool
+    use_init: bool = False
+
+
+def report_and_exit(channels: Channels, step: str, exc: BaseException) -> NoReturn:
+    if isinstance(exc, StartError):
+        message, status = str(exc), exc.status
+    else:
+        message, status = f"{step}: {exc}", 125
+    try:
+        os.write(channels.errors, json.dumps({"message": message, "status": status}).encode())
+    finally:
+        os._exit(status)
+
+
+def run_steps(channels: Channels, steps: list[tuple[str, Callable[[], object]]]) -> NoReturn:
+    current = "start"
+    try:
+        for name, action in steps:
+            current = name
+            action()
+    except BaseException as exc:
+        report_and_exit(channels, current, exc)
+    raise AssertionError("the last step execs")
+
+
+def container_main(spec: ContainerSpec, rootfs: Path, channels: Channels) -> NoReturn:
+    """PID 1 of a new container: namespaces, mounts, pivot_root, privileges, exec."""
+    root = str(rootfs)
+    process = Process(
+        argv=spec.command,
+        env=spec.env,
+        workdir=spec.workdir,
+        user=spec.user,
+        capabilities=spec.capabilities,
+        privileged=spec.privileged,
+        tty=spec.tty,
+        use_init=spec.use_init,
+    )
+    tty: list[int] = []
+
+    def bind_rootfs() -> None:
+        sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)  # nothing leaks to the host
+        if spec.rootfs_dir is not None:
+            sc.mount(str(spec.rootfs_dir), root, None, sc.MS_BIND | sc.MS_REC)
+
+    def open_terminal() -> None:
+        if spec.tty:
+            tty.append(open_pty_pair(root + "/dev/pts", channels, console=root + "/dev/console"))
+
+    def isolate_network() -> None:
+        if not spec.host_network:
+            namespaces.bring_up_loopback()
+            socket.sethostname(spec.hostname)
+
+    def make_root_readonly() -> None:
+        if spec.read_only:
+            remount_readonly("/")
+
+    run_steps(
+        channels,
+        [
+            ("wait for the cgroup", lambda: wait_for_parent(channels.go)),
+            ("unshare namespaces", lambda: sc.unshare(namespaces.unshare_flags(spec.host_network))),
+            ("mount the root filesystem", bind_rootfs),
+            ("mount /proc, /dev, /sys and volumes", lambda: execute_plan(root, plan_mounts(spec))),
+            ("bring up lo and set the hostname", isolate_network),
+            ("open the terminal", open_terminal),
+            ("pivot_root", lambda: pivot_into(root)),
+            ("make the root read-only", make_root_readonly),
+            ("start the process", lambda: start_process(process, channels, tty)),
+        ],
+    )
+
+
+def exec_main(process: Process, ns_fds: list[tuple[int, int]], channels: Channels) -> NoReturn:
+    """A process joining a running container (already in its PID namespace)."""
+    tty: list[int] = []
+
+    def join() -> None:
+        for fd, flag in ns_fds:
+            sc.setns(fd, flag)
+            os.close(fd)
+
+    def open_terminal() -> None:
+        if process.tty:
+            tty.append(open_pty_pair("/dev/pts", channels, console=None))
+
+    run_steps(
+        channels,
+        [
+            ("wait for the cgroup", lambda: wait_for_parent(channels.go)),
+            ("join the namespaces", join),
+            ("open the terminal", open_terminal),
+            ("start the process", lambda: start_process(process, channels, tty)),
+        ],
+    )
+
+
+def wait_for_parent(go: int) -> None:
+    if os.read(go, 1) != b"1":
+        os._exit(125)  # the parent gave up (or died) before we were set up
+    os.close(go)
+
+
+def start_process(process: Process, channels: Channels, tty: list[int]) -> NoReturn:
+    setup_stdio(channels, tty[0] if tty else None)
+    enter_workdir(process.workdir)
+    uid, gid = resolve_user(process.user)
+    drop_privileges(uid, gid, process.capabilities, process.privileged)
+    env = list(process.env)
+    executable = find_executable(process.argv[0], env)
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)  # Python ignores these; a command must not
+    if process.use_init:
+        run_init(executable, process.argv, env, channels)
+    try:
+        os.execve(executable, list(process.argv), _env_dict(env))
+    except OSError as exc:
+        raise exec_error(process.argv[0], exc) from None
+
+
+def _env_dict(env: Sequence[str]) -> dict[str, str]:
+    return dict(item.partition("=")[::2] for item in env)
+
+
+# ---- mounts -------------------------------------------------------------------------------
+
+
+def resolve_in_root(root: str, path: str) -> str:
+    """root + path with symlinks followed inside root, never out of it (like securejoin)."""
+    todo = [p for p in path.split("/") if p not in ("", ".")]
+    resolved: list[str] = []
+    links = 0
+    while todo:
+        part = todo.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        try:
+            target = os.readlink(os.path.join(root, *resolved, part))
+        except OSError:
+            resolved.append(part)  # not a symlink (or not there yet)
+            continue
+        links += 1
+        if links > 40:
+            raise OSError(errno.ELOOP, f"too many symlinks resolving {path}")
+        if target.startswith("/"):
+            resolved = []
+        todo = [p for p in target.split("/") if p not in ("", ".")] + todo
+    return os.path.join(root, *resolved)
+
+
+def execute_plan(root: str, steps: list[Step]) -> None:
+    for step in steps:
+        if isinstance(step, Mount):
+            target = resolve_in_root(root, step.target)
+            if step.target_is_file:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                if not os.path.exists(target):
+                    os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o644))
+            else:
+                os.makedirs(target, exist_ok=True)
+            sc.mount(step.source, target, step.fstype, step.flags, step.data)
+            if step.readonly:
+                remount_readonly(target)
+        elif isinstance(step, Device):
+            path = resolve_in_root(root, step.path)
+            os.mknod(path, stat.S_IFCHR | step.mode, os.makedev(step.major, step.minor))
+            os.chmod(path, step.mode)  # the umask trimmed it
+        elif isinstance(step, Symlink):
+            os.symlink(step.target, resolve_in_root(root, step.path))
+        elif isinstance(step, Mask):
+            mask(root, step.path)
+        elif isinstance(step, ReadOnly):
+            path = resolve_in_root(root, step.path)
+            if os.path.exists(path):
+                sc.mount(path, path, None, sc.MS_BIND | sc.MS_REC)
+                remount_readonly(path)
+
+
+def mask(root: str, path: str) -> None:
+    target = resolve_in_root(root, path)
+    try:
+        is_dir = stat.S_ISDIR(os.lstat(target).st_mode)
+    except FileNotFoundError:
+        return
+    if is_dir:
+        sc.mount("tmpfs", target, "tmpfs", sc.MS_RDONLY)
+    else:
+        sc.mount(os.path.join(root, "dev/null"), target, None, sc.MS_BIND)
+
+
+def remount_readonly(path: str) -> None:
+    sc.mount(None, path, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY)
+
+
+def pivot_into(root: str) -> None:
+    """pivot_root(".", "."): the old root ends up on top of the new one; detach it."""
+    os.chdir(root)
+    sc.pivot_root(".", ".")
+    sc.umount2(".", sc.MNT_DETACH)
+    os.chdir("/")
+
+
+# ---- terminal and stdio -------------------------------------------------------------------
+
+
+def open_pty_pair(pts_dir: str, channels: Channels, console: str | None) -> int:
+    """Make a pty in the container's own devpts; send the master to the parent."""
+    import fcntl
+    import struct
+
+    master = os.open(os.path.join(pts_dir, "ptmx"), os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+    number = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, struct.pack("I", 0)))[0]
+    slave_path = os.path.join(pts_dir, str(number))
+    slave = os.open(slave_path, os.O_RDWR | os.O_NOCTTY)
+    if console is not None:
+        os.close(os.open(console, os.O_CREAT | os.O_WRONLY, 0o600))
+        sc.mount(slave_path, console, None, sc.MS_BIND)
+    assert channels.console is not None
+    socket.send_fds(channels.console, [b"pty"], [master])
+    os.close(master)
+    channels.console.close()
+    return slave
+
+
+def setup_stdio(channels: Channels, tty: int | None) -> None:
+    os.setsid()
+    if tty is not None:
+        import fcntl
+
+        fcntl.ioctl(tty, TIOCSCTTY, 0)
+        for fd in (0, 1, 2):
+            os.dup2(tty, fd)
+        os.close(tty)
+    elif channels.stdio is not None:
+        for target, fd in enumerate(channels.stdio):
+            os.dup2(fd, target)
+
+
+# ---- identity and privileges --------------------------------------------------------------
+
+
+def _read_db(path: str) -> list[list[str]]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return [line.rstrip("\n").split(":") for line in f if ":" in line]
+    except OSError:
+        return []
+
+
+def resolve_user(user: str) -> tuple[int, int]:
+    """USER[:GROUP] or UID[:GID] -> (uid, gid), through the container's /etc files."""
+    if not user:
+        return 0, 0
+    name, _, group = user.partition(":")
+    passwd = _read_db("/etc/passwd")
+    entry = next((e for e in passwd if len(e) > 3 and (e[0] == name or e[2] == name)), None)
+    if name.isdigit():
+        uid = int(name)
+        gid = int(entry[3]) if entry else 0
+    elif entry is None:
+        raise StartError(f"unable to find user {name}: no matching entries in passwd file")
+    else:
+        uid, gid = int(entry[2]), int(entry[3])
+    if group:
+        if group.isdigit():
+            gid = int(group)
+        else:
+            match = next((e for e in _read_db("/etc/group") if e[0] == group), None)
+            if match is None:
+                raise StartError(f"unable to find group {group}: no matching entries in group file")
+            gid = int(match[2])
+    return uid, gid
+
+
+def drop_privileges(uid: int, gid: int, capabilities: Sequence[str], privileged: bool) -> None:
+    keep = capability_mask(list(capabilities))
+    last_cap = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+    for cap in range(last_cap + 1):
+        if not keep & (1 << cap) and cap in CAPABILITY_NUMBERS.values():
+            sc.prctl(sc.PR_CAPBSET_DROP, cap)
+    sc.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_CLEAR_ALL)
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)  # to a non-root uid, this also empties the permitted and effective sets
+    if uid == 0:
+        sc.capset(keep, keep, 0)
+    if not privileged:
+        sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+
+
+def enter_workdir(workdir: str) -> None:
+    with contextlib.suppress(OSError):  # e.g. --read-only: chdir reports it
+        os.makedirs(workdir, exist_ok=True)  # docker creates a missing -w directory
+    try:
+        os.chdir(workdir)
+    except OSError as exc:
+        raise StartError(f"chdir to {workdir!r}: {exc.strerror}") from None
+
+
+# ---- exec ---------------------------------------------------------------------------------
+
+
+def find_executable(command: str, env: Sequence[str]) -> str:
+    """PATH lookup in the container's environment, with docker's messages and statuses."""
+    if "/" in command:
+        candidates = [command]
+    else:
+        path = _env_dict(env).get("PATH", DEFAULT_PATH)
+        candidates = [os.path.join(d or ".", command) for d in path.split(":")]
+    denied = None
+    for candidate in candidates:
+        try:
+            st = os.stat(candidate)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and os.access(candidate, os.X_OK):
+            return candidate
+        denied = candidate
+    if denied is not None:
+        raise StartError(f'exec: "{command}": permission denied', status=126)
+    if "/" in command:
+        raise StartError(f'exec: "{command}": no such file or directory', status=127)
+    raise StartError(f'exec: "{command}": executable file not found in $PATH', status=127)
+
+
+def exec_error(command: str, exc: OSError) -> StartError:
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.ENOEXEC):
+        return StartError(f'exec: "{command}": {exc.strerror}', status=126)
+    return StartError(f'exec: "{command}": {exc.strerror}', status=127)
+
+
+def run_init(
+    executable: str, argv: Sequence[str], env: Sequence[str], channels: Channels
+) -> NoReturn:
+    """--init: stay PID 1, run the command as a child, forward signals, reap every orphan."""
+    child = os.fork()
+    if child == 0:
+        try:
+            os.execve(executable, list(argv), _env_dict(env))
+        finally:
+            os._exit(127)
+    os.close(channels.errors)  # the command started (or its own child reports 127)
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signum)
+
+    for sig in FORWARDED_SIGNALS:
+        try:
+            signal.signal(sig, forward)
+        except (OSError, ValueError):
+            continue
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            os._exit(0)
+        if pid == child:
+            code = os.waitstatus_to_exitcode(status)
+            os._exit(128 - code if code < 0 else code)

@@ -1,0 +1,117 @@
+"""Acting on existing containers: stop, rm, pause/unpause, stats.
+
+These work from the state records alone, so they behave the same whether the monitor of a
+container (the `lamina run` that started it) is alive or died: when it is gone, they do its
+part of the clean-up themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+from containers import runtime, state
+from containers.cgroups.base import wait_until
+from containers.cli import UserError
+from containers.state import ContainerRecord
+
+
+def _wait_dead(record: ContainerRecord, timeout: float) -> bool:
+    try:
+        wait_until(lambda: not state.is_alive(record.pid, record.pid_start), timeout, "exit")
+    except TimeoutError:
+        return False
+    return True
+
+
+def settle(root: Path, record: ContainerRecord) -> ContainerRecord | None:
+    """After the first process died: let the monitor record it, or do it if it is gone."""
+    with contextlib.suppress(TimeoutError):
+        wait_until(lambda: not state.monitor_alive(record), 10.0, "the monitor to finish")
+    with state.locked(record.dir):
+        try:
+            current = state.load(record.dir)
+        except FileNotFoundError:
+            return None  # removed already (--rm)
+        if current.status != state.EXITED:
+            current.status = state.EXITED  # exit code unknown: nobody waited for it
+            current.finished_at = time.time()
+            state.save(current)
+        runtime.teardown(current)
+    return current
+
+
+def stop(root: Path, record: ContainerRecord, timeout: int) -> None:
+    if state.live_status(record) not in (state.RUNNING, state.PAUSED):
+        return
+    assert record.pid is not None
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(record.pid, signal.SIGTERM)
+    if record.status == state.PAUSED:
+        with contextlib.suppress(OSError):
+            runtime.open_cgroup(record.id).thaw()
+    if not _wait_dead(record, float(timeout)):
+        runtime.open_cgroup(record.id).kill()
+        _wait_dead(record, 10.0)
+    current = settle(root, record)
+    if current is not None and current.auto_remove:
+        runtime.remove(root, current)
+
+
+def rm(root: Path, record: ContainerRecord, force: bool) -> None:
+    if state.live_status(record) in (state.RUNNING, state.PAUSED):
+        if not force:
+            raise UserError(
+                f"container {record.name} is running: stop it first, or use rm -f",
+            )
+        runtime.open_cgroup(record.id).kill()
+        _wait_dead(record, 10.0)
+    if record.status != state.CREATED or state.monitor_alive(record):
+        settle(root, record)
+    runtime.remove(root, record)
+
+
+def pause(record: ContainerRecord, freeze: bool) -> None:
+    status = state.live_status(record)
+    if status not in (state.RUNNING, state.PAUSED):
+        raise UserError(f"container {record.name} is not running")
+    if freeze and status == state.PAUSED:
+        raise UserError(f"container {record.name} is already paused")
+    if not freeze and status != state.PAUSED:
+        raise UserError(f"container {record.name} is not paused")
+    cgroup = runtime.open_cgroup(record.id)
+    try:
+        cgroup.freeze() if freeze else cgroup.thaw()
+    except OSError as exc:
+        raise UserError(f"cannot {'freeze' if freeze else 'thaw'}: {exc}") from None
+    with state.locked(record.dir):
+        current = state.load(record.dir)
+        if current.status in (state.RUNNING, state.PAUSED):
+            current.status = state.PAUSED if freeze else state.RUNNING
+            state.save(current)
+
+
+def print_stats(root: Path, refs: list[str]) -> int:
+    """One sample of each running container's use; CPU % over a quarter second."""
+    from containers.cgroups.resources import format_bytes
+
+    records = [state.find_container(root, ref) for ref in refs] if refs else state.all_records(root)
+    records = [r for r in records if state.live_status(r) in (state.RUNNING, state.PAUSED)]
+    cgroups = [runtime.open_cgroup(r.id) for r in records]
+    first = [(time.monotonic(), c.stats().cpu_usage_ns) for c in cgroups]
+    if records:
+        time.sleep(0.25)  # CPU % is a rate: it needs two samples
+    rows = [("CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "PIDS")]
+    for record, cgroup, (t0, cpu0) in zip(records, cgroups, first, strict=True):
+        sample = cgroup.stats()
+        cpu = (sample.cpu_usage_ns - cpu0) / ((time.monotonic() - t0) * 1e9) * 100
+        limit = format_bytes(sample.memory_limit) if sample.memory_limit else "unlimited"
+        memory = f"{format_bytes(sample.memory_bytes)} / {limit}"
+        rows.append((record.id[:12], record.name, f"{cpu:.2f}%", memory, str(sample.pids)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0

@@ -1,0 +1,68 @@
+"""Namespace flags for a new container, joining a running one's, and the loopback device."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from containers import syscalls as sc
+
+# Joined in this order by exec: the mount namespace last, since setns into it changes the
+# root directory and /proc/<pid>/ns paths must still resolve on the host until then.
+JOINABLE = (
+    ("ipc", sc.CLONE_NEWIPC),
+    ("uts", sc.CLONE_NEWUTS),
+    ("net", sc.CLONE_NEWNET),
+    ("cgroup", sc.CLONE_NEWCGROUP),
+    ("mnt", sc.CLONE_NEWNS),
+)
+
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+IFF_RUNNING = 0x40
+
+
+def unshare_flags(host_network: bool) -> int:
+    """The namespaces the container's first process unshares (its PID namespace excepted:
+    the parent unshares that one before forking, so the child is PID 1)."""
+    flags = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWCGROUP
+    return flags if host_network else flags | sc.CLONE_NEWNET
+
+
+def open_namespaces(pid: int) -> list[tuple[int, int]]:
+    """Open the namespaces of pid that differ from ours, as (fd, flag), in joining order."""
+    opened: list[tuple[int, int]] = []
+    try:
+        for name, flag in JOINABLE:
+            theirs = f"/proc/{pid}/ns/{name}"
+            if os.stat(theirs).st_ino == os.stat(f"/proc/self/ns/{name}").st_ino:
+                continue  # shared with the host (e.g. --network host)
+            opened.append((os.open(theirs, os.O_RDONLY | os.O_CLOEXEC), flag))
+    except BaseException:
+        for fd, _ in opened:
+            os.close(fd)
+        raise
+    return opened
+
+
+def open_pid_namespace(pid: int) -> int:
+    return os.open(f"/proc/{pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+
+
+def close_all(fds: list[tuple[int, int]]) -> None:
+    for fd, _ in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def bring_up_loopback() -> None:
+    """ip link set lo up, without the ip command (the kernel then adds 127.0.0.1 itself)."""
+    import fcntl
+    import socket
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP | IFF_RUNNING))

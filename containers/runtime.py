@@ -1,0 +1,483 @@
+"""Start, watch and tear down containers: the parent side of `run` and `exec`.
+
+A start builds its resources in order (record, union mount, cgroup, process) on an ExitStack,
+so a failure at any step undoes the earlier ones and leaves nothing behind. The process that
+waits for the container (the "monitor": `lamina run` itself, or a detached child of it with
+-d) records the exit status, then unmounts and removes the cgroup. If the monitor dies, the
+container runs on; `state.live_status` notices when it ends and `rm` cleans up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+from containers import init, namespaces, state
+from containers import syscalls as sc
+from containers.cgroups.base import Cgroup
+from containers.cli import UserError
+from containers.spec import ContainerSpec
+from containers.state import ContainerRecord
+
+MOUNT_PROGRAM_ENV = "LAMINA_MOUNT_PROGRAM"
+FORWARDED = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
+
+
+def mount_program() -> str:
+    return os.environ.get(MOUNT_PROGRAM_ENV) or str(Path(sys.executable).parent / "unionfs")
+
+
+def open_cgroup(container_id: str) -> Cgroup:
+    from containers.cgroups.detect import open_cgroup as open_for_host
+
+    return open_for_host(container_id)
+
+
+def new_container_id() -> str:
+    return os.urandom(32).hex()
+
+
+@dataclass
+class Started:
+    record: ContainerRecord
+    cgroup: Cgroup
+    pid: int
+    console: int | None  # the pty master, with -t
+
+
+# ---- start --------------------------------------------------------------------------------
+
+
+def start(
+    spec: ContainerSpec,
+    root: Path,
+    stdio: tuple[int, int, int] | None,
+    *,
+    log_output: bool = False,
+) -> Started:
+    """Create everything a container needs and start its first process, or nothing at all.
+
+    With log_output (detached), stdout and stderr go to the container's log file.
+    """
+    with ExitStack() as undo:
+        record = _create_record(spec, root)
+        undo.callback(_remove_record_files, root, record)
+        if log_output:
+            log = os.open(record.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+            undo.callback(os.close, log)
+            if stdio is not None:
+                stdio = (stdio[0], log, log)
+        if spec.layers:
+            _mount_union(record, list(spec.layers))
+            undo.callback(unmount, record.mount_point)
+        cgroup = open_cgroup(spec.id)
+        try:
+            cgroup.create(spec.resources)
+        except OSError as exc:
+            raise UserError(f"cannot set up the cgroup: {exc.strerror or exc}") from None
+        undo.callback(cgroup.destroy)
+        record.cgroup = cgroup.name
+        record.mounted = bool(spec.layers)
+        state.save(record)
+
+        sc.unshare(sc.CLONE_NEWPID)  # our next child is PID 1 of a new PID namespace
+        rootfs = record.mount_point
+
+        def child(channels: init.Channels) -> NoReturn:
+            init.container_main(spec, rootfs, channels)
+
+        pid, console = spawn(child, cgroup, tty=spec.tty, stdio=stdio, undo=undo)
+        record.pid, record.pid_start = pid, state.process_start_time(pid)
+        record.monitor_pid = os.getpid()
+        record.monitor_start = state.process_start_time(os.getpid())
+        record.status = state.RUNNING
+        state.save(record)
+        undo.pop_all()
+    if log_output:
+        os.close(log)
+    return Started(record, cgroup, pid, console)
+
+
+def _create_record(spec: ContainerSpec, root: Path) -> ContainerRecord:
+    state.reserve_name(root, spec.name, spec.id)
+    directory = state.containers_dir(root) / spec.id
+    try:
+        directory.mkdir(parents=True)
+        for sub in ("upper", "work", "rootfs"):
+            (directory / sub).mkdir()
+    except BaseException:
+        state.release_name(root, spec.name, spec.id)
+        _rmtree(directory)
+        raise
+    record = ContainerRecord(
+        id=spec.id,
+        name=spec.name,
+        dir=directory,
+        image=spec.image,
+        layers=list(spec.layers),
+        rootfs_dir=spec.rootfs_dir,
+        command=list(spec.command),
+        auto_remove=spec.auto_remove,
+        tty=spec.tty,
+        env=list(spec.env),
+        workdir=spec.workdir,
+        user=spec.user,
+        capabilities=list(spec.capabilities),
+        privileged=spec.privileged,
+        memory_limit=spec.resources.memory,
+    )
+    state.save(record)
+    return record
+
+
+def _remove_record_files(root: Path, record: ContainerRecord) -> None:
+    state.release_name(root, record.name, record.id)
+    _rmtree(record.dir)
+
+
+def _rmtree(directory: Path) -> None:
+    import shutil
+
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _mount_union(record: ContainerRecord, layers: list[Path]) -> None:
+    import subprocess
+
+    lowers = ":".join(str(p) for p in layers)
+    options = f"lowerdir={lowers},upperdir={record.upper_dir},workdir={record.work_dir}"
+    program = mount_program()
+    try:
+        result = subprocess.run(
+            [program, "-o", options, str(record.mount_point)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UserError(f"cannot run the mount program {program}: {exc}") from None
+    if result.returncode != 0 or not os.path.ismount(record.mount_point):
+        unmount(record.mount_point)
+        detail = result.stderr.strip().splitlines()[-1:] or [f"exit status {result.returncode}"]
+        raise UserError(f"mounting the image layers failed: {detail[0]}")
+
+
+def unmount(mount_point: Path) -> None:
+    """Unmount, lazily if busy; a path that is not mounted is fine."""
+    try:
+        sc.umount2(mount_point)
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.ENOENT):
+            return
+        if exc.errno != errno.EBUSY:
+            raise
+        sc.umount2(mount_point, sc.MNT_DETACH)
+
+
+def spawn(
+    child_main: Callable[[init.Channels], NoReturn],
+    cgroup: Cgroup,
+    *,
+    tty: bool,
+    stdio: tuple[int, int, int] | None,
+    undo: ExitStack,
+) -> tuple[int, int | None]:
+    """Fork a child that runs child_main; put it in the cgroup; wait until it has exec'd.
+
+    Returns (pid, pty master). A failure in the child comes back as a UserError carrying
+    the child's message and exit status (127, 126 or 125), after the child was reaped.
+    """
+    go_r, go_w = os.pipe()
+    err_r, err_w = os.pipe()
+    parent_sock, child_sock = socket.socketpair() if tty else (None, None)
+    pid = os.fork()
+    if pid == 0:
+        os.close(go_w)
+        os.close(err_r)
+        if parent_sock is not None:
+            parent_sock.close()
+        child_main(init.Channels(go=go_r, errors=err_w, console=child_sock, stdio=stdio))
+    os.close(go_r)
+    os.close(err_w)
+    if child_sock is not None:
+        child_sock.close()
+    undo.callback(_kill_and_reap, pid)
+    try:
+        cgroup.add(pid)
+    except OSError as exc:
+        raise UserError(f"cannot join the cgroup: {exc.strerror or exc}") from None
+    os.write(go_w, b"1")
+    os.close(go_w)
+    console = None
+    if parent_sock is not None:
+        with parent_sock:
+            _, fds, _, _ = socket.recv_fds(parent_sock, 16, 1)
+        console = fds[0] if fds else None
+        if console is not None:
+            undo.callback(os.close, console)
+    report = _read_all(err_r)
+    if report:
+        _kill_and_reap(pid)
+        failure = json.loads(report)
+        raise UserError(failure["message"], status=failure["status"])
+    return pid, console
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    try:
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def _kill_and_reap(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+# ---- watch --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def forwarding_signals(pid: int) -> Iterator[None]:
+    """Pass Ctrl-C, SIGTERM and friends on to the container's first process."""
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def wait_exit_code(pid: int) -> int:
+    """Wait for pid; a death by signal N is docker's 128+N."""
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def finish(started: Started, code: int, root: Path) -> int:
+    """After the first process ended: record the result, tear down, report an OOM kill."""
+    record, cgroup = started.record, started.cgroup
+    oom_kills = 0
+    with contextlib.suppress(OSError):
+        oom_kills = cgroup.oom_kills()  # before the cgroup is removed
+    with state.locked(record.dir):
+        try:
+            record = state.load(record.dir)
+        except FileNotFoundError:
+            return code  # `rm -f` got here first
+        record.status = state.EXITED
+        record.exit_code = code
+        record.oom_killed = oom_kills > 0
+        record.finished_at = time.time()
+        state.save(record)
+        teardown(record, cgroup)
+    if record.auto_remove:
+        remove(root, record)
+    if oom_kills:
+        limit = record.memory_limit
+        what = f"the memory limit ({limit // 2**20}MiB)" if limit else "the memory limit"
+        print(
+            f"lamina: container {record.name} hit {what}: "
+            f"{oom_kills} process(es) killed by the kernel's OOM killer",
+            file=sys.stderr,
+        )
+    return code
+
+
+def teardown(record: ContainerRecord, cgroup: Cgroup | None = None) -> None:
+    """Kill what is left, unmount the union, remove the cgroup; safe to repeat."""
+    cgroup = cgroup if cgroup is not None else open_cgroup(record.id)
+    if any(p.exists() for p in cgroup.paths()):
+        cgroup.destroy()
+    unmount(record.mount_point)
+    if record.mounted:
+        record.mounted = False
+        with contextlib.suppress(FileNotFoundError):
+            state.save(record)
+
+
+def remove(root: Path, record: ContainerRecord) -> None:
+    with state.locked(record.dir):
+        teardown(record)
+        state.release_name(root, record.name, record.id)
+        _rmtree(record.dir)
+
+
+# ---- terminal -----------------------------------------------------------------------------
+
+
+def copy_window_size(source: int, master: int) -> None:
+    import fcntl
+    import termios
+
+    with contextlib.suppress(OSError):
+        size = fcntl.ioctl(source, termios.TIOCGWINSZ, b"\0" * 8)
+        fcntl.ioctl(master, termios.TIOCSWINSZ, size)
+
+
+def pump_terminal(master: int, stdin: int | None, output: int) -> None:
+    """Copy stdin -> pty and pty -> output until the container side closes."""
+    import select
+    import termios
+    import tty
+
+    saved = None
+    if stdin is not None and os.isatty(stdin):
+        saved = termios.tcgetattr(stdin)
+        tty.setraw(stdin)
+        copy_window_size(stdin, master)
+        signal.signal(signal.SIGWINCH, lambda _s, _f: copy_window_size(stdin, master))
+    try:
+        readers = [master] if stdin is None else [master, stdin]
+        while True:
+            ready, _, _ = select.select(readers, [], [])
+            if master in ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError as exc:
+                    if exc.errno == errno.EIO:
+                        return  # every slave fd is closed: the container is gone
+                    raise
+                if not data:
+                    return
+                _write_all(output, data)
+            if stdin is not None and stdin in ready:
+                data = os.read(stdin, 65536)
+                if not data:
+                    readers.remove(stdin)
+                    _write_all(master, b"\x04")  # EOF for the program reading the tty
+                else:
+                    _write_all(master, data)
+    finally:
+        if saved is not None and stdin is not None:
+            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+# ---- run ----------------------------------------------------------------------------------
+
+
+def run_foreground(spec: ContainerSpec, root: Path) -> int:
+    """`lamina run` without -d: this process is the monitor; returns the exit code."""
+    stdio = None
+    if not spec.tty:
+        stdin = 0 if spec.interactive else os.open(os.devnull, os.O_RDONLY)
+        stdio = (stdin, 1, 2)
+    started = start(spec, root, stdio)
+    with forwarding_signals(started.pid):
+        if started.console is not None:
+            pump_terminal(started.console, 0 if spec.interactive else None, 1)
+        code = wait_exit_code(started.pid)
+    return finish(started, code, root)
+
+
+def run_detached(spec: ContainerSpec, root: Path) -> int:
+    """`lamina run -d`: fork a monitor that starts the container, print its id, return."""
+    report_r, report_w = os.pipe()
+    monitor = os.fork()
+    if monitor == 0:
+        os.close(report_r)
+        _monitor_main(spec, root, report_w)
+    os.close(report_w)
+    report = _read_all(report_r)
+    os.waitpid(monitor, 0)  # it forks again and exits, so it is no one's zombie
+    if report.startswith(b"{"):
+        failure = json.loads(report)
+        raise UserError(failure["message"], status=failure["status"])
+    print(spec.id)
+    return 0
+
+
+def _monitor_main(spec: ContainerSpec, root: Path, report_w: int) -> NoReturn:
+    status = 0
+    try:
+        os.setsid()
+        if os.fork() != 0:
+            os._exit(0)  # the monitor is a grandchild: reparented, never a zombie of ours
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        (root / "containers").mkdir(parents=True, exist_ok=True)
+        try:
+            started = start(spec, root, (devnull, devnull, devnull), log_output=True)
+        except UserError as exc:
+            os.write(report_w, json.dumps({"message": str(exc), "status": exc.status}).encode())
+            os._exit(exc.status)
+        os.write(report_w, b"ok")
+        os.close(report_w)
+        with forwarding_signals(started.pid):
+            if started.console is not None:
+                log = os.open(started.record.log_path, os.O_WRONLY | os.O_APPEND)
+                pump_terminal(started.console, None, log)
+            code = wait_exit_code(started.pid)
+        finish(started, code, root)
+    except BaseException:
+        status = 1
+    os._exit(status)
+
+
+# ---- exec ---------------------------------------------------------------------------------
+
+
+def exec_in(record: ContainerRecord, process: init.Process, interactive: bool) -> int:
+    """Run process inside the running container of record; return its exit code."""
+    assert record.pid is not None
+    pid_ns = namespaces.open_pid_namespace(record.pid)
+    ns_fds = namespaces.open_namespaces(record.pid)
+    try:
+        sc.setns(pid_ns, sc.CLONE_NEWPID)
+    finally:
+        os.close(pid_ns)
+    cgroup = open_cgroup(record.id)
+    stdio = None
+    if not process.tty:
+        stdio = (0 if interactive else os.open(os.devnull, os.O_RDONLY), 1, 2)
+
+    def child(channels: init.Channels) -> NoReturn:
+        init.exec_main(process, ns_fds, channels)
+
+    with ExitStack() as undo:
+        pid, console = spawn(child, cgroup, tty=process.tty, stdio=stdio, undo=undo)
+        namespaces.close_all(ns_fds)
+        undo.pop_all()
+    with forwarding_signals(pid):
+        if console is not None:
+            pump_terminal(console, 0 if interactive else None, 1)
+            os.close(console)
+        return wait_exit_code(pid)

@@ -1,0 +1,369 @@
+"""ContainerSpec: what to run and how, as frozen values, validated before anything is created.
+
+`build_spec` turns the `run` options (plus an image's defaults) into a spec or raises
+`UserError` with a one-line reason: an unknown capability, a bad limit, a bind source that
+does not exist... Nothing here touches namespaces, mounts or cgroups.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from containers.cgroups.resources import InvalidLimit, Resources, build_resources
+from containers.cli import UserError
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+CAPABILITY_NUMBERS = {
+    name: number
+    for number, name in enumerate(
+        [
+            "CHOWN",
+            "DAC_OVERRIDE",
+            "DAC_READ_SEARCH",
+            "FOWNER",
+            "FSETID",
+            "KILL",
+            "SETGID",
+            "SETUID",
+            "SETPCAP",
+            "LINUX_IMMUTABLE",
+            "NET_BIND_SERVICE",
+            "NET_BROADCAST",
+            "NET_ADMIN",
+            "NET_RAW",
+            "IPC_LOCK",
+            "IPC_OWNER",
+            "SYS_MODULE",
+            "SYS_RAWIO",
+            "SYS_CHROOT",
+            "SYS_PTRACE",
+            "SYS_PACCT",
+            "SYS_ADMIN",
+            "SYS_BOOT",
+            "SYS_NICE",
+            "SYS_RESOURCE",
+            "SYS_TIME",
+            "SYS_TTY_CONFIG",
+            "MKNOD",
+            "LEASE",
+            "AUDIT_WRITE",
+            "AUDIT_CONTROL",
+            "SETFCAP",
+            "MAC_OVERRIDE",
+            "MAC_ADMIN",
+            "SYSLOG",
+            "WAKE_ALARM",
+            "BLOCK_SUSPEND",
+            "AUDIT_READ",
+            "PERFMON",
+            "BPF",
+            "CHECKPOINT_RESTORE",
+        ]
+    )
+}
+
+# docker's default set (moby oci/caps/defaults.go).
+DEFAULT_CAPABILITIES = [
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "NET_RAW",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
+]
+
+_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+_ENV_KEY = re.compile(r"^[^=\s]+$")
+
+
+@dataclass(frozen=True)
+class BindVolume:
+    """-v HOST:CONTAINER[:ro]"""
+
+    source: Path
+    target: str
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class TmpfsVolume:
+    """--tmpfs PATH[:OPTIONS]"""
+
+    target: str
+    options: str = ""
+
+
+Volume = BindVolume | TmpfsVolume
+
+
+@dataclass(frozen=True)
+class ImageDefaults:
+    """What an image contributes when the command line does not say."""
+
+    name: str
+    layers: tuple[Path, ...]
+    env: tuple[str, ...] = ()
+    entrypoint: tuple[str, ...] | None = None
+    cmd: tuple[str, ...] | None = None
+    working_dir: str = ""
+    user: str = ""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The `lamina run` command line, parsed but not yet validated."""
+
+    command: tuple[str, ...] = ()
+    layers: tuple[Path, ...] = ()
+    rootfs: Path | None = None
+    image: ImageDefaults | None = None
+    name: str | None = None
+    hostname: str | None = None
+    env: tuple[str, ...] = ()
+    env_files: tuple[Path, ...] = ()
+    workdir: str | None = None
+    user: str | None = None
+    entrypoint: str | None = None
+    interactive: bool = False
+    tty: bool = False
+    detach: bool = False
+    auto_remove: bool = False
+    read_only: bool = False
+    volumes: tuple[str, ...] = ()
+    tmpfs: tuple[str, ...] = ()
+    network: str = "private"
+    init: bool = False
+    privileged: bool = False
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    memory: str | None = None
+    memory_swap: str | None = None
+    cpus: str | None = None
+    cpu_shares: int | None = None
+    pids_limit: int | None = None
+    cpuset_cpus: str | None = None
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """A validated description of one container."""
+
+    id: str
+    name: str
+    command: tuple[str, ...]
+    image: str | None = None
+    layers: tuple[Path, ...] = ()
+    rootfs_dir: Path | None = None
+    env: tuple[str, ...] = ()
+    workdir: str = "/"
+    user: str = ""
+    hostname: str = ""
+    tty: bool = False
+    interactive: bool = False
+    detach: bool = False
+    auto_remove: bool = False
+    read_only: bool = False
+    volumes: tuple[Volume, ...] = ()
+    host_network: bool = False
+    use_init: bool = False
+    privileged: bool = False
+    capabilities: tuple[str, ...] = field(default_factory=lambda: tuple(DEFAULT_CAPABILITIES))
+    resources: Resources = field(default_factory=Resources)
+
+
+def capability_mask(names: tuple[str, ...] | list[str]) -> int:
+    mask = 0
+    for name in names:
+        mask |= 1 << CAPABILITY_NUMBERS[name]
+    return mask
+
+
+def _cap_name(text: str) -> str:
+    name = text.upper().removeprefix("CAP_")
+    if name != "ALL" and name not in CAPABILITY_NUMBERS:
+        raise UserError(f"unknown capability: {text!r}")
+    return name
+
+
+def resolve_capabilities(
+    add: tuple[str, ...], drop: tuple[str, ...], privileged: bool
+) -> tuple[str, ...]:
+    """docker's rules: start from the default set (or all), drop, then add; ALL works for both."""
+    adds = [_cap_name(c) for c in add]
+    drops = [_cap_name(c) for c in drop]
+    caps = set(CAPABILITY_NUMBERS) if privileged or "ALL" in adds else set(DEFAULT_CAPABILITIES)
+    caps = set() if "ALL" in drops else caps - set(drops)
+    caps |= {c for c in adds if c != "ALL"}
+    return tuple(sorted(caps, key=CAPABILITY_NUMBERS.__getitem__))
+
+
+def parse_volume(text: str) -> BindVolume:
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+        raise UserError(f"invalid volume {text!r}: expected HOST:CONTAINER[:ro]")
+    source, target = Path(parts[0]), parts[1]
+    mode = parts[2] if len(parts) == 3 else "rw"
+    if mode not in ("ro", "rw"):
+        raise UserError(f"invalid volume mode {mode!r} in {text!r}: use ro or rw")
+    if not source.is_absolute():
+        raise UserError(
+            f"invalid volume {text!r}: named volumes are not supported, give a host path"
+        )
+    if not source.exists():
+        raise UserError(f"bind source path does not exist: {source}")
+    _check_container_path(target, "volume")
+    return BindVolume(source=source, target=os.path.normpath(target), readonly=mode == "ro")
+
+
+def parse_tmpfs(text: str) -> TmpfsVolume:
+    target, _, options = text.partition(":")
+    _check_container_path(target, "--tmpfs")
+    return TmpfsVolume(target=os.path.normpath(target), options=options)
+
+
+def _check_container_path(path: str, what: str) -> None:
+    if not path.startswith("/"):
+        raise UserError(f"invalid {what} target {path!r}: it must be an absolute path")
+    if os.path.normpath(path) == "/":
+        raise UserError(f"invalid {what} target {path!r}: cannot mount over /")
+
+
+def parse_env_file(path: Path) -> list[str]:
+    """docker's --env-file: KEY=VAL lines; '#' comments and blank lines skipped; bare KEY
+    takes the value from lamina's own environment."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise UserError(f"cannot read env file {path}: {exc.strerror}") from None
+    return [
+        item
+        for line in lines
+        if line.strip() and not line.lstrip().startswith("#")
+        for item in _env_items(line.strip())
+    ]
+
+
+def _env_items(item: str) -> list[str]:
+    key, sep, _ = item.partition("=")
+    if not _ENV_KEY.match(key):
+        raise UserError(f"invalid environment variable: {item!r}")
+    if sep:
+        return [item]
+    value = os.environ.get(key)
+    return [] if value is None else [f"{key}={value}"]
+
+
+def merge_env(*layers: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Later layers override earlier ones, key by key, keeping first-seen order."""
+    merged: dict[str, str] = {}
+    for layer in layers:
+        for item in layer:
+            key, _, value = item.partition("=")
+            merged[key] = value
+    return tuple(f"{k}={v}" for k, v in merged.items())
+
+
+def _check_user(user: str) -> str:
+    name, _, group = user.partition(":")
+    if not name or (user.count(":") > 1) or (":" in user and not group):
+        raise UserError(f"invalid --user {user!r}: expected USER[:GROUP] or UID[:GID]")
+    return user
+
+
+def build_spec(
+    options: RunOptions, container_id: str, host_cpus: int | None = None
+) -> ContainerSpec:
+    """Validate options into a ContainerSpec; raise UserError on the first problem."""
+    image = options.image
+    layers, rootfs = options.layers, options.rootfs
+    if image is not None:
+        layers = image.layers
+    if rootfs is not None and layers:
+        raise UserError("give either --rootfs or layers (--layer or an image), not both")
+    if rootfs is None and not layers:
+        raise UserError("no image: give IMAGE, --layer DIR or --rootfs DIR")
+    for directory in (*layers, *([rootfs] if rootfs else [])):
+        if not directory.is_dir():
+            raise UserError(f"layer directory does not exist: {directory}")
+
+    if options.entrypoint is not None:
+        entrypoint: tuple[str, ...] = (options.entrypoint,) if options.entrypoint else ()
+        command = options.command
+    else:
+        entrypoint = tuple(image.entrypoint or ()) if image else ()
+        command = options.command or (tuple(image.cmd or ()) if image else ())
+    argv = (*entrypoint, *command)
+    if not argv:
+        raise UserError("no command specified", hint="lamina run [OPTIONS] IMAGE COMMAND [ARG...]")
+
+    name = options.name or f"lamina_{container_id[:12]}"
+    if not _NAME.match(name):
+        raise UserError(f"invalid container name {name!r}: use [a-zA-Z0-9][a-zA-Z0-9_.-]*")
+    if options.network not in ("private", "none", "host", "bridge", "default"):
+        raise UserError(f"unsupported --network {options.network!r}: use host or none")
+    workdir = options.workdir or (image.working_dir if image else "") or "/"
+    if not workdir.startswith("/"):
+        raise UserError(f"invalid --workdir {workdir!r}: it must be an absolute path")
+    user = _check_user(options.user) if options.user else (image.user if image else "")
+
+    env_from_files = [item for path in options.env_files for item in parse_env_file(path)]
+    env_from_flags = [item for e in options.env for item in _env_items(e)]
+    hostname = options.hostname or container_id[:12]
+    base_env = [f"PATH={DEFAULT_PATH}", f"HOSTNAME={hostname}"]
+    if options.tty:
+        base_env.append("TERM=xterm")
+    env = merge_env(base_env, image.env if image else (), env_from_files, env_from_flags)
+    if not any(item.startswith("HOME=") for item in env):
+        env = (*env, "HOME=/root")
+
+    cpus = host_cpus if host_cpus is not None else (os.cpu_count() or 1)
+    try:
+        resources = build_resources(
+            memory=options.memory,
+            memory_swap=options.memory_swap,
+            cpus=options.cpus,
+            cpu_shares=options.cpu_shares,
+            pids_limit=options.pids_limit,
+            cpuset_cpus=options.cpuset_cpus,
+            host_cpus=cpus,
+        )
+    except InvalidLimit as exc:
+        raise UserError(str(exc)) from None
+
+    volumes: list[Volume] = [parse_volume(v) for v in options.volumes]
+    volumes += [parse_tmpfs(t) for t in options.tmpfs]
+    return ContainerSpec(
+        id=container_id,
+        name=name,
+        command=argv,
+        image=image.name if image else None,
+        layers=layers,
+        rootfs_dir=rootfs,
+        env=env,
+        workdir=workdir,
+        user=user,
+        hostname=hostname,
+        tty=options.tty,
+        interactive=options.interactive,
+        detach=options.detach,
+        auto_remove=options.auto_remove,
+        read_only=options.read_only,
+        volumes=tuple(volumes),
+        host_network=options.network == "host",
+        use_init=options.init,
+        privileged=options.privileged,
+        capabilities=resolve_capabilities(options.cap_add, options.cap_drop, options.privileged),
+        resources=resources,
+    )
