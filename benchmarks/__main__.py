@@ -42,13 +42,18 @@ def container_workloads(s: Sizes) -> list[Named]:
 
 
 def pick(names: Sequence[str], wanted: str | None, kind: str, groups: dict[str, str]) -> set[str]:
-    """Names matching a comma list of exact names, prefixes ("copyup") or group names."""
+    """Names matching a comma list of exact names, group names (fs, containers) or
+    prefixes ("copyup" picks every copyup-*)."""
     if not wanted:
         return set(names)
     chosen: set[str] = set()
     for word in (w.strip() for w in wanted.split(",") if w.strip()):
-        hits = {n for n in names if n == word or n.startswith(word + "-") or n.startswith(word)}
-        hits |= {n for n in names if groups.get(n) == GROUPS.get(word)}
+        if word in names:
+            hits = {word}
+        elif word in GROUPS:
+            hits = {n for n in names if groups.get(n) == GROUPS[word]}
+        else:
+            hits = {n for n in names if n.startswith(word)}
         if not hits:
             raise SystemExit(f"error: no {kind} matches {word!r}; known: {', '.join(names)}")
         chosen |= hits

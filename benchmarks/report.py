@@ -155,7 +155,7 @@ def write_chart(path: Path, suites: Sequence[Suite], title: str) -> None:
     if not shown:
         return
     heights = [max(2.5, 0.22 * len(s.workloads) * len(s.systems) + 1.2) for s in shown]
-    fig, axes = plt.subplots(len(shown), 1, figsize=(10, sum(heights)), squeeze=False)
+    fig, axes = plt.subplots(len(shown), 1, figsize=(12, sum(heights)), squeeze=False)
     for ax, suite in zip((a[0] for a in axes), shown, strict=True):
         n_sys = len(suite.systems)
         bar = 0.8 / n_sys
@@ -169,14 +169,16 @@ def write_chart(path: Path, suites: Sequence[Suite], title: str) -> None:
                 meds.append(cell.median)
                 lo.append(cell.median - min(cell.samples))
                 hi.append(max(cell.samples) - cell.median)
-            ax.barh(ys, meds, height=bar, xerr=[lo, hi], label=system.label, capsize=2)
+            color = plt.get_cmap("tab10")(j % 10)
+            label = system.label if meds else f"{system.label} (no result)"
+            ax.barh(ys, meds, height=bar, xerr=[lo, hi], label=label, color=color, capsize=2)
         ax.set_yticks([i + 0.4 - bar / 2 for i in range(len(suite.workloads))])
         ax.set_yticklabels([w.label for w in suite.workloads], fontsize=7)
         ax.invert_yaxis()
         ax.set_xscale("log")
         ax.set_xlabel("seconds (median, min–max; log scale; missing bar = failed/unsupported)")
         ax.set_title(f"{suite.name}", fontsize=10)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         ax.grid(axis="x", which="both", alpha=0.3)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
