@@ -119,3 +119,29 @@ def tree(root: Path) -> dict[str, tuple[str, str]]:
             else:
                 out[rel] = (meta, "")
     return out
+
+
+@contextlib.contextmanager
+def mounted_image(layers: list[Path], scratch: Path) -> Iterator[Path]:
+    """The kernel overlayfs, read-only, over an image's layers (topmost first); unmounted
+    on exit. A read-only overlay needs two lowers, so an empty one pads a 1-layer image."""
+    from tests.mounting import Layers, kernel_overlay
+
+    scratch.mkdir(parents=True, exist_ok=True)
+    lowers = list(layers)
+    if len(lowers) < 2:
+        (scratch / "empty").mkdir(exist_ok=True)
+        lowers.append(scratch / "empty")
+    mountpoint = scratch / "merged"
+    mountpoint.mkdir(exist_ok=True)
+    with kernel_overlay(Layers(tuple(lowers), None, None), mountpoint) as mnt:
+        yield mnt
+
+
+def store_is_clean(root: Path) -> bool:
+    """Nothing left behind: no layer, no image, no scratch file."""
+    for sub in ("layers", "tmp"):
+        if (root / sub).exists() and any((root / sub).iterdir()):
+            return False
+    images = root / "images"
+    return not images.exists() or not [p for p in images.iterdir() if p.is_dir()]

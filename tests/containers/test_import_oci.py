@@ -1,0 +1,111 @@
+"""Import of an OCI image built offline by umoci (a tool we did not write): several layers,
+a deletion, an opaque directory; the merged result checked through the kernel overlayfs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from containers.sample import build_busybox_rootfs
+from containers.store import LayerStore
+from tests.containers.image_helpers import (
+    lamina,
+    lamina_error,
+    member,
+    mounted_image,
+    tar_bytes,
+    tree,
+    umoci,
+    umoci_bundle,
+)
+
+pytestmark = [pytest.mark.root, pytest.mark.skipif(not shutil.which("umoci"), reason="umoci")]
+
+
+def _opaque_layer() -> bytes:
+    """Layer 3, by hand: the opaque marker after the dir's new file, a whiteout before the
+    same-layer file it must not hide."""
+    return tar_bytes(
+        [
+            (member("opt/app", tarfile.DIRTYPE, mode=0o755), None),
+            (member("opt/app/c.txt"), b"only c survives\n"),
+            (member("opt/app/.wh..wh..opq", mode=0), b""),
+            (member("etc/.wh.hostname", mode=0), b""),
+            (member("etc/hostname"), b"layer3\n"),
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def umoci_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """busybox base (layer 1), a deletion and additions (layer 2), an opaque dir (layer 3)."""
+    work = tmp_path_factory.mktemp("umoci")
+    layout, bundle = work / "layout", work / "bundle"
+    umoci("init", "--layout", layout)
+    umoci("new", "--image", f"{layout}:base")
+    umoci("unpack", "--image", f"{layout}:base", bundle)
+    rootfs = build_busybox_rootfs(bundle / "rootfs")
+    (rootfs / "opt/app").mkdir(parents=True)
+    (rootfs / "opt/app/a.txt").write_text("a\n")
+    (rootfs / "opt/app/b.txt").write_text("b\n")
+    (rootfs / "etc/motd").write_text("welcome\n")
+    umoci("repack", "--image", f"{layout}:v1", bundle)
+    bundle = work / "bundle2"  # umoci repack diffs against what the bundle was unpacked from
+    umoci("unpack", "--image", f"{layout}:v1", bundle)
+    rootfs = bundle / "rootfs"
+    (rootfs / "etc/motd").unlink()
+    (rootfs / "srv").mkdir()
+    (rootfs / "srv/new.txt").write_text("new\n")
+    os.link(rootfs / "srv/new.txt", rootfs / "srv/new-link.txt")
+    os.chmod(rootfs / "opt/app/a.txt", 0o600)
+    umoci("repack", "--image", f"{layout}:v2", bundle)
+    (work / "layer3.tar").write_bytes(_opaque_layer())
+    umoci("raw", "add-layer", "--image", f"{layout}:v2", "--tag", "v3", work / "layer3.tar")
+    return layout
+
+
+def test_a_layout_with_several_images_needs_a_ref(umoci_layout: Path, tmp_path: Path) -> None:
+    err = lamina_error(tmp_path, "import", "-q", str(umoci_layout), "bb")
+    assert "--ref" in str(err)
+
+
+def test_umoci_image_merges_like_umoci_unpacks_it(umoci_layout: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    assert lamina(root, "import", "-q", "--ref", "v3", str(umoci_layout), "bb:v3") == 0
+    image = LayerStore(root).resolve_image("bb:v3")
+    assert len(image.layers) == 3
+    with umoci_bundle(umoci_layout, "v3", tmp_path / "bundle") as reference:
+        expected = tree(reference)
+    with mounted_image(image.layers, tmp_path / "mnt") as merged:
+        got = tree(merged)
+        assert (merged / "etc/hostname").read_text() == "layer3\n"
+        assert sorted(os.listdir(merged / "opt/app")) == ["c.txt"]
+        assert not (merged / "etc/motd").exists()
+        st = os.stat(merged / "srv/new.txt")
+        assert st.st_nlink == 2 and st.st_ino == os.stat(merged / "srv/new-link.txt").st_ino
+        assert os.readlink(merged / "bin/sh") == "busybox"
+    expected.pop(".", None)
+    assert got == expected
+
+
+def test_layer_order_and_overlay_markers_on_disk(umoci_layout: Path, tmp_path: Path) -> None:
+    lamina(tmp_path, "import", "-q", "--ref", "v3", str(umoci_layout), "bb")
+    top, middle, _base = LayerStore(tmp_path).resolve_image("bb").layers
+    motd = os.lstat(middle / "etc/motd")
+    assert (os.major(motd.st_rdev), os.minor(motd.st_rdev)) == (0, 0)
+    assert os.getxattr(top / "opt/app", "trusted.overlay.opaque") == b"y"
+    assert not (top / "opt/app/.wh..wh..opq").exists()
+
+
+def test_an_oci_layout_tar_imports_too(umoci_layout: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "image.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(umoci_layout, arcname=".")
+    lamina(tmp_path / "root", "import", "-q", "--ref", "v2", str(archive), "bb:v2")
+    image = LayerStore(tmp_path / "root").resolve_image("bb:v2")
+    assert len(image.layers) == 2
+    assert (image.layers[0] / "srv/new.txt").read_text() == "new\n"
