@@ -61,7 +61,8 @@ RUNTIMES: tuple[Runtime, ...] = (
     Runtime("bwrap", "bubblewrap", "bwrap", False),
     Runtime("runc", "runc", "runc", True),
     Runtime("crun", "crun", "crun", True),
-    Runtime("lamina", "lamina run (ours)", str(LAMINA), True),
+    Runtime("lamina", "lamina run --rootfs (ours, bind)", str(LAMINA), True),
+    Runtime("lamina-union", "lamina run --layer (ours, unionfs)", str(LAMINA), True),
 )
 
 
@@ -136,16 +137,12 @@ class ContainerBench:
                 timeout=30,
             )
 
-    def lamina_argv(self, root: Path, rootfs: Path, args: list[str], limits: bool) -> list[str]:
+    def lamina_argv(self, root: Path, union: bool, args: list[str], limits: bool) -> list[str]:
         argv = [str(LAMINA), "--root", str(root), "run", "--rm"]
         if limits:
-            argv += [
-                "--memory",
-                self.sizes.memory_limit,
-                "--pids-limit",
-                str(self.sizes.pids_limit),
-            ]
-        return [*argv, "--rootfs", str(rootfs), "--", *args]
+            argv += ["--memory", self.sizes.memory_limit]
+            argv += ["--pids-limit", str(self.sizes.pids_limit)]
+        return [*argv, "--layer" if union else "--rootfs", str(self.rootfs), "--", *args]
 
     def argv(self, runtime: Runtime, command: str, limits: bool) -> list[str]:
         args = COMMANDS[command]
@@ -165,7 +162,8 @@ class ContainerBench:
         if runtime.name in ("runc", "crun"):
             cid = f"bench-{uuid.uuid4().hex[:12]}"
             return self.oci_argv(runtime.name, self.bundle(command, limits), cid)
-        return self.lamina_argv(self.state / "lamina", self.rootfs, args, limits)
+        union = runtime.name == "lamina-union"
+        return self.lamina_argv(self.state / "lamina", union, args, limits)
 
     # --- workloads ------------------------------------------------------------------------
 
@@ -183,11 +181,11 @@ class ContainerBench:
         upper layer; time until all have exited, then measure the disk the uppers use."""
         sample_dir.mkdir(parents=True)
         try:
-            if runtime.name == "lamina":
+            if runtime.name == "lamina-union":
                 return self._fleet_lamina(n, sample_dir)
             if runtime.name in ("runc", "crun"):
                 return self._fleet_oci(runtime.name, n, sample_dir)
-            raise Unsupported("no image layers")
+            raise Unsupported("no per-container upper layer (shared rootfs)")
         finally:
             for mnt in mounts_under(sample_dir):
                 unmount(mnt)
@@ -195,14 +193,17 @@ class ContainerBench:
 
     def _fleet_lamina(self, n: int, sample_dir: Path) -> Measurement:
         root = sample_dir / "lamina-root"
-        argv = [str(LAMINA), "--root", str(root), "run", "--rootfs", str(self.rootfs), "--"]
+        argv = [str(LAMINA), "--root", str(root), "run", "--layer", str(self.rootfs), "--"]
         start = perf_counter()
         with spawn_all([[*argv, *FLEET_COMMAND]] * n) as procs:
             results = [(*p.communicate(timeout=TIMEOUT), p.returncode) for p in procs]
         seconds = perf_counter() - start
         for stdout, stderr, rc in results:
             expect_output(rc, stdout, stderr, b"hi\n")
-        disk = disk_usage(root)
+        # Without --rm each container keeps its upper: measure those (all of --root if the
+        # layout is not the expected containers/<id>/upper).
+        uppers = list(root.glob("containers/*/upper"))
+        disk = sum(disk_usage(u) for u in uppers) if uppers else disk_usage(root)
         return fleet_measurement(seconds, n, disk)
 
     def _fleet_oci(self, runtime: str, n: int, sample_dir: Path) -> Measurement:
