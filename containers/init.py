@@ -179,12 +179,22 @@ def start_process(process: Process, channels: Channels, tty: list[int]) -> NoRet
     executable = find_executable(process.argv[0], env)
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)  # Python ignores these; a command must not
+    close_other_fds()
     if process.use_init:
         run_init(executable, process.argv, env, channels)
     try:
         os.execve(executable, list(process.argv), _env_dict(env))
     except OSError as exc:
         raise exec_error(process.argv[0], exc) from None
+
+
+def close_other_fds() -> None:
+    """Mark every fd above stderr close-on-exec: nothing of lamina's leaks into the container."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            with contextlib.suppress(OSError):
+                os.set_inheritable(fd, False)
 
 
 def _env_dict(env: Sequence[str]) -> dict[str, str]:

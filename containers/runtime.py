@@ -45,10 +45,14 @@ def mount_program() -> str:
     return os.environ.get(MOUNT_PROGRAM_ENV) or str(Path(sys.executable).parent / "unionfs")
 
 
+CGROUP_PARENT_ENV = "LAMINA_CGROUP_PARENT"
+
+
 def open_cgroup(container_id: str) -> Cgroup:
+    """The container's cgroup, under <hierarchy>/lamina/ (or $LAMINA_CGROUP_PARENT/)."""
     from containers.cgroups.detect import open_cgroup as open_for_host
 
-    return open_for_host(container_id)
+    return open_for_host(container_id, parent=os.environ.get(CGROUP_PARENT_ENV) or "lamina")
 
 
 def new_container_id() -> str:
@@ -347,17 +351,23 @@ def copy_window_size(source: int, master: int) -> None:
 
 
 def pump_terminal(master: int, stdin: int | None, output: int) -> None:
-    """Copy stdin -> pty and pty -> output until the container side closes."""
+    """Copy stdin -> pty and pty -> output until the container side closes.
+
+    Our terminal (if any) goes raw so keys reach the container as typed, and its window
+    size follows to the pty, now and on every SIGWINCH.
+    """
     import select
     import termios
     import tty
 
+    terminal = next((fd for fd in (0, 1) if os.isatty(fd)), None)
+    if terminal is not None:
+        copy_window_size(terminal, master)
+        signal.signal(signal.SIGWINCH, lambda _s, _f: copy_window_size(terminal, master))
     saved = None
     if stdin is not None and os.isatty(stdin):
         saved = termios.tcgetattr(stdin)
         tty.setraw(stdin)
-        copy_window_size(stdin, master)
-        signal.signal(signal.SIGWINCH, lambda _s, _f: copy_window_size(stdin, master))
     try:
         readers = [master] if stdin is None else [master, stdin]
         while True:

@@ -96,10 +96,12 @@ class HybridCgroup:
         self.v1.destroy()
 
 
-def open_cgroup(container_id: str, layout: Layout | None = None) -> Cgroup:
+def open_cgroup(container_id: str, layout: Layout | None = None, parent: str = PARENT) -> Cgroup:
     """The cgroup driver for this host, for the container container_id (not yet created)."""
+    if "lamina" not in parent:
+        raise OSError(0, f"cgroup parent {parent!r} must contain 'lamina' (leak checks find it)")
     layout = layout if layout is not None else detect_layout()
-    name = f"{PARENT}/{container_id}"
+    name = f"{parent}/{container_id}"
     if layout.kind == "hybrid":
         assert layout.v2 is not None
         return HybridCgroup(V1Cgroup(name, layout.v1), V2Cgroup(name, layout.v2))
