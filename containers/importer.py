@@ -216,8 +216,10 @@ class Importer:
             path = plain
         try:
             tar = tarfile.open(path, "r:*")  # noqa: SIM115 (closed by the with below)
-        except tarfile.TarError as exc:
-            raise oci.ImageFormatError(f"not a tar archive or image layout ({exc})") from None
+        except tarfile.TarError:
+            raise oci.ImageFormatError(
+                "not a tar archive (plain, gzip, xz, bzip2 or zstd)"
+            ) from None
         with tar:
             yield tar
 

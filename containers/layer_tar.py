@@ -126,7 +126,7 @@ class _Unpacker:
             if st is not None and stat.S_ISDIR(st.st_mode):
                 continue
             if st is not None and not (is_whiteout(st) and prefix in self.whited_out):
-                raise UnsafeLayerError(f"{b'/'.join(parts)!r}: {b'/'.join(prefix)!r} is not a dir")
+                raise UnsafeLayerError(f"{_show(parts)!r}: {_show(prefix)!r} is not a directory")
             if st is not None:
                 os.unlink(self.path(prefix))
             os.mkdir(self.path(prefix), 0o755)
@@ -148,7 +148,7 @@ class _Unpacker:
 
     def whiteout(self, parent: tuple[bytes, ...], target: bytes) -> None:
         if target in (b".", b"..") or b"/" in target:
-            raise UnsafeLayerError(f"whiteout of {target!r}")
+            raise UnsafeLayerError(f"whiteout of {os.fsdecode(target)!r}")
         self.ensure_dir(parent)
         parts = (*parent, target)
         self.whited_out.add(parts)
@@ -253,6 +253,10 @@ class _Unpacker:
         for parts in sorted(self.dir_times, key=len, reverse=True):
             ns = self.dir_times[parts]
             os.utime(self.path(parts), ns=(ns, ns), follow_symlinks=False)
+
+
+def _show(parts: tuple[bytes, ...]) -> str:
+    return os.fsdecode(b"/".join(parts))
 
 
 def _mtime_ns(m: tarfile.TarInfo) -> int:

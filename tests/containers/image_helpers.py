@@ -10,7 +10,7 @@ import json
 import os
 import subprocess
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from containers import commands_images
@@ -48,7 +48,7 @@ def umoci_bundle(layout: Path, tag: str, bundle: Path) -> Iterator[Path]:
     yield bundle / "rootfs"
 
 
-def tar_bytes(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+def tar_bytes(members: Sequence[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
     """An uncompressed tar from (info, data) pairs; data None for non-regular members."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
