@@ -124,12 +124,7 @@ def test_a_layer_not_matching_its_diff_id_is_refused(tmp_path: Path) -> None:
         members = [(m, src.extractfile(m)) for m in src.getmembers()]
         evil_layer = tar_bytes([(member("ok.txt"), b"evil")])
         swapped = [
-            (
-                m,
-                tar_bytes([(member("ok.txt"), b"evil")])
-                if m.name.endswith("layer.tar")
-                else f.read(),
-            )
+            (m, evil_layer if m.name.endswith("layer.tar") else f.read())
             for m, f in members
             if f is not None
         ]
