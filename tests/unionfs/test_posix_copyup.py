@@ -79,7 +79,9 @@ def test_copy_up_of_a_child_leaves_the_parents_times_alone(union: Union) -> None
     os.chmod(mnt / "a/b/f", 0o600)
     for rel in ("a", "a/b"):
         assert os.lstat(mnt / rel).st_mtime_ns == MTIME_NS - 1000, rel
-        assert os.lstat(union.upper / rel).st_mtime_ns == MTIME_NS - 1000, rel
+    mnt = union.remount()
+    for rel in ("a", "a/b"):
+        assert os.lstat(mnt / rel).st_mtime_ns == MTIME_NS - 1000, rel
 
 
 def test_chmod_copies_up_with_the_data_and_times_unchanged(union: Union) -> None:

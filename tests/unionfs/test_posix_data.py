@@ -4,6 +4,7 @@ fsync/fdatasync and statfs."""
 from __future__ import annotations
 
 import errno
+import functools
 import mmap
 import os
 from pathlib import Path
@@ -99,6 +100,9 @@ def test_o_excl_refuses_a_lower_file_and_accepts_a_whited_out_name(union: Union)
 
 
 def test_an_o_tmpfile_file_is_invisible_until_linked(union: Union) -> None:
+    """Kernel only: FUSE has no tmpfile operation, so the kernel never passes O_TMPFILE on."""
+    if not union.is_kernel:
+        pytest.skip("the FUSE kernel module answers O_TMPFILE with EOPNOTSUPP itself")
     (union.lower / "d").mkdir()
     mnt = union.mount()
     fd = os.open(mnt / "d", os.O_TMPFILE | os.O_RDWR, 0o600)
@@ -110,6 +114,17 @@ def test_an_o_tmpfile_file_is_invisible_until_linked(union: Union) -> None:
         os.close(fd)
     assert (mnt / "d" / "named").read_bytes() == b"anonymous"
     assert (union.upper / "d" / "named").read_bytes() == b"anonymous"
+
+
+def test_o_tmpfile_on_fuse_fails_with_eopnotsupp_and_creates_nothing(union: Union) -> None:
+    """Ours only: EOPNOTSUPP is the answer programs fall back on (they create a named file)."""
+    if union.is_kernel:
+        pytest.skip("the kernel overlayfs supports O_TMPFILE")
+    (union.lower / "d").mkdir()
+    mnt = union.mount()
+    tmpfile = functools.partial(os.open, mnt / "d", os.O_TMPFILE | os.O_RDWR, 0o600)
+    assert errno_of(tmpfile) == errno.EOPNOTSUPP
+    assert names(mnt / "d") == []
 
 
 def test_a_hole_reads_as_zeros_and_takes_no_space(union: Union) -> None:
