@@ -89,6 +89,9 @@ class UnionFilesystem:
         self.inodes = InodeTable(stack.root())
         self.handles = HandleTable()
         self._lock = trio.Lock()
+        # Set by the adapter: tell the kernel to drop a cached name (we changed it behind
+        # the kernel's back). A no-op when the filesystem runs without a kernel.
+        self.invalidate_entry: Callable[[int, bytes], None] = lambda parent, name: None
 
     # -- resolution ----------------------------------------------------------------------
 
@@ -215,14 +218,20 @@ class UnionFilesystem:
             chain.append(current)
             current = current.parent
         for item in reversed(chain):
+            assert item.parent is not None
             src = self.stack.lower_path(item.sources[0])
             st = os.lstat(src)
-            dst = self.stack.upper_path(item.rel_path())
+            rel = item.rel_path()
+            dst = self.stack.upper_path(rel)
+            parent_path = self.stack.upper_path(item.parent.rel_path())
+            parent_st = os.lstat(parent_path)
             size = st.st_size if length is None or item is not node else min(length, st.st_size)
             if stat.S_ISREG(st.st_mode) and self.blocking.is_heavy(size):
                 await self.blocking.run(copier.copy, src, dst, st, size)
             else:
                 copier.copy(src, dst, st, size)
+            # A copy-up is no change of the parent: keep its times, as the kernel does.
+            os.utime(parent_path, ns=(parent_st.st_atime_ns, parent_st.st_mtime_ns))
             self.inodes.set_upper(item, os.lstat(dst))
 
     async def _ensure_upper_dir(self, directory: Node) -> None:
@@ -456,7 +465,7 @@ class UnionFilesystem:
             old_path = self.stack.upper_path(join(old_parent.rel_path(), old_name))
             new_path = self.stack.upper_path(join(new_parent.rel_path(), new_name))
             if src.is_dir:
-                self._mark_moved_dir(src, old_path, new_parent)
+                self._mark_moved_dir(src, old_path, old_parent, new_parent)
             if dst is not None and dst.is_dir and dst.in_upper:
                 self._move_to_work(new_path, whiteout=False)  # drop its whiteouts with it
             leave_whiteout = self.stack.lower_positive(old_parent.sources, old_name)
@@ -474,13 +483,21 @@ class UnionFilesystem:
                 self.inodes.remove_link(new_parent, new_name)
             self.inodes.move_link(src, (old_parent, old_name), (new_parent, new_name))
 
-    def _mark_moved_dir(self, node: Node, upper_path: bytes, new_parent: Node) -> None:
-        """Keep a moved directory's merged content: redirect it, or make it opaque."""
+    def _mark_moved_dir(
+        self, node: Node, upper_path: bytes, old_parent: Node, new_parent: Node
+    ) -> None:
+        """Keep a moved directory's merged content: redirect it, or make it opaque.
+
+        Like the kernel: a move within one directory records the old name (relative), any
+        other move the absolute lower path; a redirect that stays valid is kept.
+        """
         if node.sources:
-            # Absolute redirects stay right whatever later renames do to the ancestors.
-            os.setxattr(
-                upper_path, self.markers.redirect, b"/" + node.sources[0][1], follow_symlinks=False
-            )
+            current = self.stack.dir_markers(upper_path).redirect
+            samedir = old_parent is new_parent
+            if current is not None and (samedir or current.startswith(b"/")):
+                return
+            redirect = node.name if samedir else b"/" + node.sources[0][1]
+            os.setxattr(upper_path, self.markers.redirect, redirect, follow_symlinks=False)
         elif new_parent.sources and not self.stack.dir_markers(upper_path).opaque:
             set_opaque(upper_path, self.markers)
 
@@ -500,9 +517,9 @@ class UnionFilesystem:
         old_path = self.stack.upper_path(join(old_parent.rel_path(), old_name))
         new_path = self.stack.upper_path(join(new_parent.rel_path(), new_name))
         if src.is_dir:
-            self._mark_moved_dir(src, old_path, new_parent)
+            self._mark_moved_dir(src, old_path, old_parent, new_parent)
         if dst.is_dir:
-            self._mark_moved_dir(dst, new_path, old_parent)
+            self._mark_moved_dir(dst, new_path, new_parent, old_parent)
         renameat2(old_path, new_path, RENAME_EXCHANGE)
         old_parent.children.pop(old_name, None)
         new_parent.children.pop(new_name, None)

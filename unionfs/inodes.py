@@ -4,8 +4,7 @@ The kernel knows a file by the number we hand out; that number stays the file's 
 while the kernel holds the inode, across copy-up and rename. A node remembers where it is
 in the merged tree (its links: parent node and name), so its layer paths follow renames of
 any ancestor. Files in the upper layer with several links share one node, keyed by the
-upper (st_dev, st_ino); a lower file is known by its path, since the kernel overlayfs also
-breaks lower hard links on copy-up.
+upper (st_dev, st_ino); a lower file is known by its path.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ ROOT_INO = 1
 class Node:
     ino: int
     mode: int
-    upper_key: tuple[int, int] | None
+    key: tuple[int, int] | None
     # lower sources: the backing lower file of a non-directory, or the merged lower dirs.
     sources: tuple[Source, ...]
     in_upper: bool
@@ -67,7 +66,7 @@ class InodeTable:
         )
         self.root.lookups = 1
         self.nodes: dict[int, Node] = {ROOT_INO: self.root}
-        self._by_upper: dict[tuple[int, int], Node] = {}
+        self._by_key: dict[tuple[int, int], Node] = {}
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -80,8 +79,8 @@ class InodeTable:
         known = parent.children.get(name)
         if known is not None:
             return known
-        key = _upper_key(entry)
-        node = self._by_upper.get(key) if key is not None else None
+        key = _key(entry)
+        node = self._by_key.get(key) if key is not None else None
         if node is not None and node.linked:
             node.extra_links.append((parent, name))
         else:
@@ -95,19 +94,20 @@ class InodeTable:
             node.parent, node.name = parent, name
             self.nodes[node.ino] = node
             if key is not None:
-                self._by_upper[key] = node
+                self._by_key[key] = node
         parent.children[name] = node
         return node
 
     def set_upper(self, node: Node, st: os.stat_result) -> None:
-        """The node now lives in the upper layer (copied up or created)."""
+        """The node now lives in the upper layer (copied up)."""
         node.in_upper = True
-        if not node.is_dir:
-            node.sources = ()
-            if node.upper_key is not None:
-                self._by_upper.pop(node.upper_key, None)
-            node.upper_key = (st.st_dev, st.st_ino)
-            self._by_upper[node.upper_key] = node
+        if node.is_dir:
+            return
+        node.sources = ()
+        if node.key is not None and self._by_key.get(node.key) is node:
+            del self._by_key[node.key]
+        node.key = (st.st_dev, st.st_ino)
+        self._by_key[node.key] = node
 
     def add_link(self, node: Node, parent: Node, name: bytes) -> None:
         parent.children[name] = node
@@ -181,11 +181,14 @@ class InodeTable:
 
     def _remove(self, node: Node) -> None:
         self.nodes.pop(node.ino, None)
-        if node.upper_key is not None and self._by_upper.get(node.upper_key) is node:
-            del self._by_upper[node.upper_key]
+        if node.key is not None and self._by_key.get(node.key) is node:
+            del self._by_key[node.key]
 
 
-def _upper_key(entry: Entry) -> tuple[int, int] | None:
+def _key(entry: Entry) -> tuple[int, int] | None:
+    """Upper names with one key are one file. Lower names stay apart: the kernel tells us
+    only the inode of an open(), and a write through one name of a lower hard link must
+    copy up that name alone (the kernel overlayfs breaks such links the same way)."""
     if entry.upper is None or entry.is_dir:
         return None
     return (entry.st.st_dev, entry.st.st_ino)
