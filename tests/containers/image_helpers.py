@@ -145,3 +145,66 @@ def store_is_clean(root: Path) -> bool:
             return False
     images = root / "images"
     return not images.exists() or not [p for p in images.iterdir() if p.is_dir()]
+
+
+def compress(data: bytes, kind: str) -> bytes:
+    import gzip
+
+    import zstandard
+
+    if kind == "gzip":
+        return gzip.compress(data, mtime=0)
+    if kind == "zstd":
+        return zstandard.ZstdCompressor().compress(data)
+    return data
+
+
+def _put_blob(layout: Path, data: bytes) -> dict[str, object]:
+    digest = sha256(data)
+    (layout / "blobs/sha256" / digest.removeprefix("sha256:")).write_bytes(data)
+    return {"digest": digest, "size": len(data)}
+
+
+def write_oci_layout(
+    layout: Path,
+    images: list[tuple[str, list[bytes], str]],  # (arch, layer tars, compression)
+    *,
+    cmd: list[str] | None = None,
+) -> Path:
+    """A hand-built OCI layout: one manifest per (arch, layers), in one index."""
+    (layout / "blobs/sha256").mkdir(parents=True, exist_ok=True)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    entries = []
+    for arch, layers, kind in images:
+        config = {
+            "architecture": arch,
+            "os": "linux",
+            "config": {"Cmd": cmd or ["/bin/sh"]},
+            "rootfs": {"type": "layers", "diff_ids": [sha256(layer) for layer in layers]},
+        }
+        suffix = {"gzip": "+gzip", "zstd": "+zstd"}.get(kind, "")
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                **_put_blob(layout, json.dumps(config).encode()),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar" + suffix,
+                    **_put_blob(layout, compress(layer, kind)),
+                }
+                for layer in layers
+            ],
+        }
+        entries.append(
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                **_put_blob(layout, json.dumps(manifest).encode()),
+                "platform": {"architecture": arch, "os": "linux"},
+            }
+        )
+    index = {"schemaVersion": 2, "manifests": entries}
+    (layout / "index.json").write_text(json.dumps(index))
+    return layout
