@@ -1,0 +1,86 @@
+"""Layers are stored by content: shared between images once, removed when unused."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from containers import state
+from containers.store import LayerStore, disk_usage
+from tests.containers.image_helpers import (
+    lamina,
+    lamina_error,
+    member,
+    store_is_clean,
+    tar_bytes,
+    write_docker_save,
+)
+
+BIG = bytes(range(256)) * 4096  # 1 MiB, so the base dominates disk use
+BASE = tar_bytes([(member("bin", tarfile.DIRTYPE, mode=0o755), None), (member("bin/big"), BIG)])
+APP_A = tar_bytes([(member("app-a"), b"a\n")])
+APP_B = tar_bytes([(member("app-b"), b"b\n")])
+
+
+@pytest.fixture
+def two_images(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    a = write_docker_save(tmp_path / "a.tar", [BASE, APP_A], ["app-a:1"])
+    b = write_docker_save(tmp_path / "b.tar", [BASE, APP_B], ["app-b:1"])
+    lamina(root, "import", "-q", str(a))
+    lamina(root, "import", "-q", str(b))
+    return root
+
+
+def test_two_images_store_their_shared_base_once(
+    two_images: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = LayerStore(two_images)
+    a, b = store.resolve_image("app-a:1"), store.resolve_image("app-b:1")
+    assert a.layers[-1] == b.layers[-1]
+    assert len(list((two_images / "layers").iterdir())) == 3
+    assert disk_usage(two_images / "layers") < 1.5 * len(BIG)
+    lamina(two_images, "images")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["REPOSITORY", "TAG"]
+    for line in lines[1:]:
+        _repo, _tag, _id, *_, size, shared, unique = line.split()
+        assert shared.endswith("MB") and unique.endswith("kB"), line
+
+
+def test_rmi_removes_only_the_layers_nothing_else_uses(two_images: Path) -> None:
+    store = LayerStore(two_images)
+    base = store.resolve_image("app-a:1").layers[-1]
+    lamina(two_images, "rmi", "app-a:1")
+    assert base.is_dir() and len(list((two_images / "layers").iterdir())) == 2
+    assert store.resolve_image("app-b:1").layers[-1] == base
+    lamina(two_images, "rmi", "app-b:1")
+    assert store_is_clean(two_images)
+
+
+def test_rmi_of_one_name_keeps_an_image_with_other_names(two_images: Path) -> None:
+    store = LayerStore(two_images)
+    image_id = store.find_image("app-a:1").id
+    store.add_image(two_images / "tmp", store.config_bytes(image_id), [], ["alias:1"])
+    lamina(two_images, "rmi", "alias:1")
+    assert store.find_image("app-a:1").id == image_id
+    err = lamina_error(two_images, "image", "inspect", "alias:1")
+    assert "no such image" in str(err) and err.hint and "lamina images" in err.hint
+
+
+def test_rmi_refuses_an_image_a_container_uses(two_images: Path) -> None:
+    cdir = two_images / "containers" / "c0ffee"
+    cdir.mkdir(parents=True)
+    state.save(state.ContainerRecord(id="c0ffee", name="web", dir=cdir, image="app-a:1"))
+    assert lamina(two_images, "rmi", "app-a:1") == 1
+    assert LayerStore(two_images).find_image("app-a:1")
+    assert lamina(two_images, "rmi", "-f", "app-a:1") == 0
+
+
+def test_images_can_be_named_by_id_prefix(two_images: Path) -> None:
+    store = LayerStore(two_images)
+    image_id = store.find_image("app-b:1").id
+    assert store.resolve_image(image_id[7:19]).id == image_id
+    assert store.resolve_image(image_id).name == "app-b:1"
