@@ -1,0 +1,96 @@
+"""Inode numbers: stable across copy-up and rename for the life of the mount, one per file,
+shared by hard links; open files outlive their names."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.unionfs.conftest import Union
+from tests.unionfs.posix_helpers import write
+
+pytestmark = pytest.mark.root
+
+
+def test_a_file_keeps_its_inode_number_across_copy_up(union: Union) -> None:
+    """The kernel keeps the lower st_ino when all layers share one filesystem (its origin logic)."""
+    write(union.lower / "d" / "f", b"x")
+    mnt = union.mount()
+    before = os.lstat(mnt / "d" / "f").st_ino
+    with open(mnt / "d" / "f", "ab") as f:
+        f.write(b"y")
+    assert os.lstat(mnt / "d" / "f").st_ino == before
+
+
+def test_a_directory_keeps_its_inode_number_across_copy_up(union: Union) -> None:
+    write(union.lower / "d" / "f")
+    mnt = union.mount()
+    before = os.lstat(mnt / "d").st_ino
+    os.chmod(mnt / "d", 0o700)
+    assert os.lstat(mnt / "d").st_ino == before
+
+
+def test_a_lower_file_keeps_its_inode_number_when_renamed(union: Union) -> None:
+    write(union.lower / "a", b"x")
+    mnt = union.mount()
+    before = os.lstat(mnt / "a").st_ino
+    os.rename(mnt / "a", mnt / "b")
+    assert os.lstat(mnt / "b").st_ino == before
+
+
+def test_an_open_descriptor_sees_the_same_inode_as_a_path_lookup(union: Union) -> None:
+    write(union.lower / "f", b"x")
+    mnt = union.mount()
+    fd = os.open(mnt / "f", os.O_RDWR)
+    try:
+        os.write(fd, b"y")
+        assert os.fstat(fd).st_ino == os.lstat(mnt / "f").st_ino
+    finally:
+        os.close(fd)
+
+
+def test_files_from_different_layers_have_different_inode_numbers(union: Union) -> None:
+    write(union.lowers[1] / "bottom")
+    write(union.lowers[0] / "middle")
+    write(union.upper / "top")
+    (union.lowers[1] / "dir").mkdir()
+    mnt = union.mount()
+    inodes = {os.lstat(mnt / n).st_ino for n in ("bottom", "middle", "top", "dir", ".")}
+    assert len(inodes) == 5
+
+
+def test_every_entry_reports_the_mounts_device(union: Union) -> None:
+    write(union.lowers[1] / "bottom")
+    write(union.upper / "top")
+    (union.lowers[0] / "dir").mkdir()
+    mnt = union.mount()
+    devices = {os.lstat(mnt / n).st_dev for n in ("bottom", "top", "dir", ".")}
+    assert devices == {os.lstat(mnt).st_dev}
+
+
+def test_an_unlinked_upper_file_stays_usable_through_an_open_descriptor(union: Union) -> None:
+    mnt = union.mount()
+    write(mnt / "f", b"abc")
+    fd = os.open(mnt / "f", os.O_RDWR)
+    try:
+        os.unlink(mnt / "f")
+        os.pwrite(fd, b"Z", 1)
+        assert os.pread(fd, 3, 0) == b"aZc"
+        assert os.fstat(fd).st_nlink == 0
+    finally:
+        os.close(fd)
+    assert not os.path.lexists(mnt / "f")
+
+
+def test_an_unlinked_lower_file_stays_readable_through_an_open_descriptor(
+    union: Union,
+) -> None:
+    write(union.lower / "f", b"lower data")
+    mnt = union.mount()
+    fd = os.open(mnt / "f", os.O_RDONLY)
+    try:
+        os.unlink(mnt / "f")
+        assert os.pread(fd, 100, 0) == b"lower data"
+    finally:
+        os.close(fd)
