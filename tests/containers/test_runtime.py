@@ -1,0 +1,271 @@
+# ruff: noqa: F811 - pytest fixtures imported from runtime_helpers are used as parameters
+"""`lamina run` for real: namespaces, the root filesystem, limits, exit codes, clean-up.
+
+Each test runs the command line on a busybox rootfs with a private state root and cgroup
+parent; the `lamina` fixture fails the test if a mount or a cgroup is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+from pathlib import Path
+
+import pytest
+
+from containers.spec import DEFAULT_CAPABILITIES, capability_mask
+from tests.containers.runtime_helpers import (  # noqa: F401 - fixtures
+    Lamina,
+    busybox_rootfs,
+    lamina,
+    mounts_under,
+    wait_for,
+)
+
+pytestmark = pytest.mark.root
+
+
+def run(lamina: Lamina, rootfs: Path, *args: str, command: str) -> tuple[int, str, str]:
+    result = lamina("run", "--rm", *args, "--layer", str(rootfs), "--", "sh", "-c", command)
+    return result.returncode, result.stdout, result.stderr
+
+
+def test_the_command_is_pid_1_and_host_processes_are_invisible(
+    lamina: Lamina, busybox_rootfs: Path
+) -> None:
+    show = "echo $$; ls /proc | grep '^[0-9]'; cat /proc/*/cmdline | grep -c 'py[t]est'; true"
+    code, out, err = run(lamina, busybox_rootfs, command=show)
+    assert code == 0, err
+    first, *pids, pytest_seen = out.split()
+    assert first == "1"
+    assert len(pids) <= 4  # sh, and the commands of the pipeline
+    assert pytest_seen == "0"  # this test's own process is not there
+
+
+def test_the_hostname_is_the_containers_own(lamina: Lamina, busybox_rootfs: Path) -> None:
+    code, out, _ = run(lamina, busybox_rootfs, "--hostname", "box", command="hostname")
+    assert (code, out.strip()) == (0, "box")
+    assert socket.gethostname() != "box"
+    code, out, _ = run(lamina, busybox_rootfs, command="hostname; echo $HOSTNAME")
+    short_id, env_hostname = out.split()
+    assert len(short_id) == 12 and short_id == env_hostname
+
+
+def test_only_lo_exists_and_it_is_up(lamina: Lamina, busybox_rootfs: Path) -> None:
+    code, out, err = run(lamina, busybox_rootfs, command="ls /sys/class/net; ip -o addr")
+    assert code == 0, err
+    assert out.split()[0] == "lo" and "127.0.0.1/8" in out
+    assert out.split("\n")[0].strip() == "lo"
+    code, out, _ = run(lamina, busybox_rootfs, "--network", "host", command="ls /sys/class/net")
+    assert sorted(out.split()) == sorted(os.listdir("/sys/class/net"))
+
+
+def test_writes_land_in_the_upper_dir_and_never_in_the_layers(
+    lamina: Lamina, busybox_rootfs: Path
+) -> None:
+    before = (busybox_rootfs / "etc/passwd").read_text()
+    result = lamina(
+        "run", "--name", "w", "--layer", str(busybox_rootfs), "--",
+        "sh", "-c", "echo hi > /etc/new; echo x >> /etc/passwd; rm /etc/hostname",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    from containers.state import find_container
+
+    upper = find_container(lamina.root, "w").upper_dir
+    assert (upper / "etc/new").read_text() == "hi\n"
+    assert (upper / "etc/passwd").read_text() == before + "x\n"
+    whiteout = os.lstat(upper / "etc/hostname")
+    assert stat.S_ISCHR(whiteout.st_mode) and whiteout.st_rdev == 0
+    assert not (busybox_rootfs / "etc/new").exists()
+    assert (busybox_rootfs / "etc/passwd").read_text() == before
+    assert (busybox_rootfs / "etc/hostname").exists()
+    lamina.ok("rm", "w")
+    assert not upper.exists()
+
+
+def test_two_containers_of_one_image_do_not_see_each_others_writes(
+    lamina: Lamina, busybox_rootfs: Path
+) -> None:
+    layer = ("--layer", str(busybox_rootfs))
+    lamina.ok("run", "-d", "--name", "a", *layer, "--", "sh", "-c", "echo a > /mine; sleep 600")
+    wait_for(lambda: lamina("exec", "a", "test", "-e", "/mine").returncode == 0, what="a")
+    _code, out, _ = run(lamina, busybox_rootfs, command="test -e /mine && echo seen || echo no")
+    assert out.strip() == "no"
+    lamina.ok("rm", "-f", "a")
+
+
+def test_a_memory_hog_is_oom_killed_with_137(lamina: Lamina, busybox_rootfs: Path) -> None:
+    # busybox tail keeps the last "line" of /dev/zero, which never ends: it grows forever.
+    code, _, err = run(lamina, busybox_rootfs, "--memory", "32m", command="exec tail /dev/zero")
+    assert code == 137
+    assert "memory limit (32MiB)" in err and "OOM" in err
+
+
+def test_a_fork_loop_is_stopped_by_the_pids_limit(lamina: Lamina, busybox_rootfs: Path) -> None:
+    loop = "i=0; while [ $i -lt 50 ]; do sleep 30 & i=$((i+1)); done; echo all-forked"
+    code, out, err = run(lamina, busybox_rootfs, "--pids-limit", "10", command=loop)
+    assert "all-forked" not in out
+    assert code != 0 and "can't fork" in err
+
+
+def test_cpus_throttles_a_busy_loop(lamina: Lamina, busybox_rootfs: Path) -> None:
+    # CPU time a busy loop got in 2 s of wall time, in clock ticks (cutime + cstime of sh).
+    busy = 'timeout 2 sh -c "while :; do :; done"; cut -d" " -f16,17 /proc/$$/stat'
+    code, out, err = run(lamina, busybox_rootfs, "--cpus", "0.2", command=busy)
+    assert code == 0, err
+    ticks = sum(int(n) for n in out.split())
+    hz = os.sysconf("SC_CLK_TCK")
+    # 0.2 CPU for 2 s is 0.4 s; unthrottled it would be about 2 s. Margin both ways.
+    assert 0.05 * hz < ticks < 1.0 * hz, ticks
+
+
+def test_exit_codes_and_signals_propagate(lamina: Lamina, busybox_rootfs: Path) -> None:
+    assert run(lamina, busybox_rootfs, command="exit 3")[0] == 3
+    assert run(lamina, busybox_rootfs, command="kill -9 $$ 2>/dev/null; exit 4")[0] == 4
+    result = lamina("run", "--rm", "--layer", str(busybox_rootfs), "--", "nosuch")
+    assert result.returncode == 127
+    assert result.stderr.strip() == (
+        'lamina: error: exec: "nosuch": executable file not found in $PATH'
+    )
+    result = lamina("run", "--rm", "--layer", str(busybox_rootfs), "--", "/etc/passwd")
+    assert result.returncode == 126 and "permission denied" in result.stderr
+
+
+def test_sigterm_to_lamina_reaches_the_command(lamina: Lamina, busybox_rootfs: Path) -> None:
+    proc = lamina.popen("run", "--rm", "--init", "--name", "s",
+                        "--layer", str(busybox_rootfs), "--", "sleep", "600")  # fmt: skip
+    try:
+        wait_for(lambda: "Up" in lamina.status_of("s"), what="the container to run")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_default_capabilities_are_dockers(lamina: Lamina, busybox_rootfs: Path) -> None:
+    show = "grep -E '^Cap(Bnd|Eff)|NoNewPrivs' /proc/self/status"
+    _, out, _ = run(lamina, busybox_rootfs, command=show)
+    fields = dict(line.split(":") for line in out.strip().splitlines())
+    assert int(fields["CapBnd"], 16) == capability_mask(DEFAULT_CAPABILITIES)
+    assert int(fields["CapEff"], 16) == capability_mask(DEFAULT_CAPABILITIES)
+    assert fields["NoNewPrivs"].strip() == "1"
+    _, out, _ = run(lamina, busybox_rootfs, "--cap-drop", "ALL", "--cap-add", "chown", command=show)
+    assert int(dict(line.split(":") for line in out.splitlines())["CapEff"], 16) == 1
+
+
+def test_the_root_filesystem_layout_follows_docker(lamina: Lamina, busybox_rootfs: Path) -> None:
+    check = (
+        "ls /dev | tr '\\n' ' '; echo; "
+        "cat /proc/kcore | wc -c; "
+        "echo 1 > /proc/sys/kernel/ns_last_pid && echo sys-writable; "
+        "touch /sys/x 2>/dev/null && echo sys-writable; "
+        "grep ' / ' /proc/mounts | cut -d' ' -f4 | cut -d, -f1"
+    )
+    _code, out, _err = run(lamina, busybox_rootfs, "--read-only", command=check)
+    devices, kcore, root_mode = out.strip().splitlines()
+    for name in [
+        "null",
+        "zero",
+        "full",
+        "random",
+        "urandom",
+        "tty",
+        "ptmx",
+        "pts",
+        "shm",
+        "mqueue",
+        "fd",
+        "stdin",
+    ]:
+        assert name in devices.split()
+    assert kcore.strip() == "0"
+    assert "sys-writable" not in out
+    assert root_mode == "ro"
+
+
+def test_volumes_and_tmpfs(lamina: Lamina, busybox_rootfs: Path, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "in").write_text("from host\n")
+    code, out, err = run(
+        lamina, busybox_rootfs,
+        "-v", f"{shared}:/data", "-v", f"{shared}:/ro:ro", "--tmpfs", "/scratch",
+        command="cat /data/in; echo out > /data/out; touch /ro/x || echo ro-ok; "
+        "grep /scratch /proc/mounts | cut -d' ' -f3",
+    )  # fmt: skip
+    assert code == 0, err
+    assert out.split() == ["from", "host", "ro-ok", "tmpfs"]
+    assert (shared / "out").read_text() == "out\n"
+
+
+def test_env_workdir_and_user(lamina: Lamina, busybox_rootfs: Path, tmp_path: Path) -> None:
+    env_file = tmp_path / "env"
+    env_file.write_text("# comment\nFROM_FILE=1\nOVER=file\n")
+    code, out, err = run(
+        lamina, busybox_rootfs,
+        "-e", "OVER=flag", "--env-file", str(env_file), "-w", "/work", "-u", "nobody",
+        command="echo $FROM_FILE $OVER; pwd; id -u; id -g",
+    )  # fmt: skip
+    assert code == 0, err
+    assert out.split() == ["1", "flag", "/work", "65534", "65534"]
+
+
+def test_t_gives_a_tty(lamina: Lamina, busybox_rootfs: Path) -> None:
+    code, out, err = run(lamina, busybox_rootfs, "-t", command="test -t 0 && test -t 1 && tty")
+    assert code == 0, err
+    assert out.replace("\r", "").strip() == "/dev/pts/0"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--memory", "12xyz"],
+        ["--cpuset-cpus", "0-999"],
+        ["-v", "/does/not/exist:/x"],
+        ["--cap-add", "NOPE"],
+    ],
+)
+def test_invalid_input_is_one_line_and_creates_nothing(
+    lamina: Lamina, busybox_rootfs: Path, bad: list[str]
+) -> None:
+    result = lamina("run", *bad, "--layer", str(busybox_rootfs), "--", "true")
+    assert result.returncode == 125
+    assert result.stderr.startswith("lamina: error: ") and result.stderr.count("\n") == 1
+    assert lamina.container_ids() == []
+
+
+def test_a_failed_start_leaves_nothing_behind(lamina: Lamina, busybox_rootfs: Path) -> None:
+    # Fails in the child, after the union mount and the cgroup exist.
+    result = lamina("run", "--name", "f", "-w", "/etc/passwd", "--layer", str(busybox_rootfs),
+                    "--", "true")  # fmt: skip
+    assert result.returncode == 125 and "chdir" in result.stderr
+    assert lamina.container_ids() == []
+    assert not mounts_under(lamina.root)
+    # The name was released with everything else.
+    lamina.ok("run", "--rm", "--name", "f", "--layer", str(busybox_rootfs), "--", "true")
+
+
+def test_a_failed_mount_leaves_nothing_behind(lamina: Lamina, busybox_rootfs: Path) -> None:
+    lamina.env["LAMINA_MOUNT_PROGRAM"] = "/bin/false"
+    result = lamina("run", "--layer", str(busybox_rootfs), "--", "true")
+    assert result.returncode == 125 and "mounting the image layers failed" in result.stderr
+    assert lamina.container_ids() == []
+
+
+def test_a_name_in_use_is_refused(lamina: Lamina, busybox_rootfs: Path) -> None:
+    lamina.ok("run", "--name", "dup", "--layer", str(busybox_rootfs), "--", "true")
+    result = lamina("run", "--name", "dup", "--layer", str(busybox_rootfs), "--", "true")
+    assert result.returncode == 125 and "already in use" in result.stderr
+    assert len(lamina.container_ids()) == 1
+
+
+def test_rootfs_is_bind_mounted_without_a_union(lamina: Lamina, tmp_path: Path) -> None:
+    from containers.sample import build_busybox_rootfs
+
+    rootfs = build_busybox_rootfs(tmp_path / "own")
+    result = lamina("run", "--rm", "--rootfs", str(rootfs), "--", "sh", "-c", "echo x > /made")
+    assert result.returncode == 0, result.stderr
+    assert (rootfs / "made").read_text() == "x\n"
