@@ -15,6 +15,7 @@ from pathlib import Path
 
 from containers import commands_images
 from containers.cli import UserError
+from containers.sample import build_busybox_rootfs
 
 
 def lamina(root: Path, *argv: str) -> int:
@@ -207,4 +208,45 @@ def write_oci_layout(
         )
     index = {"schemaVersion": 2, "manifests": entries}
     (layout / "index.json").write_text(json.dumps(index))
+    return layout
+
+
+def _opaque_layer() -> bytes:
+    """Layer 3, by hand: the opaque marker after the dir's new file, a whiteout before the
+    same-layer file it must not hide."""
+    return tar_bytes(
+        [
+            (member("opt/app", tarfile.DIRTYPE, mode=0o755), None),
+            (member("opt/app/c.txt"), b"only c survives\n"),
+            (member("opt/app/.wh..wh..opq", mode=0), b""),
+            (member("etc/.wh.hostname", mode=0), b""),
+            (member("etc/hostname"), b"layer3\n"),
+        ]
+    )
+
+
+def build_umoci_layout(work: Path) -> Path:
+    """An OCI layout made by umoci, tags base (no layer), v1 (busybox), v2 (a deletion,
+    additions, a hard link, a chmod), v3 (an opaque dir and a same-layer whiteout)."""
+    layout, bundle = work / "layout", work / "bundle"
+    umoci("init", "--layout", layout)
+    umoci("new", "--image", f"{layout}:base")
+    umoci("unpack", "--image", f"{layout}:base", bundle)
+    rootfs = build_busybox_rootfs(bundle / "rootfs")
+    (rootfs / "opt/app").mkdir(parents=True)
+    (rootfs / "opt/app/a.txt").write_text("a\n")
+    (rootfs / "opt/app/b.txt").write_text("b\n")
+    (rootfs / "etc/motd").write_text("welcome\n")
+    umoci("repack", "--image", f"{layout}:v1", bundle)
+    bundle = work / "bundle2"  # umoci repack diffs against what the bundle was unpacked from
+    umoci("unpack", "--image", f"{layout}:v1", bundle)
+    rootfs = bundle / "rootfs"
+    (rootfs / "etc/motd").unlink()
+    (rootfs / "srv").mkdir()
+    (rootfs / "srv/new.txt").write_text("new\n")
+    os.link(rootfs / "srv/new.txt", rootfs / "srv/new-link.txt")
+    os.chmod(rootfs / "opt/app/a.txt", 0o600)
+    umoci("repack", "--image", f"{layout}:v2", bundle)
+    (work / "layer3.tar").write_bytes(_opaque_layer())
+    umoci("raw", "add-layer", "--image", f"{layout}:v2", "--tag", "v3", work / "layer3.tar")
     return layout

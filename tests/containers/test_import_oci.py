@@ -10,62 +10,22 @@ from pathlib import Path
 
 import pytest
 
-from containers.sample import build_busybox_rootfs
 from containers.store import LayerStore
 from tests.containers.image_helpers import (
+    build_umoci_layout,
     lamina,
     lamina_error,
-    member,
     mounted_image,
-    tar_bytes,
     tree,
-    umoci,
     umoci_bundle,
 )
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(not shutil.which("umoci"), reason="umoci")]
 
 
-def _opaque_layer() -> bytes:
-    """Layer 3, by hand: the opaque marker after the dir's new file, a whiteout before the
-    same-layer file it must not hide."""
-    return tar_bytes(
-        [
-            (member("opt/app", tarfile.DIRTYPE, mode=0o755), None),
-            (member("opt/app/c.txt"), b"only c survives\n"),
-            (member("opt/app/.wh..wh..opq", mode=0), b""),
-            (member("etc/.wh.hostname", mode=0), b""),
-            (member("etc/hostname"), b"layer3\n"),
-        ]
-    )
-
-
 @pytest.fixture(scope="module")
 def umoci_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """busybox base (layer 1), a deletion and additions (layer 2), an opaque dir (layer 3)."""
-    work = tmp_path_factory.mktemp("umoci")
-    layout, bundle = work / "layout", work / "bundle"
-    umoci("init", "--layout", layout)
-    umoci("new", "--image", f"{layout}:base")
-    umoci("unpack", "--image", f"{layout}:base", bundle)
-    rootfs = build_busybox_rootfs(bundle / "rootfs")
-    (rootfs / "opt/app").mkdir(parents=True)
-    (rootfs / "opt/app/a.txt").write_text("a\n")
-    (rootfs / "opt/app/b.txt").write_text("b\n")
-    (rootfs / "etc/motd").write_text("welcome\n")
-    umoci("repack", "--image", f"{layout}:v1", bundle)
-    bundle = work / "bundle2"  # umoci repack diffs against what the bundle was unpacked from
-    umoci("unpack", "--image", f"{layout}:v1", bundle)
-    rootfs = bundle / "rootfs"
-    (rootfs / "etc/motd").unlink()
-    (rootfs / "srv").mkdir()
-    (rootfs / "srv/new.txt").write_text("new\n")
-    os.link(rootfs / "srv/new.txt", rootfs / "srv/new-link.txt")
-    os.chmod(rootfs / "opt/app/a.txt", 0o600)
-    umoci("repack", "--image", f"{layout}:v2", bundle)
-    (work / "layer3.tar").write_bytes(_opaque_layer())
-    umoci("raw", "add-layer", "--image", f"{layout}:v2", "--tag", "v3", work / "layer3.tar")
-    return layout
+    return build_umoci_layout(tmp_path_factory.mktemp("umoci"))
 
 
 def test_a_layout_with_several_images_needs_a_ref(umoci_layout: Path, tmp_path: Path) -> None:
