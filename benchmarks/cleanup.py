@@ -82,12 +82,14 @@ class Janitor:
 
 @contextlib.contextmanager
 def interrupt_on_sigterm() -> Iterator[None]:
-    """Turn SIGTERM/SIGHUP into KeyboardInterrupt so the same clean-up path runs."""
+    """Turn SIGINT (even if inherited as ignored), SIGTERM and SIGHUP into KeyboardInterrupt,
+    so one clean-up path serves them all."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, handler) for s in signals}
     try:
         yield
     finally:

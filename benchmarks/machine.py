@@ -88,6 +88,14 @@ def lamina_version() -> str:
     return out.stdout.strip() or "unknown"
 
 
+def overlay_parameters() -> dict[str, str]:
+    """The kernel overlayfs module defaults (redirect_dir, index, metacopy, xino...)."""
+    params = Path("/sys/module/overlay/parameters")
+    if not params.is_dir():
+        return {}
+    return {p.name: p.read_text().strip() for p in sorted(params.iterdir()) if p.is_file()}
+
+
 def describe(workdir: Path) -> dict[str, object]:
     """Everything about the machine a reader needs to weigh the figures."""
     return {
@@ -101,5 +109,6 @@ def describe(workdir: Path) -> dict[str, object]:
         "python": sys.version.split()[0],
         "workdir_filesystem": filesystem_of(workdir),
         "lamina": lamina_version(),
+        "overlay_parameters": overlay_parameters(),
         "versions": {name: tool_version(name, argv) for name, argv in VERSION_COMMANDS},
     }
