@@ -1,0 +1,136 @@
+"""The `unionfs` command as users, mount(8) and podman call it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.mounting import UNIONFS, Layers, is_mountpoint, make_layers, unmount
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def layers(tmp_path: Path) -> Iterator[tuple[Layers, Path]]:
+    layers = make_layers(tmp_path, 1)
+    (layers.lowers[0] / "hello").write_text("from the lower layer\n")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        yield layers, mnt
+    finally:
+        unmount(mnt)
+
+
+def unionfs(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(UNIONFS), *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def wait_until(predicate: object, timeout: float = 10.0) -> bool:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_version_and_help_answer_without_mounting() -> None:
+    assert unionfs("--version").stdout.startswith("unionfs ")
+    assert "lowerdir" in unionfs("--help").stdout
+
+
+def test_the_command_returns_once_the_mount_is_ready(layers: tuple[Layers, Path]) -> None:
+    union, mnt = layers
+    # Pipes as podman passes them: the daemon must close its end or this would hang.
+    result = unionfs("-o", union.options() + ",,volatile", str(mnt))
+    assert result.returncode == 0, result.stderr
+    assert (mnt / "hello").read_text() == "from the lower layer\n"
+
+
+def test_bad_input_is_one_line_and_nothing_is_mounted(
+    layers: tuple[Layers, Path], tmp_path: Path
+) -> None:
+    _, mnt = layers
+    result = unionfs("-o", f"lowerdir={tmp_path}/missing", str(mnt))
+    assert result.returncode == 1
+    assert result.stderr == f"unionfs: error: lowerdir {tmp_path}/missing does not exist\n"
+    assert not is_mountpoint(mnt)
+
+
+def test_an_unknown_option_is_refused(layers: tuple[Layers, Path]) -> None:
+    union, mnt = layers
+    result = unionfs("-o", union.options() + ",frobnicate", str(mnt))
+    assert result.returncode == 1
+    assert "unknown mount option 'frobnicate'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_mounting_twice_on_one_mountpoint_is_refused(layers: tuple[Layers, Path]) -> None:
+    union, mnt = layers
+    assert unionfs("-o", union.options(), str(mnt)).returncode == 0
+    again = unionfs("-o", union.options(), str(mnt))
+    assert again.returncode == 1 and "already a mount" in again.stderr
+
+
+def test_mount_fuse3_style_source_then_mountpoint(layers: tuple[Layers, Path]) -> None:
+    union, mnt = layers
+    result = unionfs("overlay", str(mnt), "-o", "rw,nodev," + union.options())
+    assert result.returncode == 0, result.stderr
+    assert (mnt / "hello").exists()
+
+
+def test_mount8_with_the_fuse_type_runs_us_as_a_helper(layers: tuple[Layers, Path]) -> None:
+    union, mnt = layers
+    subprocess.run(
+        ["mount", "-t", "fuse", "-o", union.options(), f"{UNIONFS}#overlay", str(mnt)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    assert (mnt / "hello").exists()
+
+
+def test_fusermount_unmounts_and_the_daemon_exits(layers: tuple[Layers, Path]) -> None:
+    union, mnt = layers
+    assert unionfs("-o", union.options(), str(mnt)).returncode == 0
+    subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+    assert not is_mountpoint(mnt)
+
+
+def test_sigterm_in_the_foreground_unmounts_cleanly(layers: tuple[Layers, Path]) -> None:
+    union, mnt = layers
+    daemon = subprocess.Popen(
+        [str(UNIONFS), "-f", "-o", union.options(), str(mnt)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert wait_until(lambda: is_mountpoint(mnt)), "no mount appeared"
+        (mnt / "new").write_text("x")
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=10) == 0
+        assert not is_mountpoint(mnt)
+        assert union.upper is not None and (union.upper / "new").read_text() == "x"
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+
+
+def test_a_read_only_mount_refuses_writes(layers: tuple[Layers, Path]) -> None:
+    union, mnt = layers
+    assert unionfs("-o", f"lowerdir={union.lowers[0]}", str(mnt)).returncode == 0
+    with pytest.raises(OSError) as caught:
+        (mnt / "new").write_text("x")
+    assert caught.value.errno == 30  # EROFS
+    assert os.listdir(union.lowers[0]) == ["hello"]

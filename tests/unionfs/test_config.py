@@ -1,0 +1,145 @@
+"""Mount options as fuse-overlayfs and podman pass them, and the checks before mounting."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.mounting import unmount
+from unionfs.config import ConfigError, parse_options, split_escaped, validate
+
+
+def test_podman_style_options_with_an_empty_option_and_volatile_parse() -> None:
+    config = parse_options(["lowerdir=/a:/b,upperdir=/u,workdir=/w,,volatile"], "/mnt")
+    assert config.lowers == [Path("/a"), Path("/b")]
+    assert (config.upper, config.work) == (Path("/u"), Path("/w"))
+    assert config.volatile and config.writable
+
+
+def test_several_o_flags_add_up_and_harmless_mount_options_are_accepted() -> None:
+    config = parse_options(["rw,noatime", "lowerdir=/a", "nodev,nosuid,lazytime"], "/mnt")
+    assert config.lowers == [Path("/a")]
+    assert not config.writable
+    assert "noatime" in config.ignored
+
+
+def test_without_upperdir_the_mount_is_read_only() -> None:
+    config = parse_options(["lowerdir=/a"], "/mnt")
+    assert "ro" in config.fuse_options()
+
+
+def test_permissions_are_enforced_by_the_kernel_by_default() -> None:
+    options = parse_options(["lowerdir=/a"], "/mnt").fuse_options()
+    assert {"default_permissions", "allow_other"} <= options
+
+
+def test_userxattr_moves_the_markers_to_the_user_namespace() -> None:
+    config = parse_options(["lowerdir=/a,userxattr"], "/mnt")
+    assert config.markers.opaque == b"user.overlay.opaque"
+
+
+def test_a_colon_in_a_layer_path_is_escaped_with_a_backslash() -> None:
+    assert split_escaped(r"/a\:b:/c", ":") == ["/a:b", "/c"]
+
+
+def test_an_unknown_option_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match="lowerdirs"):
+        parse_options(["lowerdirs=/a"], "/mnt")
+
+
+def test_lowerdir_is_required() -> None:
+    with pytest.raises(ConfigError, match="lowerdir"):
+        parse_options(["upperdir=/u,workdir=/w"], "/mnt")
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> dict[str, Path]:
+    names = ("lower", "upper", "work", "mnt")
+    for name in names:
+        (tmp_path / name).mkdir()
+    return {name: tmp_path / name for name in names}
+
+
+def problems_for(options: str, mountpoint: Path) -> list[str]:
+    return validate(parse_options([options], str(mountpoint)))
+
+
+def test_good_layers_have_no_problem(dirs: dict[str, Path]) -> None:
+    opts = f"lowerdir={dirs['lower']},upperdir={dirs['upper']},workdir={dirs['work']}"
+    assert problems_for(opts, dirs["mnt"]) == []
+
+
+def test_a_missing_lower_is_named(dirs: dict[str, Path]) -> None:
+    problems = problems_for(f"lowerdir={dirs['lower']}/nope", dirs["mnt"])
+    assert problems == [f"lowerdir {dirs['lower']}/nope does not exist"]
+
+
+def test_a_lower_that_is_a_file_is_named(dirs: dict[str, Path]) -> None:
+    (dirs["lower"] / "file").touch()
+    problems = problems_for(f"lowerdir={dirs['lower']}/file", dirs["mnt"])
+    assert problems == [f"lowerdir {dirs['lower']}/file is not a directory"]
+
+
+def test_an_upper_inside_a_lower_is_refused(dirs: dict[str, Path]) -> None:
+    inner = dirs["lower"] / "inner"
+    inner.mkdir()
+    opts = f"lowerdir={dirs['lower']},upperdir={inner},workdir={dirs['work']}"
+    assert any("overlap" in p for p in problems_for(opts, dirs["mnt"]))
+
+
+def test_a_workdir_inside_the_upper_is_refused(dirs: dict[str, Path]) -> None:
+    inner = dirs["upper"] / "work"
+    inner.mkdir()
+    opts = f"lowerdir={dirs['lower']},upperdir={dirs['upper']},workdir={inner}"
+    assert any("overlap" in p for p in problems_for(opts, dirs["mnt"]))
+
+
+def test_upperdir_without_workdir_is_refused(dirs: dict[str, Path]) -> None:
+    opts = f"lowerdir={dirs['lower']},upperdir={dirs['upper']}"
+    assert problems_for(opts, dirs["mnt"]) == ["upperdir and workdir must be given together"]
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    where = tmp_path / "tmpfs"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        unmount(where)
+
+
+@pytest.mark.root
+def test_a_workdir_on_another_filesystem_is_refused(dirs: dict[str, Path], tmpfs: Path) -> None:
+    opts = f"lowerdir={dirs['lower']},upperdir={dirs['upper']},workdir={tmpfs}"
+    problems = problems_for(opts, dirs["mnt"])
+    assert len(problems) == 1 and "another filesystem" in problems[0]
+
+
+@pytest.mark.root
+def test_a_mountpoint_that_is_already_a_mount_is_refused(
+    dirs: dict[str, Path], tmpfs: Path
+) -> None:
+    problems = problems_for(f"lowerdir={dirs['lower']}", tmpfs)
+    assert problems == [f"mountpoint {tmpfs} is already a mount (unmount it first)"]
+
+
+@pytest.mark.root
+def test_an_upper_filesystem_without_xattrs_is_refused(tmp_path: Path) -> None:
+    ramfs = tmp_path / "ramfs"
+    ramfs.mkdir()
+    (tmp_path / "lower").mkdir()
+    (tmp_path / "mnt").mkdir()
+    subprocess.run(["mount", "-t", "ramfs", "ramfs", str(ramfs)], check=True)
+    try:
+        (ramfs / "upper").mkdir()
+        (ramfs / "work").mkdir()
+        opts = f"lowerdir={tmp_path / 'lower'},upperdir={ramfs / 'upper'},workdir={ramfs / 'work'}"
+        problems = problems_for(opts, tmp_path / "mnt")
+        assert len(problems) == 1 and "does not support trusted.overlay.* xattrs" in problems[0]
+    finally:
+        unmount(ramfs)
