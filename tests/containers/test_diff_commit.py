@@ -39,7 +39,7 @@ def store(tmp_path: Path) -> LayerStore:
 def upper(store: LayerStore, tmp_path: Path) -> Iterator[Path]:
     """Run some changes through the kernel overlay; keep its upper dir."""
     layers = Layers(
-        tuple(store.resolve_image("base").layers) + (_empty(tmp_path / "pad"),),
+        (*store.resolve_image("base").layers, _empty(tmp_path / "pad")),
         _empty(tmp_path / "upper"),
         _empty(tmp_path / "work"),
     )
