@@ -140,7 +140,7 @@ def tree_snapshot(root: Path) -> dict[bytes, tuple[object, ...]]:
     return snap
 
 
-def sparse_digest(path: bytes | str) -> str:
+def sparse_digest(path: bytes | str | os.PathLike[str]) -> str:
     """A hash of a file's data that reads only its data extents, so huge sparse files are cheap.
 
     Holes read as zeros, so (offset, bytes) of each extent plus the size identify the content.

@@ -1,0 +1,173 @@
+"""Crash safety: kill -9 the unionfs daemon while it copies up a large file.
+
+Ours only (the kernel overlayfs cannot be killed). Copy-up builds the copy in the workdir and
+renames it into place, so after a remount the file must be wholly old (no upper copy, or a
+complete copy without the write) or wholly new, the lower layer untouched, and nothing of the
+half-built copy visible in the upper dir or the merged view.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import mounting
+from tests.unionfs.posix_helpers import leftovers, names, sparse_digest, wait_until
+
+pytestmark = pytest.mark.root
+
+MiB = 1024 * 1024
+SIZE = 512 * MiB
+NEW_BYTE = b"X"
+
+# The writer: open for write, change one byte, fsync so the change reached the daemon.
+WRITER = textwrap.dedent(
+    """
+    import os, sys
+    fd = os.open(sys.argv[1], os.O_WRONLY)
+    os.pwrite(fd, b"X", 0)
+    os.fsync(fd)
+    os.close(fd)
+    print("written", flush=True)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def big_lower() -> Iterator[tuple[Path, str]]:
+    """One 512 MiB lower file of real data (distinct 1 MiB blocks), shared by every case."""
+    base = Path(os.environ.get("TMPDIR", "/tmp")) / f"lamina-crash-{os.getpid()}"
+    lower = base / "lower"
+    lower.mkdir(parents=True)
+    block = bytearray(os.urandom(MiB))
+    with open(lower / "big", "wb") as f:
+        for i in range(SIZE // MiB):
+            block[:8] = i.to_bytes(8, "little")
+            f.write(block)
+    digest = sparse_digest(lower / "big")
+    try:
+        yield lower, digest
+    finally:
+        assert sparse_digest(lower / "big") == digest, "the lower file was changed"
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def _daemon_pid(mountpoint: Path) -> int:
+    """The one process serving mountpoint: a unionfs whose command line names it."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if os.fsencode(mountpoint) in args and any(b"unionfs" in a for a in args):
+            found.append(int(entry))
+    assert len(found) == 1, f"expected one daemon for {mountpoint}, found {found}"
+    return found[0]
+
+
+def _is_gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
+def _copy_in_progress(work: Path) -> int:
+    """Bytes written so far into a half-built copy in the workdir (-1 when there is none)."""
+    sizes = [-1]
+    for dirpath, _dirs, files in os.walk(work):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                sizes.append(os.lstat(os.path.join(dirpath, name)).st_size)
+    return max(sizes)
+
+
+def _pread(path: Path, offset: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, MiB, offset)
+    finally:
+        os.close(fd)
+
+
+def _assert_wholly_old_or_new(candidate: Path, lower: Path) -> None:
+    """candidate has the lower's size and data, except that byte 0 may be the new byte."""
+    assert os.lstat(candidate).st_size == SIZE
+    with open(candidate, "rb") as got, open(lower, "rb") as want:
+        first_got, first_want = got.read(MiB), want.read(MiB)
+        assert first_got[1:] == first_want[1:]
+        assert first_got[:1] in (first_want[:1], NEW_BYTE)
+        for offset in range(MiB, SIZE, MiB):
+            assert got.read(MiB) == want.read(MiB), f"differs in the MiB at {offset}"
+
+
+@pytest.mark.parametrize(
+    "kill_at",
+    [0, SIZE // 4, SIZE * 3 // 4, None],
+    ids=["copy-just-started", "quarter-copied", "three-quarters-copied", "after-fsync"],
+)
+def test_a_daemon_killed_during_copy_up_leaves_the_file_wholly_old_or_new(
+    big_lower: tuple[Path, str], kill_at: int | None
+) -> None:
+    lower_dir, _digest = big_lower
+    lower_before = os.lstat(lower_dir / "big")
+    base = lower_dir.parent / f"case-{kill_at}"
+    upper, work, mnt = base / "upper", base / "work", base / "mnt"
+    for d in (upper, work, mnt):
+        d.mkdir(parents=True)
+    layers = mounting.Layers((lower_dir,), upper, work)
+
+    with mounting.unionfs(layers, mnt):
+        daemon = _daemon_pid(mnt)
+        writer = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(mnt / "big")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            if kill_at is None:
+                assert writer.communicate(timeout=60)[0] == b"written\n"
+            else:
+                wait_until(lambda: _copy_in_progress(work) >= kill_at, 60, "copy-up")
+                os.kill(daemon, signal.SIGSTOP)
+                copied = _copy_in_progress(work)
+                assert 0 <= copied < SIZE, "the kill came after the copy was complete"
+            os.kill(daemon, signal.SIGKILL)
+            wait_until(lambda: _is_gone(daemon), 10, "the daemon to die")
+        finally:
+            writer.kill()
+            writer.communicate()
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
+        assert not mounting.is_mountpoint(mnt)
+
+    with mounting.unionfs(layers, mnt):
+        assert names(mnt) == [b"big"]
+        upper_names = names(upper)
+        assert upper_names in ([], [b"big"]), f"leftovers in the upper dir: {upper_names}"
+        if upper_names:
+            _assert_wholly_old_or_new(upper / "big", lower_dir / "big")
+        winner = upper / "big" if upper_names else lower_dir / "big"
+        for offset in (0, SIZE // 2, SIZE - MiB):
+            assert _pread(mnt / "big", offset) == _pread(winner, offset), offset
+        first = _pread(mnt / "big", 0)[:1]
+        if kill_at is None:
+            assert first == NEW_BYTE, "an fsynced write was lost"
+
+    assert leftovers(work) == [], "the workdir kept the half-built copy"
+    lower_after = os.lstat(lower_dir / "big")
+    assert (lower_after.st_mtime_ns, lower_after.st_ctime_ns) == (
+        lower_before.st_mtime_ns,
+        lower_before.st_ctime_ns,
+    )
