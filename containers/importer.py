@@ -27,7 +27,7 @@ from containers.compression import ZSTD_MAGIC, open_decompressed
 from containers.layer_pack import pack_directory
 from containers.layer_tar import UnsafeLayerError, split_member_name
 from containers.progress import CountingReader, Progress
-from containers.store import ImageRecord, LayerInfo, LayerStore, parse_name
+from containers.store import ImageRecord, LayerInfo, LayerStore, SpooledLayer, parse_name
 from containers.tar_split import TarSplitError
 
 DEFAULT_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -384,7 +384,9 @@ class Importer:
         tar_path.unlink()
         return self._single_layer_image(spooled, work, f"lamina import {path.name}/")
 
-    def _single_layer_image(self, spooled: Any, work: Path, created_by: str) -> ImageRecord:
+    def _single_layer_image(
+        self, spooled: SpooledLayer, work: Path, created_by: str
+    ) -> ImageRecord:
         from containers.changes import apply_changes  # only imports with --change need it
 
         info = self.store.prepare_layer(spooled, work, allow_devices=self.options.allow_devices)

@@ -146,7 +146,7 @@ class LayerStore:
     def has_layer(self, key: str) -> bool:
         return (self.layers_dir / key / "layer.json").exists()
 
-    def spool(self, stream: BinaryIO, scratch: Path, on_bytes: Any = None) -> SpooledLayer:
+    def spool(self, stream: BinaryIO, scratch: Path) -> SpooledLayer:
         """Copy an uncompressed layer tar into scratch, computing its key and diff_id."""
         path = Path(tempfile.mkstemp(prefix="layer-", suffix=".tar", dir=scratch)[1])
         sha, xxh, size = hashlib.sha256(), xxhash.xxh3_128(), 0
