@@ -57,7 +57,8 @@ class FuseAdapter(pyfuse3.Operations):
         attrs.entry_timeout = self.timeout
         attrs.attr_timeout = self.timeout
         attrs.st_mode = st.st_mode
-        attrs.st_nlink = st.st_nlink
+        # Like the kernel overlayfs: a merged directory's link count is unknown, so 1.
+        attrs.st_nlink = 1 if node.merged else st.st_nlink
         attrs.st_uid = st.st_uid
         attrs.st_gid = st.st_gid
         attrs.st_rdev = st.st_rdev

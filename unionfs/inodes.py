@@ -40,6 +40,11 @@ class Node:
         return stat.S_ISDIR(self.mode)
 
     @property
+    def merged(self) -> bool:
+        """A directory whose content comes from more than one layer."""
+        return stat.S_ISDIR(self.mode) and int(self.in_upper) + len(self.sources) > 1
+
+    @property
     def linked(self) -> bool:
         return self.parent is not None or self.ino == ROOT_INO
 
