@@ -176,15 +176,15 @@ def _remove_one(store: LayerStore, root: Path, ref: str, force: bool) -> None:
         store.untag(_name_of(ref))
         print(f"Untagged: {_name_of(ref)}")
         return
-    users = [] if force else _containers_using(root, record.id, record.tags)
-    if users:
+    users, mounted = _containers_using(root, record.id, record.tags)
+    if users and not force:
         raise UserError(
             f"image {ref} is used by container {users[0]}",
             hint="remove the container first (`lamina rm`), or use rmi --force",
         )
     for tag in record.tags:
         print(f"Untagged: {tag}")
-    for key in store.remove_image(record.id):
+    for key in store.remove_image(record.id, in_use=mounted):
         print(f"Deleted layer: {key}")
     print(f"Deleted: {record.id}")
 
@@ -196,19 +196,23 @@ def _name_of(ref: str) -> str:
         return ""
 
 
-def _containers_using(root: Path, image_id: str, tags: tuple[str, ...]) -> list[str]:
-    """Containers whose record names this image (by id or one of its names)."""
+def _containers_using(
+    root: Path, image_id: str, tags: tuple[str, ...]
+) -> tuple[list[str], list[Path]]:
+    """Containers made from this image; and every layer any container uses (never removed,
+    even by rmi --force, so a running container keeps its files)."""
     try:
         from containers.state import all_records
     except ImportError:
-        return []
+        return [], []
     refs = {image_id, image_id.removeprefix("sha256:"), *tags}
-    out = []
+    users, layers = [], []
     for r in all_records(root):
         image = r.image or ""
         if image in refs or _name_of(image) in tags:
-            out.append(r.name or r.id)
-    return out
+            users.append(r.name or r.id)
+        layers.extend(r.layers)
+    return users, layers
 
 
 def cmd_image_inspect(args: argparse.Namespace) -> int:

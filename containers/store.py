@@ -25,7 +25,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -126,11 +126,19 @@ class LayerStore:
     def scratch(self) -> Iterator[Path]:
         """A private directory on the store's filesystem (for renames); always removed."""
         self._ensure_dirs()
-        path = Path(tempfile.mkdtemp(prefix="work-", dir=self.tmp_dir))
+        self._sweep_dead_scratch()
+        path = Path(tempfile.mkdtemp(prefix=f"work-{os.getpid()}-", dir=self.tmp_dir))
         try:
             yield path
         finally:
             shutil.rmtree(path, ignore_errors=True)
+
+    def _sweep_dead_scratch(self) -> None:
+        """Remove what a killed import left in tmp (its pid is in the name)."""
+        for entry in os.scandir(self.tmp_dir):
+            pid = entry.name.split("-")[1] if entry.name.startswith("work-") else ""
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(entry.path, ignore_errors=True)
 
     # -- layers ---------------------------------------------------------------------------
 
@@ -317,19 +325,30 @@ class LayerStore:
             self._write_tags(tags)
         return image_id
 
-    def remove_image(self, image_id: str) -> list[str]:
-        """Drop an image (its names too) and every layer no other image uses."""
+    def remove_image(self, image_id: str, in_use: Collection[Path] = ()) -> list[str]:
+        """Drop an image (its names too), then every layer no image uses. Layers in in_use
+        (mounted by containers) stay, to be swept by a later rmi once they are free."""
         with self.lock():
             tags = {t: i for t, i in self.tags().items() if i != image_id}
             self._write_tags(tags)
-            record = self.image(image_id, tags)
             with self.scratch() as work:
                 os.rename(self._image_dir(image_id), work / "image")
-            still_used = {k for i in self.image_ids() for k in self.image(i, tags).layer_keys}
-            removed = [k for k in dict.fromkeys(record.layer_keys) if k not in still_used]
+            keep = {k for i in self.image_ids() for k in self.image(i, tags).layer_keys}
+            keep |= {p.parent.name for p in in_use if p.parent.parent == self.layers_dir}
+            removed = sorted(e.name for e in os.scandir(self.layers_dir) if e.name not in keep)
             for key in removed:
                 self.remove_layer(key)
         return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def parse_name_ok(ref: str) -> bool:

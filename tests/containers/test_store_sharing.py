@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -73,10 +74,24 @@ def test_rmi_of_one_name_keeps_an_image_with_other_names(two_images: Path) -> No
 def test_rmi_refuses_an_image_a_container_uses(two_images: Path) -> None:
     cdir = two_images / "containers" / "c0ffee"
     cdir.mkdir(parents=True)
-    state.save(state.ContainerRecord(id="c0ffee", name="web", dir=cdir, image="app-a:1"))
+    layers = LayerStore(two_images).resolve_image("app-a:1").layers
+    record = state.ContainerRecord(id="c0ffee", name="web", dir=cdir, image="app-a:1")
+    record.layers = layers
+    state.save(record)
     assert lamina(two_images, "rmi", "app-a:1") == 1
     assert LayerStore(two_images).find_image("app-a:1")
     assert lamina(two_images, "rmi", "-f", "app-a:1") == 0
+    assert all(p.is_dir() for p in layers), "a container's layers outlive rmi --force"
+    shutil.rmtree(cdir)
+    lamina(two_images, "rmi", "app-b:1")
+    assert store_is_clean(two_images), "the next rmi sweeps the freed layers"
+
+
+def test_a_killed_import_leaves_scratch_that_the_next_one_sweeps(two_images: Path) -> None:
+    dead = two_images / "tmp" / "work-999999999-abc"
+    dead.mkdir(parents=True)
+    with LayerStore(two_images).scratch():
+        assert not dead.exists()
 
 
 def test_images_can_be_named_by_id_prefix(two_images: Path) -> None:
