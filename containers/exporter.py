@@ -22,7 +22,7 @@ from containers.changes import apply_changes
 from containers.changes_diff import LowerView, merged_children, redirected_sources
 from containers.cli import UserError
 from containers.importer import ANNOTATION_CONTAINERD_NAME, utc_now
-from containers.layer_pack import marker_info, pack_directory, tar_info
+from containers.layer_pack import UnsupportedEntry, marker_info, pack_directory, tar_info
 from containers.store import ImageRecord, LayerStore, ResolvedImage, parse_name
 from containers.tar_split import TarSplitError, rebuild_tar
 from unionfs.whiteouts import OCI_OPAQUE_NAME
@@ -46,7 +46,10 @@ def commit_upper(
     with store.scratch() as work:
         tar_path = work / "commit.tar"
         with open(tar_path, "wb") as out:
-            pack_directory(upper, out, overlay=True, redirect=_redirect_handler(upper, view))
+            try:
+                pack_directory(upper, out, overlay=True, redirect=_redirect_handler(upper, view))
+            except UnsupportedEntry as exc:
+                raise UserError(f"cannot commit: {exc}") from None
         with open(tar_path, "rb") as f:
             spooled = store.spool(f, work)
         info = store.prepare_layer(spooled, work)

@@ -106,6 +106,9 @@ class LayerWriter:
             for merged, source in self.redirect(rel):
                 self._add_info(merged, source)
             return
+        if self.overlay and stat.S_ISREG(st.st_mode) and _is_metacopy(path):
+            # metacopy=on keeps only metadata in the upper; the data is still below.
+            raise UnsupportedEntry(f"{os.fsdecode(rel)}: metacopy upper (mount without metacopy)")
         info = tar_info(rel, path, st)
         if info is None:
             return
@@ -127,6 +130,14 @@ class LayerWriter:
                 self.tar.addfile(info, f)
         else:
             self.tar.addfile(info)
+
+
+def _is_metacopy(path: bytes) -> bool:
+    try:
+        os.getxattr(path, b"trusted.overlay.metacopy", follow_symlinks=False)
+    except OSError:
+        return False
+    return True
 
 
 def pack_directory(

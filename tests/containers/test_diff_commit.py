@@ -120,3 +120,16 @@ def test_committing_twice_gives_the_same_layer(store: LayerStore, upper: Path) -
     a = commit_upper(store, upper=upper, base=base, name="c:1")
     b = commit_upper(store, upper=upper, base=base, name="c:2")
     assert a.layer_keys == b.layer_keys
+
+
+def test_a_metacopy_upper_is_refused_not_committed_empty(store: LayerStore, tmp_path: Path) -> None:
+    from containers.cli import UserError
+
+    upper = _empty(tmp_path / "meta-upper")
+    (upper / "etc").mkdir()
+    (upper / "etc/hostname").write_bytes(b"")
+    os.setxattr(upper / "etc/hostname", "trusted.overlay.metacopy", b"")
+    before = sorted(p.name for p in (store.root / "layers").iterdir())
+    with pytest.raises(UserError, match="metacopy"):
+        commit_upper(store, upper=upper, base=store.resolve_image("base"), name="bad:1")
+    assert sorted(p.name for p in (store.root / "layers").iterdir()) == before
