@@ -19,6 +19,7 @@ from tests.containers.image_helpers import (
     store_is_clean,
     tar_bytes,
     write_docker_save,
+    write_oci_layout,
 )
 
 SYM, LNK, DIR = tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.DIRTYPE
@@ -165,4 +166,25 @@ def test_gzip_garbage_after_a_good_layer_is_not_silently_accepted(tmp_path: Path
     (tmp_path / "l.tar.gz").write_bytes(data)
     err = lamina_error(tmp_path / "root", "import", "-q", str(tmp_path / "l.tar.gz"))
     assert "cannot import" in str(err)
+    assert store_is_clean(tmp_path / "root")
+
+
+@pytest.mark.parametrize("case", ["not_a_tar", "symlink_out", "truncated", "dotdot"])
+def test_a_hostile_layer_inside_an_oci_image_is_refused(case: str, tmp_path: Path) -> None:
+    good = tar_bytes([(member("ok.txt"), b"fine")])
+    layout = write_oci_layout(
+        tmp_path / "layout", [("amd64", [good, HOSTILE_LAYERS[case]()], "gzip")]
+    )
+    err = lamina_error(tmp_path / "root", "import", "-q", str(layout), "evil")
+    assert "cannot import" in str(err)
+    assert store_is_clean(tmp_path / "root")
+
+
+def test_an_oci_manifest_naming_a_missing_blob_is_refused(tmp_path: Path) -> None:
+    layer = tar_bytes([(member("ok.txt"), b"fine")])
+    layout = write_oci_layout(tmp_path / "layout", [("amd64", [layer], "zstd")])
+    biggest = max((layout / "blobs/sha256").iterdir(), key=lambda p: p.stat().st_size)
+    biggest.unlink()
+    err = lamina_error(tmp_path / "root", "import", "-q", str(layout), "evil")
+    assert "missing blob" in str(err)
     assert store_is_clean(tmp_path / "root")
