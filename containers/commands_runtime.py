@@ -245,22 +245,20 @@ def cmd_logs(args: argparse.Namespace) -> int:
     with log:
         while True:
             data = log.read()
-            if data:
-                sys.stdout.buffer.write(data)
-                sys.stdout.buffer.flush()
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
             if not args.follow:
                 return 0
-            try:
-                current = state.load(record.dir)
-            except FileNotFoundError:
-                return 0
-            if state.live_status(current) == state.EXITED and not (data := log.read()):
-                return 0
             if data:
-                sys.stdout.buffer.write(data)
-                sys.stdout.buffer.flush()
-            else:
-                time.sleep(0.1)  # follow mode polls the file, like tail -f
+                continue
+            try:
+                exited = state.live_status(state.load(record.dir)) == state.EXITED
+            except FileNotFoundError:
+                exited = True
+            if exited:
+                sys.stdout.buffer.write(log.read())  # what came between our reads
+                return 0
+            time.sleep(0.1)  # follow mode polls the file, like tail -f
 
 
 # ---- exec ---------------------------------------------------------------------------------

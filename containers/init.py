@@ -421,7 +421,12 @@ def run_init(
             os.execve(executable, list(argv), _env_dict(env))
         finally:
             os._exit(127)
-    os.close(channels.errors)  # the command started (or its own child reports 127)
+    # Keep only stdio: any other fd (the error pipe, a pipe of `lamina run -d` waiting
+    # for EOF) would otherwise stay open in this long-lived PID 1.
+    for name in os.listdir("/proc/self/fd"):
+        if int(name) > 2:
+            with contextlib.suppress(OSError):
+                os.close(int(name))
 
     def forward(signum: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):

@@ -60,14 +60,17 @@ class V1Cgroup:
 
     def kill(self) -> None:
         # v1 has no cgroup.kill: freeze first so nothing forks while we signal.
+        if not self.pids():
+            return
         frozen = self.dir("freezer") is not None
-        if frozen:
-            self.freeze()
-        for pid in self.pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        if frozen:
-            self.thaw()
+        with contextlib.suppress(FileNotFoundError):  # emptied and removed meanwhile
+            if frozen:
+                self.freeze()
+            for pid in self.pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if frozen:
+                self.thaw()
         base.wait_until(lambda: not self.pids(), 10.0, f"cgroup {self.name} to empty")
 
     def freeze(self) -> None:

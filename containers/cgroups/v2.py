@@ -56,7 +56,10 @@ class V2Cgroup:
         return base.read_procs(self.dir)
 
     def kill(self) -> None:
-        base.write(self.dir / "cgroup.kill", "1")
+        if not self.pids():
+            return
+        with contextlib.suppress(FileNotFoundError):  # emptied and removed meanwhile
+            base.write(self.dir / "cgroup.kill", "1")
         base.wait_until(lambda: not self.pids(), 10.0, f"cgroup {self.name} to empty")
 
     def freeze(self) -> None:
