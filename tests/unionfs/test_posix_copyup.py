@@ -3,6 +3,7 @@ with data, mode, owner, times and xattrs; reading never does."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import stat
 
@@ -191,3 +192,37 @@ def test_a_copied_up_file_survives_a_remount(union: Union) -> None:
     mnt = union.remount()
     assert (mnt / "a/b/f").read_bytes() == b"X123456789"
     assert os.getxattr(mnt / "a/b/f", "user.colour") == b"blue"
+
+
+def test_concurrent_first_writes_to_one_lower_file_all_land(union: Union) -> None:
+    """Several writers racing to copy up the same file must not lose each other's writes."""
+    write(union.lower / "f", b"." * 64)
+    mnt = union.mount()
+
+    def poke(i: int) -> None:
+        fd = os.open(mnt / "f", os.O_WRONLY)
+        try:
+            os.pwrite(fd, b"%x" % i, i)
+        finally:
+            os.close(fd)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(poke, range(16)))
+    assert (mnt / "f").read_bytes() == b"0123456789abcdef" + b"." * 48
+    assert (union.upper / "f").read_bytes() == b"0123456789abcdef" + b"." * 48
+
+
+def test_a_process_inside_a_lower_directory_keeps_working_after_its_copy_up(
+    union: Union,
+) -> None:
+    write(union.lower / "d" / "old", b"old")
+    mnt = union.mount()
+    dir_fd = os.open(mnt / "d", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.chmod(mnt / "d", 0o700)
+        fd = os.open("new", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=dir_fd)
+        os.close(fd)
+        assert sorted(os.listdir(dir_fd)) == ["new", "old"]
+    finally:
+        os.close(dir_fd)
+    assert names(union.upper / "d") == [b"new"]

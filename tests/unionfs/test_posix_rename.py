@@ -202,3 +202,11 @@ def test_rename_exchange_with_a_missing_target_fails_with_enoent(union: Union) -
     write(union.lower / "a")
     mnt = union.mount()
     assert errno_of(lambda: renameat2(mnt / "a", mnt / "b", RENAME_EXCHANGE)) == errno.ENOENT
+
+
+def test_dot_dot_of_a_moved_lower_directory_is_its_new_parent(union: Union) -> None:
+    (union.lower / "a" / "d").mkdir(parents=True)
+    (union.lower / "b").mkdir()
+    mnt = union.mount()
+    os.rename(mnt / "a" / "d", mnt / "b" / "d")
+    assert os.path.samestat(os.stat(mnt / "b" / "d" / ".."), os.stat(mnt / "b"))
