@@ -1,0 +1,215 @@
+"""cgroups: limits -> file values (pure), the v2 driver on a fake tree, then the real trees.
+
+The real tests create cgroups named lamina-test-*/..., and remove them also on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from containers.cgroups.base import Cgroup
+from containers.cgroups.detect import Layout, open_cgroup, parse_mounts
+from containers.cgroups.resources import (
+    InvalidLimit,
+    Resources,
+    build_resources,
+    parse_size,
+    shares_to_weight,
+    v1_settings,
+    v2_settings,
+)
+from containers.cgroups.v2 import V2Cgroup
+
+MIB = 2**20
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("512", 512), ("4k", 4096), ("64m", 64 * MIB), ("64MB", 64 * MIB), ("1g", 2**30),
+     ("1.5g", 3 * 2**29), ("2GiB", 2**31)],
+)  # fmt: skip
+def test_sizes_use_dockers_binary_units(text: str, expected: int) -> None:
+    assert parse_size(text, "--memory") == expected
+
+
+@pytest.mark.parametrize("text", ["12xyz", "", "m", "-1m", "1 2m"])
+def test_bad_sizes_are_refused(text: str) -> None:
+    with pytest.raises(InvalidLimit, match="invalid size for --memory"):
+        parse_size(text, "--memory")
+
+
+def test_limits_become_v1_files() -> None:
+    res = build_resources(memory="64m", cpus="0.5", cpu_shares=512, pids_limit=20,
+                          cpuset_cpus="0", host_cpus=2)  # fmt: skip
+    assert v1_settings(res) == [
+        ("memory", "memory.limit_in_bytes", str(64 * MIB)),
+        ("memory", "memory.memsw.limit_in_bytes", str(128 * MIB)),
+        ("cpu", "cpu.cfs_period_us", "100000"),
+        ("cpu", "cpu.cfs_quota_us", "50000"),
+        ("cpu", "cpu.shares", "512"),
+        ("pids", "pids.max", "20"),
+        ("cpuset", "cpuset.cpus", "0"),
+    ]
+    no_swap_accounting = v1_settings(res, swap_accounting=False)
+    assert not any(name == "memory.memsw.limit_in_bytes" for _, name, _ in no_swap_accounting)
+
+
+def test_limits_become_v2_files() -> None:
+    res = build_resources(memory="64m", memory_swap="96m", cpus="1.5", cpu_shares=1024,
+                          pids_limit=20, host_cpus=2)  # fmt: skip
+    assert v2_settings(res) == [
+        ("memory", "memory.max", str(64 * MIB)),
+        ("memory", "memory.swap.max", str(32 * MIB)),  # v2 counts swap alone
+        ("cpu", "cpu.max", "150000 100000"),
+        ("cpu", "cpu.weight", "39"),
+        ("pids", "pids.max", "20"),
+    ]
+    unlimited_swap = build_resources(memory="64m", memory_swap="-1")
+    assert ("memory", "memory.swap.max", "max") in v2_settings(unlimited_swap)
+    assert v2_settings(Resources()) == []
+
+
+def test_cpu_shares_map_onto_the_weight_range() -> None:
+    assert shares_to_weight(2) == 1
+    assert shares_to_weight(262144) == 10000
+    assert shares_to_weight(1024) == 39  # the same as runc and crun
+
+
+def test_layouts_are_detected_from_the_mounts() -> None:
+    hybrid = parse_mounts(
+        "tmpfs /sys/fs/cgroup tmpfs rw 0 0\n"
+        "cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,relatime,cpu,cpuacct 0 0\n"
+        "cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n"
+        "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n"
+    )
+    assert hybrid.kind == "hybrid"
+    assert hybrid.v1["cpu"] == hybrid.v1["cpuacct"] == Path("/sys/fs/cgroup/cpu,cpuacct")
+    assert hybrid.v2 == Path("/sys/fs/cgroup/unified")
+    unified = parse_mounts("cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n")
+    assert unified.kind == "v2" and unified.v2 == Path("/sys/fs/cgroup")
+    assert parse_mounts("cgroup /sys/fs/cgroup/pids cgroup rw,pids 0 0\n").kind == "v1"
+
+
+def fake_v2_tree(root: Path, controllers: str = "cpu memory pids cpuset") -> Path:
+    root.mkdir()
+    (root / "cgroup.controllers").write_text(controllers + "\n")
+    (root / "cgroup.subtree_control").write_text("")
+    return root
+
+
+def test_the_v2_driver_writes_its_limit_files(tmp_path: Path) -> None:
+    root = fake_v2_tree(tmp_path / "cg")
+    cgroup = V2Cgroup("lamina/abc", root)
+    cgroup.create(build_resources(memory="64m", cpus="0.5", pids_limit=7, host_cpus=2))
+    files = {p.name: p.read_text() for p in (root / "lamina/abc").iterdir()}
+    assert files == {
+        "memory.max": str(64 * MIB),
+        "memory.swap.max": str(64 * MIB),
+        "cpu.max": "50000 100000",
+        "pids.max": "7",
+    }
+    # Every ancestor delegates the controllers the limits need.
+    assert (root / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"
+    assert (root / "lamina/cgroup.subtree_control").read_text() == "+cpu +memory +pids"
+
+
+def test_the_v2_driver_refuses_limits_without_their_controller(tmp_path: Path) -> None:
+    root = fake_v2_tree(tmp_path / "cg", controllers="hugetlb")
+    with pytest.raises(OSError, match=r"not available.*memory"):
+        V2Cgroup("lamina/abc", root).create(build_resources(memory="64m"))
+    assert not (root / "lamina").exists()
+
+
+def test_the_v2_driver_reads_stats_and_oom_kills(tmp_path: Path) -> None:
+    root = fake_v2_tree(tmp_path / "cg")
+    cgroup = V2Cgroup("lamina/abc", root)
+    cgroup.create(Resources())
+    (cgroup.dir / "memory.current").write_text("4096\n")
+    (cgroup.dir / "memory.max").write_text("max\n")
+    (cgroup.dir / "cpu.stat").write_text("usage_usec 1500\nuser_usec 1000\n")
+    (cgroup.dir / "pids.current").write_text("3\n")
+    (cgroup.dir / "memory.events").write_text("low 0\nhigh 0\nmax 4\noom 1\noom_kill 2\n")
+    stats = cgroup.stats()
+    assert (stats.memory_bytes, stats.memory_limit, stats.cpu_usage_ns, stats.pids) == (
+        4096,
+        None,
+        1_500_000,
+        3,
+    )
+    assert cgroup.oom_kills() == 2
+
+
+# ---- real cgroup trees -------------------------------------------------------------------
+
+
+def host_layout() -> Layout:
+    from containers.cgroups.detect import detect_layout
+
+    return detect_layout()
+
+
+@contextlib.contextmanager
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(["sleep", "600"])
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def created(cgroup: Cgroup, resources: Resources) -> Iterator[Cgroup]:
+    cgroup.create(resources)
+    try:
+        yield cgroup
+    finally:
+        cgroup.destroy()
+        for path in cgroup.paths():
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()  # the per-test parent
+        assert not any(p.exists() for p in cgroup.paths())
+
+
+@pytest.mark.root
+def test_the_v2_driver_for_real_create_join_freeze_kill(tmp_path: Path) -> None:
+    layout = host_layout()
+    if layout.v2 is None or not os.access(layout.v2, os.W_OK):
+        pytest.skip("no writable cgroup2 tree")
+    cgroup = V2Cgroup(f"lamina-test-{os.getpid()}/v2", layout.v2)
+    with created(cgroup, Resources()), sleeper() as proc:
+        cgroup.add(proc.pid)
+        assert cgroup.pids() == [proc.pid]
+        cgroup.freeze()
+        assert "frozen 1" in (cgroup.dir / "cgroup.events").read_text()
+        cgroup.thaw()
+        cgroup.kill()
+        assert proc.wait(timeout=10) == -9
+        assert cgroup.pids() == []
+
+
+@pytest.mark.root
+def test_the_host_driver_applies_limits_and_kills(tmp_path: Path) -> None:
+    layout = host_layout()
+    cgroup = open_cgroup("real", layout, parent=f"lamina-test-{os.getpid()}")
+    res = build_resources(memory="64m", pids_limit=5, cpus="0.5", host_cpus=os.cpu_count() or 1)
+    with created(cgroup, res), sleeper() as proc:
+        cgroup.add(proc.pid)
+        assert proc.pid in cgroup.pids()
+        if layout.kind in ("v1", "hybrid"):
+            mem = layout.v1["memory"] / cgroup.name
+            assert (mem / "memory.limit_in_bytes").read_text().strip() == str(64 * MIB)
+            assert (layout.v1["pids"] / cgroup.name / "pids.max").read_text().strip() == "5"
+        stats = cgroup.stats()
+        assert stats.pids == 1 and stats.memory_limit == 64 * MIB
+        assert cgroup.oom_kills() == 0
+        cgroup.freeze()
+        cgroup.thaw()
+        cgroup.kill()
+        assert proc.wait(timeout=10) == -9
