@@ -1,0 +1,94 @@
+"""The child's decisions that need no namespaces: the mount plan, paths resolved inside the
+root, the executable lookup with docker's statuses, user lookup."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from containers import init
+from containers.mount_plan import (
+    MASKED_PATHS,
+    READONLY_PATHS,
+    Mask,
+    Mount,
+    ReadOnly,
+    Step,
+    plan_mounts,
+)
+from containers.spec import BindVolume, ContainerSpec, TmpfsVolume
+
+
+def spec(**fields: object) -> ContainerSpec:
+    return ContainerSpec(id="c" * 64, name="c", command=("sh",), **fields)  # type: ignore[arg-type]
+
+
+def targets(steps: list[Step]) -> list[str]:
+    return [s.target for s in steps if isinstance(s, Mount)]
+
+
+def test_the_plan_lays_out_docker_style_mounts() -> None:
+    steps = plan_mounts(spec())
+    assert targets(steps)[:2] == ["/proc", "/dev"]  # /proc first, /dev before its nodes
+    assert {"/dev/pts", "/dev/shm", "/dev/mqueue", "/sys"} <= set(targets(steps))
+    sysfs = next(s for s in steps if isinstance(s, Mount) and s.target == "/sys")
+    assert sysfs.flags & 1  # MS_RDONLY
+    assert [s.path for s in steps if isinstance(s, Mask)] == list(MASKED_PATHS)
+    assert [s.path for s in steps if isinstance(s, ReadOnly)] == list(READONLY_PATHS)
+
+
+def test_privileged_drops_the_masks_and_sys_is_writable() -> None:
+    steps = plan_mounts(spec(privileged=True))
+    assert not any(isinstance(s, Mask | ReadOnly) for s in steps)
+    sysfs = next(s for s in steps if isinstance(s, Mount) and s.target == "/sys")
+    assert not sysfs.flags & 1
+
+
+def test_volumes_come_after_the_system_mounts(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    volumes = (
+        BindVolume(tmp_path, "/data", readonly=True),
+        BindVolume(tmp_path / "file", "/etc/conf"),
+        TmpfsVolume("/run", "size=1m"),
+    )
+    steps = plan_mounts(spec(volumes=volumes))
+    mounts = [s for s in steps if isinstance(s, Mount)]
+    data, conf, run = mounts[-3:]
+    assert (data.target, data.readonly, data.target_is_file) == ("/data", True, False)
+    assert (conf.target, conf.target_is_file) == ("/etc/conf", True)
+    assert (run.fstype, run.data) == ("tmpfs", "mode=1777,size=1m")
+
+
+def test_paths_resolve_inside_the_root_even_through_absolute_symlinks(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "real").mkdir(parents=True)
+    (root / "abs").symlink_to("/real")  # absolute: must mean <root>/real, not the host's
+    (root / "up").symlink_to("../../../../etc")
+    assert init.resolve_in_root(str(root), "/abs/x") == f"{root}/real/x"
+    assert init.resolve_in_root(str(root), "/up/passwd") == f"{root}/etc/passwd"
+    assert init.resolve_in_root(str(root), "/../../etc") == f"{root}/etc"
+    (root / "loop").symlink_to("loop")
+    with pytest.raises(OSError, match="too many symlinks"):
+        init.resolve_in_root(str(root), "/loop")
+
+
+def test_the_executable_lookup_gives_docker_statuses(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "tool").write_text("#!/bin/sh\n")
+    os.chmod(bin_dir / "tool", 0o755)
+    (bin_dir / "data").write_text("")
+    env = [f"PATH=/nonexistent:{bin_dir}"]
+    assert init.find_executable("tool", env) == f"{bin_dir}/tool"
+    with pytest.raises(init.StartError) as missing:
+        init.find_executable("nosuch", env)
+    assert missing.value.status == 127
+    assert str(missing.value) == 'exec: "nosuch": executable file not found in $PATH'
+    with pytest.raises(init.StartError) as denied:
+        init.find_executable(f"{bin_dir}/data", env)
+    assert denied.value.status == 126 and "permission denied" in str(denied.value)
+    with pytest.raises(init.StartError) as not_there:
+        init.find_executable("/no/such/file", env)
+    assert not_there.value.status == 127
