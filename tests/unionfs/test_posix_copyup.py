@@ -226,3 +226,40 @@ def test_a_process_inside_a_lower_directory_keeps_working_after_its_copy_up(
     finally:
         os.close(dir_fd)
     assert names(union.upper / "d") == [b"new"]
+
+
+def test_copy_up_keeps_the_setuid_and_setgid_bits(union: Union) -> None:
+    """Owner is set before mode on the copy, since chown clears the set-id bits."""
+    f = write(union.lower / "tool", b"#!", mode=0o6755)
+    os.chown(f, 1000, 1000)
+    os.chmod(f, 0o6755)
+    mnt = union.mount()
+    os.utime(mnt / "tool", ns=(1, 2))
+    st = os.lstat(union.upper / "tool")
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o6755, 1000, 1000)
+
+
+def test_fchmod_through_a_read_only_descriptor_copies_up(union: Union) -> None:
+    write(union.lower / "f", b"x", mode=0o644)
+    mnt = union.mount()
+    fd = os.open(mnt / "f", os.O_RDONLY)
+    try:
+        os.fchmod(fd, 0o600)
+        os.fchown(fd, 1000, 1000)
+        assert stat.S_IMODE(os.fstat(fd).st_mode) == 0o600
+    finally:
+        os.close(fd)
+    st = os.lstat(union.upper / "f")
+    assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, 1000)
+
+
+def test_ftruncate_through_a_descriptor_opened_on_a_lower_file(union: Union) -> None:
+    write(union.lower / "f", b"0123456789")
+    mnt = union.mount()
+    fd = os.open(mnt / "f", os.O_RDWR)
+    try:
+        os.ftruncate(fd, 3)
+        assert os.fstat(fd).st_size == 3
+    finally:
+        os.close(fd)
+    assert (union.upper / "f").read_bytes() == b"012"

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from tests.unionfs.conftest import Union
-from tests.unionfs.posix_helpers import DirStream, names, opaque_dir, whiteout, write
+from tests.unionfs.posix_helpers import DirStream, is_whiteout, names, opaque_dir, whiteout, write
 
 pytestmark = pytest.mark.root
 
@@ -153,3 +153,4 @@ def test_rm_rf_removes_a_big_tree_with_lower_and_upper_parts(union: Union) -> No
     assert result.returncode == 0, result.stderr
     assert not os.path.lexists(mnt / "tree")
     assert names(mnt) == []
+    assert is_whiteout(union.upper / "tree")

@@ -156,3 +156,25 @@ def test_writing_a_setuid_file_as_another_user_clears_the_setuid_bit(union: Unio
     as_user(USER, GROUP, append, mnt / "suid")
     assert not os.lstat(mnt / "suid").st_mode & stat.S_ISUID
     assert os.lstat(f).st_mode & stat.S_ISUID
+
+
+def test_new_entries_get_the_requested_mode_minus_the_umask(union: Union) -> None:
+    _public_dir(union)
+    mnt = union.mount()
+
+    def create(directory: Path) -> None:
+        os.close(os.open(directory / "file", os.O_WRONLY | os.O_CREAT, 0o666))
+        os.mkdir(directory / "dir", 0o777)
+
+    as_user(USER, GROUP, create, mnt / "pub", umask=0o027)
+    assert stat.S_IMODE(os.lstat(mnt / "pub" / "file").st_mode) == 0o640
+    assert stat.S_IMODE(os.lstat(mnt / "pub" / "dir").st_mode) == 0o750
+
+
+def test_group_permissions_follow_the_callers_supplementary_groups(union: Union) -> None:
+    shared = write(union.lower / "shared", b"old", mode=0o660)
+    os.chown(shared, 0, OTHER_GROUP)
+    mnt = union.mount()
+    assert _errno_as_user(write, mnt / "shared", b"no") == errno.EACCES
+    as_user(USER, GROUP, write, mnt / "shared", b"member", groups=(OTHER_GROUP,))
+    assert (mnt / "shared").read_bytes() == b"member"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import struct
 
 import pytest
 
@@ -102,3 +103,15 @@ def test_the_overlay_markers_cannot_be_changed_through_the_merged_view(union: Un
         os.setxattr(mnt / "d", "trusted.overlay.opaque", b"n")
     assert is_opaque(union.upper / "d")
     assert names(mnt / "d") == []
+
+
+def test_copy_up_keeps_file_capabilities(union: Union) -> None:
+    """security.capability must survive the copy's chown (ping-like binaries in images)."""
+    cap_net_raw = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
+    f = write(union.lower / "ping", b"\x7fELF", mode=0o755)
+    os.chown(f, 1000, 1000)
+    os.setxattr(f, "security.capability", cap_net_raw)
+    mnt = union.mount()
+    os.utime(mnt / "ping", ns=(1, 2))
+    assert os.getxattr(union.upper / "ping", "security.capability") == cap_net_raw
+    assert os.getxattr(mnt / "ping", "security.capability") == cap_net_raw
