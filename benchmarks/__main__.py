@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if ct_chosen:
                 suites.append(container_suite(data, ct_chosen, systems, work, sizes, janitor))
             progress.total = sum(s.steps(sizes.rounds) for s in suites)
-            run_rounds(suites, sizes.rounds, progress)
+            meta["load_per_round"] = run_rounds(suites, sizes.rounds, progress)
             progress.finish()
             for suite in suites:
                 check_agreement(suite)

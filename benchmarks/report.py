@@ -131,7 +131,8 @@ def machine_markdown(meta: dict[str, object]) -> str:
         f"{meta['rounds']} interleaved rounds).",
         f"Machine: {m['cpu']}, {m['cpus']} CPUs, {ram} RAM"
         f", kernel {m['kernel']}, layers on {m['workdir_filesystem']}; load average at "
-        f"start {m['load_average']}, at end {meta['load_at_end']}; lamina {m['lamina']}.",
+        f"start {m['load_average']}, at each round {meta.get('load_per_round')}, at end "
+        f"{meta['load_at_end']}; lamina {m['lamina']}.",
         "Versions: " + "; ".join(f"{k}: {v}" for k, v in versions.items()) + ".",
     ]
     return "\n".join(lines) + "\n"

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from benchmarks.machine import load_average
 from benchmarks.progress import Progress
 from benchmarks.systems import MountFailed
 from benchmarks.workloads import CheckFailed, Measurement, Unsupported
@@ -92,12 +93,16 @@ def describe_error(exc: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
-def run_rounds(suites: Sequence[Suite], rounds: int, progress: Progress) -> None:
+def run_rounds(suites: Sequence[Suite], rounds: int, progress: Progress) -> list[list[float]]:
+    """Run every round; returns the load average seen at the start of each."""
+    loads: list[list[float]] = []
     for r in range(rounds):
+        loads.append(load_average())
         for suite in suites:
             for workload in suite.workloads:
                 for system in rotated(suite.systems, r):
                     run_cell(suite, workload, system, r, rounds, progress)
+    return loads
 
 
 def run_cell(
