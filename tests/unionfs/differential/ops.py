@@ -7,6 +7,7 @@ makes failures reducible to a few lines.
 
 from __future__ import annotations
 
+import ast
 import random
 import stat
 from dataclasses import dataclass
@@ -38,6 +39,13 @@ class Op:
 
     def __str__(self) -> str:
         return f"{self.name}({', '.join(repr(a) for a in self.args)})"
+
+    @classmethod
+    def parse(cls, text: str) -> Op:
+        """The inverse of str(): "rename('a', 'b')" -> Op("rename", ("a", "b"))."""
+        name, _, rest = text.strip().partition("(")
+        args = ast.literal_eval(f"({rest[:-1]},)") if rest[:-1].strip() else ()
+        return cls(name, tuple(args))
 
 
 def kind_of(mode: int) -> str:

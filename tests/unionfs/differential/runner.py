@@ -115,9 +115,11 @@ class Pair:
 NextOp = Callable[[View, int], Op | None]
 
 
-def generated(seed: int, n_ops: int, stream: str = "ops") -> NextOp:
+def generated(
+    seed: int, n_ops: int, stream: str = "ops", weights: dict[str, int] | None = None
+) -> NextOp:
     """n_ops ops drawn for seed, each aimed at the view it is given."""
-    generator = OpGenerator(seed, stream=stream)
+    generator = OpGenerator(seed, weights, stream=stream)
     return lambda view, index: generator.next(view) if index < n_ops else None
 
 
@@ -227,10 +229,16 @@ def run(
 
 
 def run_generated(
-    scenario: Scenario, n_ops: int, pair: Pair, base: Path, check_every: int = 50
+    scenario: Scenario,
+    n_ops: int,
+    pair: Pair,
+    base: Path,
+    check_every: int = 50,
+    weights: dict[str, int] | None = None,
 ) -> list[Op]:
     """The differential test proper: n_ops generated ops on the scenario."""
-    return run(scenario, pair, base, generated(scenario.seed, n_ops), check_every)
+    next_op = generated(scenario.seed, n_ops, weights=weights)
+    return run(scenario, pair, base, next_op, check_every)
 
 
 def replay(scenario: Scenario, ops: Sequence[Op], pair: Pair, base: Path) -> None:
