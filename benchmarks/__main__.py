@@ -37,7 +37,10 @@ def container_workloads(s: Sizes) -> list[Named]:
         Named("start-echo", "start-to-exit: sh -c 'echo hi'"),
         Named("start-true-limits", f"true, memory {mem} + pids {pids}"),
         Named("start-echo-limits", f"echo hi, memory {mem} + pids {pids}"),
-        *(Named(f"fleet-{n}", f"{n} containers from one image at once") for n in s.fleet),
+        *(
+            Named(f"fleet-{n}", f"{n} container{'s' * (n > 1)} from one image at once")
+            for n in s.fleet
+        ),
     ]
 
 

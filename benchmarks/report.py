@@ -155,7 +155,7 @@ def write_chart(path: Path, suites: Sequence[Suite], title: str) -> None:
     shown = [s for s in suites if s.workloads and s.systems]
     if not shown:
         return
-    heights = [max(2.5, 0.22 * len(s.workloads) * len(s.systems) + 1.2) for s in shown]
+    heights = [max(3.0, 0.12 * len(s.workloads) * len(s.systems) + 1.5) for s in shown]
     fig, axes = plt.subplots(len(shown), 1, figsize=(12, sum(heights)), squeeze=False)
     for ax, suite in zip((a[0] for a in axes), shown, strict=True):
         n_sys = len(suite.systems)
@@ -182,6 +182,6 @@ def write_chart(path: Path, suites: Sequence[Suite], title: str) -> None:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         ax.grid(axis="x", which="both", alpha=0.3)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, 0.98))
     fig.savefig(path, dpi=110)
     plt.close(fig)
