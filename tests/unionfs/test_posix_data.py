@@ -7,6 +7,7 @@ import errno
 import functools
 import mmap
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,18 @@ def test_writing_past_the_end_of_a_lower_file_fills_the_gap_with_zeros(union: Un
     mnt = union.mount()
     _pwrite(mnt / "f", 10, b"z")
     assert (mnt / "f").read_bytes() == b"abc" + b"\0" * 7 + b"z"
+
+
+def test_a_lower_executable_runs_from_the_merged_view(union: Union) -> None:
+    write(union.lower / "bin" / "hello", b"#!/bin/sh\necho hello from the lower\n", mode=0o755)
+    mnt = union.mount()
+    result = subprocess.run([mnt / "bin" / "hello"], capture_output=True, check=True)
+    assert result.stdout == b"hello from the lower\n"
+    assert names(union.upper) == []
+
+
+def test_growing_a_lower_file_with_truncate_appends_zeros(union: Union) -> None:
+    write(union.lower / "f", b"abc")
+    mnt = union.mount()
+    os.truncate(mnt / "f", 6)
+    assert (mnt / "f").read_bytes() == b"abc\0\0\0"

@@ -154,3 +154,23 @@ def test_rm_rf_removes_a_big_tree_with_lower_and_upper_parts(union: Union) -> No
     assert not os.path.lexists(mnt / "tree")
     assert names(mnt) == []
     assert is_whiteout(union.upper / "tree")
+
+
+def test_readdir_reports_each_entrys_type(union: Union) -> None:
+    write(union.lowers[1] / "file")
+    (union.lowers[0] / "dir").mkdir()
+    os.symlink("file", union.upper / "link")
+    mnt = union.mount()
+    kinds = {e.name: (e.is_dir(follow_symlinks=False), e.is_symlink()) for e in os.scandir(mnt)}
+    assert kinds == {"file": (False, False), "dir": (True, False), "link": (False, True)}
+
+
+def test_rewinding_a_directory_shows_its_current_entries(union: Union) -> None:
+    write(union.lower / "d" / "old")
+    mnt = union.mount()
+    with DirStream(mnt / "d") as d:
+        assert d.read() == b"old"
+        os.unlink(mnt / "d" / "old")
+        write(mnt / "d" / "new")
+        d.seek(0)
+        assert [d.read(), d.read()] == [b"new", None]

@@ -178,3 +178,10 @@ def test_group_permissions_follow_the_callers_supplementary_groups(union: Union)
     assert _errno_as_user(write, mnt / "shared", b"no") == errno.EACCES
     as_user(USER, GROUP, write, mnt / "shared", b"member", groups=(OTHER_GROUP,))
     assert (mnt / "shared").read_bytes() == b"member"
+
+
+def test_a_writer_who_is_not_the_owner_may_touch_but_not_set_times(union: Union) -> None:
+    write(union.lower / "shared", b"x", mode=0o666)
+    mnt = union.mount()
+    as_user(USER, GROUP, os.utime, mnt / "shared")
+    assert _errno_as_user(os.utime, mnt / "shared", (1, 2)) == errno.EPERM

@@ -210,3 +210,53 @@ def test_dot_dot_of_a_moved_lower_directory_is_its_new_parent(union: Union) -> N
     mnt = union.mount()
     os.rename(mnt / "a" / "d", mnt / "b" / "d")
     assert os.path.samestat(os.stat(mnt / "b" / "d" / ".."), os.stat(mnt / "b"))
+
+
+def test_a_process_inside_a_renamed_lower_directory_keeps_working(union: Union) -> None:
+    write(union.lower / "old" / "f", b"f")
+    mnt = union.mount()
+    dir_fd = os.open(mnt / "old", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.rename(mnt / "old", mnt / "new")
+        os.close(os.open("created", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=dir_fd))
+        assert sorted(os.listdir(dir_fd)) == ["created", "f"]
+    finally:
+        os.close(dir_fd)
+    assert names(mnt / "new") == [b"created", b"f"]
+
+
+def test_renaming_the_parent_of_a_renamed_lower_directory_keeps_both_redirects(
+    union: Union,
+) -> None:
+    write(union.lower / "a" / "old" / "f", b"f")
+    mnt = union.mount()
+    os.rename(mnt / "a" / "old", mnt / "a" / "new")
+    os.rename(mnt / "a", mnt / "b")
+    assert (mnt / "b" / "new" / "f").read_bytes() == b"f"
+    mnt = union.remount()
+    assert names(mnt) == [b"b"]
+    assert (mnt / "b" / "new" / "f").read_bytes() == b"f"
+
+
+def test_a_directory_renamed_onto_a_removed_directorys_name_shows_only_its_own_entries(
+    union: Union,
+) -> None:
+    write(union.lower / "x" / "mine")
+    write(union.lower / "y" / "theirs")
+    mnt = union.mount()
+    os.unlink(mnt / "y" / "theirs")
+    os.rmdir(mnt / "y")
+    os.rename(mnt / "x", mnt / "y")
+    assert names(mnt / "y") == [b"mine"]
+    mnt = union.remount()
+    assert names(mnt / "y") == [b"mine"]
+
+
+def test_rename_exchange_swaps_two_lower_directories(union: Union) -> None:
+    write(union.lower / "a" / "in-a")
+    write(union.lower / "b" / "in-b")
+    mnt = union.mount()
+    renameat2(mnt / "a", mnt / "b", RENAME_EXCHANGE)
+    assert (names(mnt / "a"), names(mnt / "b")) == ([b"in-b"], [b"in-a"])
+    mnt = union.remount()
+    assert (names(mnt / "a"), names(mnt / "b")) == ([b"in-b"], [b"in-a"])
