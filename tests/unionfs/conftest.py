@@ -61,14 +61,18 @@ class Union:
     def is_kernel(self) -> bool:
         return self.impl == "kernel"
 
-    def mount(self, extra: Sequence[str] = ()) -> Path:
-        """Mount the layers as they are now; the first mount snapshots the lowers."""
+    def mount(self, extra: Sequence[str] = (), *, lowers_only: bool = False) -> Path:
+        """Mount the layers as they are now (lowers_only: no upper, a read-only union).
+
+        The first mount snapshots the lowers for the after-test check.
+        """
         if self._lower_snapshots is None:
             self._lower_snapshots = [tree_snapshot(d) for d in self.lowers]
+        layers = mounting.Layers(self.lowers, None, None) if lowers_only else self.layers
         if self.is_kernel:
-            cm = mounting.kernel_overlay(self.layers, self.mnt, [*KERNEL_OPTIONS, *extra])
+            cm = mounting.kernel_overlay(layers, self.mnt, [*KERNEL_OPTIONS, *extra])
         else:
-            cm = mounting.unionfs(self.layers, self.mnt, extra)
+            cm = mounting.unionfs(layers, self.mnt, extra)
         self._stack.enter_context(cm)
         return self.mnt
 

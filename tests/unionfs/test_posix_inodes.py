@@ -4,6 +4,7 @@ shared by hard links; open files outlive their names."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +95,19 @@ def test_an_unlinked_lower_file_stays_readable_through_an_open_descriptor(
         assert os.pread(fd, 100, 0) == b"lower data"
     finally:
         os.close(fd)
+
+
+@pytest.mark.skipif(
+    os.environ.get("LAMINA_TEST_DROP_CACHES") != "1",
+    reason="drops the whole machine's dentry and inode caches; set LAMINA_TEST_DROP_CACHES=1",
+)
+def test_inode_numbers_survive_the_kernel_forgetting_the_inodes(union: Union) -> None:
+    """After the kernel evicts (FUSE: forgets) an inode, a new lookup must give the same st_ino."""
+    write(union.lower / "d" / "lower-file", b"x")
+    mnt = union.mount()
+    write(mnt / "d" / "new-file", b"y")
+    os.chmod(mnt / "d" / "lower-file", 0o600)
+    before = {n: os.lstat(mnt / "d" / n).st_ino for n in ("lower-file", "new-file", ".")}
+    Path("/proc/sys/vm/drop_caches").write_text("2\n")
+    after = {n: os.lstat(mnt / "d" / n).st_ino for n in ("lower-file", "new-file", ".")}
+    assert after == before

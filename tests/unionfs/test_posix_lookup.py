@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 
 import pytest
 
 from tests.unionfs.conftest import Union
-from tests.unionfs.posix_helpers import DirStream, is_whiteout, names, opaque_dir, whiteout, write
+from tests.unionfs.posix_helpers import (
+    DirStream,
+    errno_of,
+    is_whiteout,
+    names,
+    opaque_dir,
+    whiteout,
+    write,
+)
 
 pytestmark = pytest.mark.root
 
@@ -174,3 +183,23 @@ def test_rewinding_a_directory_shows_its_current_entries(union: Union) -> None:
         write(mnt / "d" / "new")
         d.seek(0)
         assert [d.read(), d.read()] == [b"new", None]
+
+
+def test_a_union_without_an_upper_dir_is_read_only(union: Union) -> None:
+    write(union.lowers[1] / "f", b"bottom")
+    whiteout(union.lowers[0] / "gone")
+    write(union.lowers[1] / "gone")
+    mnt = union.mount(lowers_only=True)
+    assert names(mnt) == [b"f"]
+    assert (mnt / "f").read_bytes() == b"bottom"
+    assert errno_of(lambda: write(mnt / "new")) == errno.EROFS
+    assert errno_of(lambda: os.unlink(mnt / "f")) == errno.EROFS
+
+
+def test_a_union_mounted_ro_refuses_every_change(union: Union) -> None:
+    write(union.lower / "f", b"x")
+    mnt = union.mount(extra=["ro"])
+    assert errno_of(lambda: write(mnt / "f", b"y")) == errno.EROFS
+    assert errno_of(lambda: os.chmod(mnt / "f", 0o600)) == errno.EROFS
+    assert errno_of(lambda: os.mkdir(mnt / "d")) == errno.EROFS
+    assert names(union.upper) == []
