@@ -26,7 +26,25 @@ class UserError(Exception):
         self.status = status
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Commands registered by commands_runtime: for these, the image modules are not imported,
+# which keeps `lamina run`'s start-up lean.
+RUNTIME_COMMANDS = frozenset(
+    ("run", "ps", "logs", "exec", "stop", "kill", "rm", "pause", "unpause", "stats")
+)
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand in argv, skipping the global options (only --root takes a value)."""
+    args = iter(argv)
+    for arg in args:
+        if arg == "--root":
+            next(args, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lamina", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--root",
@@ -35,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="state directory (default: $LAMINA_ROOT or /var/lib/lamina)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module_name in ("containers.commands_runtime", "containers.commands_images"):
+    module_names = ["containers.commands_runtime", "containers.commands_images"]
+    if argv is not None and _command_of(argv) in RUNTIME_COMMANDS:
+        module_names = module_names[:1]
+    for module_name in module_names:
         try:
             module = __import__(module_name, fromlist=["register"])
         except ModuleNotFoundError as exc:
@@ -47,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         status: int = args.func(args)
