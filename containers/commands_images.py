@@ -12,12 +12,16 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from containers import oci
 from containers.cli import UserError
-from containers.progress import human_size
-from containers.store import LayerStore, parse_name
+
+if TYPE_CHECKING:
+    from containers import oci
+    from containers.store import LayerStore
+
+# Every `lamina` command registers these parsers, `lamina run` too: the store, importer and
+# their libraries (zstandard, xxhash, tarfile) are imported only by the commands that use them.
 
 
 def register(sub: Any) -> None:
@@ -74,7 +78,21 @@ def _register_container_commands(sub: Any) -> None:
 
 
 def _store(args: argparse.Namespace) -> LayerStore:
+    from containers.store import LayerStore
+
     return LayerStore(args.root)
+
+
+def parse_name(ref: str) -> str:
+    from containers.store import parse_name as parse
+
+    return parse(ref)
+
+
+def human_size(n: float) -> str:
+    from containers.progress import human_size as size
+
+    return size(n)
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -97,6 +115,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def _platform(text: str | None) -> oci.Platform | None:
+    from containers import oci
+
     if text is None:
         return None
     try:

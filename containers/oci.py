@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform as host_platform
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -90,7 +90,7 @@ class Platform:
 
     @classmethod
     def host(cls) -> Platform:
-        machine = host_platform.machine()
+        machine = os.uname().machine
         return cls("linux", _GO_ARCH.get(machine, machine))
 
     def matches(self, other: Platform) -> bool:

@@ -30,12 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import xxhash
-
 from containers import oci
 from containers.cli import UserError
-from containers.layer_tar import unpack_layer
-from containers.tar_split import cuttable_spans, write_tar_split
 
 SPOOL_CHUNK = 1 << 20
 IMAGES_HINT = "`lamina images` lists the images; `lamina import` adds one"
@@ -156,6 +152,8 @@ class LayerStore:
 
     def spool(self, stream: BinaryIO, scratch: Path) -> SpooledLayer:
         """Copy an uncompressed layer tar into scratch, computing its key and diff_id."""
+        import xxhash  # here, not at the top: `lamina run` only resolves images
+
         path = Path(tempfile.mkstemp(prefix="layer-", suffix=".tar", dir=scratch)[1])
         sha, xxh, size = hashlib.sha256(), xxhash.xxh3_128(), 0
         with open(path, "wb") as out:
@@ -173,6 +171,9 @@ class LayerStore:
 
         Nothing is published here: `add_image` renames every staged layer into place, so a
         failed import leaves no layer behind."""
+        from containers.layer_tar import unpack_layer
+        from containers.tar_split import cuttable_spans, write_tar_split
+
         if self.has_layer(spooled.key):
             return self.layer_info(spooled.key)
         staged = work / f"layer-{spooled.key}"
