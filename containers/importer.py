@@ -299,12 +299,7 @@ class Importer:
         want = self.options.platform or oci.Platform.host()
         fitting = [d for d in candidates if d.platform is None or want.matches(d.platform)]
         if self.options.ref:
-            fitting = [
-                d
-                for d in fitting
-                if d.annotations.get(oci.ANNOTATION_REF_NAME) in (self.options.ref, None)
-                and oci.ANNOTATION_REF_NAME in d.annotations
-            ]
+            fitting = [d for d in fitting if self.options.ref in _refs_of(d.annotations)]
         if len(fitting) == 1:
             return fitting[0]
         seen = ", ".join(
@@ -415,6 +410,14 @@ def _digest_in_name(rel: str) -> str | None:
     if len(last) == 64 and all(c in "0123456789abcdef" for c in last):
         return "sha256:" + last
     return None
+
+
+def _refs_of(annotations: Mapping[str, str]) -> set[str]:
+    """What --ref may match: the layout's ref.name (often a bare tag), containerd's name."""
+    return {
+        annotations.get(oci.ANNOTATION_REF_NAME, ""),
+        annotations.get(ANNOTATION_CONTAINERD_NAME, ""),
+    } - {""}
 
 
 def _names_in(annotations: Mapping[str, str]) -> list[str]:
