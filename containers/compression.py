@@ -1,4 +1,4 @@
-"""Read a layer blob whatever its compression (none, gzip, zstd), found by magic bytes.
+"""Read a layer blob whatever its compression (none, gzip, zstd, xz, bzip2), by magic bytes.
 
 Media types lie often enough (docker-save never says); the bytes do not. Truncated
 compressed streams raise EOFError, so a cut-off layer is never taken for a short one.
@@ -6,14 +6,18 @@ compressed streams raise EOFError, so a cut-off layer is never taken for a short
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import io
+import lzma
 from typing import Any, BinaryIO, cast
 
 import zstandard
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+XZ_MAGIC = b"\xfd7zXZ\x00"
+BZIP2_MAGIC = b"BZh"
 CHUNK = 1 << 20
 
 
@@ -52,15 +56,23 @@ def compression_of(head: bytes) -> str:
         return "gzip"
     if head.startswith(ZSTD_MAGIC):
         return "zstd"
+    if head.startswith(XZ_MAGIC):
+        return "xz"
+    if head.startswith(BZIP2_MAGIC):
+        return "bzip2"
     return "none"
 
 
 def open_decompressed(raw: BinaryIO) -> BinaryIO:
     """A reader of raw's uncompressed bytes."""
     buffered = io.BufferedReader(cast(io.RawIOBase, raw), CHUNK)
-    kind = compression_of(buffered.peek(4)[:4])
+    kind = compression_of(buffered.peek(6)[:6])
     if kind == "gzip":
         return cast(BinaryIO, gzip.GzipFile(fileobj=buffered, mode="rb"))
     if kind == "zstd":
         return cast(BinaryIO, io.BufferedReader(ZstdReader(cast(BinaryIO, buffered)), CHUNK))
+    if kind == "xz":  # rootfs tarballs only: OCI layers are plain, gzip or zstd
+        return cast(BinaryIO, lzma.LZMAFile(buffered, "rb"))
+    if kind == "bzip2":
+        return cast(BinaryIO, bz2.BZ2File(buffered, "rb"))
     return cast(BinaryIO, buffered)

@@ -11,6 +11,7 @@ import contextlib
 import datetime
 import hashlib
 import json
+import lzma
 import os
 import tarfile
 import zlib
@@ -37,6 +38,7 @@ MAX_INDEX_DEPTH = 4
 # Errors that mean "this input is broken", turned into one user-facing line.
 BAD_INPUT = (
     oci.ImageFormatError,
+    lzma.LZMAError,
     TarSplitError,
     EOFError,
     zlib.error,

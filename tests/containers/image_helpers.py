@@ -149,7 +149,9 @@ def store_is_clean(root: Path) -> bool:
 
 
 def compress(data: bytes, kind: str) -> bytes:
+    import bz2
     import gzip
+    import lzma
 
     import zstandard
 
@@ -157,6 +159,10 @@ def compress(data: bytes, kind: str) -> bytes:
         return gzip.compress(data, mtime=0)
     if kind == "zstd":
         return zstandard.ZstdCompressor().compress(data)
+    if kind == "xz":
+        return lzma.compress(data)
+    if kind == "bzip2":
+        return bz2.compress(data)
     return data
 
 

@@ -95,7 +95,7 @@ def test_oci_blob_digest_mismatch_is_refused(tmp_path: Path) -> None:
     assert "digest mismatch" in str(err)
 
 
-@pytest.mark.parametrize("kind", ["none", "gzip", "zstd"])
+@pytest.mark.parametrize("kind", ["none", "gzip", "zstd", "xz", "bzip2"])
 def test_rootfs_tarball_becomes_a_one_layer_image(kind: str, tmp_path: Path) -> None:
     (tmp_path / "rootfs.tar").write_bytes(compress(BASE, kind))
     root = tmp_path / "root"
