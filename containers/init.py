@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl  # imported here: after setns or pivot_root the host's modules are out of reach
 import json
 import os
 import signal
 import socket
 import stat
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,9 +288,6 @@ def pivot_into(root: str) -> None:
 
 def open_pty_pair(pts_dir: str, channels: Channels, console: str | None) -> int:
     """Make a pty in the container's own devpts; send the master to the parent."""
-    import fcntl
-    import struct
-
     master = os.open(os.path.join(pts_dir, "ptmx"), os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
     number = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, struct.pack("I", 0)))[0]
@@ -307,8 +306,6 @@ def open_pty_pair(pts_dir: str, channels: Channels, console: str | None) -> int:
 def setup_stdio(channels: Channels, tty: int | None) -> None:
     os.setsid()
     if tty is not None:
-        import fcntl
-
         fcntl.ioctl(tty, TIOCSCTTY, 0)
         for fd in (0, 1, 2):
             os.dup2(tty, fd)

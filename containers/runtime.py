@@ -430,6 +430,8 @@ def run_detached(spec: ContainerSpec, root: Path) -> int:
     if report.startswith(b"{"):
         failure = json.loads(report)
         raise UserError(failure["message"], status=failure["status"])
+    if report != b"ok":
+        raise UserError("the container's monitor process died while starting it")
     print(spec.id)
     return 0
 

@@ -11,8 +11,9 @@ from containers.cgroups import base
 from containers.cgroups.base import CgroupStats
 from containers.cgroups.resources import Resources, v1_settings
 
-# The hierarchies a container joins; those the host does not mount are skipped.
-CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "cpuset", "freezer", "blkio", "devices")
+# The hierarchies a container joins (those the host does not mount are skipped): the ones
+# lamina sets limits in, accounts with or freezes. Each one joined costs start-up time.
+CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "cpuset", "freezer")
 
 
 class V1Cgroup:
