@@ -13,6 +13,7 @@ import hashlib
 import json
 import lzma
 import os
+import re
 import tarfile
 import zlib
 from collections.abc import Iterator, Mapping
@@ -116,9 +117,6 @@ class TarSource:
             return self._member(m.linkname, depth + 1)
         return m if m.isreg() else None
 
-    def names(self) -> set[str]:
-        return set(self.members)
-
     def exists(self, rel: str) -> bool:
         return self._member(rel) is not None
 
@@ -132,6 +130,26 @@ class TarSource:
         if f is None:
             raise oci.ImageFormatError(f"the image names a missing blob: {rel}")
         return cast(BinaryIO, f)
+
+
+_IMAGE_ARCHIVE_NAME = re.compile(
+    r"(index\.json|oci-layout|manifest\.json|repositories|blobs|blobs/sha256"
+    r"|blobs/sha256/[0-9a-f]{64}|[0-9a-f]{64}(\.json|/layer\.tar|/json|/VERSION)?)"
+)
+
+
+def archive_kind(tar: tarfile.TarFile) -> str:
+    """ "oci", "docker" or "rootfs". Image archives hold only a few well-known names, so the
+    first other name shows a root filesystem without reading the rest of a big tarball."""
+    names = set()
+    for m in tar:
+        name = os.fsdecode(b"/".join(split_member_name(m.name)))
+        if name and not _IMAGE_ARCHIVE_NAME.fullmatch(name):
+            return "rootfs"
+        names.add(name)
+    if {"index.json", "oci-layout"} <= names:
+        return "oci"
+    return "docker" if "manifest.json" in names else "rootfs"
 
 
 def read_small(source: BlobSource, rel: str, what: str) -> bytes:
@@ -196,12 +214,9 @@ class Importer:
                 return self._from_source(DirSource(path), work, "docker")
             return self._rootfs_dir(path, work)
         with self._open_archive(path, work) as tar:
-            source = TarSource(tar)
-            names = source.names()
-            if {"index.json", "oci-layout"} <= names:
-                return self._from_source(source, work, "oci")
-            if "manifest.json" in names:
-                return self._from_source(source, work, "docker")
+            kind = archive_kind(tar)
+            if kind != "rootfs":
+                return self._from_source(TarSource(tar), work, kind)
         return self._rootfs_tar(path, work)
 
     @contextlib.contextmanager

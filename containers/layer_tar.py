@@ -22,7 +22,6 @@ import os
 import shutil
 import stat
 import tarfile
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from containers.oci import ImageFormatError
@@ -100,9 +99,12 @@ class _Unpacker:
     same_owner: bool
     whited_out: set[tuple[bytes, ...]] = field(default_factory=set)
     dir_times: dict[tuple[bytes, ...], int] = field(default_factory=dict)
+    # Directories already checked to be real dirs of this layer: saves an lstat per parent
+    # per member. Only we write the tree, and a removed dir clears it.
+    known_dirs: set[tuple[bytes, ...]] = field(default_factory=set)
 
-    def path(self, parts: Iterable[bytes]) -> bytes:
-        return os.path.join(self.root, *parts) if parts else self.root
+    def path(self, parts: tuple[bytes, ...]) -> bytes:
+        return self.root + b"/" + b"/".join(parts) if parts else self.root
 
     def lstat(self, parts: tuple[bytes, ...]) -> os.stat_result | None:
         try:
@@ -120,18 +122,23 @@ class _Unpacker:
 
     def ensure_dir(self, parts: tuple[bytes, ...]) -> None:
         """Make parts a real directory (parents first); never through a symlink."""
+        if parts in self.known_dirs:
+            return
         for i in range(1, len(parts) + 1):
             prefix = parts[:i]
-            st = self.lstat(prefix)
-            if st is not None and stat.S_ISDIR(st.st_mode):
+            if prefix in self.known_dirs:
                 continue
-            if st is not None and not (is_whiteout(st) and prefix in self.whited_out):
-                raise UnsafeLayerError(f"{_show(parts)!r}: {_show(prefix)!r} is not a directory")
-            if st is not None:
-                os.unlink(self.path(prefix))
-            os.mkdir(self.path(prefix), 0o755)
-            if prefix in self.whited_out:
-                set_opaque(self.path(prefix))
+            st = self.lstat(prefix)
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                if st is not None and not (is_whiteout(st) and prefix in self.whited_out):
+                    msg = f"{_show(parts)!r}: {_show(prefix)!r} is not a directory"
+                    raise UnsafeLayerError(msg)
+                if st is not None:
+                    os.unlink(self.path(prefix))
+                os.mkdir(self.path(prefix), 0o755)
+                if prefix in self.whited_out:
+                    set_opaque(self.path(prefix))
+            self.known_dirs.add(prefix)
 
     def clear(self, parts: tuple[bytes, ...], keep_dir: bool) -> os.stat_result | None:
         """Remove what is at parts, so a later member replaces an earlier one."""
@@ -142,6 +149,7 @@ class _Unpacker:
             if keep_dir:
                 return st
             shutil.rmtree(self.path(parts))
+            self.known_dirs.clear()  # rare: a later member replaced a whole directory
         else:
             os.unlink(self.path(parts))
         return None
