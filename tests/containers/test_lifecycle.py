@@ -52,6 +52,11 @@ def test_stop_kills_what_ignores_sigterm(lamina: Lamina, busybox_rootfs: Path) -
     assert "Exited (137)" in lamina.status_of("stubborn")
 
 
+def test_a_detached_tty_is_logged(lamina: Lamina, busybox_rootfs: Path) -> None:
+    lamina.ok("run", "-dt", "--name", "t", "--layer", str(busybox_rootfs), "--", "tty")
+    assert lamina.ok("logs", "-f", "t").strip() == "/dev/pts/0"
+
+
 def test_logs_follow_ends_when_the_container_exits(lamina: Lamina, busybox_rootfs: Path) -> None:
     start(lamina, busybox_rootfs, "short", command="for i in 1 2 3; do echo $i; sleep 0.2; done")
     assert lamina.ok("logs", "-f", "short").split() == ["1", "2", "3"]

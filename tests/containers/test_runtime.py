@@ -103,6 +103,22 @@ def test_a_memory_hog_is_oom_killed_with_137(lamina: Lamina, busybox_rootfs: Pat
     assert "memory limit (32MiB)" in err and "OOM" in err
 
 
+def test_an_oom_kill_below_pid_1_is_still_reported(lamina: Lamina, busybox_rootfs: Path) -> None:
+    # The shell survives its killed child and exits 0: only the cgroup's counter tells.
+    command = "tail /dev/zero; echo survived"
+    code, out, err = run(lamina, busybox_rootfs, "--memory", "32m", command=command)
+    assert (code, out.strip()) == (0, "survived")
+    assert "memory limit (32MiB)" in err
+
+
+def test_i_passes_stdin_and_without_it_stdin_is_empty(lamina: Lamina, busybox_rootfs: Path) -> None:
+    layer = ("--layer", str(busybox_rootfs))
+    with_i = lamina("run", "--rm", "-i", *layer, "--", "cat", input="piped\n")
+    assert (with_i.returncode, with_i.stdout) == (0, "piped\n")
+    without_i = lamina("run", "--rm", *layer, "--", "cat", input="piped\n")
+    assert (without_i.returncode, without_i.stdout) == (0, "")
+
+
 def test_a_fork_loop_is_stopped_by_the_pids_limit(lamina: Lamina, busybox_rootfs: Path) -> None:
     loop = "i=0; while [ $i -lt 50 ]; do sleep 30 & i=$((i+1)); done; echo all-forked"
     code, out, err = run(lamina, busybox_rootfs, "--pids-limit", "10", command=loop)
