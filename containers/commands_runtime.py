@@ -266,7 +266,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_exec(args: argparse.Namespace) -> int:
     from containers import init, runtime, state
-    from containers.spec import _check_user, _env_items, merge_env
+    from containers.spec import check_user, env_items, merge_env
 
     record = state.find_container(args.root, args.container)
     status = state.live_status(record)
@@ -279,14 +279,14 @@ def cmd_exec(args: argparse.Namespace) -> int:
         command = command[1:]
     if not command:
         raise UserError("no command given", hint="lamina exec [OPTIONS] CONTAINER COMMAND...")
-    env = merge_env(record.env, [item for e in args.env for item in _env_items(e)])
+    env = merge_env(record.env, [item for e in args.env for item in env_items(e)])
     if args.tty and not any(e.startswith("TERM=") for e in env):
         env = (*env, "TERM=xterm")
     process = init.Process(
         argv=command,
         env=env,
         workdir=args.workdir or record.workdir,
-        user=_check_user(args.user) if args.user else record.user,
+        user=check_user(args.user) if args.user else record.user,
         capabilities=_all_caps() if args.privileged else record.capabilities,
         privileged=args.privileged or record.privileged,
         tty=args.tty,

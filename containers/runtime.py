@@ -92,8 +92,8 @@ def start(
         if spec.layers:
             _mount_union(record, list(spec.layers))
             undo.callback(unmount, record.mount_point)
-        cgroup = open_cgroup(spec.id)
         try:
+            cgroup = open_cgroup(spec.id)
             cgroup.create(spec.resources)
         except OSError as exc:
             raise UserError(f"cannot set up the cgroup: {exc.strerror or exc}") from None

@@ -251,11 +251,11 @@ def parse_env_file(path: Path) -> list[str]:
         item
         for line in lines
         if line.strip() and not line.lstrip().startswith("#")
-        for item in _env_items(line.strip())
+        for item in env_items(line.strip())
     ]
 
 
-def _env_items(item: str) -> list[str]:
+def env_items(item: str) -> list[str]:
     key, sep, _ = item.partition("=")
     if not _ENV_KEY.match(key):
         raise UserError(f"invalid environment variable: {item!r}")
@@ -275,7 +275,7 @@ def merge_env(*layers: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     return tuple(f"{k}={v}" for k, v in merged.items())
 
 
-def _check_user(user: str) -> str:
+def check_user(user: str) -> str:
     name, _, group = user.partition(":")
     if not name or (user.count(":") > 1) or (":" in user and not group):
         raise UserError(f"invalid --user {user!r}: expected USER[:GROUP] or UID[:GID]")
@@ -316,10 +316,10 @@ def build_spec(
     workdir = options.workdir or (image.working_dir if image else "") or "/"
     if not workdir.startswith("/"):
         raise UserError(f"invalid --workdir {workdir!r}: it must be an absolute path")
-    user = _check_user(options.user) if options.user else (image.user if image else "")
+    user = check_user(options.user) if options.user else (image.user if image else "")
 
     env_from_files = [item for path in options.env_files for item in parse_env_file(path)]
-    env_from_flags = [item for e in options.env for item in _env_items(e)]
+    env_from_flags = [item for e in options.env for item in env_items(e)]
     hostname = options.hostname or container_id[:12]
     base_env = [f"PATH={DEFAULT_PATH}", f"HOSTNAME={hostname}"]
     if options.tty:

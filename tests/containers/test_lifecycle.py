@@ -4,6 +4,7 @@ monitor that dies while its container runs on."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 from pathlib import Path
@@ -142,6 +143,29 @@ def test_ps_and_rm_stay_right_when_lamina_itself_dies(lamina: Lamina, busybox_ro
         assert not mounts_under(lamina.root)
         lamina.ok("rm", "orphan")
         assert lamina.container_ids() == []
+    finally:
+        monitor.kill()
+        monitor.wait()
+
+
+def test_rm_cleans_up_after_a_dead_lamina_and_a_finished_container(
+    lamina: Lamina, busybox_rootfs: Path
+) -> None:
+    from containers.state import find_container
+
+    monitor = lamina.popen("run", "--name", "lost", "--layer", str(busybox_rootfs),
+                           "--", "sleep", "600")  # fmt: skip
+    try:
+        wait_for(lambda: "Up" in lamina.status_of("lost"), what="the container")
+        monitor.kill()
+        monitor.wait()
+        pid = find_container(lamina.root, "lost").pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)  # it ends on its own, with nobody waiting for it
+        wait_for(lambda: "Exited (?)" in lamina.status_of("lost"), what="ps to notice")
+        assert mounts_under(lamina.root)  # still mounted: rm's job now
+        lamina.ok("rm", "lost")
+        assert lamina.container_ids() == [] and not mounts_under(lamina.root)
     finally:
         monitor.kill()
         monitor.wait()

@@ -271,6 +271,17 @@ def test_a_failed_mount_leaves_nothing_behind(lamina: Lamina, busybox_rootfs: Pa
     assert lamina.container_ids() == []
 
 
+def test_a_cgroup_failure_after_the_mount_undoes_the_mount(
+    lamina: Lamina, busybox_rootfs: Path
+) -> None:
+    lamina.env["LAMINA_CGROUP_PARENT"] = "not-ours"  # refused: it must contain "lamina"
+    result = lamina("run", "--layer", str(busybox_rootfs), "--", "true")
+    assert result.returncode == 125 and "cannot set up the cgroup" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert lamina.container_ids() == []
+    assert not mounts_under(lamina.root)
+
+
 def test_a_name_in_use_is_refused(lamina: Lamina, busybox_rootfs: Path) -> None:
     lamina.ok("run", "--name", "dup", "--layer", str(busybox_rootfs), "--", "true")
     result = lamina("run", "--name", "dup", "--layer", str(busybox_rootfs), "--", "true")
