@@ -445,7 +445,6 @@ def _monitor_main(spec: ContainerSpec, root: Path, report_w: int) -> NoReturn:
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
-        (root / "containers").mkdir(parents=True, exist_ok=True)
         try:
             started = start(spec, root, (devnull, devnull, devnull), log_output=True)
         except UserError as exc:
