@@ -175,9 +175,11 @@ def wait_for_parent(go: int) -> None:
 def start_process(process: Process, channels: Channels, tty: list[int]) -> NoReturn:
     setup_stdio(channels, tty[0] if tty else None)
     enter_workdir(process.workdir)
-    uid, gid = resolve_user(process.user)
-    drop_privileges(uid, gid, process.capabilities, process.privileged)
+    who = resolve_user(process.user)
+    drop_privileges(who, process.capabilities, process.privileged)
     env = list(process.env)
+    if not any(item.startswith("HOME=") for item in env):
+        env.append(f"HOME={who.home}")
     executable = find_executable(process.argv[0], env)
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)  # Python ignores these; a command must not
@@ -326,42 +328,52 @@ def _read_db(path: str) -> list[list[str]]:
         return []
 
 
-def resolve_user(user: str) -> tuple[int, int]:
-    """USER[:GROUP] or UID[:GID] -> (uid, gid), through the container's /etc files."""
-    if not user:
-        return 0, 0
+@dataclass(frozen=True)
+class Identity:
+    uid: int
+    gid: int
+    groups: tuple[int, ...]  # supplementary, from /etc/group
+    home: str
+
+
+def resolve_user(user: str, etc: str = "/etc") -> Identity:
+    """USER[:GROUP] or UID[:GID] -> who to become, through the container's /etc files
+    (docker's rules: a numeric uid needs no entry; HOME from the entry, else /)."""
     name, _, group = user.partition(":")
-    passwd = _read_db("/etc/passwd")
-    entry = next((e for e in passwd if len(e) > 3 and (e[0] == name or e[2] == name)), None)
-    if name.isdigit():
-        uid = int(name)
-        gid = int(entry[3]) if entry else 0
-    elif entry is None:
+    name = name or "0"
+    passwd = _read_db(f"{etc}/passwd")
+    entry = next((e for e in passwd if len(e) > 5 and name in (e[0], e[2])), None)
+    if entry is None and not name.isdigit():
         raise StartError(f"unable to find user {name}: no matching entries in passwd file")
-    else:
-        uid, gid = int(entry[2]), int(entry[3])
+    uid = int(entry[2]) if entry else int(name)
+    gid = int(entry[3]) if entry else 0
+    home = entry[5] if entry else ("/root" if uid == 0 else "/")
+    groups_db = _read_db(f"{etc}/group")
     if group:
-        if group.isdigit():
-            gid = int(group)
-        else:
-            match = next((e for e in _read_db("/etc/group") if e[0] == group), None)
-            if match is None:
-                raise StartError(f"unable to find group {group}: no matching entries in group file")
-            gid = int(match[2])
-    return uid, gid
+        match = next((e for e in groups_db if len(e) > 2 and group in (e[0], e[2])), None)
+        if match is None and not group.isdigit():
+            raise StartError(f"unable to find group {group}: no matching entries in group file")
+        gid = int(match[2]) if match else int(group)
+    user_name = entry[0] if entry else None
+    extra = [
+        int(e[2])
+        for e in groups_db
+        if len(e) > 3 and user_name and user_name in e[3].split(",") and e[2].isdigit()
+    ]
+    return Identity(uid, gid, tuple(sorted({gid, *extra})), home)
 
 
-def drop_privileges(uid: int, gid: int, capabilities: Sequence[str], privileged: bool) -> None:
+def drop_privileges(who: Identity, capabilities: Sequence[str], privileged: bool) -> None:
     keep = capability_mask(list(capabilities))
     last_cap = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
     for cap in range(last_cap + 1):
         if not keep & (1 << cap) and cap in CAPABILITY_NUMBERS.values():
             sc.prctl(sc.PR_CAPBSET_DROP, cap)
     sc.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_CLEAR_ALL)
-    os.setgroups([])
-    os.setgid(gid)
-    os.setuid(uid)  # to a non-root uid, this also empties the permitted and effective sets
-    if uid == 0:
+    os.setgroups(list(who.groups))
+    os.setgid(who.gid)
+    os.setuid(who.uid)  # to a non-root uid, this also empties the permitted and effective sets
+    if who.uid == 0:
         sc.capset(keep, keep, 0)
     if not privileged:
         sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)

@@ -325,8 +325,6 @@ def build_spec(
     if options.tty:
         base_env.append("TERM=xterm")
     env = merge_env(base_env, image.env if image else (), env_from_files, env_from_flags)
-    if not any(item.startswith("HOME=") for item in env):
-        env = (*env, "HOME=/root")
 
     cpus = host_cpus if host_cpus is not None else (os.cpu_count() or 1)
     try:

@@ -223,10 +223,10 @@ def test_env_workdir_and_user(lamina: Lamina, busybox_rootfs: Path, tmp_path: Pa
     code, out, err = run(
         lamina, busybox_rootfs,
         "-e", "OVER=flag", "--env-file", str(env_file), "-w", "/work", "-u", "nobody",
-        command="echo $FROM_FILE $OVER; pwd; id -u; id -g",
+        command="echo $FROM_FILE $OVER; pwd; id -u; id -g; echo $HOME",
     )  # fmt: skip
     assert code == 0, err
-    assert out.split() == ["1", "flag", "/work", "65534", "65534"]
+    assert out.split() == ["1", "flag", "/work", "65534", "65534", "/nonexistent"]
 
 
 def test_t_gives_a_tty(lamina: Lamina, busybox_rootfs: Path) -> None:

@@ -92,3 +92,19 @@ def test_the_executable_lookup_gives_docker_statuses(tmp_path: Path) -> None:
     with pytest.raises(init.StartError) as not_there:
         init.find_executable("/no/such/file", env)
     assert not_there.value.status == 127
+
+
+def test_users_resolve_through_the_containers_etc_files(tmp_path: Path) -> None:
+    (tmp_path / "passwd").write_text(
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n"
+    )
+    (tmp_path / "group").write_text("root:x:0:\napp:x:1000:\naudio:x:29:app,other\n")
+    etc = str(tmp_path)
+    assert init.resolve_user("", etc) == init.Identity(0, 0, (0,), "/root")
+    assert init.resolve_user("app", etc) == init.Identity(1000, 1000, (29, 1000), "/home/app")
+    assert init.resolve_user("app:audio", etc) == init.Identity(1000, 29, (29,), "/home/app")
+    assert init.resolve_user("4242:7", etc) == init.Identity(4242, 7, (7,), "/")
+    with pytest.raises(init.StartError, match="unable to find user nobody"):
+        init.resolve_user("nobody", etc)
+    with pytest.raises(init.StartError, match="unable to find group video"):
+        init.resolve_user("app:video", etc)
