@@ -37,9 +37,15 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("images", help="list images with their own and shared sizes")
+    p.add_argument("repository", nargs="?", help="only this REPOSITORY[:TAG]")
     p.add_argument("-q", "--quiet", action="store_true", help="only image ids")
     p.add_argument("--no-trunc", action="store_true", help="full image ids")
     p.set_defaults(func=cmd_images)
+
+    p = sub.add_parser("tag", help="give an image another NAME[:TAG]")
+    p.add_argument("image")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_tag)
 
     p = sub.add_parser("rmi", help="remove images and the layers nothing else uses")
     p.add_argument("images", nargs="+", metavar="IMAGE")
@@ -133,21 +139,39 @@ def cmd_images(args: argparse.Namespace) -> int:
         for key in set(r.layer_keys):
             use[key] = use.get(key, 0) + 1
     sizes = {k: store.layer_info(k).disk_size for k in use}
+    listed = [r for r in records if _listed(r.tags, args.repository)]
     if args.quiet:
-        for r in records:
+        for r in listed:
             print(_short_id(r.id, args.no_trunc))
         return 0
     rows = [["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE", "SHARED", "UNIQUE"]]
-    for r in sorted(records, key=lambda r: r.imported, reverse=True):
+    for r in sorted(listed, key=lambda r: r.imported, reverse=True):
         keys = set(r.layer_keys)
         size = sum(sizes[k] for k in keys)
         shared = sum(sizes[k] for k in keys if use[k] > 1)
         created = _created(store.oci_config(r.id), r.imported)
         cells = [human_size(size), human_size(shared), human_size(size - shared)]
         for tag in r.tags or ("<none>:<none>",):
+            if not _listed((tag,), args.repository):
+                continue
             repo, _, t = tag.rpartition(":")
             rows.append([repo, t, _short_id(r.id, args.no_trunc), created, *cells])
     _print_table(rows)
+    return 0
+
+
+def _listed(tags: tuple[str, ...], wanted: str | None) -> bool:
+    """`images busybox` lists every tag of busybox; `images busybox:1` only that one."""
+    if not wanted:
+        return True
+    if ":" in wanted.rpartition("/")[2]:
+        return wanted in tags
+    return any(t.rpartition(":")[0] == wanted for t in tags)
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    store = _store(args)
+    store.tag(store.find_image(args.image).id, parse_name(args.name))
     return 0
 
 

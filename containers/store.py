@@ -318,6 +318,14 @@ class LayerStore:
             oci_config=config,
         )
 
+    def tag(self, image_id: str, name: str) -> None:
+        """Point name at an image already in the store (moving it if it named another)."""
+        with self.lock():
+            self.image(image_id)  # still there
+            tags = self.tags()
+            tags[name] = image_id
+            self._write_tags(tags)
+
     def untag(self, name: str) -> str | None:
         """Remove one name; returns the image id it pointed to."""
         with self.lock():

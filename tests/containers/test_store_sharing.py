@@ -64,7 +64,8 @@ def test_rmi_removes_only_the_layers_nothing_else_uses(two_images: Path) -> None
 def test_rmi_of_one_name_keeps_an_image_with_other_names(two_images: Path) -> None:
     store = LayerStore(two_images)
     image_id = store.find_image("app-a:1").id
-    store.add_image(two_images / "tmp", store.config_bytes(image_id), [], ["alias:1"])
+    lamina(two_images, "tag", "app-a:1", "alias:1")
+    assert store.find_image("alias:1").id == image_id
     lamina(two_images, "rmi", "alias:1")
     assert store.find_image("app-a:1").id == image_id
     err = lamina_error(two_images, "image", "inspect", "alias:1")
@@ -92,6 +93,20 @@ def test_a_killed_import_leaves_scratch_that_the_next_one_sweeps(two_images: Pat
     dead.mkdir(parents=True)
     with LayerStore(two_images).scratch():
         assert not dead.exists()
+
+
+def test_images_lists_one_repository_when_asked(
+    two_images: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lamina(two_images, "tag", "app-a:1", "app-a:stable")
+    capsys.readouterr()
+    lamina(two_images, "images", "app-a")
+    assert [line.split()[:2] for line in capsys.readouterr().out.splitlines()[1:]] == [
+        ["app-a", "1"],
+        ["app-a", "stable"],
+    ]
+    lamina(two_images, "images", "-q", "app-b:1")
+    assert len(capsys.readouterr().out.split()) == 1
 
 
 def test_images_can_be_named_by_id_prefix(two_images: Path) -> None:
