@@ -298,6 +298,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from containers.changes_diff import diff_upper
 
     record = _find_container(args)
+    if record.rootfs_dir is not None:
+        raise UserError(f"container {args.container} runs on --rootfs: it has no layers to diff")
     for change in diff_upper(record.upper_dir, record.layers):
         print(f"{change.kind} {change.path}")
     return 0
@@ -334,8 +336,9 @@ def cmd_save(args: argparse.Namespace) -> int:
 
 
 def _find_container(args: argparse.Namespace) -> Any:
-    try:
-        from containers.state import find_container
-    except ImportError:
-        raise UserError("containers are not supported in this build") from None
-    return find_container(args.root, args.container)
+    from containers.state import find_container
+
+    record = find_container(args.root, args.container)
+    if record.rootfs_dir is None and not record.upper_dir.is_dir():
+        raise UserError(f"container {args.container} has no upper dir (removed?)")
+    return record

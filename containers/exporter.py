@@ -191,6 +191,8 @@ def _write_layout_tar(output: Path, index: bytes, blobs: dict[str, Path]) -> Non
     output = output.absolute()
     if output.is_dir():
         raise UserError(f"{output} is a directory", hint="give a file name: -o FILE.tar")
+    if not output.parent.is_dir():
+        raise UserError(f"{output.parent}: no such directory")
     fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
     tmp = Path(tmp_name)
     try:
