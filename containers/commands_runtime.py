@@ -64,7 +64,7 @@ def register(sub: Subparsers) -> None:
         p.set_defaults(func=cmd_pause if name == "pause" else cmd_unpause)
 
     stats = sub.add_parser("stats", help="memory, cpu and pids use of running containers")
-    stats.add_argument("--no-stream", action="store_true", help="(the default: one sample)")
+    stats.add_argument("--no-stream", action="store_true", help="one sample, then exit")
     stats.add_argument("containers", nargs="*")
     stats.set_defaults(func=cmd_stats)
 
@@ -369,4 +369,4 @@ def cmd_unpause(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     from containers import lifecycle
 
-    return lifecycle.print_stats(args.root, args.containers)
+    return lifecycle.print_stats(args.root, args.containers, stream=not args.no_stream)

@@ -94,8 +94,22 @@ def pause(record: ContainerRecord, freeze: bool) -> None:
             state.save(current)
 
 
-def print_stats(root: Path, refs: list[str]) -> int:
-    """One sample of each running container's use; CPU % over a quarter second."""
+def print_stats(root: Path, refs: list[str], stream: bool) -> int:
+    """Each running container's use, CPU % over a quarter second; with stream, every second
+    until interrupted (like docker stats), else one sample."""
+    import sys
+
+    while True:
+        table = stats_table(root, refs)
+        if stream and sys.stdout.isatty():
+            print("\x1b[2J\x1b[H", end="")  # clear the screen, like docker
+        print(table, flush=True)
+        if not stream:
+            return 0
+        time.sleep(0.75)
+
+
+def stats_table(root: Path, refs: list[str]) -> str:
     from containers.cgroups.resources import format_bytes
 
     records = [state.find_container(root, ref) for ref in refs] if refs else state.all_records(root)
@@ -112,6 +126,7 @@ def print_stats(root: Path, refs: list[str]) -> int:
         memory = f"{format_bytes(sample.memory_bytes)} / {limit}"
         rows.append((record.id[:12], record.name, f"{cpu:.2f}%", memory, str(sample.pids)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    return 0
+    return "\n".join(
+        "   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )

@@ -442,6 +442,7 @@ def _monitor_main(spec: ContainerSpec, root: Path, report_w: int) -> NoReturn:
         os.setsid()
         if os.fork() != 0:
             os._exit(0)  # the monitor is a grandchild: reparented, never a zombie of ours
+        os.chdir("/")  # do not keep the caller's directory busy
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)

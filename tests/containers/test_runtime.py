@@ -137,6 +137,14 @@ def test_cpus_throttles_a_busy_loop(lamina: Lamina, busybox_rootfs: Path) -> Non
     assert 0.05 * hz < ticks < 1.0 * hz, ticks
 
 
+def test_cpuset_pins_the_container(lamina: Lamina, busybox_rootfs: Path) -> None:
+    last = str((os.cpu_count() or 1) - 1)
+    show = "grep Cpus_allowed_list /proc/self/status"
+    code, out, err = run(lamina, busybox_rootfs, "--cpuset-cpus", last, command=show)
+    assert code == 0, err
+    assert out.split()[-1] == last
+
+
 def test_exit_codes_and_signals_propagate(lamina: Lamina, busybox_rootfs: Path) -> None:
     assert run(lamina, busybox_rootfs, command="exit 3")[0] == 3
     assert run(lamina, busybox_rootfs, command="kill -9 $$ 2>/dev/null; exit 4")[0] == 4
