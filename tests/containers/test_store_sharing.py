@@ -114,3 +114,33 @@ def test_images_can_be_named_by_id_prefix(two_images: Path) -> None:
     image_id = store.find_image("app-b:1").id
     assert store.resolve_image(image_id[7:19]).id == image_id
     assert store.resolve_image(image_id).name == "app-b:1"
+
+
+def test_concurrent_imports_of_shared_layers_store_each_once(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = tmp_path / "root"
+    archives = [
+        write_docker_save(tmp_path / f"{i}.tar", [BASE, APP_A if i % 2 else APP_B], [f"c:{i}"])
+        for i in range(4)
+    ]
+    lamina_cmd = Path(sys.executable).parent / "lamina"
+    procs = [
+        subprocess.Popen(
+            [str(lamina_cmd), "--root", str(root), "import", "-q", str(a)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for a in archives
+    ]
+    try:
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    assert len(list((root / "layers").iterdir())) == 3
+    assert list((root / "tmp").iterdir()) == []
+    assert len(LayerStore(root).images()) == 2
