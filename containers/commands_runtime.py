@@ -11,10 +11,15 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from containers.cli import UserError
+
+if TYPE_CHECKING:
+    from containers.spec import ImageDefaults
+    from containers.state import ContainerRecord
 
 # argparse's subparsers object has no public type.
 Subparsers = Any
@@ -110,7 +115,7 @@ def _register_run(sub: Subparsers) -> None:
     run.add_argument("--help", action="help", help="show this help")
 
 
-def _image_defaults(root: Path, ref: str) -> Any:
+def _image_defaults(root: Path, ref: str) -> ImageDefaults:
     from containers.spec import ImageDefaults
 
     try:
@@ -192,7 +197,7 @@ def _ago(seconds: float) -> str:
     return "Less than a second" if n < 1 else f"{n} second{'s' if n > 1 else ''}"
 
 
-def describe_status(record: Any, now: float) -> str:
+def describe_status(record: ContainerRecord, now: float) -> str:
     from containers import state
 
     status = state.live_status(record)
@@ -303,7 +308,7 @@ def _all_caps() -> list[str]:
 # ---- stop, kill, rm, pause ----------------------------------------------------------------
 
 
-def _each(args: argparse.Namespace, action: Any) -> int:
+def _each(args: argparse.Namespace, action: Callable[[ContainerRecord], None]) -> int:
     """Apply action to every named container; report failures one per line, like docker."""
     from containers import state
 
@@ -334,8 +339,8 @@ def cmd_kill(args: argparse.Namespace) -> int:
 
     sig = parse_signal(args.signal)
 
-    def kill(record: Any) -> None:
-        if state.live_status(record) not in (state.RUNNING, state.PAUSED):
+    def kill(record: ContainerRecord) -> None:
+        if record.pid is None or state.live_status(record) not in (state.RUNNING, state.PAUSED):
             raise UserError(f"container {record.name} is not running")
         os.kill(record.pid, sig)
 

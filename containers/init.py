@@ -31,12 +31,15 @@ TIOCGPTN = 0x80045430
 TIOCSPTLCK = 0x40045431
 
 # Signals a container's init passes on to the command.
-FORWARDED_SIGNALS = tuple(
-    s
-    for s in signal.Signals
-    if s not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGTSTP)
-    and s not in (signal.SIGTTIN, signal.SIGTTOU)
-)
+_NOT_FORWARDED = {
+    signal.SIGKILL,  # cannot be caught
+    signal.SIGSTOP,
+    signal.SIGCHLD,  # init's own business: reaping
+    signal.SIGTSTP,  # job control stays with the terminal
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+}
+FORWARDED_SIGNALS = tuple(s for s in signal.Signals if s not in _NOT_FORWARDED)
 
 
 class StartError(Exception):

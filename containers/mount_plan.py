@@ -120,7 +120,7 @@ def plan_mounts(spec: ContainerSpec) -> list[Step]:
                     None,
                     sc.MS_BIND | sc.MS_REC,
                     readonly=volume.readonly,
-                    target_is_file=not volume.source.is_dir(),
+                    target_is_file=not volume.source_is_dir,
                 )
             )
         elif isinstance(volume, TmpfsVolume):

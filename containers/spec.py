@@ -95,6 +95,7 @@ class BindVolume:
     source: Path
     target: str
     readonly: bool = False
+    source_is_dir: bool = True  # a file is bound onto a file
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,12 @@ def parse_volume(text: str) -> BindVolume:
     if not source.exists():
         raise UserError(f"bind source path does not exist: {source}")
     _check_container_path(target, "volume")
-    return BindVolume(source=source, target=os.path.normpath(target), readonly=mode == "ro")
+    return BindVolume(
+        source=source,
+        target=os.path.normpath(target),
+        readonly=mode == "ro",
+        source_is_dir=source.is_dir(),
+    )
 
 
 def parse_tmpfs(text: str) -> TmpfsVolume:

@@ -138,11 +138,8 @@ def find_container(root: Path, ref: str) -> ContainerRecord:
     """The container named by ref: its full id, a unique id prefix, or its name."""
     if not ref:
         raise UserError("empty container reference")
-    try:
-        target = os.readlink(names_dir(root) / ref)
-        return load(containers_dir(root) / target)
-    except (FileNotFoundError, OSError):
-        pass
+    with contextlib.suppress(OSError):  # not a name (or a name whose container is gone)
+        return load(containers_dir(root) / os.readlink(names_dir(root) / ref))
     if "/" not in ref:
         with contextlib.suppress(FileNotFoundError):
             return load(containers_dir(root) / ref)
