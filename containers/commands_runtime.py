@@ -101,6 +101,7 @@ def _register_run(sub: Subparsers) -> None:
     add("--network", "--net", default="private", help="host, or none (default: only lo)")
     add("--init", action="store_true", help="run a small init as PID 1 (signals, zombies)")
     add("--privileged", action="store_true", help="all capabilities, no masked paths")
+    add("--userns", action="store_true", help="root inside is an unprivileged host uid range")
     add("--cap-add", action="append", default=[])
     add("--cap-drop", action="append", default=[])
     add("-m", "--memory", help="memory limit, e.g. 64m")
@@ -177,6 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cpu_shares=args.cpu_shares,
         pids_limit=args.pids_limit,
         cpuset_cpus=args.cpuset_cpus,
+        userns=args.userns,
     )
     spec = build_spec(options, runtime.new_container_id())
     root: Path = args.root.absolute()

@@ -58,6 +58,7 @@ class Channels:
     errors: int  # write, close-on-exec: a JSON error line if a step fails
     console: socket.socket | None  # sends the pty master with -t
     stdio: tuple[int, int, int] | None  # fds for 0, 1, 2 without -t (None: inherit)
+    userns: socket.socket | None = None  # --userns: "unshared" -> parent writes the id maps
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,10 @@ def container_main(spec: ContainerSpec, rootfs: Path, channels: Channels) -> NoR
         if spec.read_only:
             remount_readonly("/")
 
+    def enter_user_namespace() -> None:
+        if spec.userns is not None:
+            become_root_of_new_user_namespace(channels)
+
     run_steps(
         channels,
         [
@@ -140,6 +145,8 @@ def container_main(spec: ContainerSpec, rootfs: Path, channels: Channels) -> NoR
             ("open the terminal", open_terminal),
             ("pivot_root", lambda: pivot_into(root)),
             ("make the root read-only", make_root_readonly),
+            # Last: the mounts above need the host's root, and stay locked in the new namespace.
+            ("enter the user namespace", enter_user_namespace),
             ("start the process", lambda: start_process(process, channels, tty)),
         ],
     )
@@ -167,6 +174,18 @@ def exec_main(process: Process, ns_fds: list[tuple[int, int]], channels: Channel
             ("start the process", lambda: start_process(process, channels, tty)),
         ],
     )
+
+
+def become_root_of_new_user_namespace(channels: Channels) -> None:
+    """unshare the user namespace, let the parent map our ids, become its root."""
+    assert channels.userns is not None
+    sc.unshare(sc.CLONE_NEWUSER)
+    channels.userns.sendall(b"u")
+    if channels.userns.recv(1) != b"m":
+        os._exit(125)  # the parent could not write the maps and reports why
+    channels.userns.close()
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
 
 
 def wait_for_parent(go: int) -> None:

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 
 from containers import syscalls as sc
 
-# Joined in this order by exec: the mount namespace last, since setns into it changes the
-# root directory and /proc/<pid>/ns paths must still resolve on the host until then.
+# Joined in this order by exec (all opened first: setns into the mount namespace changes
+# the root directory, so /proc/<pid>/ns paths no longer resolve on the host afterwards).
 JOINABLE = (
     ("ipc", sc.CLONE_NEWIPC),
     ("uts", sc.CLONE_NEWUTS),
     ("net", sc.CLONE_NEWNET),
     ("cgroup", sc.CLONE_NEWCGROUP),
     ("mnt", sc.CLONE_NEWNS),
+    # After the others: joining them needs the host root's capabilities, lost after this.
+    ("user", sc.CLONE_NEWUSER),
 )
 
 SIOCGIFFLAGS = 0x8913
@@ -66,3 +69,41 @@ def bring_up_loopback() -> None:
         request = struct.pack("16sH14x", b"lo", 0)
         flags = struct.unpack("16sH14x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
         fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP | IFF_RUNNING))
+
+
+@dataclass(frozen=True)
+class IdMap:
+    """--userns: container ids 0..size-1 are host ids base..base+size-1."""
+
+    uid_base: int
+    gid_base: int
+    size: int
+
+    def write(self, pid: int) -> None:
+        with open(f"/proc/{pid}/uid_map", "w") as f:
+            f.write(f"0 {self.uid_base} {self.size}\n")
+        with open(f"/proc/{pid}/gid_map", "w") as f:
+            f.write(f"0 {self.gid_base} {self.size}\n")
+
+
+DEFAULT_SUBID_BASE = 100_000
+DEFAULT_SUBID_SIZE = 65_536
+
+
+def subordinate_range(path: str, user: str = "root") -> tuple[int, int]:
+    """The first range of user in /etc/subuid or /etc/subgid, or 100000:65536 without one."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                fields = line.strip().split(":")
+                if len(fields) == 3 and fields[0] in (user, "0") and fields[2].isdigit():
+                    return int(fields[1]), int(fields[2])
+    except OSError:
+        pass
+    return DEFAULT_SUBID_BASE, DEFAULT_SUBID_SIZE
+
+
+def host_id_map() -> IdMap:
+    uid_base, uid_size = subordinate_range("/etc/subuid")
+    gid_base, gid_size = subordinate_range("/etc/subgid")
+    return IdMap(uid_base, gid_base, min(uid_size, gid_size))

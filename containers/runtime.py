@@ -108,7 +108,9 @@ def start(
         def child(channels: init.Channels) -> NoReturn:
             init.container_main(spec, rootfs, channels)
 
-        pid, console = spawn(child, cgroup, tty=spec.tty, stdio=stdio, undo=undo)
+        pid, console = spawn(
+            child, cgroup, tty=spec.tty, stdio=stdio, undo=undo, id_map=spec.userns
+        )
         record.pid, record.pid_start = pid, state.process_start_time(pid)
         record.monitor_pid = os.getpid()
         record.monitor_start = state.process_start_time(os.getpid())
@@ -204,6 +206,7 @@ def spawn(
     tty: bool,
     stdio: tuple[int, int, int] | None,
     undo: ExitStack,
+    id_map: namespaces.IdMap | None = None,
 ) -> tuple[int, int | None]:
     """Fork a child that runs child_main; put it in the cgroup; wait until it has exec'd.
 
@@ -213,17 +216,23 @@ def spawn(
     go_r, go_w = os.pipe()
     err_r, err_w = os.pipe()
     parent_sock, child_sock = socket.socketpair() if tty else (None, None)
+    userns_parent, userns_child = socket.socketpair() if id_map else (None, None)
     pid = os.fork()
     if pid == 0:
         os.close(go_w)
         os.close(err_r)
-        if parent_sock is not None:
-            parent_sock.close()
-        child_main(init.Channels(go=go_r, errors=err_w, console=child_sock, stdio=stdio))
+        for sock in (parent_sock, userns_parent):
+            if sock is not None:
+                sock.close()
+        channels = init.Channels(
+            go=go_r, errors=err_w, console=child_sock, stdio=stdio, userns=userns_child
+        )
+        child_main(channels)
     os.close(go_r)
     os.close(err_w)
-    if child_sock is not None:
-        child_sock.close()
+    for sock in (child_sock, userns_child):
+        if sock is not None:
+            sock.close()
     undo.callback(_kill_and_reap, pid)
     try:
         cgroup.add(pid)
@@ -238,6 +247,14 @@ def spawn(
         console = fds[0] if fds else None
         if console is not None:
             undo.callback(os.close, console)
+    if userns_parent is not None and id_map is not None:
+        with userns_parent:
+            if userns_parent.recv(1) == b"u":  # else it failed before: the pipe says why
+                try:
+                    id_map.write(pid)
+                except OSError as exc:
+                    raise UserError(f"cannot map the user namespace's ids: {exc}") from None
+                userns_parent.sendall(b"m")
     report = _read_all(err_r)
     if report:
         _kill_and_reap(pid)

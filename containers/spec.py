@@ -14,6 +14,7 @@ from pathlib import Path
 
 from containers.cgroups.resources import InvalidLimit, Resources, build_resources
 from containers.cli import UserError
+from containers.namespaces import IdMap, host_id_map
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -155,6 +156,7 @@ class RunOptions:
     cpu_shares: int | None = None
     pids_limit: int | None = None
     cpuset_cpus: str | None = None
+    userns: bool = False
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,7 @@ class ContainerSpec:
     privileged: bool = False
     capabilities: tuple[str, ...] = field(default_factory=lambda: tuple(DEFAULT_CAPABILITIES))
     resources: Resources = field(default_factory=Resources)
+    userns: IdMap | None = None
 
 
 def capability_mask(names: tuple[str, ...] | list[str]) -> int:
@@ -370,4 +373,5 @@ def build_spec(
         privileged=options.privileged,
         capabilities=resolve_capabilities(options.cap_add, options.cap_drop, options.privileged),
         resources=resources,
+        userns=host_id_map() if options.userns else None,
     )

@@ -237,6 +237,27 @@ def test_env_workdir_and_user(lamina: Lamina, busybox_rootfs: Path, tmp_path: Pa
     assert out.split() == ["1", "flag", "/work", "65534", "65534", "/nonexistent"]
 
 
+def test_userns_makes_root_inside_an_unprivileged_host_uid(
+    lamina: Lamina, busybox_rootfs: Path
+) -> None:
+    from containers.namespaces import host_id_map
+    from containers.state import find_container
+
+    id_map = host_id_map()
+    lamina.ok("run", "-d", "--userns", "--name", "u", "--layer", str(busybox_rootfs),
+              "--", "sh", "-c", "echo x > /tmp/ok; sleep 600")  # fmt: skip
+    pid = find_container(lamina.root, "u").pid
+    status = Path(f"/proc/{pid}/status").read_text()
+    assert f"Uid:\t{id_map.uid_base}\t" in status  # seen from the host
+    inside = lamina.ok("exec", "u", "sh", "-c", "id -u; cat /proc/self/uid_map; cat /tmp/ok")
+    uid, *uid_map, written = inside.split()
+    assert uid == "0" and uid_map == ["0", str(id_map.uid_base), str(id_map.size)]
+    assert written == "x"
+    denied = lamina("exec", "u", "touch", "/etc/new")  # the image's files belong to host root
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr
+    lamina.ok("rm", "-f", "u")
+
+
 def test_t_gives_a_tty(lamina: Lamina, busybox_rootfs: Path) -> None:
     code, out, err = run(lamina, busybox_rootfs, "-t", command="test -t 0 && test -t 1 && tty")
     assert code == 0, err

@@ -138,3 +138,15 @@ def test_limits_reach_the_spec(tmp_path: Path) -> None:
     res = spec.resources
     assert res.memory == 64 * 2**20 and res.memory_swap == 128 * 2**20
     assert res.cpu_quota_us == 50_000 and res.pids_limit is None and res.cpuset_cpus == "1"
+
+
+def test_userns_ranges_come_from_subuid_or_default(tmp_path: Path) -> None:
+    from containers.namespaces import subordinate_range
+
+    subuid = tmp_path / "subuid"
+    subuid.write_text("alice:100000:65536\nroot:200000:131072\n")
+    assert subordinate_range(str(subuid)) == (200000, 131072)
+    assert subordinate_range(str(tmp_path / "missing")) == (100000, 65536)
+    spec = spec_of(tmp_path, userns=True)
+    assert spec.userns is not None and spec.userns.size > 0
+    assert spec_of(tmp_path).userns is None
