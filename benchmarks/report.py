@@ -85,9 +85,13 @@ def time_cell(suite: Suite, workload: str, system: str, notes: Notes) -> str:
     med = cell.median or 0.0
     text = f"**{fmt_seconds(med)}** ({fmt_seconds(min(cell.samples))}–"
     text += f"{fmt_seconds(max(cell.samples))})"
-    disk = cell.summary()["extras"]
-    if isinstance(disk, dict) and "disk_bytes" in disk:
-        text += f"<br>disk {fmt_bytes(disk['disk_bytes'])}"
+    extras = cell.summary()["extras"]
+    if isinstance(extras, dict) and "disk_bytes" in extras:
+        text += f"<br>disk {fmt_bytes(extras['disk_bytes'])}"
+    if isinstance(extras, dict) and "in_upper_s" in extras:
+        landed = extras["in_upper_s"]
+        if landed > 2 * med and landed - med > 0.001:
+            text += f"<br>copy done after {fmt_seconds(landed)}"
     return text
 
 
