@@ -27,6 +27,7 @@ from tests.unionfs.differential.runner import (
     replay,
     run_generated,
 )
+from tests.unionfs.differential.snapshot import KNOWN_DIFFERENCES
 
 
 def seed_range(text: str) -> range:
@@ -77,6 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--weight", action="append", default=[], help="NAME=N: steer the op mix (0 drops an op)"
     )
+    run.add_argument(
+        "--known",
+        action="append",
+        default=[],
+        choices=sorted(KNOWN_DIFFERENCES),
+        help="mask a known, reported difference to look past it",
+    )
     run.add_argument("--save", type=Path, help="write each mismatch's ops to SAVE/seed-N.ops")
     rerun = sub.add_parser("replay", help="run an op list (one op a line, as printed) again")
     rerun.add_argument("--pair", default="kernel:unionfs")
@@ -97,20 +105,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "replay":
             return replay_file(args, pair, Path(tmp))
         weights = WEIGHTS | {k: int(v) for k, _, v in (w.partition("=") for w in args.weight)}
+        masks = frozenset(args.known)
         tally: collections.Counter[tuple[str, str]] = collections.Counter()
         for seed in args.seeds:
             started = time.monotonic()
             base = Path(tmp) / f"seed{seed}"
             try:
                 scenario = Scenario(seed, args.warmup)
-                run_generated(scenario, args.ops, pair, base, args.check_every, weights)
+                run_generated(scenario, args.ops, pair, base, args.check_every, weights, masks)
             except Mismatch as mismatch:
                 tally[mismatch.signature] += 1
                 print(f"seed {seed}: MISMATCH {mismatch.signature}", flush=True)
                 if args.save:
                     save_ops(args.save / f"seed-{seed}.ops", mismatch.ops)
                 if args.reduce:
-                    mismatch = reduce(mismatch, pair, Path(tmp) / f"reduce{seed}", print)
+                    mismatch = reduce(mismatch, pair, Path(tmp) / f"reduce{seed}", print, masks)
                 if args.save and args.reduce:
                     save_ops(args.save / f"seed-{seed}.reduced.ops", mismatch.ops)
                 print(mismatch, flush=True)

@@ -20,8 +20,10 @@ from tests.unionfs.differential.executor import execute
 from tests.unionfs.differential.layers import build_layers
 from tests.unionfs.differential.ops import Op, OpGenerator, View
 from tests.unionfs.differential.snapshot import (
+    Masks,
     diff_snapshots,
     fingerprint,
+    masked,
     snapshot,
     view_of,
 )
@@ -130,8 +132,8 @@ def fixed(ops: Sequence[Op]) -> NextOp:
 class _Session:
     """One side-by-side run on two copies of a scenario's layers."""
 
-    def __init__(self, scenario: Scenario, pair: Pair, base: Path) -> None:
-        self.scenario, self.pair = scenario, pair
+    def __init__(self, scenario: Scenario, pair: Pair, base: Path, masks: Masks) -> None:
+        self.scenario, self.pair, self.masks = scenario, pair, masks
         self.layers = (
             build_layers(scenario.seed, base / "a"),
             build_layers(scenario.seed, base / "b"),
@@ -189,7 +191,9 @@ class _Session:
             raise self.fail("merged view", diff)
 
     def compare_trees(self, stage: str, a: str | Path, b: str | Path, upper: bool = False) -> None:
-        diff = diff_snapshots(snapshot(a, upper=upper), snapshot(b, upper=upper), self.pair.names)
+        snap_a = masked(snapshot(a, upper=upper), self.masks, upper=upper)
+        snap_b = masked(snapshot(b, upper=upper), self.masks, upper=upper)
+        diff = diff_snapshots(snap_a, snap_b, self.pair.names)
         if diff:
             raise self.fail(stage, diff)
 
@@ -208,11 +212,16 @@ class _Session:
 
 
 def run(
-    scenario: Scenario, pair: Pair, base: Path, next_op: NextOp, check_every: int = 0
+    scenario: Scenario,
+    pair: Pair,
+    base: Path,
+    next_op: NextOp,
+    check_every: int = 0,
+    masks: Masks = frozenset(),
 ) -> list[Op]:
     """Run ops from next_op(view of side a, index) until it returns None; raise Mismatch."""
     base.mkdir(parents=True, exist_ok=True)
-    session = _Session(scenario, pair, base)
+    session = _Session(scenario, pair, base, masks)
     lowers_before = [fingerprint(p) for p in session.lowers()]
     session.warm_up()
     session.run_ops(next_op, check_every)
@@ -235,21 +244,30 @@ def run_generated(
     base: Path,
     check_every: int = 50,
     weights: dict[str, int] | None = None,
+    masks: Masks = frozenset(),
 ) -> list[Op]:
     """The differential test proper: n_ops generated ops on the scenario."""
     next_op = generated(scenario.seed, n_ops, weights=weights)
-    return run(scenario, pair, base, next_op, check_every)
+    return run(scenario, pair, base, next_op, check_every, masks)
 
 
-def replay(scenario: Scenario, ops: Sequence[Op], pair: Pair, base: Path) -> None:
+def replay(
+    scenario: Scenario, ops: Sequence[Op], pair: Pair, base: Path, masks: Masks = frozenset()
+) -> None:
     """Run a fixed op list (a reproduction) on fresh layers; raise Mismatch."""
     try:
-        run(scenario, pair, base, fixed(ops))
+        run(scenario, pair, base, fixed(ops), masks=masks)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def reduce(mismatch: Mismatch, pair: Pair, base: Path, log: Callable[[str], None]) -> Mismatch:
+def reduce(
+    mismatch: Mismatch,
+    pair: Pair,
+    base: Path,
+    log: Callable[[str], None],
+    masks: Masks = frozenset(),
+) -> Mismatch:
     """Shrink the op list (ddmin) while a mismatch of the same signature still occurs."""
     trials = 0
 
@@ -257,7 +275,7 @@ def reduce(mismatch: Mismatch, pair: Pair, base: Path, log: Callable[[str], None
         nonlocal trials
         trials += 1
         try:
-            replay(mismatch.scenario, ops, pair, base / f"trial{trials}")
+            replay(mismatch.scenario, ops, pair, base / f"trial{trials}", masks)
         except Mismatch as found:
             return found if found.signature == mismatch.signature else None
         return None

@@ -16,11 +16,15 @@ What is compared, and what is not (each exclusion is a named rule, with its reas
   write; `trusted.overlay.redirect` is compared as present/absent only (RULE_REDIRECT_
   PRESENCE): the format allows a relative or an absolute path for the same rename, and
   the kernel picks one from its dentry cache state, so only "this dir was renamed with
-  lower parts" is a property of the result.
+  lower parts" is a property of the result;
+- no st_nlink for whiteouts in upper dirs (RULE_SHARED_WHITEOUTS): the kernel makes every
+  whiteout a hard link of one 0/0 device it keeps in the workdir, so its whiteouts count
+  each other; a whiteout is a whiteout however many links it has.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import os
@@ -128,6 +132,8 @@ def upper_xattrs(raw: dict[str, bytes]) -> dict[str, bytes]:
 def full_entry(path: str, *, upper: bool) -> Entry:
     st = os.lstat(path)
     entry = stat_entry(st)
+    if upper and entry.kind == "c" and entry.rdev == (0, 0):
+        entry = dataclasses.replace(entry, nlink=None)  # RULE_SHARED_WHITEOUTS
     xattrs = read_xattrs(path)
     if upper:
         xattrs = upper_xattrs(xattrs)
@@ -173,6 +179,30 @@ def snapshot(root: str | Path, *, upper: bool = False) -> Snapshot:
     for rel, _ in walk(root):
         snap[rel] = full_entry(os.path.join(root, rel), upper=upper)
     return snap
+
+
+# Known differences, already reported, that a manual run may mask (`--known NAME`) to look
+# past them. Never used by the CI test: there, every one of them is a failure.
+Masks = frozenset[str]
+KNOWN_DIFFERENCES: dict[str, str] = {
+    "upper-opaque": "ignore trusted.overlay.opaque in upper dirs (kernel remount still checks)",
+    "whiteout-owner": "ignore the owner of whiteouts in upper dirs",
+}
+
+
+def masked(snap: Snapshot, masks: Masks, *, upper: bool) -> Snapshot:
+    """snap with the known differences named in masks blanked out."""
+    if not upper or not masks:
+        return snap
+    out = {}
+    for path, entry in snap.items():
+        if "upper-opaque" in masks:
+            kept = tuple(x for x in entry.xattrs if x[0] != "trusted.overlay.opaque")
+            entry = dataclasses.replace(entry, xattrs=kept)
+        if "whiteout-owner" in masks and entry.kind == "c" and entry.rdev == (0, 0):
+            entry = dataclasses.replace(entry, uid=-1, gid=-1)
+        out[path] = entry
+    return out
 
 
 def fingerprint(root: str | Path) -> dict[str, tuple[object, ...]]:
