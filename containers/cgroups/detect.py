@@ -7,6 +7,7 @@ from pathlib import Path
 
 from containers.cgroups.base import Cgroup, CgroupStats
 from containers.cgroups.resources import Resources
+from containers.cgroups.v1 import CONTROLLERS as V1_CONTROLLERS
 from containers.cgroups.v1 import V1Cgroup
 from containers.cgroups.v2 import V2Cgroup
 
@@ -39,8 +40,11 @@ def parse_mounts(mounts_text: str) -> Layout:
         if fstype == "cgroup2" and v2 is None:
             v2 = target
         elif fstype == "cgroup":
+            # Only controllers count: a lone name=systemd hierarchy (systemd's "hybrid" mode,
+            # controllers all in v2) must not make the host look like v1.
             for option in options:
-                v1.setdefault(option, target)
+                if option in V1_CONTROLLERS:
+                    v1.setdefault(option, target)
     return Layout(v1=v1, v2=v2)
 
 

@@ -95,6 +95,11 @@ def test_layouts_are_detected_from_the_mounts() -> None:
     unified = parse_mounts("cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n")
     assert unified.kind == "v2" and unified.v2 == Path("/sys/fs/cgroup")
     assert parse_mounts("cgroup /sys/fs/cgroup/pids cgroup rw,pids 0 0\n").kind == "v1"
+    systemd_hybrid = parse_mounts(  # controllers all in v2; v1 only for systemd's bookkeeping
+        "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n"
+        "cgroup /sys/fs/cgroup/systemd cgroup rw,xattr,name=systemd 0 0\n"
+    )
+    assert systemd_hybrid.kind == "v2" and systemd_hybrid.v1 == {}
 
 
 def fake_v2_tree(root: Path, controllers: str = "cpu memory pids cpuset") -> Path:
