@@ -124,7 +124,7 @@ def container_main(spec: ContainerSpec, rootfs: Path, channels: Channels) -> NoR
     def isolate_network() -> None:
         if not spec.host_network:
             namespaces.bring_up_loopback()
-            socket.sethostname(spec.hostname)
+        socket.sethostname(spec.hostname)  # in the container's own UTS namespace
 
     def make_root_readonly() -> None:
         if spec.read_only:

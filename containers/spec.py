@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -329,7 +330,9 @@ def build_spec(
 
     env_from_files = [item for path in options.env_files for item in parse_env_file(path)]
     env_from_flags = [item for e in options.env for item in env_items(e)]
-    hostname = options.hostname or container_id[:12]
+    # docker: a container sharing the host's network shows the host's name unless told.
+    host_network = options.network == "host"
+    hostname = options.hostname or (socket.gethostname() if host_network else container_id[:12])
     base_env = [f"PATH={DEFAULT_PATH}", f"HOSTNAME={hostname}"]
     if options.tty:
         base_env.append("TERM=xterm")
@@ -368,7 +371,7 @@ def build_spec(
         auto_remove=options.auto_remove,
         read_only=options.read_only,
         volumes=tuple(volumes),
-        host_network=options.network == "host",
+        host_network=host_network,
         use_init=options.init,
         privileged=options.privileged,
         capabilities=resolve_capabilities(options.cap_add, options.cap_drop, options.privileged),

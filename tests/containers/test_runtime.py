@@ -51,6 +51,12 @@ def test_the_hostname_is_the_containers_own(lamina: Lamina, busybox_rootfs: Path
     code, out, _ = run(lamina, busybox_rootfs, command="hostname; echo $HOSTNAME")
     short_id, env_hostname = out.split()
     assert len(short_id) == 12 and short_id == env_hostname
+    shared = ("--network", "host")
+    assert (
+        run(lamina, busybox_rootfs, *shared, command="hostname")[1].strip() == socket.gethostname()
+    )
+    named = run(lamina, busybox_rootfs, *shared, "-h", "named", command="hostname")[1]
+    assert named.strip() == "named" and socket.gethostname() != "named"
 
 
 def test_only_lo_exists_and_it_is_up(lamina: Lamina, busybox_rootfs: Path) -> None:
