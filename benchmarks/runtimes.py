@@ -1,8 +1,11 @@
 """The container runtimes under test and the container workloads.
 
-All runtimes start the same busybox root filesystem: `lamina run --rm` (ours), runc and
-crun on an OCI bundle generated from `runc spec`, bubblewrap, and plain `unshare` (the
-floor: namespaces and a chroot, nothing else). Each uses new pid, mount, ipc, uts and
+All runtimes start the same busybox root filesystem: runc and crun on an OCI bundle
+generated from `runc spec`, bubblewrap, plain `unshare` (the floor: namespaces and a chroot,
+nothing else), and `lamina run --rm` three ways: with `--rootfs` (a bind mount, like the
+runc bundle), with `--layer` (our unionfs over the image layer, a fresh upper per
+container, the way images run), and with `--layer` but fuse-overlayfs as its mount program,
+which tells the runtime's cost from our unionfs's. Each uses new pid, mount, ipc, uts and
 network namespaces. crun refuses a hybrid cgroup layout, so it runs in a private mount
 namespace with the cgroup2 mount hidden; that `unshare` + `umount` is part of its time.
 """
@@ -49,6 +52,12 @@ class Runtime:
     label: str
     program: str
     limits: bool  # can it apply memory and pids limits?
+    mount_program: str | None = None  # lamina's $LAMINA_MOUNT_PROGRAM, None for ours
+
+    def env(self) -> dict[str, str] | None:
+        if self.mount_program is None:
+            return None
+        return {**os.environ, "LAMINA_MOUNT_PROGRAM": self.mount_program}
 
     def missing(self) -> str | None:
         if shutil.which(self.program) is None:
@@ -63,6 +72,13 @@ RUNTIMES: tuple[Runtime, ...] = (
     Runtime("crun", "crun", "crun", True),
     Runtime("lamina", "lamina run --rootfs (ours, bind)", str(LAMINA), True),
     Runtime("lamina-union", "lamina run --layer (ours, unionfs)", str(LAMINA), True),
+    Runtime(
+        "lamina-fuse-overlayfs",
+        "lamina run --layer, fuse-overlayfs mounts",
+        str(LAMINA),
+        True,
+        "/usr/bin/fuse-overlayfs",
+    ),
 )
 
 
@@ -162,7 +178,7 @@ class ContainerBench:
         if runtime.name in ("runc", "crun"):
             cid = f"bench-{uuid.uuid4().hex[:12]}"
             return self.oci_argv(runtime.name, self.bundle(command, limits), cid)
-        union = runtime.name == "lamina-union"
+        union = runtime.name != "lamina"
         return self.lamina_argv(self.state / "lamina", union, args, limits)
 
     # --- workloads ------------------------------------------------------------------------
@@ -171,7 +187,8 @@ class ContainerBench:
         """Start a container running `command`, wait for it to exit, check its output."""
         argv = self.argv(runtime, command, limits)
         start = perf_counter()
-        out = subprocess.run(argv, capture_output=True, timeout=TIMEOUT, check=False)
+        env = runtime.env()
+        out = subprocess.run(argv, capture_output=True, timeout=TIMEOUT, check=False, env=env)
         seconds = perf_counter() - start
         expect_output(out.returncode, out.stdout, out.stderr, EXPECTED[command])
         return Measurement(seconds, f"exit=0 out={EXPECTED[command]!r}")
@@ -181,8 +198,8 @@ class ContainerBench:
         upper layer; time until all have exited, then measure the disk the uppers use."""
         sample_dir.mkdir(parents=True)
         try:
-            if runtime.name == "lamina-union":
-                return self._fleet_lamina(n, sample_dir)
+            if runtime.name.startswith("lamina-"):
+                return self._fleet_lamina(runtime, n, sample_dir)
             if runtime.name in ("runc", "crun"):
                 return self._fleet_oci(runtime.name, n, sample_dir)
             raise Unsupported("no per-container upper layer (shared rootfs)")
@@ -191,11 +208,11 @@ class ContainerBench:
                 unmount(mnt)
             remove_tree(sample_dir)
 
-    def _fleet_lamina(self, n: int, sample_dir: Path) -> Measurement:
+    def _fleet_lamina(self, runtime: Runtime, n: int, sample_dir: Path) -> Measurement:
         root = sample_dir / "lamina-root"
         argv = [str(LAMINA), "--root", str(root), "run", "--layer", str(self.rootfs), "--"]
         start = perf_counter()
-        with spawn_all([[*argv, *FLEET_COMMAND]] * n) as procs:
+        with spawn_all([[*argv, *FLEET_COMMAND]] * n, runtime.env()) as procs:
             results = [(*p.communicate(timeout=TIMEOUT), p.returncode) for p in procs]
         seconds = perf_counter() - start
         for stdout, stderr, rc in results:
@@ -251,12 +268,16 @@ def expect_output(rc: int, stdout: bytes, stderr: bytes, expected: bytes) -> Non
 
 
 @contextlib.contextmanager
-def spawn_all(argvs: list[list[str]]) -> Iterator[list[subprocess.Popen[bytes]]]:
+def spawn_all(
+    argvs: list[list[str]], env: dict[str, str] | None = None
+) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Start every command at once; kill whatever is still running on the way out."""
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for argv in argvs:
-            procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+            procs.append(
+                subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+            )
         yield procs
     finally:
         for p in procs:
