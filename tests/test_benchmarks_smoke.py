@@ -10,7 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import report
+from benchmarks.__main__ import pick
+from benchmarks.dataset import CHUNK, HEADER, chunk_header, write_big_file
 from benchmarks.runner import OK, Cell, Named, Suite, check_agreement, rotated
+from benchmarks.runtimes import disk_usage, memory_bytes
 from benchmarks.workloads import Measurement
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,6 +55,45 @@ def test_an_answer_that_changes_between_samples_is_marked_wrong() -> None:
     suite = fake_suite({"native": ["x", "x"], "flaky": ["x", "z"]})
     check_agreement(suite)
     assert suite.cells[("w", "flaky")].status == "wrong"
+
+
+def test_only_takes_exact_names_groups_and_prefixes() -> None:
+    names = ["rename-dir", "rename-dir-mv", "copyup-big", "copyup-small", "start-true"]
+    groups = {"start-true": "containers"}
+    assert pick(names, "rename-dir", "workload", groups) == {"rename-dir"}
+    assert pick(names, "copyup", "workload", groups) == {"copyup-big", "copyup-small"}
+    assert pick(names, "containers", "workload", groups) == {"start-true"}
+    with pytest.raises(SystemExit):
+        pick(names, "nope", "workload", groups)
+
+
+def test_big_files_carry_a_header_per_chunk(tmp_path: Path) -> None:
+    path = tmp_path / "big"
+    write_big_file(path, "big", 2 * CHUNK + 10)
+    data = path.read_bytes()
+    assert len(data) == 2 * CHUNK + 10
+    assert data[2 * CHUNK : 2 * CHUNK + HEADER][:10] == chunk_header("big", 2)[:10]
+    assert len({chunk_header("big", i) for i in range(3)}) == 3
+
+
+def test_disk_usage_counts_hard_links_once(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"x" * 100_000)
+    (tmp_path / "b").hardlink_to(tmp_path / "a")
+    assert 100_000 <= disk_usage(tmp_path) < 200_000
+
+
+def test_memory_limits_parse_like_docker() -> None:
+    assert memory_bytes("64m") == 64 * 2**20
+    assert memory_bytes("1g") == 2**30
+    assert memory_bytes("4096") == 4096
+
+
+def test_markdown_footnotes_the_reason_a_system_has_no_time() -> None:
+    suite = fake_suite({"native": ["x"], "broken": []})
+    suite.cells[("w", "broken")].stop("failed", "mount | exited 1")
+    text = report.suite_markdown(suite)
+    assert "| w | **1.00 s** (1.00 s–1.00 s) | failed [1] |" in text
+    assert "1. mount \\| exited 1" in text
 
 
 @pytest.mark.root
