@@ -55,7 +55,8 @@ def replay_file(args: argparse.Namespace, pair: Pair, tmp: Path) -> int:
     failures = 0
     for attempt in range(args.times):
         try:
-            replay(Scenario(args.seed, args.warmup), ops, pair, tmp / f"replay{attempt}")
+            scenario = Scenario(args.seed, args.warmup)
+            replay(scenario, ops, pair, tmp / f"replay{attempt}", frozenset(args.known))
         except Mismatch as mismatch:
             failures += 1
             print(mismatch, flush=True)
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     rerun.add_argument("--pair", default="kernel:unionfs")
     rerun.add_argument("--seed", type=int, required=True)
     rerun.add_argument("--warmup", type=int, default=0)
+    rerun.add_argument("--known", action="append", default=[], choices=sorted(KNOWN_DIFFERENCES))
     rerun.add_argument("--times", type=int, default=1, help="repeat, to catch flaky ones")
     rerun.add_argument("ops_file", type=Path, help="'-' for stdin; '#12: ' prefixes are fine")
     layers = sub.add_parser("layers", help="list the lower layers a seed builds")

@@ -16,7 +16,9 @@ What is compared, and what is not (each exclusion is a named rule, with its reas
   write; `trusted.overlay.redirect` is compared as present/absent only (RULE_REDIRECT_
   PRESENCE): the format allows a relative or an absolute path for the same rename, and
   the kernel picks one from its dentry cache state, so only "this dir was renamed with
-  lower parts" is a property of the result;
+  lower parts" is a property of the result; and a redirect naming the dir's own place
+  (its own name, or "/" + its own path) is no redirect at all (RULE_SELF_REDIRECT): lookup
+  would search there anyway. The kernel leaves one when a rename fails late, ENOTEMPTY;
 - no st_nlink for whiteouts in upper dirs (RULE_SHARED_WHITEOUTS): the kernel makes every
   whiteout a hard link of one 0/0 device it keeps in the workdir, so its whiteouts count
   each other; a whiteout is a whiteout however many links it has.
@@ -116,27 +118,30 @@ def read_xattrs(path: str) -> dict[str, bytes]:
     return values
 
 
-def upper_xattrs(raw: dict[str, bytes]) -> dict[str, bytes]:
-    """RULE_OVERLAY_BOOKKEEPING and RULE_REDIRECT_PRESENCE applied to an upper entry."""
+def upper_xattrs(raw: dict[str, bytes], rel: str) -> dict[str, bytes]:
+    """The RULE_OVERLAY_BOOKKEEPING, _REDIRECT_PRESENCE and _SELF_REDIRECT applied at rel."""
     kept = {}
     for name, value in raw.items():
         if name.startswith(OVERLAY_PREFIX):
             if name.removeprefix(OVERLAY_PREFIX) in OVERLAY_BOOKKEEPING:
                 continue
             if name == REDIRECT:
+                own_place = {os.fsencode(rel.rpartition("/")[2]), os.fsencode(f"/{rel}")}
+                if value in own_place:
+                    continue
                 value = b"<present>"
         kept[name] = value
     return kept
 
 
-def full_entry(path: str, *, upper: bool) -> Entry:
+def full_entry(path: str, rel: str, *, upper: bool) -> Entry:
     st = os.lstat(path)
     entry = stat_entry(st)
     if upper and entry.kind == "c" and entry.rdev == (0, 0):
         entry = dataclasses.replace(entry, nlink=None)  # RULE_SHARED_WHITEOUTS
     xattrs = read_xattrs(path)
     if upper:
-        xattrs = upper_xattrs(xattrs)
+        xattrs = upper_xattrs(xattrs, rel)
     return Entry(
         **{f.name: getattr(entry, f.name) for f in fields(entry)}
         | {
@@ -175,9 +180,9 @@ Snapshot = dict[str, Entry]
 def snapshot(root: str | Path, *, upper: bool = False) -> Snapshot:
     """Every path under root (and root itself as "") with its full comparable entry."""
     root = str(root)
-    snap = {"": full_entry(root, upper=upper)}
+    snap = {"": full_entry(root, "", upper=upper)}
     for rel, _ in walk(root):
-        snap[rel] = full_entry(os.path.join(root, rel), upper=upper)
+        snap[rel] = full_entry(os.path.join(root, rel), rel, upper=upper)
     return snap
 
 
