@@ -208,6 +208,7 @@ def start_process(process: Process, channels: Channels, tty: list[int]) -> NoRet
     close_other_fds()
     if process.use_init:
         run_init(executable, process.argv, env, channels)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())  # the parent held some while we started
     try:
         os.execve(executable, list(process.argv), _env_dict(env))
     except OSError as exc:
@@ -449,6 +450,7 @@ def run_init(
     child = os.fork()
     if child == 0:
         try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, set())
             os.execve(executable, list(argv), _env_dict(env))
         finally:
             os._exit(127)
@@ -468,6 +470,7 @@ def run_init(
             signal.signal(sig, forward)
         except (OSError, ValueError):
             continue
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())  # held ones arrive now, and are passed on
     while True:
         try:
             pid, status = os.wait()

@@ -284,6 +284,17 @@ def _kill_and_reap(pid: int) -> None:
 
 
 @contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold the forwarded signals (blocked, pending) while a child starts, so that none is
+    lost or kills us before forwarding_signals is in place; the child unblocks them."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
 def forwarding_signals(pid: int) -> Iterator[None]:
     """Pass Ctrl-C, SIGTERM and friends on to the container's first process."""
 
@@ -426,8 +437,10 @@ def run_foreground(spec: ContainerSpec, root: Path) -> int:
     if not spec.tty:
         stdin = 0 if spec.interactive else os.open(os.devnull, os.O_RDONLY)
         stdio = (stdin, 1, 2)
-    started = start(spec, root, stdio)
-    with forwarding_signals(started.pid):
+    with ExitStack() as forwarding:
+        with signals_held():
+            started = start(spec, root, stdio)
+            forwarding.enter_context(forwarding_signals(started.pid))
         if started.console is not None:
             pump_terminal(started.console, 0 if spec.interactive else None, 1)
         code = wait_exit_code(started.pid)
@@ -463,14 +476,17 @@ def _monitor_main(spec: ContainerSpec, root: Path, report_w: int) -> NoReturn:
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
+        forwarding = ExitStack()
         try:
-            started = start(spec, root, (devnull, devnull, devnull), log_output=True)
+            with signals_held():
+                started = start(spec, root, (devnull, devnull, devnull), log_output=True)
+                forwarding.enter_context(forwarding_signals(started.pid))
         except UserError as exc:
             os.write(report_w, json.dumps({"message": str(exc), "status": exc.status}).encode())
             os._exit(exc.status)
         os.write(report_w, b"ok")
         os.close(report_w)
-        with forwarding_signals(started.pid):
+        with forwarding:
             if started.console is not None:
                 log = os.open(started.record.log_path, os.O_WRONLY | os.O_APPEND)
                 pump_terminal(started.console, None, log)
@@ -501,11 +517,12 @@ def exec_in(record: ContainerRecord, process: init.Process, interactive: bool) -
     def child(channels: init.Channels) -> NoReturn:
         init.exec_main(process, ns_fds, channels)
 
-    with ExitStack() as undo:
-        pid, console = spawn(child, cgroup, tty=process.tty, stdio=stdio, undo=undo)
-        namespaces.close_all(ns_fds)
-        undo.pop_all()
-    with forwarding_signals(pid):
+    with ExitStack() as forwarding:
+        with signals_held(), ExitStack() as undo:
+            pid, console = spawn(child, cgroup, tty=process.tty, stdio=stdio, undo=undo)
+            namespaces.close_all(ns_fds)
+            undo.pop_all()
+            forwarding.enter_context(forwarding_signals(pid))
         if console is not None:
             pump_terminal(console, 0 if interactive else None, 1)
             os.close(console)

@@ -175,6 +175,13 @@ def test_sigterm_to_lamina_reaches_the_command(lamina: Lamina, busybox_rootfs: P
         proc.wait()
 
 
+def test_the_command_starts_with_no_blocked_signals(lamina: Lamina, busybox_rootfs: Path) -> None:
+    # lamina holds the signals it forwards while it starts the child; none may stay held.
+    for extra in ((), ("--init",)):
+        _, out, _ = run(lamina, busybox_rootfs, *extra, command="grep SigBlk /proc/self/status")
+        assert out.split() == ["SigBlk:", "0000000000000000"]
+
+
 def test_the_default_capabilities_are_dockers(lamina: Lamina, busybox_rootfs: Path) -> None:
     show = "grep -E '^Cap(Bnd|Eff)|NoNewPrivs' /proc/self/status"
     _, out, _ = run(lamina, busybox_rootfs, command=show)
