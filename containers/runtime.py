@@ -494,7 +494,17 @@ def _monitor_main(spec: ContainerSpec, root: Path, report_w: int) -> NoReturn:
         finish(started, code, root)
     except BaseException:
         status = 1
+        _note_monitor_failure(root, spec.id)
     os._exit(status)
+
+
+def _note_monitor_failure(root: Path, container_id: str) -> None:
+    """A detached monitor has no terminal: leave its traceback next to the container."""
+    import traceback
+
+    with contextlib.suppress(OSError):
+        path = state.containers_dir(root) / container_id / "monitor.log"
+        path.write_text(traceback.format_exc())
 
 
 # ---- exec ---------------------------------------------------------------------------------
