@@ -344,7 +344,10 @@ def cmd_kill(args: argparse.Namespace) -> int:
     def kill(record: ContainerRecord) -> None:
         if record.pid is None or state.live_status(record) not in (state.RUNNING, state.PAUSED):
             raise UserError(f"container {record.name} is not running")
-        os.kill(record.pid, sig)
+        try:
+            os.kill(record.pid, sig)
+        except ProcessLookupError:
+            raise UserError(f"container {record.name} is not running") from None
 
     return _each(args, kill)
 

@@ -513,8 +513,11 @@ def _note_monitor_failure(root: Path, container_id: str) -> None:
 def exec_in(record: ContainerRecord, process: init.Process, interactive: bool) -> int:
     """Run process inside the running container of record; return its exit code."""
     assert record.pid is not None
-    pid_ns = namespaces.open_pid_namespace(record.pid)
-    ns_fds = namespaces.open_namespaces(record.pid)
+    try:
+        pid_ns = namespaces.open_pid_namespace(record.pid)
+        ns_fds = namespaces.open_namespaces(record.pid)
+    except OSError:
+        raise UserError(f"container {record.name} is not running") from None
     try:
         sc.setns(pid_ns, sc.CLONE_NEWPID)
     finally:
