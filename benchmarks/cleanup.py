@@ -38,7 +38,8 @@ def unmount(mountpoint: Path, timeout: float = 20.0) -> None:
     """Unmount and wait until gone; detach lazily as a last resort and say so."""
     deadline = time.monotonic() + timeout
     while is_mountpoint(mountpoint):
-        subprocess.run(["umount", str(mountpoint)], capture_output=True, check=False)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run(["umount", str(mountpoint)], capture_output=True, timeout=timeout)
         if not is_mountpoint(mountpoint):
             break
         if time.monotonic() > deadline:

@@ -11,6 +11,7 @@ import contextlib
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from benchmarks.dataset import Dataset
 
 OURS = Path(sys.executable).parent / "unionfs"
 UNIONFS_FUSE = Path("/usr/bin/unionfs")
+SAMPLE_DEADLINE = 900.0  # seconds a mounted sample may take before its FUSE link is cut
 
 
 class MountFailed(Exception):
@@ -42,6 +44,10 @@ class FsSystem:
     name: str
     label: str
     program: str | None  # the executable that must exist; None for native/kernel
+
+    @property
+    def fuse(self) -> bool:
+        return self.program is not None
 
     def missing(self) -> str | None:
         """Why this system cannot run here, or None."""
@@ -83,7 +89,8 @@ class FsSystem:
                     last = lines[-1] if lines else ""
                     raise MountFailed(f"mount exited {result.returncode}: {last}"[:300])
                 wait_mounted(mnt)
-                yield Mounted(mnt, upper)
+                with fuse_watchdog(mnt, SAMPLE_DEADLINE if self.fuse else 1e9):
+                    yield Mounted(mnt, upper)
             finally:
                 unmount(mnt)
         finally:
@@ -96,6 +103,25 @@ def wait_mounted(mnt: Path, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise MountFailed(f"mount command returned but {mnt} is not mounted")
         time.sleep(0.02)
+
+
+def abort_fuse(mnt: Path) -> None:
+    """Cut a FUSE mount's connection (umount -f aborts it): every pending and later call
+    fails with ENOTCONN, and the mount can then be removed."""
+    subprocess.run(["umount", "-f", str(mnt)], capture_output=True, check=False, timeout=60)
+
+
+@contextlib.contextmanager
+def fuse_watchdog(mnt: Path, seconds: float) -> Iterator[None]:
+    """A hung filesystem must not hang the run: past the deadline, abort the connection so
+    the sample fails and the mount can be cleaned up."""
+    timer = threading.Timer(seconds, abort_fuse, args=(mnt,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 FS_SYSTEMS: tuple[FsSystem, ...] = (

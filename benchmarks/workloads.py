@@ -299,7 +299,7 @@ def rename_dir_mv(ctx: Context) -> Measurement:
 
 def timed_command(argv: list[str], cwd: Path, ok: tuple[int, ...] = (0,)) -> tuple[float, bytes]:
     start = perf_counter()
-    out = subprocess.run(argv, cwd=cwd, capture_output=True, check=False)
+    out = subprocess.run(argv, cwd=cwd, capture_output=True, check=False, timeout=900)
     seconds = perf_counter() - start
     if out.returncode not in ok:
         tail = out.stderr.decode(errors="replace").strip().splitlines()[-1:]
