@@ -31,7 +31,7 @@ import errno
 import hashlib
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -134,8 +134,23 @@ def upper_xattrs(raw: dict[str, bytes], rel: str) -> dict[str, bytes]:
     return kept
 
 
+def error_name(exc: OSError) -> str:
+    return f"<{errno.errorcode.get(exc.errno or 0, str(exc.errno))}>"
+
+
+def attempt(read: Callable[[str], str], path: str) -> str:
+    """read(path), or the errno's name: a listed entry that cannot be read is a difference."""
+    try:
+        return read(path)
+    except OSError as exc:
+        return error_name(exc)
+
+
 def full_entry(path: str, rel: str, *, upper: bool) -> Entry:
-    st = os.lstat(path)
+    try:
+        st = os.lstat(path)
+    except OSError as exc:  # listed by readdir, yet lookup fails
+        return Entry(error_name(exc), 0, -1, -1, None, None, "")
     entry = stat_entry(st)
     if upper and entry.kind == "c" and entry.rdev == (0, 0):
         entry = dataclasses.replace(entry, nlink=None)  # RULE_SHARED_WHITEOUTS
@@ -145,8 +160,8 @@ def full_entry(path: str, rel: str, *, upper: bool) -> Entry:
     return Entry(
         **{f.name: getattr(entry, f.name) for f in fields(entry)}
         | {
-            "target": os.readlink(path) if entry.kind == "l" else None,
-            "content": file_digest(path) if entry.kind == "f" else None,
+            "target": attempt(os.readlink, path) if entry.kind == "l" else None,
+            "content": attempt(file_digest, path) if entry.kind == "f" else None,
             "xattrs": tuple(sorted(xattrs.items())),
         }
     )
@@ -157,8 +172,11 @@ def walk(root: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
     stack = [""]
     while stack:
         rel = stack.pop()
-        with os.scandir(os.path.join(root, rel) if rel else root) as it:
-            entries = sorted(it, key=lambda e: e.name)
+        try:
+            with os.scandir(os.path.join(root, rel) if rel else root) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:  # shows as missing children, against the other side
+            continue
         for e in entries:
             path = f"{rel}/{e.name}" if rel else e.name
             yield path, e
@@ -170,7 +188,10 @@ def view_of(root: str) -> View:
     """The kinds of all paths in a tree: what the operation generator aims at."""
     view: View = {"": "d"}
     for rel, e in walk(root):
-        view[rel] = kind_of(e.stat(follow_symlinks=False).st_mode)
+        try:
+            view[rel] = kind_of(e.stat(follow_symlinks=False).st_mode)
+        except OSError as exc:
+            view[rel] = error_name(exc)
     return view
 
 
