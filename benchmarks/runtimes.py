@@ -3,8 +3,8 @@
 All runtimes start the same busybox root filesystem: runc and crun on an OCI bundle
 generated from `runc spec`, bubblewrap, plain `unshare` (the floor: namespaces and a chroot,
 nothing else), and `lamina run --rm` three ways: with `--rootfs` (a bind mount, like the
-runc bundle), with `--layer` (our unionfs over the image layer, a fresh upper per
-container, the way images run), and with `--layer` but fuse-overlayfs as its mount program,
+runc bundle), from the imported busybox image (our unionfs over the image layer, a fresh
+upper per container), and from the image again with fuse-overlayfs as its mount program,
 which tells the runtime's cost from our unionfs's. Each uses new pid, mount, ipc, uts and
 network namespaces. crun refuses a hybrid cgroup layout, so it runs in a private mount
 namespace with the cgroup2 mount hidden; that `unshare` + `umount` is part of its time.
@@ -71,10 +71,10 @@ RUNTIMES: tuple[Runtime, ...] = (
     Runtime("runc", "runc", "runc", True),
     Runtime("crun", "crun", "crun", True),
     Runtime("lamina", "lamina run --rootfs (ours, bind)", str(LAMINA), True),
-    Runtime("lamina-union", "lamina run --layer (ours, unionfs)", str(LAMINA), True),
+    Runtime("lamina-union", "lamina run IMAGE (ours, unionfs)", str(LAMINA), True),
     Runtime(
         "lamina-fuse-overlayfs",
-        "lamina run --layer, fuse-overlayfs mounts",
+        "lamina run IMAGE, fuse-overlayfs mounts",
         str(LAMINA),
         True,
         "/usr/bin/fuse-overlayfs",
@@ -153,12 +153,31 @@ class ContainerBench:
                 timeout=30,
             )
 
-    def lamina_argv(self, root: Path, union: bool, args: list[str], limits: bool) -> list[str]:
-        argv = [str(LAMINA), "--root", str(root), "run", "--rm"]
+    def lamina_image(self, root: Path) -> str:
+        """Import the busybox rootfs as an image into this lamina root, once."""
+        if not (root / "images").is_dir():
+            out = subprocess.run(
+                [str(LAMINA), "--root", str(root), "import", str(self.rootfs), "busybox"],
+                capture_output=True,
+                text=True,
+                timeout=TIMEOUT,
+                check=False,
+            )
+            if out.returncode != 0:
+                lines = out.stderr.strip().splitlines()
+                raise RuntimeError(f"lamina import: {lines[-1] if lines else out.returncode}")
+        return "busybox"
+
+    def lamina_argv(
+        self, root: Path, image: bool, args: list[str], limits: bool, rm: bool = True
+    ) -> list[str]:
+        argv = [str(LAMINA), "--root", str(root), "run", *(["--rm"] if rm else [])]
         if limits:
             argv += ["--memory", self.sizes.memory_limit]
             argv += ["--pids-limit", str(self.sizes.pids_limit)]
-        return [*argv, "--layer" if union else "--rootfs", str(self.rootfs), "--", *args]
+        if image:
+            return [*argv, self.lamina_image(root), *args]
+        return [*argv, "--rootfs", str(self.rootfs), "--", *args]
 
     def argv(self, runtime: Runtime, command: str, limits: bool) -> list[str]:
         args = COMMANDS[command]
@@ -178,8 +197,8 @@ class ContainerBench:
         if runtime.name in ("runc", "crun"):
             cid = f"bench-{uuid.uuid4().hex[:12]}"
             return self.oci_argv(runtime.name, self.bundle(command, limits), cid)
-        union = runtime.name != "lamina"
-        return self.lamina_argv(self.state / "lamina", union, args, limits)
+        image = runtime.name != "lamina"
+        return self.lamina_argv(self.state / "lamina", image, args, limits)
 
     # --- workloads ------------------------------------------------------------------------
 
@@ -210,15 +229,15 @@ class ContainerBench:
 
     def _fleet_lamina(self, runtime: Runtime, n: int, sample_dir: Path) -> Measurement:
         root = sample_dir / "lamina-root"
-        argv = [str(LAMINA), "--root", str(root), "run", "--layer", str(self.rootfs), "--"]
+        # No --rm: each container keeps its upper, to be measured below.
+        argv = self.lamina_argv(root, True, FLEET_COMMAND, limits=False, rm=False)
         start = perf_counter()
-        with spawn_all([[*argv, *FLEET_COMMAND]] * n, runtime.env()) as procs:
+        with spawn_all([argv] * n, runtime.env()) as procs:
             results = [(*p.communicate(timeout=TIMEOUT), p.returncode) for p in procs]
         seconds = perf_counter() - start
         for stdout, stderr, rc in results:
             expect_output(rc, stdout, stderr, b"hi\n")
-        # Without --rm each container keeps its upper: measure those (all of --root if the
-        # layout is not the expected containers/<id>/upper).
+        # All of --root if the layout is not the expected containers/<id>/upper.
         uppers = list(root.glob("containers/*/upper"))
         disk = sum(disk_usage(u) for u in uppers) if uppers else disk_usage(root)
         return fleet_measurement(seconds, n, disk)
