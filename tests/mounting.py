@@ -15,6 +15,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from unionfs.workdir_lock import wait_released
+
 REPO = Path(__file__).resolve().parent.parent
 UNIONFS = Path(sys.executable).parent / "unionfs"
 
@@ -104,3 +106,6 @@ def unionfs(
         yield mountpoint
     finally:
         unmount(mountpoint)
+        # The daemon may still finish background copy-ups after umount(2) returned.
+        if layers.work is not None and not wait_released(layers.work, timeout=120):
+            raise RuntimeError(f"the unionfs daemon of {mountpoint} did not exit")

@@ -51,7 +51,8 @@ class MountConfig:
     fsname: str = "unionfs"
     allow_other: bool = True
     default_permissions: bool = True
-    timeout: float = 1.0
+    timeout: float = 3600.0
+    lazy_copyup: int = 1 << 20
     debug: bool = False
     foreground: bool = False
     ignored: list[str] = field(default_factory=list)
@@ -75,6 +76,17 @@ class MountConfig:
         if self.debug:
             opts.add("debug")
         return opts
+
+
+def parse_size(text: str) -> int:
+    """'4096', '64k', '1M', '2g' -> bytes."""
+    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    text = text.strip().lower().removesuffix("b").removesuffix("i")
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "")
+    value = int(number) * units[unit]
+    if value < 0:
+        raise ValueError(text)
+    return value
 
 
 def split_escaped(text: str, sep: str) -> list[str]:
@@ -106,7 +118,8 @@ def parse_options(option_strings: list[str], mountpoint: str) -> MountConfig:
             if not option:
                 continue  # podman passes an empty option (",,")
             key, has_value, value = option.partition("=")
-            if key in ("lowerdir", "upperdir", "workdir", "fsname", "timeout", "subtype"):
+            if key in ("lowerdir", "upperdir", "workdir", "fsname", "timeout", "subtype",
+                       "lazy_copyup"):  # fmt: skip
                 values[key] = value
             elif key in ("userxattr", "ro", "volatile", "debug", "noallow_other",
                          "nodefault_permissions"):  # fmt: skip
@@ -125,10 +138,15 @@ def parse_options(option_strings: list[str], mountpoint: str) -> MountConfig:
     upper = Path(values["upperdir"]) if values.get("upperdir") else None
     work = Path(values["workdir"]) if values.get("workdir") else None
     try:
-        timeout = float(values.get("timeout", "1"))
+        timeout = float(values.get("timeout", "3600"))
     except ValueError:
         raise ConfigError([f"timeout={values['timeout']!r} is not a number"]) from None
+    try:
+        lazy_copyup = parse_size(values.get("lazy_copyup", "1M"))
+    except ValueError:
+        raise ConfigError([f"lazy_copyup={values['lazy_copyup']!r} is not a size"]) from None
     return MountConfig(
+        lazy_copyup=lazy_copyup,
         mountpoint=Path(mountpoint),
         lowers=lowers,
         upper=upper,

@@ -28,7 +28,10 @@ class WorkDir:
         self._counter = itertools.count(1)
 
     def prepare(self) -> None:
-        """Create work/ if needed and empty it: leftovers are half-done operations."""
+        """Create work/ if needed and empty it: leftovers are half-done operations.
+
+        (Interrupted deferred copy-ups that were fsynced are finished before this.)
+        """
         try:
             os.mkdir(self.path, 0o000)
         except FileExistsError:

@@ -13,14 +13,15 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import trio
 
 from unionfs import errors
 from unionfs.blocking import Blocking
-from unionfs.copyup import CopyUp, WorkDir
+from unionfs.copyup import CopyUp, WorkDir, apply_metadata, copy_xattrs
+from unionfs.deferred import CHUNK, PendingCopy
 from unionfs.handles import DirSnapshot, FileHandle, HandleTable
 from unionfs.inodes import ROOT_INO, InodeTable, Node
 from unionfs.stack import Entry, LayerStack, join, lstat_or_none
@@ -78,6 +79,7 @@ class UnionFilesystem:
         blocking: Blocking,
         *,
         sync: bool = True,
+        lazy_copyup: int = CHUNK,
     ) -> None:
         self.stack = stack
         self.markers = markers
@@ -92,6 +94,10 @@ class UnionFilesystem:
         # Set by the adapter: tell the kernel to drop a cached name (we changed it behind
         # the kernel's back). A no-op when the filesystem runs without a kernel.
         self.invalidate_entry: Callable[[int, bytes], None] = lambda parent, name: None
+        # Set by the mount: start a background task (the deferred copy-up workers).
+        self.spawn: Callable[[Callable[[Node], Awaitable[None]], Node], None] | None = None
+        self.lazy_copyup = lazy_copyup  # files at least this large copy up in the background
+        self._pending: set[Node] = set()
 
     # -- resolution ----------------------------------------------------------------------
 
@@ -99,11 +105,15 @@ class UnionFilesystem:
         return node.rel_path() if node.in_upper else None
 
     def _backing_path(self, node: Node) -> bytes:
+        if node.pending is not None:
+            return node.pending.work_path
         if node.in_upper:
             return self.stack.upper_path(node.rel_path())
         return self.stack.lower_path(node.sources[0])
 
     def _stat(self, node: Node) -> os.stat_result:
+        if node.pending is not None:
+            return node.pending.stat()
         if not node.linked:
             fd = self.handles.any_fd(node.ino)
             if fd is None:
@@ -210,6 +220,9 @@ class UnionFilesystem:
         copier = self._writable()
         if node.in_upper:
             return
+        if node.pending is not None:
+            await self._complete(node)
+            return
         chain: list[Node] = []
         current: Node | None = node
         while current is not None and not current.in_upper:
@@ -233,6 +246,87 @@ class UnionFilesystem:
             # A copy-up is no change of the parent: keep its times, as the kernel does.
             os.utime(parent_path, ns=(parent_st.st_atime_ns, parent_st.st_mtime_ns))
             self.inodes.set_upper(item, os.lstat(dst))
+
+    # -- deferred copy-up ----------------------------------------------------------------
+
+    def _wants_deferred(self, node: Node, flags: int) -> bool:
+        if node.in_upper or node.pending is not None or self.lazy_copyup <= 0:
+            return False
+        if flags & os.O_TRUNC or not stat.S_ISREG(node.mode) or not node.linked:
+            return False
+        return os.lstat(self.stack.lower_path(node.sources[0])).st_size >= self.lazy_copyup
+
+    async def _start_deferred(self, node: Node) -> None:
+        """Begin a background copy-up: a sparse work file with the lower file's metadata."""
+        assert node.parent is not None and self.work is not None and self.copier is not None
+        await self._ensure_upper_dir(node.parent)
+        src = self.stack.lower_path(node.sources[0])
+        st = os.lstat(src)
+        temp = self.work.temp_name()
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, st.st_size)
+            copy_xattrs(src, temp, self.markers)
+            apply_metadata(temp, st)
+            node.pending = PendingCopy(temp, src, st.st_size, st)
+        except BaseException:
+            self.work.discard(temp)
+            raise
+        finally:
+            os.close(fd)
+        node.open_count += 1  # the node must outlive a forget while its copy is pending
+        self._pending.add(node)
+        if self.spawn is not None:
+            self.spawn(self._copy_in_background, node)
+
+    async def _copy_in_background(self, node: Node) -> None:
+        pending = node.pending
+        if pending is None:
+            return
+        try:
+            await self.blocking.run(pending.copy_rest, self.sync)
+        except OSError:
+            log.exception("background copy-up failed; retried on next use")
+            return
+        async with self._lock:
+            if node.pending is pending:
+                self._finalize(node)
+
+    async def _complete(self, node: Node) -> None:
+        """Finish a deferred copy-up now (the caller holds the lock)."""
+        pending = node.pending
+        assert pending is not None
+        await self.blocking.run(pending.copy_rest, self.sync)
+        if node.pending is pending:
+            self._finalize(node)
+
+    def _finalize(self, node: Node) -> None:
+        """All chunks are there: give the file its times and rename it into the upper."""
+        pending = node.pending
+        assert pending is not None
+        pending.finish_times()
+        dst = self.stack.upper_path(node.rel_path())
+        os.rename(pending.work_path, dst)
+        pending.close()
+        node.pending = None
+        self._pending.discard(node)
+        self.inodes.set_upper(node, os.lstat(dst))
+        self.inodes.release(node)
+
+    async def settle(self) -> None:
+        """Finish every deferred copy-up (at unmount: the upper dir must be whole)."""
+        async with self._lock:
+            for node in list(self._pending):
+                await self._complete(node)
+
+    async def _settle_under(self, directory: Node) -> None:
+        """Finish deferred copy-ups below a directory that is about to move."""
+        for node in list(self._pending):
+            ancestor = node.parent
+            while ancestor is not None and ancestor is not directory:
+                ancestor = ancestor.parent
+            if ancestor is directory:
+                await self._complete(node)
 
     async def _ensure_upper_dir(self, directory: Node) -> None:
         if not directory.is_dir:
@@ -397,6 +491,8 @@ class UnionFilesystem:
     async def _remove(self, parent: Node, name: bytes, node: Node) -> None:
         self._writable()
         await self._ensure_upper_dir(parent)
+        if node.pending is not None:
+            await self._complete(node)  # rare: simpler than unpicking a half copy
         needs_whiteout = self.stack.lower_positive(parent.sources, name)
         path = self.stack.upper_path(join(parent.rel_path(), name))
         if node.in_upper:
@@ -461,6 +557,8 @@ class UnionFilesystem:
                     raise errors.not_empty()
             await self._ensure_upper_dir(old_parent)
             await self._ensure_upper_dir(new_parent)
+            if src.is_dir:
+                await self._settle_under(src)
             await self._copy_up(src)
             old_path = self.stack.upper_path(join(old_parent.rel_path(), old_name))
             new_path = self.stack.upper_path(join(new_parent.rel_path(), new_name))
@@ -512,8 +610,10 @@ class UnionFilesystem:
     ) -> None:
         await self._ensure_upper_dir(old_parent)
         await self._ensure_upper_dir(new_parent)
-        await self._copy_up(src)
-        await self._copy_up(dst)
+        for node in (src, dst):
+            if node.is_dir:
+                await self._settle_under(node)
+            await self._copy_up(node)
         old_path = self.stack.upper_path(join(old_parent.rel_path(), old_name))
         new_path = self.stack.upper_path(join(new_parent.rel_path(), new_name))
         if src.is_dir:
@@ -533,28 +633,53 @@ class UnionFilesystem:
         if flags & WRITE_FLAGS or flags & os.O_TRUNC:
             if self.read_only:
                 raise errors.read_only()
-            if not node.in_upper:
+            if not node.in_upper and node.pending is None:
                 async with self._lock:
-                    await self._copy_up(node, length=0 if flags & os.O_TRUNC else None)
+                    if self._wants_deferred(node, flags):
+                        await self._start_deferred(node)
+                    else:
+                        await self._copy_up(node, length=0 if flags & os.O_TRUNC else None)
         return self._open_backing(node, flags)
 
     def _open_backing(self, node: Node, flags: int) -> FileHandle:
         flags = (flags & ~STRIPPED_OPEN_FLAGS) | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(self._backing_path(node), flags)
         node.open_count += 1
-        return self.handles.add_file(fd, node, writable=bool(flags & WRITE_FLAGS))
+        handle = self.handles.add_file(fd, node, writable=bool(flags & WRITE_FLAGS))
+        handle.fd_flags = flags
+        return handle
 
     def read(self, fh: int, offset: int, size: int) -> bytes:
-        return os.pread(self.handles.file(fh).fd, size, offset)
+        handle = self.handles.file(fh)
+        if handle.deferred and handle.node.pending is not None:
+            handle.node.pending.prepare(offset, size)
+        return os.pread(handle.fd, size, offset)
 
     def write(self, fh: int, offset: int, data: bytes) -> int:
-        return os.pwrite(self.handles.file(fh).fd, data, offset)
+        handle = self.handles.file(fh)
+        pending = handle.node.pending if handle.deferred else None
+        if pending is not None:
+            if handle.fd_flags & os.O_APPEND:
+                offset = os.fstat(handle.fd).st_size
+            pending.prepare(offset, len(data))
+            written = os.pwrite(handle.fd, data, offset)
+            pending.wrote()
+            return written
+        return os.pwrite(handle.fd, data, offset)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         if not self.sync:
             return
-        fd = self.handles.file(fh).fd
-        await self.blocking.run(os.fdatasync if datasync else os.fsync, fd)
+        handle = self.handles.file(fh)
+        pending = handle.node.pending if handle.deferred else None
+        if pending is not None:
+            # Durable means recoverable: the data, then the record of which chunks it holds.
+            # Under the lock, so the copy cannot be finished (and its record removed) meanwhile.
+            async with self._lock:
+                if handle.node.pending is pending:
+                    await self.blocking.run(pending.persist, handle.node.rel_path())
+                    return
+        await self.blocking.run(os.fdatasync if datasync else os.fsync, handle.fd)
 
     def release(self, fh: int) -> None:
         handle = self.handles.pop_file(fh)

@@ -15,6 +15,9 @@ class FileHandle:
     fd: int
     node: Node
     writable: bool
+    # The descriptor is the work file of a deferred copy-up: prepare ranges before I/O.
+    deferred: bool = False
+    fd_flags: int = 0
 
 
 @dataclass(slots=True)
@@ -37,7 +40,7 @@ class HandleTable:
         self._by_inode: dict[int, set[int]] = {}
 
     def add_file(self, fd: int, node: Node, *, writable: bool) -> FileHandle:
-        handle = FileHandle(next(self._numbers), fd, node, writable)
+        handle = FileHandle(next(self._numbers), fd, node, writable, node.pending is not None)
         self._files[handle.fh] = handle
         self._by_inode.setdefault(node.ino, set()).add(handle.fh)
         return handle

@@ -15,6 +15,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 
+from unionfs.deferred import PendingCopy
 from unionfs.stack import Entry, Source
 
 ROOT_INO = 1
@@ -34,6 +35,7 @@ class Node:
     children: dict[bytes, Node] = field(default_factory=dict)
     lookups: int = 0
     open_count: int = 0
+    pending: PendingCopy | None = None  # a deferred copy-up in progress
 
     @property
     def is_dir(self) -> bool:

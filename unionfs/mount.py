@@ -17,9 +17,11 @@ import trio
 from unionfs.blocking import Blocking
 from unionfs.config import MountConfig
 from unionfs.copyup import WorkDir
+from unionfs.deferred import recover
 from unionfs.filesystem import UnionFilesystem
 from unionfs.fuse_adapter import FuseAdapter
 from unionfs.stack import LayerStack
+from unionfs.workdir_lock import hold
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +30,21 @@ def build_filesystem(config: MountConfig) -> UnionFilesystem:
     upper = bytes(config.upper) if config.writable and config.upper is not None else None
     work = None
     if upper is not None and config.work is not None:
+        hold(config.work)  # kept for the life of the daemon
         work = WorkDir(bytes(config.work))
+        if os.path.isdir(work.path):
+            for line in recover(work.path, upper):
+                log.warning("%s", line)
         work.prepare()
     stack = LayerStack([bytes(p) for p in config.lowers], upper, config.markers)
-    return UnionFilesystem(stack, work, config.markers, Blocking(), sync=not config.volatile)
+    return UnionFilesystem(
+        stack,
+        work,
+        config.markers,
+        Blocking(),
+        sync=not config.volatile,
+        lazy_copyup=config.lazy_copyup,
+    )
 
 
 def serve(config: MountConfig, ready: Callable[[], None]) -> None:
@@ -55,8 +68,10 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
                         return
 
             nursery.start_soon(watch_signals)
+            fs.spawn = nursery.start_soon
             ready()
             await pyfuse3.main(min_tasks=4, max_tasks=64)
+            await fs.settle()  # the upper dir is whole, plain overlayfs, at unmount
             nursery.cancel_scope.cancel()
 
     try:

@@ -1,0 +1,249 @@
+"""Deferred, chunked copy-up of large files (no FUSE here).
+
+Opening a large lower file for writing must not wait for a full copy. Instead the upper
+copy starts as a sparse file in `workdir/work/` with the lower file's metadata; a chunk is
+copied from the lower file just before anything reads or writes it, and a background
+worker copies the rest. Only when every chunk is there is the file renamed into the upper
+layer, so the upper dir never holds a partial file and is plain overlayfs format at every
+moment. fsync() makes the state recoverable: the data is synced first, then a small
+`.pending` record (which chunks are valid, where the file belongs) is written atomically
+beside it; a mount that finds such a record completes the copy before serving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+from unionfs.copyup import remove_tree
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+RECORD_SUFFIX = b".pending"
+
+
+def copy_range(src_fd: int, dst_fd: int, start: int, end: int) -> None:
+    """Copy bytes [start, end) at the same offsets, skipping holes of the source."""
+    offset = start
+    while offset < end:
+        try:
+            data = os.lseek(src_fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                return
+            raise
+        if data >= end:
+            return
+        hole = min(os.lseek(src_fd, data, os.SEEK_HOLE), end)
+        position = data
+        while position < hole:
+            count = hole - position
+            try:
+                copied = os.copy_file_range(src_fd, dst_fd, count, position, position)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                copied = os.pwrite(dst_fd, os.pread(src_fd, min(count, CHUNK), position), position)
+            if copied == 0:
+                raise OSError(errno.EIO, "the lower file shrank during copy-up")
+            position += copied
+        offset = hole
+
+
+def with_times(st: os.stat_result, atime_ns: int, mtime_ns: int) -> os.stat_result:
+    """A copy of st with other access and modification times."""
+    fields = [*st[:7], atime_ns // 10**9, mtime_ns // 10**9, st[9]]
+    fields += [atime_ns / 1e9, mtime_ns / 1e9, st.st_ctime, atime_ns, mtime_ns, st.st_ctime_ns]
+    fields += [st.st_blksize, st.st_blocks, st.st_rdev]
+    return os.stat_result(fields)
+
+
+@dataclass
+class Record:
+    """What recovery needs to finish a copy-up after a crash."""
+
+    target: bytes  # path relative to the upper root
+    lower: bytes  # absolute path of the lower file
+    length: int  # bytes that come from the lower file
+    chunk: int
+    valid: bytes  # one byte per chunk: 1 = the work file holds it
+    atime_ns: int
+    mtime_ns: int
+
+    def dumps(self) -> bytes:
+        return json.dumps(
+            {
+                "target": self.target.hex(),
+                "lower": self.lower.hex(),
+                "length": self.length,
+                "chunk": self.chunk,
+                "valid": self.valid.hex(),
+                "atime_ns": self.atime_ns,
+                "mtime_ns": self.mtime_ns,
+            }
+        ).encode()
+
+    @classmethod
+    def loads(cls, raw: bytes) -> Record:
+        data = json.loads(raw)
+        return cls(
+            bytes.fromhex(data["target"]),
+            bytes.fromhex(data["lower"]),
+            int(data["length"]),
+            int(data["chunk"]),
+            bytes.fromhex(data["valid"]),
+            int(data["atime_ns"]),
+            int(data["mtime_ns"]),
+        )
+
+
+class PendingCopy:
+    """One file being copied up in the background; its bytes are always the right ones.
+
+    `prepare(offset, size)` before every read or write makes the chunks of that range
+    valid in the work file. The worker thread and the request path take turns under a
+    lock, one chunk at a time.
+    """
+
+    def __init__(
+        self, work_path: bytes, lower_path: bytes, length: int, st: os.stat_result
+    ) -> None:
+        self.work_path = work_path
+        self.lower_path = lower_path
+        self.length = length
+        self.chunks = (length + CHUNK - 1) // CHUNK
+        self.valid = bytearray(self.chunks)
+        self.missing = self.chunks
+        self.fd = os.open(work_path, os.O_RDWR | os.O_CLOEXEC)
+        self.lower_fd = os.open(lower_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self.atime_ns = st.st_atime_ns
+        self.mtime_ns = st.st_mtime_ns
+        self._lock = threading.Lock()
+
+    @property
+    def complete(self) -> bool:
+        return self.missing == 0
+
+    def _fill(self, index: int) -> None:
+        if self.valid[index]:
+            return
+        start = index * CHUNK
+        copy_range(self.lower_fd, self.fd, start, min(start + CHUNK, self.length))
+        self.valid[index] = 1
+        self.missing -= 1
+
+    def prepare(self, offset: int, size: int) -> None:
+        """Make [offset, offset+size) hold the right bytes before it is read or written."""
+        if self.missing == 0 or offset >= self.length or size <= 0:
+            return
+        first, last = offset // CHUNK, min(offset + size, self.length) - 1
+        with self._lock:
+            for index in range(first, last // CHUNK + 1):
+                self._fill(index)
+
+    def wrote(self) -> None:
+        """A write went to the file: its logical mtime is now (not the copier's)."""
+        self.mtime_ns = time.time_ns()
+
+    def copy_rest(self, sync: bool) -> None:
+        """Worker thread: copy every chunk still missing, then sync if asked."""
+        for index in range(self.chunks):
+            if not self.valid[index]:
+                with self._lock:
+                    self._fill(index)
+        if sync:
+            os.fsync(self.fd)
+
+    def stat(self) -> os.stat_result:
+        return with_times(os.fstat(self.fd), self.atime_ns, self.mtime_ns)
+
+    def snapshot(self, target: bytes) -> Record:
+        with self._lock:
+            valid = bytes(self.valid)
+        return Record(
+            target, self.lower_path, self.length, CHUNK, valid, self.atime_ns, self.mtime_ns
+        )
+
+    def persist(self, target: bytes) -> None:
+        """fsync: the data first, then the record that says which chunks it holds."""
+        record = self.snapshot(target)
+        os.fsync(self.fd)
+        write_record(self.work_path + RECORD_SUFFIX, record)
+
+    def finish_times(self) -> None:
+        os.utime(self.fd, ns=(self.atime_ns, self.mtime_ns))
+
+    def close(self) -> None:
+        os.close(self.lower_fd)
+        os.close(self.fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.work_path + RECORD_SUFFIX)
+
+
+def write_record(path: bytes, record: Record) -> None:
+    temp = path + b".tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, record.dumps())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(temp, path)
+    dir_fd = os.open(os.path.dirname(path) or b".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def recover(work_dir: bytes, upper_root: bytes) -> list[str]:
+    """Finish every copy-up a crash interrupted after an fsync; returns what was done."""
+    done: list[str] = []
+    for name in os.listdir(work_dir):
+        if not name.endswith(RECORD_SUFFIX):
+            continue
+        record_path = work_dir + b"/" + name
+        data_path = record_path[: -len(RECORD_SUFFIX)]
+        try:
+            with open(record_path, "rb") as f:
+                record = Record.loads(f.read())
+        except (OSError, ValueError, KeyError) as exc:
+            done.append(f"dropped an unreadable copy-up record {name!r}: {exc}")
+            os.unlink(record_path)
+            continue
+        done.append(finish_from_record(record, data_path, upper_root))
+        os.unlink(record_path)
+    return done
+
+
+def finish_from_record(record: Record, data_path: bytes, upper_root: bytes) -> str:
+    target = upper_root + b"/" + record.target
+    shown = record.target.decode(errors="replace")
+    if not os.path.lexists(data_path):
+        return f"copy-up of {shown} had already finished"
+    if os.path.lexists(target) or not os.path.isdir(os.path.dirname(target)):
+        remove_tree(data_path)
+        return f"dropped an interrupted copy-up of {shown}: its place is gone or taken"
+    fd = os.open(data_path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        lower_fd = os.open(record.lower, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            for index, valid in enumerate(record.valid):
+                if not valid:
+                    start = index * record.chunk
+                    copy_range(lower_fd, fd, start, min(start + record.chunk, record.length))
+        finally:
+            os.close(lower_fd)
+        os.fsync(fd)
+        os.utime(fd, ns=(record.atime_ns, record.mtime_ns))
+    finally:
+        os.close(fd)
+    os.rename(data_path, target)
+    return f"completed an interrupted copy-up of {shown}"

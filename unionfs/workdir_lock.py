@@ -1,0 +1,56 @@
+"""One daemon per workdir, and a way to wait until it has let go.
+
+The daemon holds an exclusive flock on the workdir for its whole life. A second mount of
+the same workdir is refused, and code that reuses the upper dir after an unmount (a
+container runtime committing a layer, a test comparing trees) waits for the lock: umount(2)
+returns at once, while the daemon may still finish background copy-ups before it exits.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import time
+from pathlib import Path
+
+
+class WorkdirBusy(Exception):
+    pass
+
+
+def hold(workdir: Path | bytes) -> int:
+    """Take the workdir's lock for this process; returns the descriptor to keep open."""
+    fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise WorkdirBusy(
+                f"workdir {os.fsdecode(workdir)} is in use by another mount"
+            ) from None
+        raise
+    return fd
+
+
+def wait_released(workdir: Path | bytes, timeout: float = 60.0) -> bool:
+    """Wait until no daemon holds the workdir (True), or the timeout passes (False)."""
+    try:
+        fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return True
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+    finally:
+        os.close(fd)
