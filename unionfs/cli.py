@@ -45,6 +45,9 @@ def fail(message: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["fsck"]:
+        return fsck_main(argv[1:])
     args = build_parser().parse_args(argv)
     if len(args.paths) > 2:
         return fail("expected MOUNTPOINT (or SOURCE MOUNTPOINT), got more paths")
@@ -64,6 +67,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.foreground:
         return run_foreground(config)
     return run_background(config)
+
+
+def fsck_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="unionfs fsck",
+        description="Check (and with --repair, repair) an unmounted upper/work dir pair.",
+    )
+    parser.add_argument("-o", dest="options", action="append", default=[], required=True,
+                        metavar="lowerdir=...,upperdir=...,workdir=...")  # fmt: skip
+    parser.add_argument("--repair", action="store_true", help="repair what can be repaired")
+    args = parser.parse_args(argv)
+    try:
+        config = parse_options(args.options, "/")
+    except ConfigError as exc:
+        for problem in exc.problems:
+            fail(problem)
+        return 8
+    if config.upper is None or config.work is None:
+        fail("fsck needs upperdir= and workdir=")
+        return 8
+    from unionfs.fsck import check
+    from unionfs.workdir_lock import WorkdirBusy, hold
+
+    try:
+        lock = hold(config.work)
+    except WorkdirBusy as exc:
+        fail(f"{exc}: unmount it first")
+        return 8
+    except OSError as exc:
+        fail(f"cannot open workdir {config.work}: {exc.strerror}")
+        return 8
+    try:
+        report = check(config.upper, config.work, config.lowers, config.markers, repair=args.repair)
+    finally:
+        os.close(lock)
+    for finding in report.findings:
+        print(finding.line(args.repair))
+    if not report.findings:
+        print("clean")
+    return report.status
 
 
 def setup_logging(config: MountConfig) -> None:
