@@ -82,8 +82,11 @@ def read_keyed(path: Path, key: str) -> int:
 def read_procs(directory: Path) -> list[int]:
     try:
         return [int(line) for line in (directory / "cgroup.procs").read_text().split()]
-    except FileNotFoundError:
-        return []
+    except OSError as exc:
+        # ENODEV: the cgroup is being removed (by the monitor, racing a stop or rm).
+        if exc.errno in (errno.ENOENT, errno.ENODEV):
+            return []
+        raise
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:

@@ -238,3 +238,9 @@ def test_the_host_driver_applies_limits_and_kills(tmp_path: Path) -> None:
         cgroup.thaw()
         cgroup.kill()
         assert proc.wait(timeout=10) == -9
+
+
+def test_a_cgroup_removed_meanwhile_has_no_processes(tmp_path: Path) -> None:
+    from containers.cgroups.base import read_procs
+
+    assert read_procs(tmp_path / "gone") == []
