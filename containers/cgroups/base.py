@@ -61,32 +61,33 @@ def write(path: Path, value: str) -> None:
         raise OSError(exc.errno, f"cannot write {value!r} to {path}: {exc.strerror}") from None
 
 
-def read_int(path: Path, default: int = 0) -> int:
+def _read(path: Path) -> str | None:
+    """A cgroup file's text; None when it is gone, or going (ENODEV: the cgroup is being
+    removed, e.g. by the monitor while a stop or rm looks at it)."""
     try:
-        text = path.read_text().strip()
-    except FileNotFoundError:
-        return default
-    return default if text == "max" else int(text)
+        return path.read_text()
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENODEV):
+            return None
+        raise
+
+
+def read_int(path: Path, default: int = 0) -> int:
+    text = (_read(path) or "").strip()
+    return default if text in ("", "max") else int(text)
 
 
 def read_keyed(path: Path, key: str) -> int:
     """The value of key in a flat keyed file such as memory.events or cpu.stat."""
-    with contextlib.suppress(FileNotFoundError):
-        for line in path.read_text().splitlines():
-            name, _, value = line.partition(" ")
-            if name == key:
-                return int(value)
+    for line in (_read(path) or "").splitlines():
+        name, _, value = line.partition(" ")
+        if name == key:
+            return int(value)
     return 0
 
 
 def read_procs(directory: Path) -> list[int]:
-    try:
-        return [int(line) for line in (directory / "cgroup.procs").read_text().split()]
-    except OSError as exc:
-        # ENODEV: the cgroup is being removed (by the monitor, racing a stop or rm).
-        if exc.errno in (errno.ENOENT, errno.ENODEV):
-            return []
-        raise
+    return [int(line) for line in (_read(directory / "cgroup.procs") or "").split()]
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
