@@ -173,6 +173,8 @@ def test_copy_up_copies_every_byte_of_a_multi_megabyte_file(union: Union) -> Non
     mnt = union.mount()
     with open(mnt / "big", "ab") as f:
         f.write(b"!")
+    assert (mnt / "big").read_bytes() == data + b"!"
+    union.unmount()  # ours may finish copying a large file in the background until then
     assert (union.upper / "big").read_bytes() == data + b"!"
 
 
