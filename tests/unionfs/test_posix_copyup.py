@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -265,3 +266,116 @@ def test_ftruncate_through_a_descriptor_opened_on_a_lower_file(union: Union) -> 
     finally:
         os.close(fd)
     assert (union.upper / "f").read_bytes() == b"012"
+
+
+# Large files: ours copies them up lazily (chunks on demand, the rest in the background, renamed
+# into the upper when whole), so every other operation may meet a copy-up still in progress.
+
+LARGE = 3 * 1024 * 1024 + 5
+
+
+def _large_lower(union: Union) -> bytes:
+    data = os.urandom(LARGE)
+    write(union.lower / "d" / "large", data, mode=0o640)
+    return data
+
+
+def _poke(path: Path, offset: int, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
+def _patched(data: bytes, offset: int, patch: bytes) -> bytes:
+    return data[:offset] + patch + data[offset + len(patch) :]
+
+
+def test_renaming_a_large_file_right_after_its_first_write_keeps_every_byte(
+    union: Union,
+) -> None:
+    data = _large_lower(union)
+    mnt = union.mount()
+    _poke(mnt / "d" / "large", 2_000_000, b"NEW")
+    os.rename(mnt / "d" / "large", mnt / "moved")
+    expected = _patched(data, 2_000_000, b"NEW")
+    assert (mnt / "moved").read_bytes() == expected
+    union.unmount()
+    assert (union.upper / "moved").read_bytes() == expected
+    assert is_whiteout(union.upper / "d" / "large")
+
+
+def test_unlinking_a_large_file_right_after_its_first_write_leaves_only_a_whiteout(
+    union: Union,
+) -> None:
+    _large_lower(union)
+    mnt = union.mount()
+    _poke(mnt / "d" / "large", 10, b"NEW")
+    os.unlink(mnt / "d" / "large")
+    assert names(mnt / "d") == []
+    union.unmount()
+    assert names(union.upper / "d") == [b"large"]
+    assert is_whiteout(union.upper / "d" / "large")
+
+
+def test_metadata_changed_during_a_large_copy_up_is_kept(union: Union) -> None:
+    data = _large_lower(union)
+    mnt = union.mount()
+    _poke(mnt / "d" / "large", 0, b"NEW")
+    os.chmod(mnt / "d" / "large", 0o600)
+    os.setxattr(mnt / "d" / "large", "user.k", b"v")
+    os.utime(mnt / "d" / "large", ns=(5_000_000_000, 6_000_000_000))
+    union.unmount()
+    st = os.lstat(union.upper / "d" / "large")
+    assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (0o600, 6_000_000_000)
+    assert os.getxattr(union.upper / "d" / "large", "user.k") == b"v"
+    assert (union.upper / "d" / "large").read_bytes() == _patched(data, 0, b"NEW")
+
+
+def test_truncating_a_large_file_during_its_copy_up_keeps_the_short_version(
+    union: Union,
+) -> None:
+    data = _large_lower(union)
+    mnt = union.mount()
+    _poke(mnt / "d" / "large", 3_000_000, b"NEW")
+    os.truncate(mnt / "d" / "large", 1_500_000)
+    _poke(mnt / "d" / "large", 1_500_000, b"END")
+    expected = data[:1_500_000] + b"END"
+    assert (mnt / "d" / "large").read_bytes() == expected
+    union.unmount()
+    assert (union.upper / "d" / "large").read_bytes() == expected
+
+
+def test_a_hard_link_made_during_a_large_copy_up_shares_the_data(union: Union) -> None:
+    data = _large_lower(union)
+    mnt = union.mount()
+    _poke(mnt / "d" / "large", 100, b"ONE")
+    os.link(mnt / "d" / "large", mnt / "link")
+    _poke(mnt / "link", 3_100_000, b"TWO")
+    expected = _patched(_patched(data, 100, b"ONE"), 3_100_000, b"TWO")
+    assert (mnt / "d" / "large").read_bytes() == expected
+    union.unmount()
+    upper_file, upper_link = union.upper / "d" / "large", union.upper / "link"
+    assert os.lstat(upper_file).st_ino == os.lstat(upper_link).st_ino
+    assert upper_file.read_bytes() == expected
+
+
+def test_a_large_file_written_through_two_descriptors_keeps_both_writes(
+    union: Union,
+) -> None:
+    data = _large_lower(union)
+    mnt = union.mount()
+    first = os.open(mnt / "d" / "large", os.O_RDWR)
+    second = os.open(mnt / "d" / "large", os.O_RDWR)
+    try:
+        os.pwrite(first, b"AAAA", 1_000_000)
+        os.pwrite(second, b"BBBB", 3_000_000)
+        assert os.pread(first, 4, 3_000_000) == b"BBBB"
+        assert os.pread(second, 4, 1_000_000) == b"AAAA"
+    finally:
+        os.close(first)
+        os.close(second)
+    expected = _patched(_patched(data, 1_000_000, b"AAAA"), 3_000_000, b"BBBB")
+    mnt = union.remount()
+    assert (mnt / "d" / "large").read_bytes() == expected
