@@ -379,3 +379,28 @@ def test_a_large_file_written_through_two_descriptors_keeps_both_writes(
     expected = _patched(_patched(data, 1_000_000, b"AAAA"), 3_000_000, b"BBBB")
     mnt = union.remount()
     assert (mnt / "d" / "large").read_bytes() == expected
+
+
+def test_writing_a_lower_file_updates_its_mtime_and_the_copy_keeps_it(union: Union) -> None:
+    for name, size in (("small", 10), ("large", LARGE)):
+        write(union.lower / name, b"x" * size)
+        os.utime(union.lower / name, ns=(ATIME_NS, MTIME_NS))
+    mnt = union.mount()
+    seen = {}
+    for name in ("small", "large"):
+        _poke(mnt / name, 5, b"NEW")
+        seen[name] = os.lstat(mnt / name).st_mtime_ns
+        assert seen[name] > MTIME_NS, name
+    union.unmount()
+    for name in ("small", "large"):
+        assert os.lstat(union.upper / name).st_mtime_ns == seen[name], name
+
+
+def test_creating_an_entry_in_a_lower_directory_updates_the_directorys_mtime(
+    union: Union,
+) -> None:
+    (union.lower / "d").mkdir()
+    os.utime(union.lower / "d", ns=(ATIME_NS, MTIME_NS))
+    mnt = union.mount()
+    write(mnt / "d" / "new")
+    assert os.lstat(mnt / "d").st_mtime_ns > MTIME_NS
