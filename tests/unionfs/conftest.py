@@ -70,7 +70,10 @@ class Union:
             self._lower_snapshots = [tree_snapshot(d) for d in self.lowers]
         layers = mounting.Layers(self.lowers, None, None) if lowers_only else self.layers
         if self.is_kernel:
-            cm = mounting.kernel_overlay(layers, self.mnt, [*KERNEL_OPTIONS, *extra])
+            options = [*KERNEL_OPTIONS, *extra]
+            if "userxattr" in extra:  # the kernel refuses redirect_dir=on with userxattr
+                options.remove("redirect_dir=on")
+            cm = mounting.kernel_overlay(layers, self.mnt, options)
         else:
             cm = mounting.unionfs(layers, self.mnt, extra)
         self._stack.enter_context(cm)

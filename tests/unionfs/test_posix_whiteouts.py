@@ -9,7 +9,15 @@ import stat
 import pytest
 
 from tests.unionfs.conftest import Union
-from tests.unionfs.posix_helpers import errno_of, is_opaque, is_whiteout, names, whiteout, write
+from tests.unionfs.posix_helpers import (
+    errno_of,
+    is_opaque,
+    is_whiteout,
+    names,
+    whiteout,
+    write,
+    xattr,
+)
 
 pytestmark = pytest.mark.root
 
@@ -137,3 +145,21 @@ def test_whiteouts_persist_across_a_remount(union: Union) -> None:
     os.rmdir(mnt / "d")
     mnt = union.remount()
     assert names(mnt) == []
+
+
+def test_with_userxattr_the_markers_live_in_the_user_namespace(union: Union) -> None:
+    """The `userxattr` option (for unprivileged mounts) uses user.overlay.* for the markers."""
+    write(union.lowers[1] / "opq" / "hidden")
+    union.lowers[0].joinpath("opq").mkdir()
+    os.setxattr(union.lowers[0] / "opq", "user.overlay.opaque", b"y")
+    write(union.lower / "d" / "old")
+    mnt = union.mount(extra=["userxattr"])
+    assert names(mnt / "opq") == []
+    os.unlink(mnt / "d" / "old")
+    os.rmdir(mnt / "d")
+    os.mkdir(mnt / "d")
+    assert stat.S_ISDIR(os.lstat(union.upper / "d").st_mode)
+    assert xattr(union.upper / "d", b"user.overlay.opaque") == b"y"
+    assert xattr(union.upper / "d", b"trusted.overlay.opaque") is None
+    assert os.listxattr(mnt / "d") == []
+    assert os.listxattr(mnt / "opq") == []
