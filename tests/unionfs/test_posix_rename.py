@@ -260,3 +260,42 @@ def test_rename_exchange_swaps_two_lower_directories(union: Union) -> None:
     assert (names(mnt / "a"), names(mnt / "b")) == ([b"in-b"], [b"in-a"])
     mnt = union.remount()
     assert (names(mnt / "a"), names(mnt / "b")) == ([b"in-b"], [b"in-a"])
+
+
+def test_whiteouts_inside_a_lower_directory_move_with_it(union: Union) -> None:
+    write(union.lower / "old" / "gone")
+    write(union.lower / "old" / "kept")
+    mnt = union.mount()
+    os.unlink(mnt / "old" / "gone")
+    os.rename(mnt / "old", mnt / "new")
+    assert names(mnt / "new") == [b"kept"]
+    mnt = union.remount()
+    assert names(mnt / "new") == [b"kept"]
+
+
+def test_a_lower_directory_renamed_away_and_back_shows_its_contents_once(union: Union) -> None:
+    write(union.lower / "d" / "f", b"f")
+    mnt = union.mount()
+    os.rename(mnt / "d", mnt / "e")
+    os.rename(mnt / "e", mnt / "d")
+    assert names(mnt) == [b"d"]
+    assert names(mnt / "d") == [b"f"]
+    mnt = union.remount()
+    assert names(mnt) == [b"d"]
+    assert names(mnt / "d") == [b"f"]
+
+
+def test_a_renamed_lower_directory_can_be_emptied_and_removed(union: Union) -> None:
+    write(union.lower / "old" / "a")
+    write(union.lower / "old" / "sub" / "b")
+    mnt = union.mount()
+    os.rename(mnt / "old", mnt / "new")
+    os.unlink(mnt / "new" / "a")
+    os.unlink(mnt / "new" / "sub" / "b")
+    os.rmdir(mnt / "new" / "sub")
+    os.rmdir(mnt / "new")
+    assert names(mnt) == []
+    mnt = union.remount()
+    assert names(mnt) == []
+    assert names(union.upper) == [b"old"]
+    assert is_whiteout(union.upper / "old")
