@@ -185,3 +185,18 @@ def test_a_writer_who_is_not_the_owner_may_touch_but_not_set_times(union: Union)
     mnt = union.mount()
     as_user(USER, GROUP, os.utime, mnt / "shared")
     assert _errno_as_user(os.utime, mnt / "shared", (1, 2)) == errno.EPERM
+
+
+def test_a_user_may_write_their_file_inside_a_directory_they_cannot_write(
+    union: Union,
+) -> None:
+    """Copying up the parent is the filesystem's business, done with the mount's privileges."""
+    (union.lower / "etc").mkdir(mode=0o755)
+    mine = write(union.lower / "etc" / "mine.conf", b"old", mode=0o644)
+    os.chown(mine, USER, GROUP)
+    mnt = union.mount()
+    as_user(USER, GROUP, write, mnt / "etc" / "mine.conf", b"new")
+    assert (mnt / "etc" / "mine.conf").read_bytes() == b"new"
+    st = os.lstat(union.upper / "etc")
+    assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o755, 0)
+    assert _errno_as_user(write, mnt / "etc" / "other.conf") == errno.EACCES
