@@ -378,11 +378,12 @@ def copy_window_size(source: int, master: int) -> None:
         fcntl.ioctl(master, termios.TIOCSWINSZ, size)
 
 
-def pump_terminal(master: int, stdin: int | None, output: int) -> None:
-    """Copy stdin -> pty and pty -> output until the container side closes.
+def pump_terminal(master: int, stdin: int | None, output: int, child: int) -> None:
+    """Copy stdin -> pty and pty -> output until child exits (or every pty user is gone).
 
     Our terminal (if any) goes raw so keys reach the container as typed, and its window
-    size follows to the pty, now and on every SIGWINCH.
+    size follows to the pty, now and on every SIGWINCH. The end is the child's exit, not the
+    pty's: a background process inside may hold the pty open after an `exec` is done.
     """
     import select
     import termios
@@ -396,20 +397,18 @@ def pump_terminal(master: int, stdin: int | None, output: int) -> None:
     if stdin is not None and os.isatty(stdin):
         saved = termios.tcgetattr(stdin)
         tty.setraw(stdin)
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    previous_wakeup = signal.set_wakeup_fd(wake_w)
+    previous_chld = signal.signal(signal.SIGCHLD, lambda _s, _f: None)  # wakes the select
     try:
-        readers = [master] if stdin is None else [master, stdin]
-        while True:
+        readers = [master, wake_r] if stdin is None else [master, wake_r, stdin]
+        while not _exited(child):
             ready, _, _ = select.select(readers, [], [])
-            if master in ready:
-                try:
-                    data = os.read(master, 65536)
-                except OSError as exc:
-                    if exc.errno == errno.EIO:
-                        return  # every slave fd is closed: the container is gone
-                    raise
-                if not data:
-                    return
-                _write_all(output, data)
+            if wake_r in ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_r, 4096)
+            if master in ready and not _copy_chunk(master, output):
+                return  # every slave fd is closed: the container side is gone
             if stdin is not None and stdin in ready:
                 data = os.read(stdin, 65536)
                 if not data:
@@ -417,9 +416,36 @@ def pump_terminal(master: int, stdin: int | None, output: int) -> None:
                     _write_all(master, b"\x04")  # EOF for the program reading the tty
                 else:
                     _write_all(master, data)
+        os.set_blocking(master, False)
+        while _copy_chunk(master, output):  # what the child wrote just before it exited
+            pass
     finally:
+        signal.signal(signal.SIGCHLD, previous_chld)
+        signal.set_wakeup_fd(previous_wakeup)
+        os.close(wake_r)
+        os.close(wake_w)
         if saved is not None and stdin is not None:
             termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+
+
+def _exited(pid: int) -> bool:
+    """Whether pid has exited, without reaping it (the caller still waits for its status)."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
+def _copy_chunk(source: int, output: int) -> bool:
+    """Copy what source has; False once it has nothing more (EOF, EIO, or would block)."""
+    try:
+        data = os.read(source, 65536)
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError as exc:
+        if exc.errno == errno.EIO:
+            return False
+        raise
+    if data:
+        _write_all(output, data)
+    return bool(data)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -442,7 +468,7 @@ def run_foreground(spec: ContainerSpec, root: Path) -> int:
             started = start(spec, root, stdio)
             forwarding.enter_context(forwarding_signals(started.pid))
         if started.console is not None:
-            pump_terminal(started.console, 0 if spec.interactive else None, 1)
+            pump_terminal(started.console, 0 if spec.interactive else None, 1, started.pid)
         code = wait_exit_code(started.pid)
     return finish(started, code, root)
 
@@ -489,7 +515,7 @@ def _monitor_main(spec: ContainerSpec, root: Path, report_w: int) -> NoReturn:
         with forwarding:
             if started.console is not None:
                 log = os.open(started.record.log_path, os.O_WRONLY | os.O_APPEND)
-                pump_terminal(started.console, None, log)
+                pump_terminal(started.console, None, log, started.pid)
             code = wait_exit_code(started.pid)
         finish(started, code, root)
     except BaseException:
@@ -537,6 +563,6 @@ def exec_in(record: ContainerRecord, process: init.Process, interactive: bool) -
             undo.pop_all()
             forwarding.enter_context(forwarding_signals(pid))
         if console is not None:
-            pump_terminal(console, 0 if interactive else None, 1)
+            pump_terminal(console, 0 if interactive else None, 1, pid)
             os.close(console)
         return wait_exit_code(pid)

@@ -77,6 +77,9 @@ def test_exec_joins_the_pid_namespace_filesystem_and_cgroup(
     assert lamina("exec", "box", "sh", "-c", "exit 9").returncode == 9
     tty = lamina("exec", "-t", "box", "tty")
     assert tty.stdout.strip() == "/dev/pts/0" or tty.stdout.strip().startswith("/dev/pts/")
+    # Ends with its process, though a background child still holds the pty.
+    background = lamina("exec", "-t", "box", "sh", "-c", "sleep 600 & echo bg", timeout=30)
+    assert background.returncode == 0 and background.stdout.strip() == "bg"
     missing = lamina("exec", "box", "nosuch")
     assert missing.returncode == 127 and "executable file not found" in missing.stderr
 
