@@ -23,7 +23,7 @@ from containers.cgroups.detect import detect_layout
 from containers.sample import build_busybox_rootfs
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "it") -> None:
+def wait_for(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "it") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
