@@ -313,17 +313,21 @@ class DirStream:
 
     def read(self) -> bytes | None:
         """The next name (skipping . and ..), None at the end."""
-        while True:
-            ctypes.set_errno(0)
-            entry = _libc.readdir(self._dir)
-            if not entry:
-                code = ctypes.get_errno()
-                if code:
-                    raise OSError(code, os.strerror(code))
-                return None
-            name: bytes = entry.contents.d_name
-            if name not in (b".", b".."):
-                return name
+        while (name := self.read_raw()) in (b".", b".."):
+            pass
+        return name
+
+    def read_raw(self) -> bytes | None:
+        """The next name, . and .. included, None at the end."""
+        ctypes.set_errno(0)
+        entry = _libc.readdir(self._dir)
+        if not entry:
+            code = ctypes.get_errno()
+            if code:
+                raise OSError(code, os.strerror(code))
+            return None
+        name: bytes = entry.contents.d_name
+        return name
 
     def tell(self) -> int:
         return int(_libc.telldir(self._dir))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import subprocess
 
 import pytest
@@ -203,3 +204,34 @@ def test_a_union_mounted_ro_refuses_every_change(union: Union) -> None:
     assert errno_of(lambda: os.chmod(mnt / "f", 0o600)) == errno.EROFS
     assert errno_of(lambda: os.mkdir(mnt / "d")) == errno.EROFS
     assert names(union.upper) == []
+
+
+def test_readdir_lists_dot_and_dot_dot_at_most_once_in_a_merged_directory(
+    union: Union,
+) -> None:
+    """POSIX lets a directory omit . and .. (ours does, the kernel lists them), never repeat."""
+    write(union.lowers[1] / "d" / "a")
+    write(union.lowers[0] / "d" / "b")
+    write(union.upper / "d" / "c")
+    mnt = union.mount()
+    with DirStream(mnt / "d") as d:
+        listed = [n for n in iter(d.read_raw, None) if n is not None]
+    dots = sorted(n for n in listed if n in (b".", b".."))
+    assert dots in ([], [b".", b".."])
+    assert sorted(n for n in listed if n not in (b".", b"..")) == [b"a", b"b", b"c"]
+
+
+def test_seekdir_returns_to_any_earlier_telldir_position(union: Union) -> None:
+    _big_dir(union, 600)
+    mnt = union.mount()
+    with DirStream(mnt / "big") as d:
+        positions = []
+        while True:
+            position = d.tell()
+            name = d.read()
+            if name is None:
+                break
+            positions.append((position, name))
+        for position, name in random.Random(7).sample(positions, 60):
+            d.seek(position)
+            assert d.read() == name
