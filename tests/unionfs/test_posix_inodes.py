@@ -111,3 +111,26 @@ def test_inode_numbers_survive_the_kernel_forgetting_the_inodes(union: Union) ->
     Path("/proc/sys/vm/drop_caches").write_text("2\n")
     after = {n: os.lstat(mnt / "d" / n).st_ino for n in ("lower-file", "new-file", ".")}
     assert after == before
+
+
+def test_a_file_replaced_by_rename_lives_on_through_its_open_descriptor(union: Union) -> None:
+    write(union.lower / "target", b"old target")
+    write(union.lower / "source", b"source")
+    mnt = union.mount()
+    fd = os.open(mnt / "target", os.O_RDONLY)
+    try:
+        os.rename(mnt / "source", mnt / "target")
+        assert os.pread(fd, 100, 0) == b"old target"
+        assert (mnt / "target").read_bytes() == b"source"
+    finally:
+        os.close(fd)
+
+
+def test_a_hard_link_count_drops_when_a_rename_replaces_one_name(union: Union) -> None:
+    mnt = union.mount()
+    write(mnt / "a", b"linked")
+    os.link(mnt / "a", mnt / "b")
+    write(mnt / "c", b"other")
+    os.rename(mnt / "c", mnt / "a")
+    assert os.lstat(mnt / "b").st_nlink == 1
+    assert (mnt / "b").read_bytes() == b"linked"
