@@ -76,6 +76,14 @@ class Notes:
         return [f"{i}. {md(t)}" for i, t in enumerate(self.texts, 1)]
 
 
+def late_copy(extras: object, median: float) -> float | None:
+    """When a copy-up landed in the upper well after the app's fsync() returned, or None."""
+    if not isinstance(extras, dict) or "in_upper_s" not in extras:
+        return None
+    landed = float(extras["in_upper_s"])
+    return landed if landed > 2 * median and landed - median > 0.001 else None
+
+
 def time_cell(suite: Suite, workload: str, system: str, notes: Notes) -> str:
     cell = suite.cell(workload, system)
     if cell.status != OK:
@@ -88,10 +96,9 @@ def time_cell(suite: Suite, workload: str, system: str, notes: Notes) -> str:
     extras = cell.summary()["extras"]
     if isinstance(extras, dict) and "disk_bytes" in extras:
         text += f"<br>disk {fmt_bytes(extras['disk_bytes'])}"
-    if isinstance(extras, dict) and "in_upper_s" in extras:
-        landed = extras["in_upper_s"]
-        if landed > 2 * med and landed - med > 0.001:
-            text += f"<br>copy done after {fmt_seconds(landed)}"
+    landed = late_copy(extras, med)
+    if landed is not None:
+        text += f"<br>copy done after {fmt_seconds(landed)}"
     return text
 
 
@@ -166,6 +173,7 @@ def write_chart(path: Path, suites: Sequence[Suite], title: str) -> None:
         bar = 0.8 / n_sys
         for j, system in enumerate(suite.systems):
             ys, meds, lo, hi = [], [], [], []
+            late_y, late_x = [], []  # copy-ups that finished after fsync() returned
             for i, w in enumerate(suite.workloads):
                 cell = suite.cell(w.name, system.name)
                 if cell.median is None:
@@ -174,9 +182,19 @@ def write_chart(path: Path, suites: Sequence[Suite], title: str) -> None:
                 meds.append(cell.median)
                 lo.append(cell.median - min(cell.samples))
                 hi.append(max(cell.samples) - cell.median)
+                landed = late_copy(cell.summary()["extras"], cell.median)
+                if landed is not None:
+                    late_y.append(i + j * bar)
+                    late_x.append(landed)
             color = plt.get_cmap("tab10")(j % 10)
             label = system.label if meds else f"{system.label} (no result)"
             ax.barh(ys, meds, height=bar, xerr=[lo, hi], label=label, color=color, capsize=2)
+            if late_x:
+                ax.plot(late_x, late_y, "d", color=color, markeredgecolor="black")
+                for x, y in zip(late_x, late_y, strict=True):
+                    ax.annotate(
+                        "copy done", (x, y), xytext=(4, -2), textcoords="offset points", fontsize=6
+                    )
         ax.set_yticks([i + 0.4 - bar / 2 for i in range(len(suite.workloads))])
         ax.set_yticklabels([w.label for w in suite.workloads], fontsize=7)
         ax.invert_yaxis()
