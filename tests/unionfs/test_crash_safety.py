@@ -3,7 +3,8 @@
 Ours only (the kernel overlayfs cannot be killed). Copy-up builds the copy in the workdir and
 renames it into place, so after a remount the file must be wholly old (no upper copy, or a
 complete copy without the write) or wholly new, the lower layer untouched, and nothing of the
-half-built copy visible in the upper dir or the merged view.
+half-built copy visible in the upper dir or the merged view. Writes whose fsync returned
+must survive the kill, even when the copy-up itself had not finished.
 """
 
 from __future__ import annotations
@@ -105,15 +106,33 @@ def _pread(path: Path, offset: int) -> bytes:
         os.close(fd)
 
 
+def _assert_lower_with_patches(
+    candidate: Path, lower: Path, required: dict[int, bytes], optional: dict[int, bytes]
+) -> None:
+    """candidate holds the lower's bytes, with every required patch and, or not, each optional
+    one: never anything else (a zeroed hole, a torn chunk, a wrong size)."""
+    assert os.lstat(candidate).st_size == SIZE
+    for offset, data in required.items():
+        assert _pread(candidate, offset)[: len(data)] == data, offset
+    for offset, data in optional.items():
+        assert _pread(candidate, offset)[: len(data)] in (
+            data,
+            _pread(lower, offset)[: len(data)],
+        ), offset
+    patches = {**required, **optional}
+    with open(candidate, "rb") as got_file, open(lower, "rb") as want_file:
+        for start in range(0, SIZE, MiB):
+            got, want = bytearray(got_file.read(MiB)), want_file.read(MiB)
+            for offset, data in patches.items():  # masked: checked above
+                lo, hi = max(offset, start), min(offset + len(data), start + MiB)
+                if lo < hi:
+                    got[lo - start : hi - start] = want[lo - start : hi - start]
+            assert got == want, f"differs in the MiB at {start}"
+
+
 def _assert_wholly_old_or_new(candidate: Path, lower: Path) -> None:
     """candidate has the lower's size and data, except that byte 0 may be the new byte."""
-    assert os.lstat(candidate).st_size == SIZE
-    with open(candidate, "rb") as got, open(lower, "rb") as want:
-        first_got, first_want = got.read(MiB), want.read(MiB)
-        assert first_got[1:] == first_want[1:]
-        assert first_got[:1] in (first_want[:1], NEW_BYTE)
-        for offset in range(MiB, SIZE, MiB):
-            assert got.read(MiB) == want.read(MiB), f"differs in the MiB at {offset}"
+    _assert_lower_with_patches(candidate, lower, {}, {0: NEW_BYTE})
 
 
 @pytest.mark.parametrize(
@@ -188,3 +207,62 @@ def test_a_daemon_killed_during_copy_up_leaves_the_file_wholly_old_or_new(
         lower_before.st_mtime_ns,
         lower_before.st_ctime_ns,
     )
+
+
+# Writes far apart (chunks the copy may not have reached), fsync, then one more write unsynced.
+SYNCED = {SIZE // 2 + 3: b"MIDDLE", SIZE - 3: b"END"}
+UNSYNCED = {1000: b"LATE"}
+PATCHING_WRITER = textwrap.dedent(
+    f"""
+    import os, sys
+    fd = os.open(sys.argv[1], os.O_WRONLY)
+    for offset, data in {SYNCED!r}.items():
+        os.pwrite(fd, data, offset)
+    os.fsync(fd)
+    print("synced", flush=True)
+    for offset, data in {UNSYNCED!r}.items():
+        os.pwrite(fd, data, offset)
+    print("late", flush=True)
+    sys.stdin.read()
+    """
+)
+
+
+def test_writes_whose_fsync_returned_survive_a_kill_before_the_copy_up_finished(
+    big_lower: tuple[Path, str],
+) -> None:
+    """The daemon is killed right after the writer's fsync returns, while the rest of the file
+    is most likely still being copied: after a remount the synced writes are there, the
+    unsynced one may or may not be, and every other byte is the lower's."""
+    lower_dir, _digest = big_lower
+    base = lower_dir.parent / "case-patches"
+    upper, work, mnt = base / "upper", base / "work", base / "mnt"
+    for d in (upper, work, mnt):
+        d.mkdir(parents=True)
+    layers = mounting.Layers((lower_dir,), upper, work)
+
+    with mounting.unionfs(layers, mnt):
+        daemon = _daemon_pid(mnt)
+        writer = subprocess.Popen(
+            [sys.executable, "-c", PATCHING_WRITER, str(mnt / "big")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            assert writer.stdout is not None
+            assert writer.stdout.readline() == b"synced\n"
+            os.kill(daemon, signal.SIGSTOP)
+        finally:
+            os.kill(daemon, signal.SIGKILL)
+            wait_until(lambda: _is_gone(daemon), 10, "the daemon to die")
+            writer.kill()
+            writer.communicate(timeout=30)
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
+
+    with mounting.unionfs(layers, mnt):
+        for offset, data in SYNCED.items():
+            assert _pread(mnt / "big", offset)[: len(data)] == data, offset
+    assert names(upper) == [b"big"]
+    _assert_lower_with_patches(upper / "big", lower_dir / "big", SYNCED, UNSYNCED)
+    assert leftovers(work) == [], "the workdir kept the half-built copy"
