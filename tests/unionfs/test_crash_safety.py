@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests import mounting
+from tests.unionfs.conftest import KERNEL_OPTIONS
 from tests.unionfs.posix_helpers import leftovers, names, sparse_digest, wait_until
 
 pytestmark = pytest.mark.root
@@ -266,3 +267,6 @@ def test_writes_whose_fsync_returned_survive_a_kill_before_the_copy_up_finished(
     assert names(upper) == [b"big"]
     _assert_lower_with_patches(upper / "big", lower_dir / "big", SYNCED, UNSYNCED)
     assert leftovers(work) == [], "the workdir kept the half-built copy"
+    with mounting.kernel_overlay(layers, mnt, KERNEL_OPTIONS):
+        for offset, data in SYNCED.items():  # the recovered upper is kernel overlayfs format
+            assert _pread(mnt / "big", offset)[: len(data)] == data, offset
