@@ -11,6 +11,7 @@ import argparse
 import datetime as dt
 import itertools
 import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -90,13 +91,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if args.list:
         for w in fs_all.values():
-            print(f"workload {w.name:<18} {w.description}")
+            print(f"workload {w.name:<22} {w.description}")
         for n in ct_all.values():
-            print(f"workload {n.name:<18} {n.label}")
+            print(f"workload {n.name:<22} {n.label}")
         for fs in FS_SYSTEMS:
-            print(f"system   {fs.name:<18} {fs.label}")
+            print(f"system   {fs.name:<22} {fs.label}")
         for rt in RUNTIMES:
-            print(f"system   {rt.name:<18} {rt.label}")
+            print(f"system   {rt.name:<22} {rt.label}")
         return 0
     workloads = pick([*fs_all, *ct_all], args.only, "workload", groups)
     systems = pick(list(sys_groups), args.systems, "system", sys_groups)
@@ -152,6 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         progress.note("interrupted: cleaning up")
         return 130
+    except (OSError, subprocess.SubprocessError) as exc:
+        # Set-up problems (sample data, disk space): one line, not a traceback.
+        progress.note(f"error: {exc}")
+        return 1
     finally:
         for problem in janitor.sweep():
             progress.note(f"clean-up: {problem}")
