@@ -10,7 +10,7 @@ import struct
 import pytest
 
 from tests.unionfs.conftest import Union
-from tests.unionfs.posix_helpers import errno_of, is_opaque, names, opaque_dir, write
+from tests.unionfs.posix_helpers import errno_of, is_opaque, names, opaque_dir, write, xattr
 
 pytestmark = pytest.mark.root
 
@@ -115,3 +115,18 @@ def test_copy_up_keeps_file_capabilities(union: Union) -> None:
     os.utime(mnt / "ping", ns=(1, 2))
     assert os.getxattr(union.upper / "ping", "security.capability") == cap_net_raw
     assert os.getxattr(mnt / "ping", "security.capability") == cap_net_raw
+
+
+def test_overlay_xattrs_on_lower_entries_are_neither_shown_nor_copied_up(union: Union) -> None:
+    """A layer that was once an upper dir carries the kernel's own markers (origin, impure)."""
+    stale_origin = b"\x00\xfb\x1d\x00\x01stale-origin-from-another-overlay"
+    f = write(union.lower / "d" / "f")
+    os.setxattr(f, "trusted.overlay.origin", stale_origin)
+    os.setxattr(f, "user.kept", b"1")
+    os.setxattr(union.lower / "d", "trusted.overlay.impure", b"y")
+    mnt = union.mount()
+    assert os.listxattr(mnt / "d" / "f") == ["user.kept"]
+    assert os.listxattr(mnt / "d") == []
+    os.chmod(mnt / "d" / "f", 0o600)
+    assert xattr(union.upper / "d" / "f", b"trusted.overlay.origin") != stale_origin
+    assert xattr(union.upper / "d" / "f", b"user.kept") == b"1"
