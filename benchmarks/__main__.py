@@ -105,8 +105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: the benchmarks mount filesystems and start containers: run as root")
         return 2
 
+    if not args.workdir.is_dir():
+        print(f"error: --workdir {args.workdir} is not a directory")
+        return 2
     work = args.workdir / f"lamina-bench-{os.getpid()}"
-    work.mkdir(parents=True)
+    work.mkdir()
     args.out.mkdir(parents=True, exist_ok=True)
     janitor = Janitor()
     progress = Progress(0)
