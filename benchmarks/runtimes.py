@@ -30,7 +30,12 @@ from benchmarks.workloads import CheckFailed, Measurement, Unsupported
 
 LAMINA = Path(sys.executable).parent / "lamina"
 CGROUP2_HYBRID = Path("/sys/fs/cgroup/unified")
-COMMANDS: dict[str, list[str]] = {"true": ["true"], "echo": ["sh", "-c", "echo hi"]}
+COMMANDS: dict[str, list[str]] = {
+    "true": ["true"],
+    "echo": ["sh", "-c", "echo hi"],
+    # Needs a 100 MiB buffer: must be killed under the memory limit (checks that it bites).
+    "hog": ["dd", "if=/dev/zero", "of=/dev/null", "bs=100M", "count=1"],
+}
 EXPECTED: dict[str, bytes] = {"true": b"", "echo": b"hi\n"}
 FLEET_COMMAND = ["sh", "-c", "echo hi > /tmp/hi && cat /tmp/hi"]
 TIMEOUT = 120
@@ -93,6 +98,7 @@ class ContainerBench:
         self.bundles = work / "bundles"
         self.state = work / "state"
         self._template: dict[str, object] | None = None
+        self._limits_bite: set[str] = set()
 
     # --- OCI bundles ----------------------------------------------------------------------
 
@@ -204,6 +210,8 @@ class ContainerBench:
 
     def start(self, runtime: Runtime, command: str, limits: bool) -> Measurement:
         """Start a container running `command`, wait for it to exit, check its output."""
+        if limits and runtime.name not in self._limits_bite:
+            self.check_memory_limit(runtime)
         argv = self.argv(runtime, command, limits)
         start = perf_counter()
         env = runtime.env()
@@ -211,6 +219,15 @@ class ContainerBench:
         seconds = perf_counter() - start
         expect_output(out.returncode, out.stdout, out.stderr, EXPECTED[command])
         return Measurement(seconds, f"exit=0 out={EXPECTED[command]!r}")
+
+    def check_memory_limit(self, runtime: Runtime) -> None:
+        """Once per runtime: a command that needs more memory than the limit must die."""
+        argv = self.argv(runtime, "hog", limits=True)
+        out = subprocess.run(argv, capture_output=True, timeout=TIMEOUT, env=runtime.env())
+        if out.returncode != 137:  # 128 + SIGKILL: the OOM killer
+            limit = self.sizes.memory_limit
+            raise CheckFailed(f"{limit} memory limit: exit {out.returncode}, expected 137")
+        self._limits_bite.add(runtime.name)
 
     def fleet(self, runtime: Runtime, n: int, sample_dir: Path) -> Measurement:
         """Start n containers from one image at once, each writing a file into its own
