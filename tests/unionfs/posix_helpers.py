@@ -106,25 +106,30 @@ def errno_of(fn: Callable[[], object]) -> int:
 def tree_snapshot(root: Path) -> dict[bytes, tuple[object, ...]]:
     """Everything a change would show: type, mode, owner, size, times, data, links, xattrs.
 
-    atime is left out, since reading is allowed to touch it.
+    atime is left out, since reading is allowed to touch it. Walks by directory descriptors,
+    so trees deeper than PATH_MAX work.
     """
     snap: dict[bytes, tuple[object, ...]] = {}
-    top = os.fsencode(root)
-    for dirpath, dirnames, filenames in os.walk(top):
+    for dirpath, dirnames, filenames, dir_fd in os.fwalk(os.fsencode(root)):
+        rel = os.path.relpath(dirpath, os.fsencode(root))
         for name in [b".", *dirnames, *filenames]:
-            path = dirpath if name == b"." else os.path.join(dirpath, name)
-            st = os.lstat(path)
+            st = os.lstat(name, dir_fd=dir_fd)
             if stat.S_ISREG(st.st_mode):
-                content: object = sparse_digest(path)
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+                try:
+                    content: object = sparse_digest(fd)
+                finally:
+                    os.close(fd)
             elif stat.S_ISLNK(st.st_mode):
-                content = os.readlink(path)
+                content = os.readlink(name, dir_fd=dir_fd)
             else:
                 content = None
+            via_proc = b"/proc/self/fd/%d/%s" % (dir_fd, name)
             attrs = sorted(
-                (n, os.getxattr(path, n, follow_symlinks=False))
-                for n in os.listxattr(path, follow_symlinks=False)
+                (n, os.getxattr(via_proc, n, follow_symlinks=False))
+                for n in os.listxattr(via_proc, follow_symlinks=False)
             )
-            snap[os.path.relpath(path, top)] = (
+            snap[os.path.normpath(os.path.join(rel, name))] = (
                 st.st_mode,
                 st.st_uid,
                 st.st_gid,
@@ -140,33 +145,36 @@ def tree_snapshot(root: Path) -> dict[bytes, tuple[object, ...]]:
     return snap
 
 
-def sparse_digest(path: bytes | str | os.PathLike[str]) -> str:
-    """A hash of a file's data that reads only its data extents, so huge sparse files are cheap.
+def sparse_digest(file: int | bytes | str | os.PathLike[str]) -> str:
+    """A hash of a file's data (an open descriptor or a path) that reads only its data
+    extents, so huge sparse files are cheap.
 
     Holes read as zeros, so (offset, bytes) of each extent plus the size identify the content.
     """
+    if not isinstance(file, int):
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            return sparse_digest(fd)
+        finally:
+            os.close(fd)
     digest = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
-        digest.update(str(size).encode())
-        offset = 0
-        while offset < size:
-            try:
-                start = os.lseek(fd, offset, os.SEEK_DATA)
-            except OSError as exc:
-                if exc.errno == errno.ENXIO:  # only a hole is left
-                    break
-                raise
-            end = os.lseek(fd, start, os.SEEK_HOLE)
-            digest.update(f"@{start}".encode())
-            while start < end:
-                chunk = os.pread(fd, min(end - start, 1 << 20), start)
-                digest.update(chunk)
-                start += len(chunk)
-            offset = end
-    finally:
-        os.close(fd)
+    size = os.fstat(file).st_size
+    digest.update(str(size).encode())
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(file, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole is left
+                break
+            raise
+        end = os.lseek(file, start, os.SEEK_HOLE)
+        digest.update(f"@{start}".encode())
+        while start < end:
+            chunk = os.pread(file, min(end - start, 1 << 20), start)
+            digest.update(chunk)
+            start += len(chunk)
+        offset = end
     return digest.hexdigest()
 
 
@@ -177,11 +185,11 @@ def leftovers(work: Path) -> list[bytes]:
     anything else (half-built copies, temp names) is a leftover.
     """
     found = []
-    for dirpath, _dirs, files in os.walk(os.fsencode(work)):
+    for dirpath, _dirs, files, dir_fd in os.fwalk(os.fsencode(work)):
         for name in files:
-            path = os.path.join(dirpath, name)
-            if not is_whiteout(Path(os.fsdecode(path))):
-                found.append(os.path.relpath(path, os.fsencode(work)))
+            st = os.lstat(name, dir_fd=dir_fd)
+            if not (stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(0, 0)):
+                found.append(os.path.relpath(os.path.join(dirpath, name), os.fsencode(work)))
     return sorted(found)
 
 

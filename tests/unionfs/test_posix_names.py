@@ -88,3 +88,51 @@ def test_oci_whiteout_names_are_ordinary_entries_in_the_overlay_format(union: Un
     mnt = union.mount()
     assert names(mnt) == [b".wh.f", b"d", b"f"]
     assert names(mnt / "d") == [b".wh..wh..opq"]
+
+
+DEEP = [f"{i:03d}-{'d' * 96}".encode() for i in range(45)]  # 45 * 101 bytes: over PATH_MAX
+
+
+def _walk_down(top: Path, parts: list[bytes], *, create: bool = False) -> int:
+    """A descriptor of top/parts..., reached one name at a time (the whole path is too long)."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts:
+            if create:
+                os.mkdir(part, dir_fd=fd)
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def test_entries_deeper_than_path_max_can_be_copied_up_and_removed(union: Union) -> None:
+    fd = _walk_down(union.lower, DEEP, create=True)
+    try:
+        file_fd = os.open("f", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(file_fd, b"deep")
+        os.close(file_fd)
+        os.close(os.open("gone", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+    finally:
+        os.close(fd)
+    mnt = union.mount()
+    fd = _walk_down(mnt, DEEP)
+    try:
+        file_fd = os.open("f", os.O_WRONLY | os.O_APPEND, dir_fd=fd)
+        os.write(file_fd, b"er")
+        os.close(file_fd)
+        os.unlink("gone", dir_fd=fd)
+        assert sorted(os.listdir(fd)) == ["f"]
+    finally:
+        os.close(fd)
+    fd = _walk_down(union.upper, DEEP)
+    try:
+        file_fd = os.open("f", os.O_RDONLY, dir_fd=fd)
+        assert os.read(file_fd, 100) == b"deeper"
+        os.close(file_fd)
+        assert is_whiteout(Path(f"/proc/self/fd/{fd}/gone"))
+    finally:
+        os.close(fd)
