@@ -159,3 +159,28 @@ def test_creating_a_0_0_character_device_is_refused(union: Union) -> None:
 
     assert errno_of(make_fake_whiteout) == errno.EPERM
     assert names(union.upper) == []
+
+
+def test_chown_copies_up_lower_sockets_and_devices_as_they_are(union: Union) -> None:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(union.lower / "sock"))
+    os.mknod(union.lower / "tty", stat.S_IFCHR | 0o620, os.makedev(4, 1))
+    os.chmod(union.lower / "tty", 0o620)  # past the umask
+    mnt = union.mount()
+    for name in ("sock", "tty"):
+        os.chown(mnt / name, 1000, 5)
+    sock, tty = os.lstat(union.upper / "sock"), os.lstat(union.upper / "tty")
+    assert stat.S_ISSOCK(sock.st_mode)
+    assert stat.S_ISCHR(tty.st_mode)
+    assert (tty.st_rdev, stat.S_IMODE(tty.st_mode)) == (os.makedev(4, 1), 0o620)
+    assert (tty.st_uid, tty.st_gid) == (1000, 5)
+
+
+def test_a_symlink_target_of_4000_bytes_round_trips(union: Union) -> None:
+    target = "/".join(["t" * 99] * 40)
+    os.symlink(target, union.lower / "long-lower")
+    mnt = union.mount()
+    os.symlink(target, mnt / "long-new")
+    assert os.readlink(mnt / "long-lower") == target
+    assert os.readlink(mnt / "long-new") == target
+    assert os.readlink(union.upper / "long-new") == target
