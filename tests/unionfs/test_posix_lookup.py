@@ -235,3 +235,34 @@ def test_seekdir_returns_to_any_earlier_telldir_position(union: Union) -> None:
         for position, name in random.Random(7).sample(positions, 60):
             d.seek(position)
             assert d.read() == name
+
+
+def test_a_directory_made_over_a_lower_whiteout_shows_nothing_from_below_it(
+    union: Union,
+) -> None:
+    write(union.lowers[1] / "d" / "buried")
+    whiteout(union.lowers[0] / "d")
+    mnt = union.mount()
+    os.mkdir(mnt / "d")
+    write(mnt / "d" / "new")
+    assert names(mnt / "d") == [b"new"]
+    mnt = union.remount()
+    assert names(mnt / "d") == [b"new"]
+
+
+def test_an_opaque_lower_directory_stops_the_merge_under_an_upper_directory(
+    union: Union,
+) -> None:
+    write(union.lowers[1] / "d" / "hidden")
+    write(opaque_dir(union.lowers[0] / "d") / "middle")
+    write(union.upper / "d" / "top")
+    mnt = union.mount()
+    assert names(mnt / "d") == [b"middle", b"top"]
+
+
+def test_a_symlink_over_a_lower_directory_is_not_merged(union: Union) -> None:
+    write(union.lowers[1] / "x" / "inner")
+    os.symlink("elsewhere", union.lowers[0] / "x")
+    mnt = union.mount()
+    assert os.readlink(mnt / "x") == "elsewhere"
+    assert not os.path.lexists(mnt / "x" / "inner")
