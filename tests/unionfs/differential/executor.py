@@ -26,6 +26,44 @@ def _renameat2_call(old: str, new: str, flags: int) -> None:
         raise OSError(code, os.strerror(code), old, None, new)
 
 
+class _Dirent64(ctypes.Structure):
+    _fields_ = (
+        ("d_ino", ctypes.c_uint64),
+        ("d_off", ctypes.c_int64),
+        ("d_reclen", ctypes.c_ushort),
+        ("d_type", ctypes.c_ubyte),
+        ("d_name", ctypes.c_char * 256),
+    )
+
+
+_libc.opendir.restype = ctypes.c_void_p
+_libc.opendir.argtypes = (ctypes.c_char_p,)
+_libc.readdir64.restype = ctypes.POINTER(_Dirent64)
+_libc.readdir64.argtypes = (ctypes.c_void_p,)
+_libc.closedir.argtypes = (ctypes.c_void_p,)
+
+
+def _readdir(path: str) -> list[tuple[str, int]]:
+    """Every entry readdir(3) returns, "." and ".." included, with its d_type.
+
+    os.listdir and os.scandir hide "." and ".."; a filesystem must still return them.
+    """
+    ctypes.set_errno(0)
+    handle = _libc.opendir(os.fsencode(path))
+    if not handle:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), path)
+    try:
+        entries = []
+        while entry := _libc.readdir64(handle):
+            entries.append((os.fsdecode(entry.contents.d_name), entry.contents.d_type))
+        if code := ctypes.get_errno():
+            raise OSError(code, os.strerror(code), path)
+        return entries
+    finally:
+        _libc.closedir(handle)
+
+
 def _at(root: str, rel: str) -> str:
     return os.path.join(root, rel) if rel else root
 
@@ -59,6 +97,13 @@ def append(root: str, path: str, size: int, fill: int) -> object:
     return _with_fd(root, path, os.O_WRONLY | os.O_APPEND)(
         lambda fd: (os.write(fd, data), os.fstat(fd).st_size)
     )
+
+
+def overwrite(root: str, path: str, size: int, fill: int) -> object:
+    """open(O_CREAT | O_TRUNC) and write: how most programs replace a file."""
+    data = data_for(size, fill)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    return _with_fd(root, path, flags)(lambda fd: (os.write(fd, data), os.fstat(fd).st_size))
 
 
 def truncate(root: str, path: str, length: int) -> object:
@@ -152,7 +197,8 @@ def mkfifo(root: str, path: str) -> object:
 
 
 def listdir(root: str, path: str) -> object:
-    return sorted(os.listdir(_at(root, path)))
+    """Names and d_types, sorted: the order of readdir is each implementation's own."""
+    return sorted(_readdir(_at(root, path)))
 
 
 def stat(root: str, path: str) -> object:
@@ -165,6 +211,7 @@ OPERATIONS: dict[str, Callable[..., object]] = {
         create,
         write,
         append,
+        overwrite,
         truncate,
         read,
         open_rw,

@@ -24,6 +24,9 @@ Arg = str | int | bytes
 # rel path -> kind: "d" dir, "f" regular file, "l" symlink, "p" fifo, "c" char device, "?"
 View = dict[str, str]
 
+# user.* as layers carry them, and a plain trusted.* name: copied up like any other, while
+# the overlay's own trusted.overlay.* names are never exposed.
+OP_XATTR_NAMES = (*XATTR_NAMES, "trusted.t")
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 XATTR_CREATE = 1
@@ -70,6 +73,7 @@ WEIGHTS: dict[str, int] = {
     "create": 6,
     "write": 8,
     "append": 4,
+    "overwrite": 3,
     "truncate": 4,
     "read": 5,
     "open_rw": 2,
@@ -163,6 +167,9 @@ class OpGenerator:
     def _append(self, view: View) -> tuple[Arg, ...]:
         return (self.existing(view, "f"), max(1, self.size()), self.fill())
 
+    def _overwrite(self, view: View) -> tuple[Arg, ...]:
+        return (self.new_or_existing(view, 0.7), self.size(), self.fill())
+
     def _truncate(self, view: View) -> tuple[Arg, ...]:
         return (self.existing(view, "f"), self.size())
 
@@ -231,16 +238,16 @@ class OpGenerator:
     def _setxattr(self, view: View) -> tuple[Arg, ...]:
         flags = self.rng.choice((0, 0, XATTR_CREATE, XATTR_REPLACE))
         value = self.rng.randbytes(self.rng.choice((0, 5, 40)))
-        return (self.existing(view, "fd"), self.rng.choice(XATTR_NAMES), value, flags)
+        return (self.existing(view, "fd"), self.rng.choice(OP_XATTR_NAMES), value, flags)
 
     def _getxattr(self, view: View) -> tuple[Arg, ...]:
-        return (self.existing(view, "fd"), self.rng.choice(XATTR_NAMES))
+        return (self.existing(view, "fd"), self.rng.choice(OP_XATTR_NAMES))
 
     def _listxattr(self, view: View) -> tuple[Arg, ...]:
         return (self.existing(view),)
 
     def _removexattr(self, view: View) -> tuple[Arg, ...]:
-        return (self.existing(view, "fd"), self.rng.choice(XATTR_NAMES))
+        return (self.existing(view, "fd"), self.rng.choice(OP_XATTR_NAMES))
 
     def _mkfifo(self, view: View) -> tuple[Arg, ...]:
         return (self.new_or_existing(view, 0.15),)

@@ -24,6 +24,7 @@ from tests.unionfs.differential.snapshot import (
     diff_snapshots,
     fingerprint,
     masked,
+    masked_outcome,
     snapshot,
     view_of,
 )
@@ -170,7 +171,9 @@ class _Session:
             while (op := next_op(view_of(mnt_a), len(self.ops))) is not None:
                 self.ops.append(op)
                 outcome_a, outcome_b = execute(op, mnt_a), execute(op, mnt_b)
-                if outcome_a != outcome_b:
+                if masked_outcome(op.name, outcome_a, self.masks) != masked_outcome(
+                    op.name, outcome_b, self.masks
+                ):
                     details = [f"  {self.pair.a}: {outcome_a}", f"  {self.pair.b}: {outcome_b}"]
                     raise self.fail("outcome", details)
                 self.compare_views(mnt_a, mnt_b)
