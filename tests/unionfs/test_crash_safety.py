@@ -169,7 +169,11 @@ def test_a_daemon_killed_during_copy_up_leaves_the_file_wholly_old_or_new(
             if kill_at is None:
                 writer.wait(timeout=60)
             else:
-                wait_until(lambda: _copy_in_progress(work) >= kill_at, 60, "copy-up")
+                wait_until(
+                    lambda: _copy_in_progress(work) >= kill_at or names(upper) != [],
+                    60,
+                    "the copy-up to reach the kill moment",
+                )
                 os.kill(daemon, signal.SIGSTOP)
                 copied_at_kill = _copy_in_progress(work)
         finally:
