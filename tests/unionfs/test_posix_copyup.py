@@ -404,3 +404,27 @@ def test_creating_an_entry_in_a_lower_directory_updates_the_directorys_mtime(
     mnt = union.mount()
     write(mnt / "d" / "new")
     assert os.lstat(mnt / "d").st_mtime_ns > MTIME_NS
+
+
+def test_o_append_on_a_large_lower_file_writes_after_its_last_byte(union: Union) -> None:
+    data = _large_lower(union)
+    mnt = union.mount()
+    fd = os.open(mnt / "d" / "large", os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, b"+tail")
+    finally:
+        os.close(fd)
+    assert os.lstat(mnt / "d" / "large").st_size == LARGE + 5
+    assert (mnt / "d" / "large").read_bytes() == data + b"+tail"
+    union.unmount()
+    assert (union.upper / "d" / "large").read_bytes() == data + b"+tail"
+
+
+def test_o_trunc_on_a_large_lower_file_leaves_an_empty_upper_file(union: Union) -> None:
+    _large_lower(union)
+    mnt = union.mount()
+    os.close(os.open(mnt / "d" / "large", os.O_WRONLY | os.O_TRUNC))
+    assert (mnt / "d" / "large").read_bytes() == b""
+    union.unmount()
+    assert (union.upper / "d" / "large").read_bytes() == b""
+    assert stat.S_IMODE(os.lstat(union.upper / "d" / "large").st_mode) == 0o640
