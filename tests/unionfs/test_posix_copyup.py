@@ -4,6 +4,7 @@ with data, mode, owner, times and xattrs; reading never does."""
 from __future__ import annotations
 
 import concurrent.futures
+import mmap
 import os
 import stat
 from pathlib import Path
@@ -428,3 +429,20 @@ def test_o_trunc_on_a_large_lower_file_leaves_an_empty_upper_file(union: Union) 
     union.unmount()
     assert (union.upper / "d" / "large").read_bytes() == b""
     assert stat.S_IMODE(os.lstat(union.upper / "d" / "large").st_mode) == 0o640
+
+
+def test_a_shared_mmap_of_a_large_lower_file_writes_through_to_the_copy(union: Union) -> None:
+    data = _large_lower(union)
+    mnt = union.mount()
+    fd = os.open(mnt / "d" / "large", os.O_RDWR)
+    try:
+        with mmap.mmap(fd, LARGE, mmap.MAP_SHARED) as m:
+            assert m[2_500_000:2_500_016] == data[2_500_000:2_500_016]
+            m[1_048_570:1_048_582] = b"ACROSSCHUNKS"
+            m.flush()
+    finally:
+        os.close(fd)
+    expected = _patched(data, 1_048_570, b"ACROSSCHUNKS")
+    assert (mnt / "d" / "large").read_bytes() == expected
+    union.unmount()
+    assert (union.upper / "d" / "large").read_bytes() == expected
