@@ -200,3 +200,29 @@ def test_a_user_may_write_their_file_inside_a_directory_they_cannot_write(
     st = os.lstat(union.upper / "etc")
     assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o755, 0)
     assert _errno_as_user(write, mnt / "etc" / "other.conf") == errno.EACCES
+
+
+def test_a_file_created_with_mode_0_is_writable_through_the_creating_descriptor(
+    union: Union,
+) -> None:
+    _public_dir(union)
+    mnt = union.mount()
+
+    def create_locked(path: Path) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o000)
+        try:
+            os.write(fd, b"still mine")
+        finally:
+            os.close(fd)
+
+    as_user(USER, GROUP, create_locked, mnt / "pub" / "locked")
+    assert (mnt / "pub" / "locked").read_bytes() == b"still mine"
+    assert stat.S_IMODE(os.lstat(union.upper / "pub" / "locked").st_mode) == 0
+
+
+def test_another_user_with_write_permission_may_truncate_a_lower_file(union: Union) -> None:
+    write(union.lower / "shared", b"content", mode=0o666)
+    mnt = union.mount()
+    as_user(USER, GROUP, os.truncate, mnt / "shared", 0)
+    assert (mnt / "shared").read_bytes() == b""
+    assert _lstat_ids(union.upper / "shared") == (0, 0)

@@ -130,3 +130,13 @@ def test_overlay_xattrs_on_lower_entries_are_neither_shown_nor_copied_up(union: 
     os.chmod(mnt / "d" / "f", 0o600)
     assert xattr(union.upper / "d" / "f", b"trusted.overlay.origin") != stale_origin
     assert xattr(union.upper / "d" / "f", b"user.kept") == b"1"
+
+
+def test_empty_values_and_non_utf8_names_round_trip(union: Union) -> None:
+    mnt = union.mount()
+    f = write(mnt / "f")
+    os.setxattr(f, b"user.empty", b"")
+    os.setxattr(f, b"user.caf\xe9", b"latin")
+    assert os.getxattr(f, b"user.empty") == b""
+    assert os.getxattr(f, b"user.caf\xe9") == b"latin"
+    assert sorted(os.fsencode(n) for n in os.listxattr(f)) == [b"user.caf\xe9", b"user.empty"]
