@@ -117,12 +117,16 @@ def _copy_range(src_fd: int, dst_fd: int, offset: int, count: int) -> int:
     return os.pwrite(dst_fd, data, offset)
 
 
-def apply_metadata(path: bytes, st: os.stat_result, *, is_link: bool = False) -> None:
-    """Owner, then mode (chown clears set-id bits), then times."""
-    os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+def copy_metadata(
+    src: bytes, dst: bytes, st: os.stat_result, markers: XattrNames, *, is_link: bool = False
+) -> None:
+    """Owner first (chown clears set-id bits and security.capability), then the xattrs,
+    then the mode, then the times (which every other change would touch)."""
+    os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
+    copy_xattrs(src, dst, markers)
     if not is_link:
-        os.chmod(path, stat.S_IMODE(st.st_mode))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+        os.chmod(dst, stat.S_IMODE(st.st_mode))
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
 class CopyUp:
@@ -175,11 +179,18 @@ class CopyUp:
     def _finish(
         self, src: bytes, temp: bytes, st: os.stat_result, *, is_link: bool = False
     ) -> None:
-        copy_xattrs(src, temp, self.markers)
-        apply_metadata(temp, st, is_link=is_link)
+        copy_metadata(src, temp, st, self.markers, is_link=is_link)
 
-    def replace_with_dir(self, dst: bytes, mode: int, uid: int, gid: int, *, opaque: bool) -> None:
-        """Put a new (opaque) directory where dst holds a whiteout, in one atomic exchange."""
+    def new_dir(self, dst: bytes, mode: int, uid: int, gid: int, *, opaque: bool) -> None:
+        """Put a new directory, complete with owner and markers, at the free name dst."""
+        temp = self._build_dir(mode, uid, gid, opaque=opaque)
+        try:
+            os.rename(temp, dst)
+        except BaseException:
+            remove_tree(temp)
+            raise
+
+    def _build_dir(self, mode: int, uid: int, gid: int, *, opaque: bool) -> bytes:
         temp = self.work.temp_name()
         os.mkdir(temp, 0o700)
         try:
@@ -187,6 +198,15 @@ class CopyUp:
             os.chmod(temp, mode)
             if opaque:
                 os.setxattr(temp, self.markers.opaque, b"y")
+        except BaseException:
+            remove_tree(temp)
+            raise
+        return temp
+
+    def replace_with_dir(self, dst: bytes, mode: int, uid: int, gid: int, *, opaque: bool) -> None:
+        """Put a new (opaque) directory where dst holds a whiteout, in one atomic exchange."""
+        temp = self._build_dir(mode, uid, gid, opaque=opaque)
+        try:
             renameat2(temp, dst, RENAME_EXCHANGE)
         except BaseException:
             remove_tree(temp)

@@ -20,17 +20,18 @@ import trio
 
 from unionfs import errors
 from unionfs.blocking import Blocking
-from unionfs.copyup import CopyUp, WorkDir, apply_metadata, copy_xattrs
+from unionfs.copyup import CopyUp, WorkDir, copy_metadata
 from unionfs.deferred import CHUNK, PendingCopy
 from unionfs.handles import DirSnapshot, FileHandle, HandleTable
 from unionfs.inodes import ROOT_INO, InodeTable, Node
-from unionfs.stack import Entry, LayerStack, join, lstat_or_none
+from unionfs.stack import LONG_PATH, Entry, LayerStack, join, lstat_or_none
 from unionfs.syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, renameat2
 from unionfs.whiteouts import WHITEOUT_DEV, XattrNames, is_whiteout, make_whiteout, set_opaque
 
 log = logging.getLogger(__name__)
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
+DOT_ENTRIES = (b".", b"..")
 # Flags the kernel already acted on, or that our backing descriptor must not carry.
 STRIPPED_OPEN_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | getattr(os, "O_DIRECT", 0)
 
@@ -91,9 +92,9 @@ class UnionFilesystem:
         self.inodes = InodeTable(stack.root())
         self.handles = HandleTable()
         self._lock = trio.Lock()
-        # Set by the adapter: tell the kernel to drop a cached name (we changed it behind
-        # the kernel's back). A no-op when the filesystem runs without a kernel.
-        self.invalidate_entry: Callable[[int, bytes], None] = lambda parent, name: None
+        # Set by the adapter: tell the kernel to drop cached attributes (we changed them
+        # behind its back). A no-op when the filesystem runs without a kernel.
+        self.invalidate_attrs: Callable[[int], None] = lambda ino: None
         # Set by the mount: start a background task (the deferred copy-up workers).
         self.spawn: Callable[[Callable[[Node], Awaitable[None]], Node], None] | None = None
         self.lazy_copyup = lazy_copyup  # files at least this large copy up in the background
@@ -246,6 +247,8 @@ class UnionFilesystem:
             # A copy-up is no change of the parent: keep its times, as the kernel does.
             os.utime(parent_path, ns=(parent_st.st_atime_ns, parent_st.st_mtime_ns))
             self.inodes.set_upper(item, os.lstat(dst))
+            if item.merged:
+                self.invalidate_attrs(item.ino)  # a merged directory's link count is now 1
 
     # -- deferred copy-up ----------------------------------------------------------------
 
@@ -254,6 +257,8 @@ class UnionFilesystem:
             return False
         if flags & os.O_TRUNC or not stat.S_ISREG(node.mode) or not node.linked:
             return False
+        if len(node.rel_path()) >= LONG_PATH // 2:
+            return False  # its recovery record must name real paths: copy it now instead
         return os.lstat(self.stack.lower_path(node.sources[0])).st_size >= self.lazy_copyup
 
     async def _start_deferred(self, node: Node) -> None:
@@ -266,8 +271,7 @@ class UnionFilesystem:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             os.ftruncate(fd, st.st_size)
-            copy_xattrs(src, temp, self.markers)
-            apply_metadata(temp, st)
+            copy_metadata(src, temp, st, self.markers)
             node.pending = PendingCopy(temp, src, st.st_size, st)
         except BaseException:
             self.work.discard(temp)
@@ -348,8 +352,13 @@ class UnionFilesystem:
         name: bytes,
         caller: Caller,
         build: Callable[[bytes], None],
+        mode: int | None,
     ) -> Answer:
-        """Create a new non-directory with `build(path)`, over a whiteout if there is one."""
+        """Create a new non-directory with `build(path)`, over a whiteout if there is one.
+
+        The owner is set after `build`, then the mode again (None for a symlink): a change
+        of owner clears the set-group-ID bit the caller asked for.
+        """
         parent = self._node(parent_ino)
         if self._resolve_child(parent, name) is not None:
             raise errors.exists()
@@ -363,7 +372,7 @@ class UnionFilesystem:
             temp = self.work.temp_name()
             build(temp)
             try:
-                os.chown(temp, uid, gid, follow_symlinks=False)
+                _set_owner(temp, uid, gid, mode)
                 os.rename(temp, path)
             except BaseException:
                 self.work.discard(temp)
@@ -371,7 +380,7 @@ class UnionFilesystem:
         else:
             build(path)
             try:
-                os.chown(path, uid, gid, follow_symlinks=False)
+                _set_owner(path, uid, gid, mode)
             except BaseException:
                 os.unlink(path)
                 raise
@@ -391,13 +400,13 @@ class UnionFilesystem:
             raise errors.not_permitted()  # a whiteout cannot be made through the merged view
         async with self._lock:
             return await self._create_entry(
-                parent_ino, name, caller, lambda path: os.mknod(path, mode, rdev)
+                parent_ino, name, caller, lambda path: os.mknod(path, mode, rdev), mode
             )
 
     async def symlink(self, parent_ino: int, name: bytes, target: bytes, caller: Caller) -> Answer:
         async with self._lock:
             return await self._create_entry(
-                parent_ino, name, caller, lambda path: os.symlink(target, path)
+                parent_ino, name, caller, lambda path: os.symlink(target, path), None
             )
 
     async def create(
@@ -409,7 +418,7 @@ class UnionFilesystem:
             fds.append(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, mode))
 
         async with self._lock:
-            node, st = await self._create_entry(parent_ino, name, caller, build)
+            node, st = await self._create_entry(parent_ino, name, caller, build, mode)
         os.close(fds[0])
         handle = self._open_backing(node, flags & ~os.O_TRUNC)
         return handle, node, st
@@ -429,6 +438,10 @@ class UnionFilesystem:
             if existing is not None and is_whiteout(existing):
                 # Over a whiteout the new directory must hide what lower layers still hold.
                 self._writable().replace_with_dir(path, mode & 0o7777, uid, gid, opaque=True)
+            elif parent.sources:
+                # In a merged parent a new directory is opaque, as the kernel makes it: no
+                # lower layer can add to it (a lower whiteout may hide the name).
+                self._writable().new_dir(path, mode & 0o7777, uid, gid, opaque=True)
             else:
                 os.mkdir(path, 0o700)
                 try:
@@ -497,6 +510,7 @@ class UnionFilesystem:
         path = self.stack.upper_path(join(parent.rel_path(), name))
         if node.in_upper:
             if node.is_dir or needs_whiteout:
+                self.stack.forget_short_paths()
                 self._move_to_work(path, whiteout=needs_whiteout)
             else:
                 os.unlink(path)
@@ -580,6 +594,8 @@ class UnionFilesystem:
             if dst is not None:
                 self.inodes.remove_link(new_parent, new_name)
             self.inodes.move_link(src, (old_parent, old_name), (new_parent, new_name))
+            if src.is_dir:
+                self.stack.forget_short_paths()
 
     def _mark_moved_dir(
         self, node: Node, upper_path: bytes, old_parent: Node, new_parent: Node
@@ -621,6 +637,7 @@ class UnionFilesystem:
         if dst.is_dir:
             self._mark_moved_dir(dst, new_path, new_parent, old_parent)
         renameat2(old_path, new_path, RENAME_EXCHANGE)
+        self.stack.forget_short_paths()
         old_parent.children.pop(old_name, None)
         new_parent.children.pop(new_name, None)
         self.inodes.move_link(src, (old_parent, old_name), (new_parent, new_name))
@@ -695,7 +712,7 @@ class UnionFilesystem:
         return self.handles.add_dir(DirSnapshot(node, self._list(node)))
 
     def _list(self, node: Node) -> list[bytes]:
-        return self.stack.list_dir(self._upper_rel(node), node.sources)
+        return [*DOT_ENTRIES, *self.stack.list_dir(self._upper_rel(node), node.sources)]
 
     def readdir(self, fh: int, offset: int) -> Iterator[tuple[bytes, Node, os.stat_result, int]]:
         """Entries from `offset` on, lazily: (name, node, stat, next offset).
@@ -705,9 +722,14 @@ class UnionFilesystem:
         snapshot = self.handles.directory(fh)
         if offset == 0:
             snapshot.names = self._list(snapshot.node)  # rewinddir sees a fresh listing
+        node = snapshot.node
         for index in range(offset, len(snapshot.names)):
             name = snapshot.names[index]
-            found = self._resolve_child(snapshot.node, name)
+            if name in DOT_ENTRIES:
+                itself = node if name == b"." or node.parent is None else node.parent
+                yield name, itself, self._stat(itself), index + 1
+                continue
+            found = self._resolve_child(node, name)
             if found is not None:
                 yield name, found[0], found[1], index + 1
 
@@ -779,3 +801,9 @@ class UnionFilesystem:
                 links = [(child.parent, child.name), *child.extra_links]
                 assert (node, name) in links, (node.ino, name)
         assert ROOT_INO in self.inodes.nodes
+
+
+def _set_owner(path: bytes, uid: int, gid: int, mode: int | None) -> None:
+    os.chown(path, uid, gid, follow_symlinks=False)
+    if mode is not None:
+        os.chmod(path, stat.S_IMODE(mode))

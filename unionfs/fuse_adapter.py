@@ -11,7 +11,7 @@ from typing import Any, TypeVar, cast
 
 import pyfuse3
 
-from unionfs.filesystem import AttrChanges, Caller, UnionFilesystem
+from unionfs.filesystem import DOT_ENTRIES, AttrChanges, Caller, UnionFilesystem
 from unionfs.inodes import Node
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,16 @@ class FuseAdapter(pyfuse3.Operations):
         super().__init__()
         self.fs = fs
         self.timeout = timeout
+        fs.invalidate_attrs = self._invalidate_attrs
+
+    @staticmethod
+    def _invalidate_attrs(ino: int) -> None:
+        # Attributes only: takes no page or inode lock, so it is safe inside a handler.
+        try:
+            pyfuse3.invalidate_inode(ino, attr_only=True)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:  # the kernel did not know the inode: nothing cached
+                log.warning("cannot invalidate inode %d: %s", ino, exc)
 
     def _attrs(self, node: Node, st: os.stat_result) -> pyfuse3.EntryAttributes:
         attrs = pyfuse3.EntryAttributes()
@@ -192,10 +202,13 @@ class FuseAdapter(pyfuse3.Operations):
     @errno_edge
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         for name, node, st, next_id in self.fs.readdir(fh, start_id):
+            dot = name in DOT_ENTRIES  # the kernel takes no reference for . and ..
             if not pyfuse3.readdir_reply(token, name, self._attrs(node, st), next_id):
-                self.fs.inodes.discard_unreferenced(node)
+                if not dot:
+                    self.fs.inodes.discard_unreferenced(node)
                 break
-            self.fs.inodes.lookup(node)
+            if not dot:
+                self.fs.inodes.lookup(node)
 
     @errno_edge
     async def releasedir(self, fh: int) -> None:

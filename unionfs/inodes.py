@@ -140,7 +140,8 @@ class InodeTable:
         return node
 
     def move_link(self, node: Node, old: tuple[Node, bytes], new: tuple[Node, bytes]) -> None:
-        old[0].children.pop(old[1], None)
+        if old[0].children.get(old[1]) is node:  # an exchange may have put the peer there
+            del old[0].children[old[1]]
         new[0].children[new[1]] = node
         if node.parent is old[0] and node.name == old[1]:
             node.parent, node.name = new

@@ -33,6 +33,42 @@ def lstat_or_none(path: bytes) -> os.stat_result | None:
         return None
 
 
+# Paths at least this long go through a directory descriptor: the kernel refuses paths of
+# PATH_MAX (4096) bytes or more, while a tree may be deeper than that.
+LONG_PATH = 3072
+
+
+class ShortPaths:
+    """Stand-ins for long paths: `/proc/self/fd/N/rest`, N an O_PATH descriptor of a deep
+    ancestor directory. Descriptors are cached (a few) and dropped whenever a directory
+    may have moved, since a descriptor follows the directory, not the name."""
+
+    LIMIT = 64
+
+    def __init__(self) -> None:
+        self._fds: dict[bytes, int] = {}
+
+    def shorten(self, path: bytes) -> bytes:
+        while len(path) >= LONG_PATH:
+            cut = path.rfind(b"/", 0, LONG_PATH - 64)
+            if cut <= 0:
+                break  # one enormous name: let the kernel answer ENAMETOOLONG
+            prefix, rest = path[:cut], path[cut + 1 :]
+            fd = self._fds.get(prefix)
+            if fd is None:
+                if len(self._fds) >= self.LIMIT:
+                    self.clear()
+                fd = os.open(prefix, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                self._fds[prefix] = fd
+            path = b"/proc/self/fd/%d/" % fd + rest
+        return path
+
+    def clear(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """A merged name: the upper path if the upper holds it, and its lower sources.
@@ -65,17 +101,24 @@ class LayerStack:
         self.lowers = tuple(lowers)
         self.upper_root = upper
         self.markers = markers
+        self._short = ShortPaths()
 
     # -- paths ---------------------------------------------------------------------------
 
     def lower_path(self, source: Source) -> bytes:
         index, rel = source
         root = self.lowers[index]
-        return root + b"/" + rel if rel else root
+        path = root + b"/" + rel if rel else root
+        return path if len(path) < LONG_PATH else self._short.shorten(path)
 
     def upper_path(self, rel: bytes) -> bytes:
         assert self.upper_root is not None
-        return self.upper_root + b"/" + rel if rel else self.upper_root
+        path = self.upper_root + b"/" + rel if rel else self.upper_root
+        return path if len(path) < LONG_PATH else self._short.shorten(path)
+
+    def forget_short_paths(self) -> None:
+        """Directories may have moved: drop the descriptors that stood for them."""
+        self._short.clear()
 
     # -- markers -------------------------------------------------------------------------
 
