@@ -29,6 +29,7 @@ from containers.cgroups.base import Cgroup
 from containers.cli import UserError
 from containers.spec import ContainerSpec
 from containers.state import ContainerRecord
+from unionfs.workdir_lock import wait_released
 
 MOUNT_PROGRAM_ENV = "LAMINA_MOUNT_PROGRAM"
 FORWARDED = (
@@ -353,6 +354,10 @@ def teardown(record: ContainerRecord, cgroup: Cgroup | None = None) -> None:
     if any(p.exists() for p in cgroup.paths()):
         cgroup.destroy()
     unmount(record.mount_point)
+    # umount(2) returns at once; the union daemon may still be finishing background
+    # copy-ups into the upper dir, which diff, commit and rm must see whole.
+    if record.work_dir.exists() and not wait_released(record.work_dir, timeout=300):
+        print(f"lamina: warning: the union daemon of {record.id} is still busy", file=sys.stderr)
     if record.mounted:
         record.mounted = False
         with contextlib.suppress(FileNotFoundError):
