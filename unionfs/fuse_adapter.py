@@ -84,7 +84,16 @@ class FuseAdapter(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        return self._attrs(*self.fs.lookup(parent_inode, name))
+        try:
+            return self._attrs(*self.fs.lookup(parent_inode, name))
+        except FileNotFoundError:
+            # A negative entry the kernel may cache (inode 0): programs probe for missing
+            # files all the time (imports, PATH, build tools). Every name we create goes
+            # through the kernel, which replaces the negative entry itself.
+            negative = pyfuse3.EntryAttributes()
+            negative.st_ino = 0
+            negative.entry_timeout = self.timeout
+            return negative
 
     @errno_edge
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
