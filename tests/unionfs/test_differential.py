@@ -21,7 +21,7 @@ from tests.unionfs.differential import runner
 from tests.unionfs.differential.layers import build_layers
 from tests.unionfs.differential.ops import Op
 from tests.unionfs.differential.runner import Mismatch, Pair, Scenario, replay, run_generated
-from tests.unionfs.differential.snapshot import fingerprint, snapshot
+from tests.unionfs.differential.snapshot import REDIRECT, fingerprint, snapshot, upper_xattrs
 
 pytestmark = pytest.mark.root
 
@@ -98,3 +98,27 @@ def test_fuse_overlayfs_behaves_like_the_kernel_overlayfs(
     scenario: Scenario, tmp_path: Path
 ) -> None:
     assert_same(scenario, Pair("kernel", "fuse-overlayfs"), tmp_path)
+
+
+def test_upper_dirs_compare_redirects_by_presence_and_skip_kernel_bookkeeping() -> None:
+    raw = {
+        "trusted.overlay.origin": b"\x00\xfb",
+        "trusted.overlay.impure": b"y",
+        "trusted.overlay.opaque": b"y",
+        "user.x": b"1",
+    }
+    assert upper_xattrs(raw | {REDIRECT: b"/a/old"}, "b/new") == {
+        "trusted.overlay.opaque": b"y",
+        "user.x": b"1",
+        REDIRECT: b"<present>",
+    }
+    # a redirect to where the dir is anyway (kernel: after a rename that failed late)
+    assert REDIRECT not in upper_xattrs({REDIRECT: b"new"}, "b/new")
+    assert REDIRECT not in upper_xattrs({REDIRECT: b"/b/new"}, "b/new")
+
+
+def test_ops_print_as_python_and_parse_back() -> None:
+    op = Op("setxattr", ("a/b", "user.x", b"\x00v", 1))
+    assert str(op) == "setxattr('a/b', 'user.x', b'\\x00v', 1)"
+    assert Op.parse(str(op)) == op
+    assert Op.parse("listdir('')") == Op("listdir", ("",))
