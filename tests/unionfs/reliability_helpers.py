@@ -1,0 +1,212 @@
+"""Tools for the reliability tests (issue 7): the daemon's process, fsck, bounded workers.
+
+The stress, fault and limit tests run real mounts under load; these helpers find the daemon
+behind a mountpoint, measure it, run worker processes with a deadline (killed whatever
+happens), and check an upper/work pair after unmount with `unionfs fsck` and the kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import multiprocessing.connection
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests import mounting
+from tests.unionfs.posix_helpers import leftovers
+
+# --- the daemon -----------------------------------------------------------------------------
+
+
+def daemon_pid(mountpoint: Path) -> int:
+    """The one unionfs process serving mountpoint (its command line names the mountpoint)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if os.fsencode(mountpoint) in args and any(b"unionfs" in a for a in args):
+            found.append(int(entry))
+    assert len(found) == 1, f"expected one daemon for {mountpoint}, found {found}"
+    return found[0]
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process, from /proc/PID/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def answers(mountpoint: Path) -> bool:
+    """The mount still serves requests: its root can be listed."""
+    try:
+        os.listdir(mountpoint)
+    except OSError:
+        return False
+    return True
+
+
+# --- after the mount ------------------------------------------------------------------------
+
+
+def fsck(layers: mounting.Layers, *, repair: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run `unionfs fsck` on an unmounted upper/work pair."""
+    args = [str(mounting.UNIONFS), "fsck", *(["--repair"] if repair else [])]
+    return subprocess.run(
+        [*args, "-o", layers.options()], capture_output=True, text=True, timeout=120
+    )
+
+
+def assert_upper_is_clean(layers: mounting.Layers) -> None:
+    """fsck finds nothing to repair and workdir/work is empty."""
+    assert layers.work is not None
+    result = fsck(layers)
+    assert result.returncode == 0, f"fsck: {result.returncode}\n{result.stdout}{result.stderr}"
+    assert leftovers(layers.work) == [], "workdir holds leftovers"
+    work = layers.work / "work"
+    assert not work.exists() or os.listdir(work) == [], os.listdir(work)
+
+
+# --- scratch space --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def scratch(prefix: str) -> Iterator[Path]:
+    """A scratch dir every user can traverse; removed unless something is still mounted in it."""
+    base = Path(tempfile.mkdtemp(prefix=f"lamina-{prefix}-"))
+    os.chmod(base, 0o755)
+    try:
+        yield base
+    finally:
+        with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as f:
+            busy = any(line.split()[1].startswith(str(base)) for line in f)
+        if not busy:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A small tmpfs at path (for a full upper); unmounted on exit."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield path
+    finally:
+        mounting.unmount(path)
+
+
+# --- workers --------------------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    """What one worker did: operations by kind, expected errors by kind, and surprises."""
+
+    ops: Counter[str] = field(default_factory=Counter)
+    expected: Counter[str] = field(default_factory=Counter)
+    surprises: list[str] = field(default_factory=list)
+
+    def call(
+        self, kind: str, allowed: Sequence[int], fn: Callable[..., object], *args: object
+    ) -> bool:
+        """Run fn(*args) as one operation; an OSError with an allowed errno is counted, any
+        other is a surprise. True when it succeeded."""
+        self.ops[kind] += 1
+        try:
+            fn(*args)
+        except OSError as exc:
+            if exc.errno in allowed:
+                self.expected[f"{kind}:{os.strerror(exc.errno or 0)}"] += 1
+            else:
+                self.surprise(f"{kind}: {exc!r}")
+            return False
+        return True
+
+    def surprise(self, what: str) -> None:
+        if len(self.surprises) < 20:
+            self.surprises.append(what)
+
+
+Worker = Callable[[Path, int, float], Tally]
+
+
+def _child(fn: Worker, root: Path, seed: int, deadline: float, conn: object) -> None:
+    assert isinstance(conn, multiprocessing.connection.Connection)
+    try:
+        tally = fn(root, seed, deadline)
+    except BaseException:
+        tally = Tally(surprises=[traceback.format_exc()])
+    conn.send(tally)
+    conn.close()
+
+
+def run_workers(
+    workers: Sequence[tuple[Worker, Path]], seconds: float, *, grace: float = 60.0
+) -> list[Tally]:
+    """Run each worker in its own process until the deadline; every process is killed and
+    reaped before this returns. A worker that does not report within grace seconds after the
+    deadline is a hang, reported as a surprise."""
+    ctx = multiprocessing.get_context("fork")
+    deadline = time.monotonic() + seconds
+    procs = []
+    try:
+        for seed, (fn, root) in enumerate(workers):
+            recv, send = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=_child, args=(fn, root, seed, deadline, send), daemon=True)
+            p.start()
+            send.close()
+            procs.append((p, recv))
+        tallies = []
+        for i, (_p, recv) in enumerate(procs):
+            if recv.poll(max(0.0, deadline + grace - time.monotonic())):
+                tallies.append(recv.recv())
+            else:
+                tallies.append(Tally(surprises=[f"worker {i} ({workers[i][0].__name__}) hung"]))
+        return tallies
+    finally:
+        for p, recv in procs:
+            if p.is_alive():
+                p.kill()
+            p.join(30)
+            recv.close()
+
+
+def summary(tallies: Sequence[Tally]) -> tuple[Counter[str], Counter[str], list[str]]:
+    ops: Counter[str] = Counter()
+    expected: Counter[str] = Counter()
+    surprises = []
+    for t in tallies:
+        ops.update(t.ops)
+        expected.update(t.expected)
+        surprises.extend(t.surprises)
+    return ops, expected, surprises
