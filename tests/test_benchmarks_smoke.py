@@ -110,9 +110,17 @@ def test_quick_run_writes_json_markdown_and_chart(tmp_path: Path) -> None:
         f"--workdir={tmp_path}",
         f"--out={out}",
     ]
-    run = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=110)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert "round 1/1" in run.stderr  # the progress display
+    proc = subprocess.Popen(
+        argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        _, stderr = proc.communicate(timeout=100)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # SIGTERM: the harness unmounts and cleans up before exiting
+        _, stderr = proc.communicate(timeout=60)
+        pytest.fail(f"the quick run took over 100 s:\n{stderr[-2000:]}")
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "round 1/1" in stderr  # the progress display
 
     (doc_path,) = out.glob("*-quick.json")
     doc = json.loads(doc_path.read_text())
