@@ -116,6 +116,7 @@ def container_main(spec: ContainerSpec, rootfs: Path, channels: Channels) -> NoR
         sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)  # nothing leaks to the host
         if spec.rootfs_dir is not None:
             sc.mount(str(spec.rootfs_dir), root, None, sc.MS_BIND | sc.MS_REC)
+        restrict_mount(root, sc.MS_NODEV)  # device nodes in the image or made inside stay shut
 
     def open_terminal() -> None:
         if spec.tty:
@@ -267,12 +268,12 @@ def execute_plan(root: str, steps: list[Step]) -> None:
             else:
                 os.makedirs(target, exist_ok=True)
             sc.mount(step.source, target, step.fstype, step.flags, step.data)
-            if step.readonly:
+            if step.flags & sc.MS_BIND:  # a volume: no device nodes through it either
+                restrict_mount(target, sc.MS_NODEV | (sc.MS_RDONLY if step.readonly else 0))
+            elif step.readonly:
                 remount_readonly(target)
         elif isinstance(step, Device):
-            path = resolve_in_root(root, step.path)
-            os.mknod(path, stat.S_IFCHR | step.mode, os.makedev(step.major, step.minor))
-            os.chmod(path, step.mode)  # the umask trimmed it
+            bind_host_device(step, resolve_in_root(root, step.path))
         elif isinstance(step, Symlink):
             os.symlink(step.target, resolve_in_root(root, step.path))
         elif isinstance(step, Mask):
@@ -296,8 +297,39 @@ def mask(root: str, path: str) -> None:
         sc.mount(os.path.join(root, "dev/null"), target, None, sc.MS_BIND)
 
 
+def bind_host_device(device: Device, path: str) -> None:
+    """Bind the host's node of device's number onto an empty file at path: a bind keeps
+    the flags of the host's /dev mount, so it opens although the container's /dev is nodev."""
+    source = os.stat(device.path)
+    if not stat.S_ISCHR(source.st_mode) or source.st_rdev != os.makedev(device.major, device.minor):
+        raise OSError(errno.ENODEV, f"{device.path} on the host is not device {device.major}:"
+                      f"{device.minor}")  # fmt: skip
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600))
+    sc.mount(device.path, path, None, sc.MS_BIND)
+
+
+# statvfs flags that are also mount flags (same bits): a bind remount keeps only what it names.
+_KEPT_FLAGS = (
+    os.ST_RDONLY,
+    os.ST_NOSUID,
+    os.ST_NODEV,
+    os.ST_NOEXEC,
+    os.ST_SYNCHRONOUS,
+    os.ST_NOATIME,
+    os.ST_NODIRATIME,
+    os.ST_RELATIME,
+)
+
+
+def restrict_mount(path: str, flags: int) -> None:
+    """Add flags (MS_RDONLY, MS_NODEV...) to the mount at path, keeping the ones it has."""
+    current = os.statvfs(path).f_flag
+    kept = sum(flag for flag in _KEPT_FLAGS if current & flag)
+    sc.mount(None, path, None, sc.MS_BIND | sc.MS_REMOUNT | kept | flags)
+
+
 def remount_readonly(path: str) -> None:
-    sc.mount(None, path, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY)
+    restrict_mount(path, sc.MS_RDONLY)
 
 
 def pivot_into(root: str) -> None:

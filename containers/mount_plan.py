@@ -29,7 +29,8 @@ class Mount:
 
 @dataclass(frozen=True)
 class Device:
-    """A character device node in the container's /dev tmpfs."""
+    """A character device in the container's /dev: the host's node of that number, bound
+    onto an empty file (the /dev tmpfs is nodev, so a node made inside cannot be opened)."""
 
     path: str
     major: int
@@ -93,7 +94,14 @@ def plan_mounts(spec: ContainerSpec) -> list[Step]:
     sys_flags = _NOSUID_NODEV_NOEXEC | (0 if spec.privileged else sc.MS_RDONLY)
     steps: list[Step] = [
         Mount("proc", "/proc", "proc", _NOSUID_NODEV_NOEXEC),
-        Mount("tmpfs", "/dev", "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME, "mode=755,size=65536k"),
+        # nodev: with CAP_MKNOD, root inside could otherwise mknod a host disk and open it.
+        Mount(
+            "tmpfs",
+            "/dev",
+            "tmpfs",
+            sc.MS_NOSUID | sc.MS_NODEV | sc.MS_STRICTATIME,
+            "mode=755,size=65536k",
+        ),
         *DEVICES,
         Mount(
             "devpts",

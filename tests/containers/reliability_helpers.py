@@ -1,0 +1,148 @@
+"""Helpers for the escape and killed-lamina tests: hostile images, host probes, and checks
+that a container left nothing behind (mount, cgroup, process, union daemon, state dir).
+
+The `lamina` fixture of runtime_helpers already fails a test that leaks a mount or a cgroup;
+these add what it does not look at: processes and state directories.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.containers.runtime_helpers import Lamina, cgroup_parent_dirs, mounts_under
+
+PROBE_SOURCE = """
+#include <stdio.h>
+#include <unistd.h>
+int main(void) { printf("euid=%d\\n", (int)geteuid()); return 0; }
+"""
+
+
+def sh(lamina: Lamina, rootfs: Path, *options: str, script: str) -> tuple[int, str, str]:
+    """Run `sh -c script` in a throw-away container on the layer dir rootfs."""
+    result = lamina("run", "--rm", *options, "--layer", str(rootfs), "--", "sh", "-c", script)
+    return result.returncode, result.stdout, result.stderr
+
+
+def copy_rootfs(source: Path, dest: Path) -> Path:
+    """A private copy of a rootfs, to plant hostile entries in."""
+    shutil.copytree(source, dest, symlinks=True)
+    return dest
+
+
+def build_euid_probe(dest: Path) -> Path:
+    """A static binary printing its effective uid (busybox drops setuid itself, so it cannot
+    show whether the kernel honoured a setuid bit)."""
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        pytest.skip("needs a C compiler to build the setuid probe")
+    source = dest.with_suffix(".c")
+    source.write_text(PROBE_SOURCE)
+    result = subprocess.run(
+        [compiler, "-static", "-O", "-o", str(dest), str(source)], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot build a static probe: {result.stderr.strip()[-200:]}")
+    source.unlink()
+    return dest
+
+
+def tree_digest(root: Path) -> dict[str, tuple[object, ...]]:
+    """Every entry under root with its type, mode, owner, size, mtime, content or link target,
+    and xattrs: two equal digests mean nothing in the tree changed."""
+    digest: dict[str, tuple[object, ...]] = {}
+    for directory, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            path = os.path.join(directory, name)
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode):
+                with open(path, "rb") as f:
+                    content: object = hashlib.sha256(f.read()).hexdigest()
+            elif stat.S_ISLNK(st.st_mode):
+                content = os.readlink(path)
+            else:
+                content = st.st_rdev
+            xattrs = tuple(
+                sorted(
+                    (key, os.getxattr(path, key, follow_symlinks=False))
+                    for key in os.listxattr(path, follow_symlinks=False)
+                )
+            )
+            digest[os.path.relpath(path, root)] = (
+                st.st_mode,
+                st.st_uid,
+                st.st_gid,
+                st.st_size,
+                st.st_mtime_ns,
+                content,
+                xattrs,
+            )
+    return digest
+
+
+@contextlib.contextmanager
+def loop_device(backing: Path) -> Iterator[str]:
+    """A host block device over backing (a stand-in for the host's disk)."""
+    result = subprocess.run(
+        ["losetup", "--find", "--show", str(backing)], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        pytest.skip(f"no loop device: {result.stderr.strip()}")
+    device = result.stdout.strip()
+    try:
+        yield device
+    finally:
+        subprocess.run(["losetup", "-d", device], check=False, capture_output=True)
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line contains text (e.g. a container's directory: its union
+    daemon names the mount point)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def cgroups_of(lamina: Lamina, container_id: str) -> list[Path]:
+    parent = lamina.env["LAMINA_CGROUP_PARENT"]
+    return [d / container_id for d in cgroup_parent_dirs(parent) if (d / container_id).exists()]
+
+
+def leftovers(lamina: Lamina, container_id: str, pids: list[int]) -> list[str]:
+    """What a removed container left behind, one line each; empty when nothing is left."""
+    directory = lamina.root / "containers" / container_id
+    found = [f"mount: {line.split()[1]}" for line in mounts_under(directory)]
+    found += [f"cgroup: {path}" for path in cgroups_of(lamina, container_id)]
+    found += [f"process mentioning it: {pid}" for pid in processes_mentioning(str(directory))]
+    found += [f"process still alive: {pid}" for pid in pids if is_running(pid)]
+    if directory.exists():
+        found.append(f"state dir: {directory}")
+    return found
+
+
+def is_running(pid: int) -> bool:
+    """Alive and not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    return data[data.rindex(b")") + 2 :].split()[0] != b"Z"
