@@ -418,8 +418,17 @@ def resolve_user(user: str, etc: str = "/etc") -> Identity:
     return Identity(uid, gid, tuple(sorted({gid, *extra})), home)
 
 
+def bounding_set() -> int:
+    """The capabilities lamina itself may hold: a container cannot be given more."""
+    with open("/proc/self/status", "rb") as f:  # binary: no codec to import after pivot_root
+        line = next(line for line in f if line.startswith(b"CapBnd:"))
+    return int(line.split()[1], 16)
+
+
 def drop_privileges(who: Identity, capabilities: Sequence[str], privileged: bool) -> None:
-    keep = capability_mask(list(capabilities))
+    # --privileged asks for every capability; on a host that withholds some from us,
+    # capset would refuse the set, so ask only for what we have.
+    keep = capability_mask(list(capabilities)) & bounding_set()
     last_cap = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
     for cap in range(last_cap + 1):
         if not keep & (1 << cap) and cap in CAPABILITY_NUMBERS.values():
