@@ -13,6 +13,7 @@ import multiprocessing.connection
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -210,3 +211,112 @@ def summary(tallies: Sequence[Tally]) -> tuple[Counter[str], Counter[str], list[
         expected.update(t.expected)
         surprises.extend(t.surprises)
     return ops, expected, surprises
+
+
+# --- a lower layer that fails ---------------------------------------------------------------
+
+# The tree of the failing filesystem: name -> (inode, data, what fails). Files only, plus
+# one directory whose listing fails.
+FAILING_TREE: dict[bytes, tuple[int, bytes, str]] = {
+    b"good": (2, b"good data\n", ""),
+    b"bad-read": (3, b"data that cannot be read\n", "read"),
+    b"bad-stat": (4, b"", "lookup"),
+    b"bad-dir": (5, b"", "readdir"),
+}
+
+
+def serve_failing_fs(mountpoint: str) -> None:  # pragma: no cover - runs in a subprocess
+    """A tiny read-only FUSE filesystem whose chosen operations answer EIO, as a lower layer
+    on a failing disk would. Run in the foreground until unmounted."""
+    import errno as errno_
+    import stat as stat_
+
+    import pyfuse3
+    import trio
+
+    by_inode = {ino: (name, data, fails) for name, (ino, data, fails) in FAILING_TREE.items()}
+
+    class Failing(pyfuse3.Operations):
+        def attrs(self, ino: int) -> pyfuse3.EntryAttributes:
+            a = pyfuse3.EntryAttributes()
+            a.st_ino = ino
+            if ino == pyfuse3.ROOT_INODE or by_inode[ino][2] == "readdir":
+                a.st_mode, a.st_nlink, a.st_size = stat_.S_IFDIR | 0o755, 2, 0
+            else:
+                a.st_mode, a.st_nlink, a.st_size = stat_.S_IFREG | 0o644, 1, len(by_inode[ino][1])
+            a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = 1_000_000_000
+            a.entry_timeout = a.attr_timeout = 0
+            return a
+
+        async def getattr(self, inode: int, ctx: object = None) -> pyfuse3.EntryAttributes:
+            return self.attrs(inode)
+
+        async def lookup(
+            self, parent_inode: int, name: bytes, ctx: object = None
+        ) -> pyfuse3.EntryAttributes:
+            if parent_inode != pyfuse3.ROOT_INODE or name not in FAILING_TREE:
+                raise pyfuse3.FUSEError(errno_.ENOENT)
+            ino, _data, fails = FAILING_TREE[name]
+            if fails == "lookup":
+                raise pyfuse3.FUSEError(errno_.EIO)
+            return self.attrs(ino)
+
+        async def opendir(self, inode: int, ctx: object) -> int:
+            return inode
+
+        async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+            if fh != pyfuse3.ROOT_INODE:
+                raise pyfuse3.FUSEError(errno_.EIO)
+            for i, (name, (ino, _data, _fails)) in enumerate(FAILING_TREE.items()):
+                if i >= start_id and not pyfuse3.readdir_reply(token, name, self.attrs(ino), i + 1):
+                    return
+
+        async def open(self, inode: int, flags: int, ctx: object) -> pyfuse3.FileInfo:
+            if flags & os.O_ACCMODE != os.O_RDONLY:
+                raise pyfuse3.FUSEError(errno_.EROFS)
+            return pyfuse3.FileInfo(fh=inode)
+
+        async def read(self, fh: int, off: int, size: int) -> bytes:
+            _name, data, fails = by_inode[fh]
+            if fails == "read":
+                raise pyfuse3.FUSEError(errno_.EIO)
+            return data[off : off + size]
+
+    options = set(pyfuse3.default_options)
+    options |= {"fsname=failing", "allow_other", "ro"}
+    pyfuse3.init(Failing(), mountpoint, options)
+    try:
+        trio.run(pyfuse3.main)
+    finally:
+        pyfuse3.close(unmount=True)
+
+
+@contextlib.contextmanager
+def failing_fs(mountpoint: Path) -> Iterator[Path]:
+    """Mount the failing filesystem at mountpoint; unmount it and reap its process on exit."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    code = (
+        "import sys; from tests.unionfs.reliability_helpers import serve_failing_fs;"
+        " serve_failing_fs(sys.argv[1])"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(mountpoint)],
+        cwd=mounting.REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not mounting.is_mountpoint(mountpoint):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                raise RuntimeError(f"the failing filesystem did not mount: {err}")
+            time.sleep(0.02)
+        yield mountpoint
+    finally:
+        mounting.unmount(mountpoint)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
