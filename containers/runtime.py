@@ -56,6 +56,16 @@ def open_cgroup(container_id: str) -> Cgroup:
     return open_for_host(container_id, parent=os.environ.get(CGROUP_PARENT_ENV) or "lamina")
 
 
+PAUSE_AT_ENV = "LAMINA_TEST_PAUSE_AT"
+
+
+def pause_at(step: str) -> None:
+    """For tests only: stop this process (SIGSTOP) at a named step of a start, so a test
+    can kill lamina exactly there."""
+    if os.environ.get(PAUSE_AT_ENV) == step:
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+
 def new_container_id() -> str:
     return os.urandom(32).hex()
 
@@ -85,6 +95,7 @@ def start(
     with ExitStack() as undo:
         record = _create_record(spec, root)
         undo.callback(_remove_record_files, root, record)
+        pause_at("record")
         if log_output:
             log = os.open(record.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
             undo.callback(os.close, log)
@@ -93,6 +104,7 @@ def start(
         if spec.layers:
             _mount_union(record, list(spec.layers))
             undo.callback(unmount, record.mount_point)
+            pause_at("mounted")
         try:
             cgroup = open_cgroup(spec.id)
             cgroup.create(spec.resources)
@@ -102,6 +114,7 @@ def start(
         record.cgroup = cgroup.name
         record.mounted = bool(spec.layers)
         state.save(record)
+        pause_at("cgroup")
 
         sc.unshare(sc.CLONE_NEWPID)  # our next child is PID 1 of a new PID namespace
         rootfs = record.mount_point
@@ -109,15 +122,28 @@ def start(
         def child(channels: init.Channels) -> NoReturn:
             init.container_main(spec, rootfs, channels)
 
+        def note_pid(pid: int) -> None:
+            # Recorded before the child may run: should we die from here on, the command
+            # may run on, and ps, stop and rm must still find it.
+            record.pid, record.pid_start = pid, state.process_start_time(pid)
+            record.monitor_pid = os.getpid()
+            record.monitor_start = state.process_start_time(os.getpid())
+            state.save(record)
+
         pid, console = spawn(
-            child, cgroup, tty=spec.tty, stdio=stdio, undo=undo, id_map=spec.userns
+            child,
+            cgroup,
+            tty=spec.tty,
+            stdio=stdio,
+            undo=undo,
+            id_map=spec.userns,
+            on_fork=note_pid,
         )
-        record.pid, record.pid_start = pid, state.process_start_time(pid)
-        record.monitor_pid = os.getpid()
-        record.monitor_start = state.process_start_time(os.getpid())
+        pause_at("started")
         record.status = state.RUNNING
         state.save(record)
         undo.pop_all()
+        pause_at("running")
     if log_output:
         os.close(log)
     return Started(record, cgroup, pid, console)
@@ -208,6 +234,7 @@ def spawn(
     stdio: tuple[int, int, int] | None,
     undo: ExitStack,
     id_map: namespaces.IdMap | None = None,
+    on_fork: Callable[[int], None] | None = None,
 ) -> tuple[int, int | None]:
     """Fork a child that runs child_main; put it in the cgroup; wait until it has exec'd.
 
@@ -235,6 +262,9 @@ def spawn(
         if sock is not None:
             sock.close()
     undo.callback(_kill_and_reap, pid)
+    if on_fork is not None:
+        on_fork(pid)
+    pause_at("forked")
     try:
         cgroup.add(pid)
     except OSError as exc:

@@ -189,9 +189,16 @@ def is_alive(pid: int | None, start: int | None) -> bool:
 
 
 def live_status(record: ContainerRecord) -> str:
-    """The status as it is now: a running record whose process is gone has exited."""
+    """The status as it is now: a running record whose process is gone has exited; a created
+    one whose process lives on after its `lamina run` died during the start is running."""
     if record.status in (RUNNING, PAUSED) and not is_alive(record.pid, record.pid_start):
         return EXITED
+    if (
+        record.status == CREATED
+        and is_alive(record.pid, record.pid_start)
+        and not monitor_alive(record)
+    ):
+        return RUNNING
     return record.status
 
 

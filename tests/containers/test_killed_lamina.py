@@ -1,0 +1,151 @@
+# ruff: noqa: F811 - pytest fixtures imported from runtime_helpers are used as parameters
+"""`lamina run` killed with SIGKILL at each step of a start: `ps -a` still shows the
+container with a sensible status, and `rm -f` removes all of it (mount, union daemon,
+cgroup, processes, state dir and name).
+
+$LAMINA_TEST_PAUSE_AT=<step> makes lamina stop itself (SIGSTOP) at that step of
+`runtime.start`, so the kill lands exactly there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from containers.runtime import PAUSE_AT_ENV
+from containers.state import find_container
+from tests.containers.reliability_helpers import cgroups_of, is_running, leftovers
+from tests.containers.runtime_helpers import (  # noqa: F401 - fixtures
+    Lamina,
+    busybox_rootfs,
+    lamina,
+    mounts_under,
+    wait_for,
+)
+
+pytestmark = pytest.mark.root
+
+# Each step of a start, in order, and what `ps -a` should say after lamina died there.
+STEPS = {
+    "record": "Created",  # the state dir and name exist
+    "mounted": "Created",  # + the union mount and its daemon
+    "cgroup": "Created",  # + the cgroup
+    "forked": "Created",  # + the first process, not yet released: it exits on its own
+    "started": "Up",  # the command runs, its pid not yet recorded as running
+    "running": "Up",  # the start is done; lamina would now wait for it
+}
+
+
+def process_state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return ""
+    return data[data.rindex(b")") + 2 :].split()[0].decode()
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/stat", "rb") as f:
+                data = f.read()
+                if int(data[data.rindex(b")") + 2 :].split()[1]) == pid:
+                    found.append(int(entry))
+    return found
+
+
+def stopped_monitor(root: Path) -> int | None:
+    """The lamina process (of this state root) that stopped itself at the pause step."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or process_state(int(entry)) != "T":
+            continue
+        with contextlib.suppress(OSError), open(f"/proc/{entry}/cmdline", "rb") as f:
+            if str(root).encode() in f.read():
+                return int(entry)
+    return None
+
+
+@contextlib.contextmanager
+def lamina_run_paused_at(
+    lamina: Lamina, step: str, rootfs: Path, *options: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`lamina run` of a long sleep, stopped at step; killed for good on the way out."""
+    argv = lamina.argv("run", *options, "--name", "victim", "--layer", str(rootfs), "--",
+                       "sleep", "600")  # fmt: skip
+    run = subprocess.Popen(
+        argv,
+        env=dict(lamina.env, **{PAUSE_AT_ENV: step}),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield run
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            run.kill()
+        run.wait()
+
+
+@pytest.mark.parametrize("detached", [False, True], ids=["foreground", "detached"])
+@pytest.mark.parametrize("step", list(STEPS))
+def test_lamina_killed_at_a_start_step_leaves_what_ps_shows_and_rm_removes(
+    step: str, detached: bool, lamina: Lamina, busybox_rootfs: Path
+) -> None:
+    options = ("-d",) if detached else ()
+    with lamina_run_paused_at(lamina, step, busybox_rootfs, *options):
+        monitor: list[int] = []
+
+        def paused() -> bool:
+            monitor[:] = [pid] if (pid := stopped_monitor(lamina.root)) else []
+            return bool(monitor)
+
+        wait_for(paused, timeout=60, what=f"lamina to pause at {step!r}")
+        processes = children_of(monitor[0])  # the first process, once forked
+        os.kill(monitor[0], signal.SIGKILL)
+        wait_for(lambda: not is_running(monitor[0]), what="lamina to die")
+
+        if STEPS[step] == "Created":  # a first process not yet released exits on its own
+            wait_for(lambda: not any(map(is_running, processes)), what="the child to exit")
+        container = find_container(lamina.root, "victim")
+        processes += [int(p) for c in cgroups_of(lamina, container.id)
+                      for p in (c / "cgroup.procs").read_text().split()]  # fmt: skip
+        steps = list(STEPS)
+        assert bool(mounts_under(container.dir)) == (steps.index(step) >= steps.index("mounted"))
+        assert bool(cgroups_of(lamina, container.id)) == (
+            steps.index(step) >= steps.index("cgroup")
+        )
+        status = lamina.status_of("victim")
+        assert f"   {STEPS[step]} " in status, status
+        assert ("victim" in lamina.ok("ps")) == (STEPS[step] == "Up")
+
+        lamina.ok("rm", "-f", "victim")
+        wait_for(lambda: not any(map(is_running, processes)), what="every process to end")
+        assert leftovers(lamina, container.id, processes) == []
+        assert not (lamina.root / "names" / "victim").exists()
+        assert lamina.ok("ps", "-a").splitlines()[1:] == []
+
+
+def test_a_container_whose_start_was_cut_short_can_be_stopped(
+    lamina: Lamina, busybox_rootfs: Path
+) -> None:
+    """`stop` finds a command that runs although lamina died before recording it as running."""
+    with lamina_run_paused_at(lamina, "started", busybox_rootfs):
+        wait_for(lambda: stopped_monitor(lamina.root) is not None, what="lamina to pause")
+        monitor = stopped_monitor(lamina.root)
+        assert monitor is not None
+        os.kill(monitor, signal.SIGKILL)
+        container = find_container(lamina.root, "victim")
+        lamina.ok("stop", "-t", "1", "victim")
+        assert "Exited (?)" in lamina.status_of("victim")
+        assert not mounts_under(container.dir) and not cgroups_of(lamina, container.id)
+        lamina.ok("rm", "victim")
+        assert lamina.container_ids() == []
