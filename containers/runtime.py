@@ -154,6 +154,9 @@ def _create_record(spec: ContainerSpec, root: Path) -> ContainerRecord:
     directory = state.containers_dir(root) / spec.id
     try:
         directory.mkdir(parents=True)
+        # Root only: the upper dir holds whatever the container made, setuid-root files too,
+        # and no host user may reach them.
+        os.chmod(directory, 0o700)
         for sub in ("upper", "work", "rootfs"):
             (directory / sub).mkdir()
     except BaseException:

@@ -106,6 +106,8 @@ class LayerStore:
     def _ensure_dirs(self) -> None:
         for d in (self.layers_dir, self.images_dir, self.tmp_dir):
             d.mkdir(parents=True, exist_ok=True)
+        # Root only: layers hold an image's setuid-root files, which no host user may run.
+        os.chmod(self.layers_dir, 0o700)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:

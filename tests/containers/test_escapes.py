@@ -9,8 +9,10 @@ these run as root inside unless a test says otherwise: that is the case to defen
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -278,6 +280,40 @@ def test_a_setuid_binary_gives_no_privilege(
     result = lamina("run", "--rm", "--privileged", "-u", "1000", "--rootfs", str(rootfs), "--",
                     "/bin/euid")  # fmt: skip
     assert result.stdout == "euid=0\n", result.stderr
+
+
+def test_setuid_files_of_images_and_containers_are_out_of_reach_of_host_users(
+    lamina: Lamina, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    """Regression: the store's dirs were 0755, so any host user could run a setuid-root
+    binary an image shipped, or one a container made in its upper dir, and become root."""
+    base = Path(tempfile.mkdtemp(prefix="lamina-escapes-", dir="/tmp"))
+    os.chmod(base, 0o755)  # unlike pytest's private temp dirs, reachable by every host user
+    store = Lamina(root=base / "state", env=lamina.env)
+    try:
+        rootfs = copy_rootfs(busybox_rootfs, tmp_path / "rootfs")
+        os.chmod(build_euid_probe(rootfs / "bin" / "euid"), 0o4755)
+        store.ok("import", str(rootfs), "shipping-setuid")
+        plant = "cp /bin/euid /tmp/planted && chmod 4755 /tmp/planted"
+        store.ok("run", "--name", "planter", "shipping-setuid", "sh", "-c", plant)
+        shipped = [*store.root.glob("layers/*/diff/bin/euid")]
+        planted = [*store.root.glob("containers/*/upper/tmp/planted")]
+        assert len(shipped) == len(planted) == 1
+        assert all(p.stat().st_mode & 0o4000 and p.stat().st_uid == 0 for p in shipped + planted)
+
+        def as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                argv, user=65534, group=65534, extra_groups=[], capture_output=True, text=True
+            )
+
+        assert as_nobody("test", "-x", str(store.root)).returncode == 0  # the store is reachable
+        for binary in shipped + planted:
+            with pytest.raises(PermissionError):  # the exec is refused: the path is not reachable
+                as_nobody(str(binary))
+    finally:
+        for container in store.container_ids():
+            store("rm", "-f", container)
+        shutil.rmtree(base)
 
 
 def test_the_capability_sets_inside(lamina: Lamina, busybox_rootfs: Path) -> None:
