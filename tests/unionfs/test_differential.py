@@ -107,14 +107,21 @@ def test_upper_dirs_compare_redirects_by_presence_and_skip_kernel_bookkeeping() 
         "trusted.overlay.opaque": b"y",
         "user.x": b"1",
     }
-    assert upper_xattrs(raw | {REDIRECT: b"/a/old"}, "b/new") == {
+    assert upper_xattrs(raw | {REDIRECT: b"/a/old"}, "b/new", {}) == {
         "trusted.overlay.opaque": b"y",
         "user.x": b"1",
         REDIRECT: b"<present>",
     }
-    # a redirect to where the dir is anyway (kernel: after a rename that failed late)
-    assert REDIRECT not in upper_xattrs({REDIRECT: b"new"}, "b/new")
-    assert REDIRECT not in upper_xattrs({REDIRECT: b"/b/new"}, "b/new")
+
+
+def test_a_redirect_to_where_lookup_goes_anyway_counts_as_none() -> None:
+    # The kernel leaves these behind when a rename fails late (ENOTEMPTY).
+    assert REDIRECT not in upper_xattrs({REDIRECT: b"new"}, "b/new", {})
+    assert REDIRECT not in upper_xattrs({REDIRECT: b"/b/new"}, "b/new", {})
+    # under a moved parent, the child's lower path follows the parent's redirect
+    lower_paths = {"n5/c": "f"}
+    assert REDIRECT not in upper_xattrs({REDIRECT: b"/f/f"}, "n5/c/f", lower_paths)
+    assert upper_xattrs({REDIRECT: b"/n5/c/f"}, "n5/c/f", lower_paths) == {REDIRECT: b"<present>"}
 
 
 def test_ops_print_as_python_and_parse_back() -> None:

@@ -16,9 +16,10 @@ What is compared, and what is not (each exclusion is a named rule, with its reas
   write; `trusted.overlay.redirect` is compared as present/absent only (RULE_REDIRECT_
   PRESENCE): the format allows a relative or an absolute path for the same rename, and
   the kernel picks one from its dentry cache state, so only "this dir was renamed with
-  lower parts" is a property of the result; and a redirect naming the dir's own place
-  (its own name, or "/" + its own path) is no redirect at all (RULE_SELF_REDIRECT): lookup
-  would search there anyway. The kernel leaves one when a rename fails late, ENOTEMPTY;
+  lower parts" is a property of the result; and a redirect that leads where lookup would
+  search without it (the parent's lower path + the dir's name) is no redirect at all
+  (RULE_IDLE_REDIRECT). The kernel sets the redirect before it tries the rename, and
+  leaves it when the rename fails (ENOTEMPTY);
 - no st_nlink for whiteouts in upper dirs (RULE_SHARED_WHITEOUTS): the kernel makes every
   whiteout a hard link of one 0/0 device it keeps in the workdir, so its whiteouts count
   each other; a whiteout is a whiteout however many links it has.
@@ -119,19 +120,31 @@ def read_xattrs(path: str) -> dict[str, bytes]:
     return values
 
 
-def upper_xattrs(raw: dict[str, bytes], rel: str) -> dict[str, bytes]:
-    """The RULE_OVERLAY_BOOKKEEPING, _REDIRECT_PRESENCE and _SELF_REDIRECT applied at rel."""
+# rel path in an upper dir -> the path lookup searches the lower layers at ("" = root)
+LowerPaths = dict[str, str]
+
+
+def upper_xattrs(raw: dict[str, bytes], rel: str, lower_paths: LowerPaths) -> dict[str, bytes]:
+    """RULE_OVERLAY_BOOKKEEPING, _REDIRECT_PRESENCE and _IDLE_REDIRECT, applied at rel.
+
+    Records rel's own lower path in lower_paths; parents must come before children.
+    """
+    parent, _, name = rel.rpartition("/")
+    parent_lower = lower_paths.get(parent, parent)
+    lower_paths[rel] = f"{parent_lower}/{name}".lstrip("/")
     kept = {}
-    for name, value in raw.items():
-        if name.startswith(OVERLAY_PREFIX):
-            if name.removeprefix(OVERLAY_PREFIX) in OVERLAY_BOOKKEEPING:
+    for key, value in raw.items():
+        if key.startswith(OVERLAY_PREFIX):
+            if key.removeprefix(OVERLAY_PREFIX) in OVERLAY_BOOKKEEPING:
                 continue
-            if name == REDIRECT:
-                own_place = {os.fsencode(rel.rpartition("/")[2]), os.fsencode(f"/{rel}")}
-                if value in own_place:
+            if key == REDIRECT:
+                redirect = os.fsdecode(value)
+                target = redirect if redirect.startswith("/") else f"{parent_lower}/{redirect}"
+                if target.strip("/") == lower_paths[rel]:
                     continue
+                lower_paths[rel] = target.strip("/")
                 value = b"<present>"
-        kept[name] = value
+        kept[key] = value
     return kept
 
 
@@ -147,7 +160,9 @@ def attempt(read: Callable[[str], str], path: str) -> str:
         return error_name(exc)
 
 
-def full_entry(path: str, rel: str, *, upper: bool) -> Entry:
+def full_entry(path: str, rel: str, lower_paths: LowerPaths | None = None) -> Entry:
+    """The entry at path; an upper dir's entry when given its lower paths so far."""
+    upper = lower_paths is not None
     try:
         st = os.lstat(path)
     except OSError as exc:  # listed by readdir, yet lookup fails
@@ -156,8 +171,8 @@ def full_entry(path: str, rel: str, *, upper: bool) -> Entry:
     if upper and entry.kind == "c" and entry.rdev == (0, 0):
         entry = dataclasses.replace(entry, nlink=None)  # RULE_SHARED_WHITEOUTS
     xattrs = read_xattrs(path)
-    if upper:
-        xattrs = upper_xattrs(xattrs, rel)
+    if lower_paths is not None:
+        xattrs = upper_xattrs(xattrs, rel, lower_paths)
     return Entry(
         **{f.name: getattr(entry, f.name) for f in fields(entry)}
         | {
@@ -202,9 +217,10 @@ Snapshot = dict[str, Entry]
 def snapshot(root: str | Path, *, upper: bool = False) -> Snapshot:
     """Every path under root (and root itself as "") with its full comparable entry."""
     root = str(root)
-    snap = {"": full_entry(root, "", upper=upper)}
-    for rel, _ in walk(root):
-        snap[rel] = full_entry(os.path.join(root, rel), rel, upper=upper)
+    lower_paths: LowerPaths | None = {} if upper else None
+    snap = {"": full_entry(root, "", lower_paths)}
+    for rel, _ in walk(root):  # parents first, as the lower paths need
+        snap[rel] = full_entry(os.path.join(root, rel), rel, lower_paths)
     return snap
 
 
