@@ -595,8 +595,10 @@ def exec_in(record: ContainerRecord, process: init.Process, interactive: bool) -
         init.exec_main(process, ns_fds, channels)
 
     with ExitStack() as forwarding:
-        with signals_held(), ExitStack() as undo:
-            pid, console = spawn(child, cgroup, tty=process.tty, stdio=stdio, undo=undo)
+        with signals_held(), ExitStack() as undo, forking_in_mounts_of(record.pid) as back:
+            pid, console = spawn(
+                child, cgroup, tty=process.tty, stdio=stdio, undo=undo, on_fork=back
+            )
             namespaces.close_all(ns_fds)
             undo.pop_all()
             forwarding.enter_context(forwarding_signals(pid))
@@ -604,3 +606,38 @@ def exec_in(record: ContainerRecord, process: init.Process, interactive: bool) -
             pump_terminal(console, 0 if interactive else None, 1, pid)
             os.close(console)
         return wait_exit_code(pid)
+
+
+@contextlib.contextmanager
+def forking_in_mounts_of(pid: int) -> Iterator[Callable[[int], None]]:
+    """Enter pid's mount namespace until the exec's child is forked (the callback, given to
+    spawn as on_fork, brings us back).
+
+    The child is in the container's PID namespace from birth: born in the host's mount
+    namespace, it would show the host's files to the container (through /proc/<it>/root,
+    for a process with CAP_SYS_PTRACE) until it joined the container's.
+    """
+    flags = os.O_RDONLY | os.O_CLOEXEC
+    home = os.open("/proc/self/ns/mnt", flags)
+    cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    away = False
+
+    def come_back(_child: int = 0) -> None:
+        nonlocal away
+        if away:
+            sc.setns(home, sc.CLONE_NEWNS)
+            os.fchdir(cwd)
+            away = False
+
+    try:
+        theirs = os.open(f"/proc/{pid}/ns/mnt", flags)
+        try:
+            sc.setns(theirs, sc.CLONE_NEWNS)
+            away = True
+        finally:
+            os.close(theirs)
+        yield come_back
+    finally:
+        come_back()
+        os.close(home)
+        os.close(cwd)

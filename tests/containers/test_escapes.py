@@ -66,6 +66,22 @@ def test_a_host_process_is_invisible_and_cannot_be_signalled(
         host_sleep.wait()
 
 
+def test_a_process_joining_by_exec_never_shows_the_host_root(
+    lamina: Lamina, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    """Regression: exec's child was born in the container's PID namespace but the host's
+    mount namespace, and with CAP_SYS_PTRACE the container read host files through
+    /proc/<child>/root until the child joined."""
+    marker = tmp_path / "marker"
+    marker.write_text("HOST-FILE\n")
+    scan = f"while :; do for p in /proc/[0-9]*; do cat $p/root{marker} 2>/dev/null; done; done"
+    lamina.ok("run", "-d", "--name", "prober", "--cap-add", "SYS_PTRACE",
+              "--layer", str(busybox_rootfs), "--", "sh", "-c", scan)  # fmt: skip
+    for _ in range(15):
+        assert lamina.ok("exec", "prober", "cat", "/etc/hostname") == "lamina\n"
+    assert "HOST-FILE" not in lamina.ok("logs", "prober")
+
+
 # ---- mounts, /proc/sys, /sys --------------------------------------------------------------
 
 
