@@ -95,6 +95,7 @@ WEIGHTS: dict[str, int] = {
     "mkfifo": 2,
     "listdir": 4,
     "stat": 5,
+    "remount": 1,  # run by the runner: unmount both sides and mount them again
 }
 
 
@@ -254,6 +255,9 @@ class OpGenerator:
 
     def _listdir(self, view: View) -> tuple[Arg, ...]:
         return ("" if self.rng.random() < 0.15 else self.existing(view, "d"),)
+
+    def _remount(self, view: View) -> tuple[Arg, ...]:
+        return ()
 
     def _stat(self, view: View) -> tuple[Arg, ...]:
         return (self.existing(view),)

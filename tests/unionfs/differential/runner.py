@@ -18,7 +18,7 @@ from pathlib import Path
 from tests.mounting import Layers, kernel_overlay, unionfs
 from tests.unionfs.differential.executor import execute
 from tests.unionfs.differential.layers import build_layers
-from tests.unionfs.differential.ops import Op, OpGenerator, View
+from tests.unionfs.differential.ops import WEIGHTS, Op, OpGenerator, View
 from tests.unionfs.differential.snapshot import (
     Masks,
     diff_snapshots,
@@ -159,7 +159,8 @@ class _Session:
         if not self.scenario.warmup:
             return
         with self.mounted(("kernel", "kernel")) as (mnt_a, mnt_b):
-            next_op = generated(self.scenario.seed, self.scenario.warmup, stream="warmup")
+            weights = WEIGHTS | {"remount": 0}
+            next_op = generated(self.scenario.seed, self.scenario.warmup, "warmup", weights)
             while (op := next_op(view_of(mnt_a), len(self.ops))) is not None:
                 self.ops.append(op)
                 if execute(op, mnt_a) != execute(op, mnt_b):
@@ -167,9 +168,15 @@ class _Session:
         self.ops = []
 
     def run_ops(self, next_op: NextOp, check_every: int) -> None:
-        with self.mounted(self.pair.names) as (mnt_a, mnt_b):
+        with contextlib.ExitStack() as mounts:
+            mnt_a, mnt_b = mounts.enter_context(self.mounted(self.pair.names))
             while (op := next_op(view_of(mnt_a), len(self.ops))) is not None:
                 self.ops.append(op)
+                if op.name == "remount":  # what lives only in memory is gone after this
+                    mounts.close()
+                    mnt_a, mnt_b = mounts.enter_context(self.mounted(self.pair.names))
+                    self.compare_views(mnt_a, mnt_b)
+                    continue
                 outcome_a, outcome_b = execute(op, mnt_a), execute(op, mnt_b)
                 if masked_outcome(op.name, outcome_a, self.masks) != masked_outcome(
                     op.name, outcome_b, self.masks
