@@ -148,6 +148,12 @@ class PendingCopy:
             for index in range(first, last // CHUNK + 1):
                 self._fill(index)
 
+    def set_times(self, atime_ns: int | None, mtime_ns: int | None) -> None:
+        if atime_ns is not None:
+            self.atime_ns = atime_ns
+        if mtime_ns is not None:
+            self.mtime_ns = mtime_ns
+
     def wrote(self) -> None:
         """A write went to the file: its logical mtime is now (not the copier's)."""
         self.mtime_ns = time.time_ns()

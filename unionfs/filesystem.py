@@ -54,6 +54,16 @@ class AttrChanges:
     atime_ns: int | None = None
     mtime_ns: int | None = None
 
+    @property
+    def only_times(self) -> bool:
+        return (
+            self.mode is None
+            and self.uid is None
+            and self.gid is None
+            and self.size is None
+            and (self.atime_ns is not None or self.mtime_ns is not None)
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class FsStats:
@@ -81,6 +91,7 @@ class UnionFilesystem:
         *,
         sync: bool = True,
         lazy_copyup: int = CHUNK,
+        writeback: bool = False,
     ) -> None:
         self.stack = stack
         self.markers = markers
@@ -98,6 +109,7 @@ class UnionFilesystem:
         # Set by the mount: start a background task (the deferred copy-up workers).
         self.spawn: Callable[[Callable[[Node], Awaitable[None]], Node], None] | None = None
         self.lazy_copyup = lazy_copyup  # files at least this large copy up in the background
+        self.writeback = writeback  # the kernel caches writes (FUSE writeback cache)
         self._pending: set[Node] = set()
 
     # -- resolution ----------------------------------------------------------------------
@@ -168,6 +180,16 @@ class UnionFilesystem:
     ) -> Answer:
         node = self._node(ino)
         async with self._lock:
+            if not node.linked and not node.in_upper and changes.only_times:
+                # An unlinked lower file open somewhere: the kernel's page cache still
+                # flushes its times, but there is nothing left in any layer to change.
+                return node, self._stat(node)
+            pending = node.pending
+            if pending is not None and changes.only_times:
+                # Times alone (the kernel's page cache sends them at every close): note
+                # them for the finished copy instead of finishing it now.
+                pending.set_times(changes.atime_ns, changes.mtime_ns)
+                return node, self._stat(node)
             if changes.size is not None:
                 if node.is_dir:
                     raise errors.is_a_directory()
@@ -182,19 +204,21 @@ class UnionFilesystem:
                 else (path if path is not None else self._any_fd(node))
             )
             is_link = stat.S_ISLNK(node.mode)
+            # A descriptor is never a symlink; a path may be, and must not be followed.
+            follow = isinstance(target, int)  # follow_symlinks=False is refused for an fd
             if changes.size is not None:
                 os.truncate(target, changes.size)
             if changes.uid is not None or changes.gid is not None:
                 uid = -1 if changes.uid is None else changes.uid
                 gid = -1 if changes.gid is None else changes.gid
-                os.chown(target, uid, gid, follow_symlinks=False)
+                os.chown(target, uid, gid, follow_symlinks=follow)
             if changes.mode is not None and not is_link:
                 os.chmod(target, stat.S_IMODE(changes.mode))
             if changes.atime_ns is not None or changes.mtime_ns is not None:
-                current = os.stat(target, follow_symlinks=False)
+                current = os.stat(target, follow_symlinks=follow)
                 atime = current.st_atime_ns if changes.atime_ns is None else changes.atime_ns
                 mtime = current.st_mtime_ns if changes.mtime_ns is None else changes.mtime_ns
-                os.utime(target, ns=(atime, mtime), follow_symlinks=False)
+                os.utime(target, ns=(atime, mtime), follow_symlinks=follow)
             return node, self._stat(node)
 
     def _any_fd(self, node: Node) -> int:
@@ -660,6 +684,12 @@ class UnionFilesystem:
 
     def _open_backing(self, node: Node, flags: int) -> FileHandle:
         flags = (flags & ~STRIPPED_OPEN_FLAGS) | os.O_NOFOLLOW | os.O_CLOEXEC
+        if self.writeback:
+            # The kernel's page cache writes whole pages at offsets it chose (appends
+            # included) and may read a page before writing part of it.
+            flags &= ~os.O_APPEND
+            if flags & os.O_ACCMODE == os.O_WRONLY:
+                flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
         fd = os.open(self._backing_path(node), flags)
         node.open_count += 1
         handle = self.handles.add_file(fd, node, writable=bool(flags & WRITE_FLAGS))

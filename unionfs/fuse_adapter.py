@@ -43,12 +43,14 @@ def caller_of(ctx: pyfuse3.RequestContext) -> Caller:
 
 class FuseAdapter(pyfuse3.Operations):
     supports_dot_lookup = False
-    enable_writeback_cache = False
 
     def __init__(self, fs: UnionFilesystem, timeout: float) -> None:
         super().__init__()
         self.fs = fs
         self.timeout = timeout
+        # Read by pyfuse3 at init: the kernel batches writes in its page cache and keeps
+        # size and times itself (we are the only writer of the upper layer).
+        self.enable_writeback_cache = fs.writeback
         fs.invalidate_attrs = self._invalidate_attrs
 
     @staticmethod

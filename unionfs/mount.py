@@ -44,6 +44,7 @@ def build_filesystem(config: MountConfig) -> UnionFilesystem:
         Blocking(),
         sync=not config.volatile,
         lazy_copyup=config.lazy_copyup,
+        writeback=config.writeback,
     )
 
 
