@@ -619,14 +619,16 @@ def forking_in_mounts_of(pid: int) -> Iterator[Callable[[int], None]]:
     """
     flags = os.O_RDONLY | os.O_CLOEXEC
     home = os.open("/proc/self/ns/mnt", flags)
-    cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    # A path, not a directory fd: the child would inherit that fd, a way out of the root.
+    cwd = os.getcwd()
     away = False
 
     def come_back(_child: int = 0) -> None:
         nonlocal away
         if away:
             sc.setns(home, sc.CLONE_NEWNS)
-            os.fchdir(cwd)
+            with contextlib.suppress(OSError):
+                os.chdir(cwd)
             away = False
 
     try:
@@ -640,4 +642,3 @@ def forking_in_mounts_of(pid: int) -> Iterator[Callable[[int], None]]:
     finally:
         come_back()
         os.close(home)
-        os.close(cwd)

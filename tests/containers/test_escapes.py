@@ -71,10 +71,14 @@ def test_a_process_joining_by_exec_never_shows_the_host_root(
 ) -> None:
     """Regression: exec's child was born in the container's PID namespace but the host's
     mount namespace, and with CAP_SYS_PTRACE the container read host files through
-    /proc/<child>/root until the child joined."""
+    /proc/<child>/root until the child joined. Its cwd and fds must not lead out either."""
     marker = tmp_path / "marker"
     marker.write_text("HOST-FILE\n")
-    scan = f"while :; do for p in /proc/[0-9]*; do cat $p/root{marker} 2>/dev/null; done; done"
+    up = "/.." * 12  # from any directory a link or fd names, back to its root
+    scan = (
+        "while :; do for f in /proc/[0-9]*/root /proc/[0-9]*/cwd /proc/[0-9]*/fd/*; do "
+        f"cat $f{up}{marker} 2>/dev/null; done; done"
+    )
     lamina.ok("run", "-d", "--name", "prober", "--cap-add", "SYS_PTRACE",
               "--layer", str(busybox_rootfs), "--", "sh", "-c", scan)  # fmt: skip
     for _ in range(15):
