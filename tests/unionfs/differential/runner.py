@@ -277,8 +277,12 @@ def reduce(
     base: Path,
     log: Callable[[str], None],
     masks: Masks = frozenset(),
+    max_trials: int = 300,
 ) -> Mismatch:
-    """Shrink the op list (ddmin) while a mismatch of the same signature still occurs."""
+    """Shrink the op list (ddmin) while a mismatch of the same signature still occurs.
+
+    Stops after max_trials replays with the shortest reproduction found so far.
+    """
     trials = 0
 
     def failing(ops: list[Op]) -> Mismatch | None:
@@ -293,7 +297,7 @@ def reduce(
     best = mismatch
     ops = list(mismatch.ops)
     chunks = 2
-    while len(ops) >= 2:
+    while len(ops) >= 2 and trials < max_trials:
         size = max(1, len(ops) // chunks)
         for start in range(0, len(ops), size):
             found = failing(ops[:start] + ops[start + size :])
