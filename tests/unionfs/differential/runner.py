@@ -9,7 +9,10 @@ upper dirs must be equal and every lower layer must be exactly as it was built.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -130,6 +133,24 @@ def fixed(ops: Sequence[Op]) -> NextOp:
     return lambda _view, index: ops[index] if index < len(ops) else None
 
 
+OP_DEADLINE = 30.0
+
+
+def daemons_serving(mountpoints: tuple[str, ...]) -> list[int]:
+    """Pids of FUSE daemons whose command line ends with one of mountpoints."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"-o" in argv and any(os.fsencode(m) in argv for m in mountpoints):
+            pids.append(int(entry))
+    return pids
+
+
 class _Session:
     """One side-by-side run on two copies of a scenario's layers."""
 
@@ -143,9 +164,32 @@ class _Session:
         for mountpoint in self.mounts:
             mountpoint.mkdir()
         self.ops: list[Op] = []
+        self.hung: list[str] = []
 
     def fail(self, stage: str, details: list[str]) -> Mismatch:
+        details = [*self.hung, *details]
         return Mismatch(self.scenario, stage, self.pair.names, list(self.ops), details)
+
+    @contextlib.contextmanager
+    def deadline(self, mountpoints: tuple[str, str]) -> Iterator[None]:
+        """Kill the daemons serving mountpoints if the body outlives OP_DEADLINE.
+
+        A hung FUSE request would block the test forever; without its daemon the mount
+        answers ENOTCONN, so the run fails with a message instead.
+        """
+
+        def fire() -> None:
+            for pid in daemons_serving(mountpoints):
+                self.hung.append(f"  HUNG: killed pid {pid} after {OP_DEADLINE} s")
+                os.kill(pid, signal.SIGKILL)
+
+        timer = threading.Timer(OP_DEADLINE, fire)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
 
     @contextlib.contextmanager
     def mounted(self, names: tuple[str, str]) -> Iterator[tuple[str, str]]:
@@ -177,16 +221,20 @@ class _Session:
                     mnt_a, mnt_b = mounts.enter_context(self.mounted(self.pair.names))
                     self.compare_views(mnt_a, mnt_b)
                     continue
-                outcome_a, outcome_b = execute(op, mnt_a), execute(op, mnt_b)
-                if masked_outcome(op.name, outcome_a, self.masks) != masked_outcome(
-                    op.name, outcome_b, self.masks
-                ):
-                    details = [f"  {self.pair.a}: {outcome_a}", f"  {self.pair.b}: {outcome_b}"]
-                    raise self.fail("outcome", details)
-                self.compare_views(mnt_a, mnt_b)
-                if check_every and len(self.ops) % check_every == 0:
-                    self.compare_trees("merged view", mnt_a, mnt_b)
+                with self.deadline((mnt_a, mnt_b)):
+                    self.run_op(op, mnt_a, mnt_b)
+                    if check_every and len(self.ops) % check_every == 0:
+                        with self.deadline((mnt_a, mnt_b)):
+                self.compare_trees("merged view", mnt_a, mnt_b)
             self.compare_trees("merged view", mnt_a, mnt_b)
+
+    def run_op(self, op: Op, mnt_a: str, mnt_b: str) -> None:
+        outcome_a, outcome_b = execute(op, mnt_a), execute(op, mnt_b)
+        masks = self.masks
+        if masked_outcome(op.name, outcome_a, masks) != masked_outcome(op.name, outcome_b, masks):
+            details = [f"  {self.pair.a}: {outcome_a}", f"  {self.pair.b}: {outcome_b}"]
+            raise self.fail("outcome", details)
+        self.compare_views(mnt_a, mnt_b)
 
     def compare_views(self, mnt_a: str, mnt_b: str) -> None:
         """After every op: the same paths with the same kinds (cheap; full checks are rarer)."""
