@@ -224,9 +224,9 @@ class _Session:
                 with self.deadline((mnt_a, mnt_b)):
                     self.run_op(op, mnt_a, mnt_b)
                     if check_every and len(self.ops) % check_every == 0:
-                        with self.deadline((mnt_a, mnt_b)):
+                        self.compare_trees("merged view", mnt_a, mnt_b)
+            with self.deadline((mnt_a, mnt_b)):
                 self.compare_trees("merged view", mnt_a, mnt_b)
-            self.compare_trees("merged view", mnt_a, mnt_b)
 
     def run_op(self, op: Op, mnt_a: str, mnt_b: str) -> None:
         outcome_a, outcome_b = execute(op, mnt_a), execute(op, mnt_b)
