@@ -11,6 +11,7 @@ to a few ops with `python -m tests.unionfs.differential run --seeds N --reduce`.
 from __future__ import annotations
 
 import os
+import signal
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 
 from tests.mounting import Layers, kernel_overlay
 from tests.unionfs.differential import runner
+from tests.unionfs.differential.executor import execute
 from tests.unionfs.differential.layers import build_layers
 from tests.unionfs.differential.ops import Op
 from tests.unionfs.differential.runner import Mismatch, Pair, Scenario, replay, run_generated
@@ -129,3 +131,18 @@ def test_ops_print_as_python_and_parse_back() -> None:
     assert str(op) == "setxattr('a/b', 'user.x', b'\\x00v', 1)"
     assert Op.parse(str(op)) == op
     assert Op.parse("listdir('')") == Op("listdir", ("",))
+
+
+def test_a_hung_daemon_fails_the_run_instead_of_hanging_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner, "OP_DEADLINE", 1.0)
+
+    def execute_with_a_stopped_daemon(op: Op, root: str) -> str:
+        for pid in runner.daemons_serving((root,)):
+            os.kill(pid, signal.SIGSTOP)
+        return execute(op, root)
+
+    monkeypatch.setattr(runner, "execute", execute_with_a_stopped_daemon)
+    with pytest.raises(Mismatch, match="HUNG: killed pid"):
+        replay(Scenario(0), [Op("stat", ("",))], Pair("kernel", "unionfs"), tmp_path)
