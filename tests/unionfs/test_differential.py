@@ -33,10 +33,13 @@ WARMUP_OPS = 100
 
 
 def assert_same(scenario: Scenario, pair: Pair, base: Path, n_ops: int = OPS_PER_SEED) -> None:
+    report = None
     try:
         run_generated(scenario, n_ops, pair, base)
     except Mismatch as mismatch:
-        pytest.fail(str(mismatch), pytrace=False)
+        report = str(mismatch)
+    if report is not None:  # failed outside the except block: one report, not two
+        pytest.fail(report, pytrace=False)
 
 
 # Odd seeds start from an upper dir the kernel has already lived in (see Scenario).

@@ -103,6 +103,11 @@ class Mismatch(Exception):
         lines.append("  the last ops:")
         first = max(0, len(self.ops) - 8)
         lines += [f"    #{i}: {op}" for i, op in enumerate(self.ops[first:], first)]
+        warmup = f" --warmup {self.scenario.warmup}" if self.scenario.warmup else ""
+        lines.append(
+            f"  reduce: python -m tests.unionfs.differential run --pair {a}:{b}"
+            f" --seeds {self.scenario.seed}{warmup} --reduce"
+        )
         return "\n".join(lines)
 
 
