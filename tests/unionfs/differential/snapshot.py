@@ -183,15 +183,22 @@ def full_entry(path: str, rel: str, lower_paths: LowerPaths | None = None) -> En
     )
 
 
-def walk(root: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
-    """Every entry under root as (relative path, dir entry), never following symlinks."""
+def walk(
+    root: str, unlistable: dict[str, str] | None = None
+) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """Every entry under root as (relative path, dir entry), never following symlinks.
+
+    Dirs that cannot be listed go to unlistable as "dir/<readdir>" -> errno name.
+    """
     stack = [""]
     while stack:
         rel = stack.pop()
         try:
             with os.scandir(os.path.join(root, rel) if rel else root) as it:
                 entries = sorted(it, key=lambda e: e.name)
-        except OSError:  # shows as missing children, against the other side
+        except OSError as exc:
+            if unlistable is not None:
+                unlistable[f"{rel}/<readdir>"] = error_name(exc)
             continue
         for e in entries:
             path = f"{rel}/{e.name}" if rel else e.name
@@ -203,12 +210,13 @@ def walk(root: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
 def view_of(root: str) -> View:
     """The kinds of all paths in a tree: what the operation generator aims at."""
     view: View = {"": "d"}
-    for rel, e in walk(root):
+    unlistable: dict[str, str] = {}
+    for rel, e in walk(root, unlistable):
         try:
             view[rel] = kind_of(e.stat(follow_symlinks=False).st_mode)
         except OSError as exc:
             view[rel] = error_name(exc)
-    return view
+    return view | unlistable
 
 
 Snapshot = dict[str, Entry]
@@ -219,8 +227,11 @@ def snapshot(root: str | Path, *, upper: bool = False) -> Snapshot:
     root = str(root)
     lower_paths: LowerPaths | None = {} if upper else None
     snap = {"": full_entry(root, "", lower_paths)}
-    for rel, _ in walk(root):  # parents first, as the lower paths need
+    unlistable: dict[str, str] = {}
+    for rel, _ in walk(root, unlistable):  # parents first, as the lower paths need
         snap[rel] = full_entry(os.path.join(root, rel), rel, lower_paths)
+    for rel, error in unlistable.items():
+        snap[rel] = Entry(error, 0, -1, -1, None, None, "")
     return snap
 
 
