@@ -55,7 +55,7 @@ def replay_file(args: argparse.Namespace, pair: Pair, tmp: Path) -> int:
     failures = 0
     for attempt in range(args.times):
         try:
-            scenario = Scenario(args.seed, args.warmup)
+            scenario = Scenario(args.seed, args.warmup, args.stacked)
             replay(scenario, ops, pair, tmp / f"replay{attempt}", frozenset(args.known))
         except Mismatch as mismatch:
             failures += 1
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--ops", type=int, default=300)
     run.add_argument("--check-every", type=int, default=50)
     run.add_argument("--warmup", type=int, default=0, help="kernel ops run first on both")
+    run.add_argument("--stacked", action="store_true", help="the warmed upper becomes a lower")
     run.add_argument("--reduce", action="store_true", help="shrink each mismatch to few ops")
     run.add_argument(
         "--weight", action="append", default=[], help="NAME=N: steer the op mix (0 drops an op)"
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     rerun.add_argument("--pair", default="kernel:unionfs")
     rerun.add_argument("--seed", type=int, required=True)
     rerun.add_argument("--warmup", type=int, default=0)
+    rerun.add_argument("--stacked", action="store_true")
     rerun.add_argument("--known", action="append", default=[], choices=sorted(KNOWN_DIFFERENCES))
     rerun.add_argument("--times", type=int, default=1, help="repeat, to catch flaky ones")
     rerun.add_argument("ops_file", type=Path, help="'-' for stdin; '#12: ' prefixes are fine")
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             started = time.monotonic()
             base = Path(tmp) / f"seed{seed}"
             try:
-                scenario = Scenario(seed, args.warmup)
+                scenario = Scenario(seed, args.warmup, args.stacked)
                 run_generated(scenario, args.ops, pair, base, args.check_every, weights, masks)
             except Mismatch as mismatch:
                 tally[mismatch.signature] += 1

@@ -66,14 +66,18 @@ class Scenario:
     With warmup > 0, both copies are first mounted with the kernel overlayfs and the same
     `warmup` generated ops run on each, so the upper dir starts with what a previous
     session leaves: copied-up files, whiteouts, opaque dirs and redirects in the kernel's
-    own hand, which the implementation under test must read.
+    own hand, which the implementation under test must read. With stacked, that upper
+    then becomes the topmost lower layer under a fresh upper, as a committed image layer
+    does: redirects, opaque dirs and whiteouts must then work from a lower layer.
     """
 
     seed: int
     warmup: int = 0
+    stacked: bool = False
 
     def __str__(self) -> str:
-        return f"seed {self.seed}" + (f", warm-up {self.warmup}" if self.warmup else "")
+        warmup = f", warm-up {self.warmup}" if self.warmup else ""
+        return f"seed {self.seed}{warmup}{', stacked' if self.stacked else ''}"
 
 
 @dataclass
@@ -104,6 +108,7 @@ class Mismatch(Exception):
         first = max(0, len(self.ops) - 8)
         lines += [f"    #{i}: {op}" for i, op in enumerate(self.ops[first:], first)]
         warmup = f" --warmup {self.scenario.warmup}" if self.scenario.warmup else ""
+        warmup += " --stacked" if self.scenario.stacked else ""
         lines.append(
             f"  reduce: python -m tests.unionfs.differential run --pair {a}:{b}"
             f" --seeds {self.scenario.seed}{warmup} --reduce"
@@ -139,6 +144,19 @@ def fixed(ops: Sequence[Op]) -> NextOp:
 
 
 OP_DEADLINE = 30.0
+
+
+def stack_upper(layers: Layers) -> Layers:
+    """The upper dir becomes the topmost lower layer, under a fresh upper and workdir."""
+    assert layers.upper is not None and layers.work is not None
+    base = layers.upper.parent
+    lower = base / f"lower-stacked{len(layers.lowers)}"
+    layers.upper.rename(lower)
+    shutil.rmtree(layers.work)
+    upper, work = base / "upper", base / "work"
+    upper.mkdir()
+    work.mkdir()
+    return Layers((lower, *layers.lowers), upper, work)
 
 
 def daemons_serving(mountpoints: tuple[str, ...]) -> list[int]:
@@ -215,6 +233,8 @@ class _Session:
                 if execute(op, mnt_a) != execute(op, mnt_b):
                     raise self.fail("warm-up (kernel against itself)", [f"  {op}"])
         self.ops = []
+        if self.scenario.stacked:
+            self.layers = (stack_upper(self.layers[0]), stack_upper(self.layers[1]))
 
     def run_ops(self, next_op: NextOp, check_every: int) -> None:
         with contextlib.ExitStack() as mounts:
@@ -285,8 +305,8 @@ def run(
     """Run ops from next_op(view of side a, index) until it returns None; raise Mismatch."""
     base.mkdir(parents=True, exist_ok=True)
     session = _Session(scenario, pair, base, masks)
-    lowers_before = [fingerprint(p) for p in session.lowers()]
     session.warm_up()
+    lowers_before = [fingerprint(p) for p in session.lowers()]
     session.run_ops(next_op, check_every)
     session.compare_uppers()
     session.compare_kernel_remounts()
