@@ -320,3 +320,42 @@ def failing_fs(mountpoint: Path) -> Iterator[Path]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# --- operations that may hang ---------------------------------------------------------------
+
+
+def within(seconds: float, daemon: int, fn: Callable[..., object], *args: object) -> object:
+    """fn(*args) in a forked child: its result, or its OSError raised here. If it does not
+    finish in time, the daemon (whose hang it is) is killed so that the mount can go, and
+    the test fails: a hang is a bug, and must not hang the suite."""
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+
+    def child() -> None:
+        try:
+            result: tuple[str, object] = ("ok", fn(*args))
+        except OSError as exc:
+            result = ("oserror", (exc.errno, exc.strerror))
+        except BaseException as exc:
+            result = ("error", repr(exc))
+        send.send(result)
+
+    p = ctx.Process(target=child, daemon=True)
+    p.start()
+    send.close()
+    try:
+        if not recv.poll(seconds):
+            os.kill(daemon, 9)
+            raise AssertionError(f"{getattr(fn, '__name__', fn)}{args} hung the daemon")
+        kind, value = recv.recv()
+    finally:
+        p.kill()
+        p.join(30)
+        recv.close()
+    if kind == "oserror":
+        code, message = value
+        raise OSError(code, message)
+    if kind == "error":
+        raise AssertionError(value)
+    return value
