@@ -9,7 +9,6 @@ upper (st_dev, st_ino); a lower file is known by its path.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import stat
@@ -19,6 +18,16 @@ from unionfs.deferred import PendingCopy
 from unionfs.stack import Entry, Source
 
 ROOT_INO = 1
+
+
+class _NoChildren(dict):  # type: ignore[type-arg]
+    """The shared children of every non-directory: empty, and loud if written."""
+
+    def __setitem__(self, key: object, value: object) -> None:
+        raise TypeError("a non-directory has no children")
+
+
+NO_CHILDREN: dict[bytes, Node] = _NoChildren()
 
 
 @dataclass(eq=False, slots=True)
@@ -31,8 +40,10 @@ class Node:
     in_upper: bool
     parent: Node | None = None
     name: bytes = b""
-    extra_links: list[tuple[Node, bytes]] = field(default_factory=list)
-    children: dict[bytes, Node] = field(default_factory=dict)
+    # Further names of an upper hard link; a tuple (rarely more than empty) to stay small.
+    extra_links: tuple[tuple[Node, bytes], ...] = ()
+    # Known names of a directory; every other node shares one empty, unwritable dict.
+    children: dict[bytes, Node] = field(default_factory=lambda: NO_CHILDREN)
     lookups: int = 0
     open_count: int = 0
     pending: PendingCopy | None = None  # a deferred copy-up in progress
@@ -72,6 +83,7 @@ class InodeTable:
             ROOT_INO, root_entry.st.st_mode, None, root_entry.sources, root_entry.upper is not None
         )
         self.root.lookups = 1
+        self.root.children = {}
         self.nodes: dict[int, Node] = {ROOT_INO: self.root}
         self._by_key: dict[tuple[int, int], Node] = {}
 
@@ -89,7 +101,7 @@ class InodeTable:
         key = _key(entry)
         node = self._by_key.get(key) if key is not None else None
         if node is not None and node.linked:
-            node.extra_links.append((parent, name))
+            node.extra_links = (*node.extra_links, (parent, name))
         else:
             node = Node(
                 next(self._numbers),
@@ -99,6 +111,8 @@ class InodeTable:
                 entry.upper is not None,
             )
             node.parent, node.name = parent, name
+            if entry.is_dir:
+                node.children = {}
             self.nodes[node.ino] = node
             if key is not None:
                 self._by_key[key] = node
@@ -121,7 +135,7 @@ class InodeTable:
         if node.parent is None:
             node.parent, node.name = parent, name
         else:
-            node.extra_links.append((parent, name))
+            node.extra_links = (*node.extra_links, (parent, name))
 
     def remove_link(self, parent: Node, name: bytes) -> Node | None:
         """Forget that `name` in parent names its node (after unlink/rmdir/rename away)."""
@@ -130,12 +144,14 @@ class InodeTable:
             return None
         if node.parent is parent and node.name == name:
             if node.extra_links:
-                node.parent, node.name = node.extra_links.pop(0)
+                (node.parent, node.name), node.extra_links = (
+                    node.extra_links[0],
+                    node.extra_links[1:],
+                )
             else:
                 node.parent, node.name = None, b""
         else:
-            with contextlib.suppress(ValueError):
-                node.extra_links.remove((parent, name))
+            node.extra_links = tuple(link for link in node.extra_links if link != (parent, name))
         self._drop_if_unused(node)
         return node
 
@@ -146,7 +162,7 @@ class InodeTable:
         if node.parent is old[0] and node.name == old[1]:
             node.parent, node.name = new
         else:
-            node.extra_links = [new if link == old else link for link in node.extra_links]
+            node.extra_links = tuple(new if link == old else link for link in node.extra_links)
 
     def lookup(self, node: Node, count: int = 1) -> None:
         node.lookups += count
@@ -174,7 +190,7 @@ class InodeTable:
             for parent, name in node.extra_links:
                 if parent.children.get(name) is node:
                     del parent.children[name]
-        node.parent, node.extra_links = None, []
+        node.parent, node.extra_links = None, ()
         self._remove(node)
 
     def _drop_if_unused(self, node: Node) -> None:
