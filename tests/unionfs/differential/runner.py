@@ -48,6 +48,10 @@ def mount_ours(layers: Layers, mountpoint: Path) -> AbstractContextManager[Path]
     return unionfs(layers, mountpoint)
 
 
+def mount_ours_without_writeback(layers: Layers, mountpoint: Path) -> AbstractContextManager[Path]:
+    return unionfs(layers, mountpoint, ("nowriteback",))
+
+
 def mount_fuse_overlayfs(layers: Layers, mountpoint: Path) -> AbstractContextManager[Path]:
     return unionfs(layers, mountpoint, program=FUSE_OVERLAYFS)
 
@@ -55,6 +59,7 @@ def mount_fuse_overlayfs(layers: Layers, mountpoint: Path) -> AbstractContextMan
 IMPLEMENTATIONS: dict[str, Mounter] = {
     "kernel": mount_kernel,
     "unionfs": mount_ours,
+    "unionfs-nowriteback": mount_ours_without_writeback,
     "fuse-overlayfs": mount_fuse_overlayfs,
 }
 
