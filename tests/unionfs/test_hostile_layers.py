@@ -139,14 +139,14 @@ def test_a_redirect_never_leads_out_of_the_lower_layers(scene: Scene, redirect: 
     with mounting.unionfs(scene.layers, scene.mnt) as m:
         pid = daemon_pid(m)
         try:
-            listed = within(10, pid, os.listdir, m / "d")
+            listed = within(5, pid, os.listdir, m / "d")
         except OSError as exc:
             assert exc.errno in (errno.EIO, errno.EINVAL, errno.ESTALE, errno.ENOENT), exc
         else:
             assert isinstance(listed, list)
             assert "secret" not in listed
             assert "own" in listed
-        assert errno_of(lambda: within(10, pid, os.stat, m / "d" / "secret")) != 0
+        assert errno_of(lambda: within(5, pid, os.stat, m / "d" / "secret")) != 0
         assert is_alive(pid) and answers(m)
     if b".." in redirect:  # fsck calls such a redirect what it is: one that names no lower dir
         assert fsck(scene.layers).returncode == 4
@@ -159,9 +159,9 @@ def test_a_redirect_in_a_lower_layer_never_leads_out_of_the_layers(scene: Scene)
     os.setxattr(d, REDIRECT, b"/../outside")
     with mounting.unionfs(scene.layers, scene.mnt) as m:
         pid = daemon_pid(m)
-        listed = within(10, pid, os.listdir, m / "d")
+        listed = within(5, pid, os.listdir, m / "d")
         assert listed == []
-        assert errno_of(lambda: within(10, pid, os.stat, m / "d" / "secret")) == errno.ENOENT
+        assert errno_of(lambda: within(5, pid, os.stat, m / "d" / "secret")) == errno.ENOENT
 
 
 def test_dotdot_lookups_stay_inside_the_mount(scene: Scene) -> None:
