@@ -58,6 +58,65 @@ def test_unionfs_behaves_like_the_kernel_overlayfs(scenario: Scenario, tmp_path:
     assert_same(scenario, Pair("kernel", "unionfs"), tmp_path)
 
 
+# Reductions of differences the generated runs found, kept as short regression specs.
+REPRODUCTIONS = {
+    "create keeps the setgid bit": (Scenario(1), ["create('n2', 0o2755)"]),
+    "mkdir in a merged dir marks it opaque": (Scenario(0), ["mkdir('n2', 0o755)"]),
+    "readdir returns dot and dotdot": (Scenario(1), ["listdir('')"]),
+    "hard links of exchanged files stay reachable": (
+        Scenario(17),
+        [
+            "create('n1', 0o644)",
+            "create('n3', 0o644)",
+            "renameat2('n3', 'n1', 2)",
+            "link('n1', 'n2')",
+            "unlink('n1')",
+            "truncate('n2', 0)",
+        ],
+    ),
+    "whiteouts belong to the mounter, not to a setgid dir's group": (
+        Scenario(4),
+        ["unlink('c/b/a')"],
+    ),
+    "a redirect stops at a lower symlink (no ELOOP)": (
+        Scenario(220),
+        ["rename('d/a', 'a/n7')", "remount()", "listdir('a')"],
+    ),
+    "a redirect stops at a lower non-directory": (
+        Scenario(25),
+        ["rename('f', 'd/a/n0')", "rename('d/a/n0/e', 'd/n4')", "remount()"],
+    ),
+    "a kernel-made redirect is followed the kernel's way": (
+        Scenario(310, warmup=150),
+        ["listdir('f')"],
+    ),
+    "a relative redirect in a lower layer is relative to its parent": (
+        Scenario(3, warmup=100, stacked=True),
+        ["renameat2('f', 'a/x', 2)", "remount()"],
+    ),
+    "truncate to the current size updates mtime": (
+        Scenario(3),
+        ["create('n1', 0o644)", "utime('n1', 10**18, 10**18)", "truncate('n1', 0)", "stat('n1')"],
+    ),
+    "a failing setxattr still copies up, as the kernel does": (
+        Scenario(16),
+        ["setxattr('e/f', 'user.x', b'', 2)", "stat('e/f')"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", REPRODUCTIONS)
+def test_reproduction(name: str, tmp_path: Path) -> None:
+    scenario, ops = REPRODUCTIONS[name]
+    report = None
+    try:
+        replay(scenario, [Op.parse(op) for op in ops], Pair("kernel", "unionfs"), tmp_path)
+    except Mismatch as mismatch:
+        report = str(mismatch)
+    if report is not None:
+        pytest.fail(report, pytrace=False)
+
+
 # -- the harness itself -------------------------------------------------------------------
 
 
