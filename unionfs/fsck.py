@@ -20,7 +20,7 @@ from pathlib import Path
 
 from unionfs.copyup import WorkDir
 from unionfs.deferred import RECORD_SUFFIX, Record, finish_from_record
-from unionfs.stack import lstat_or_none
+from unionfs.stack import LayerStack, lstat_or_none
 from unionfs.whiteouts import XattrNames, is_whiteout
 
 CLEAN, REPAIRED, LEFT = 0, 1, 4
@@ -143,12 +143,16 @@ def _check_work(upper: bytes, work: WorkDir, report: Report, repair: bool) -> No
 
 
 def _redirect_found(rel: bytes, redirect: bytes, lowers: list[bytes]) -> bool:
-    if redirect.startswith(b"/"):
-        target = redirect.strip(b"/")
-    else:
-        parent = rel.rpartition(b"/")[0]
-        target = parent + b"/" + redirect if parent else redirect
-    return any(os.path.isdir(lower + b"/" + target) for lower in lowers)
+    """Does the redirect name a lower directory, by the rules lookups follow?"""
+    stack = LayerStack(lowers, None)
+    parent = rel.rpartition(b"/")[0]
+    parent_sources = tuple((index, parent) for index in range(len(lowers)))
+    leaf = rel.rpartition(b"/")[2]
+    for source in stack.candidates(parent_sources, leaf, redirect, after=-1):
+        st = lstat_or_none(stack.lower_path(source))
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            return True
+    return False
 
 
 def _hides_something(rel: bytes, lowers: list[bytes]) -> bool:

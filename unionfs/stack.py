@@ -184,7 +184,7 @@ class LayerStack:
                 if markers.opaque:
                     return Entry(rel, (), st)
                 upper_rel, upper_st, redirect = rel, st, markers.redirect
-        candidates = self._candidates(parent_sources, name, redirect, after=-1)
+        candidates = self.candidates(parent_sources, name, redirect, after=-1)
         sources: list[Source] = []
         first_st = upper_st
         position = 0
@@ -209,22 +209,47 @@ class LayerStack:
             if markers.opaque:
                 break
             if markers.redirect is not None:
-                candidates = candidates[:position] + self._candidates(
+                candidates = candidates[:position] + self.candidates(
                     parent_sources, name, markers.redirect, after=source[0]
                 )
         if first_st is None:
             return None
         return Entry(upper_rel, tuple(sources), first_st)
 
-    def _candidates(
+    def candidates(
         self, parent_sources: Iterable[Source], name: bytes, redirect: bytes | None, after: int
     ) -> list[Source]:
-        """Where to look for `name` in the lower layers below index `after`."""
+        """Where to look for `name` in the lower layers below index `after`.
+
+        A redirect is data from a layer, so it is checked like any input: `.`/`..` or empty
+        components, or a path through a symlink, would lead out of the layers (and maybe
+        into our own mountpoint, where the daemon would wait on itself). Such a redirect
+        leads nowhere: the directory then merges with nothing below.
+        """
         if redirect is not None and redirect.startswith(b"/"):
-            target = redirect.strip(b"/")
-            return [(i, target) for i in range(after + 1, len(self.lowers))]
+            parts = redirect[1:].split(b"/")
+            if any(part in (b"", b".", b"..") for part in parts):
+                return []
+            target = b"/".join(parts)
+            return [
+                (i, target)
+                for i in range(after + 1, len(self.lowers))
+                if self._real_dirs_above((i, target))
+            ]
+        if redirect is not None and (redirect in (b"", b".", b"..") or b"/" in redirect):
+            return []
         leaf = redirect if redirect is not None else name
         return [(i, join(path, leaf)) for i, path in parent_sources if i > after]
+
+    def _real_dirs_above(self, source: Source) -> bool:
+        """Every ancestor of the path inside its layer is a directory, not a symlink."""
+        index, rel = source
+        parts = rel.split(b"/")[:-1]
+        for depth in range(1, len(parts) + 1):
+            st = lstat_or_none(self.lower_path((index, b"/".join(parts[:depth]))))
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                return False
+        return True
 
     def lower_positive(self, parent_sources: tuple[Source, ...], name: bytes) -> bool:
         """True if a lower layer still shows `name` under a directory with these sources.

@@ -164,3 +164,29 @@ def test_an_opaque_upper_root_hides_all_lowers(tree: tuple[Path, Path, Path]) ->
     root = stack.root()
     assert root.sources == ()
     assert stack.list_dir(root.upper, root.sources) == []
+
+
+@pytest.mark.parametrize("redirect", [b"/..", b"/../x", b"..", b"a/b", b"/", b"/a/./b", b"."])
+def test_a_redirect_that_could_leave_the_layers_leads_nowhere(
+    tree: tuple[Path, Path, Path], redirect: bytes
+) -> None:
+    upper, top, _ = tree
+    (top / "a" / "b").mkdir(parents=True)
+    (upper / "d").mkdir()
+    os.setxattr(upper / "d", TRUSTED.redirect, redirect)
+    stack = stack_of(upper, top)
+    root = stack.root()
+    entry = stack.lookup(root.upper, root.sources, b"d")
+    assert entry is not None and entry.sources == ()
+
+
+def test_a_redirect_through_a_symlink_leads_nowhere(tree: tuple[Path, Path, Path]) -> None:
+    upper, top, bottom = tree
+    (bottom / "real" / "x").mkdir(parents=True)
+    (top / "real").symlink_to(bottom / "real")
+    (upper / "d").mkdir()
+    os.setxattr(upper / "d", TRUSTED.redirect, b"/real/x")
+    stack = stack_of(upper, top)
+    root = stack.root()
+    entry = stack.lookup(root.upper, root.sources, b"d")
+    assert entry is not None and entry.sources == ()
