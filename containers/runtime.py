@@ -150,19 +150,14 @@ def start(
 
 
 def _create_record(spec: ContainerSpec, root: Path) -> ContainerRecord:
-    state.reserve_name(root, spec.name, spec.id)
-    directory = state.containers_dir(root) / spec.id
-    try:
-        directory.mkdir(parents=True)
-        # Root only: the upper dir holds whatever the container made, setuid-root files too,
-        # and no host user may reach them.
-        os.chmod(directory, 0o700)
-        for sub in ("upper", "work", "rootfs"):
-            (directory / sub).mkdir()
-    except BaseException:
-        state.release_name(root, spec.name, spec.id)
-        _rmtree(directory)
-        raise
+    """Publish the container's dir, record included, with one rename, then claim its name:
+    killed at any moment, lamina leaves a hidden scratch dir (swept by a later start) or a
+    record that ps shows and rm removes, never a dir or a name that nothing can remove."""
+    containers = state.containers_dir(root)
+    containers.mkdir(parents=True, exist_ok=True)
+    _sweep_dead_scratch(containers)
+    directory = containers / spec.id
+    scratch = containers / f".new-{os.getpid()}-{spec.id}"
     record = ContainerRecord(
         id=spec.id,
         name=spec.name,
@@ -180,8 +175,29 @@ def _create_record(spec: ContainerSpec, root: Path) -> ContainerRecord:
         privileged=spec.privileged,
         memory_limit=spec.resources.memory,
     )
-    state.save(record)
+    try:
+        scratch.mkdir()
+        # Root only: the upper dir holds whatever the container made, setuid-root files too,
+        # and no host user may reach them.
+        os.chmod(scratch, 0o700)
+        for sub in ("upper", "work", "rootfs"):
+            (scratch / sub).mkdir()
+        state.save(record, into=scratch)
+        os.rename(scratch, directory)
+        state.reserve_name(root, spec.name, spec.id)
+    except BaseException:
+        _rmtree(scratch)
+        _rmtree(directory)
+        raise
     return record
+
+
+def _sweep_dead_scratch(containers: Path) -> None:
+    """Remove the scratch dirs of starts killed before they published (pid in the name)."""
+    for entry in containers.glob(".new-*-*"):
+        pid = entry.name.split("-")[1]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            _rmtree(entry)
 
 
 def _remove_record_files(root: Path, record: ContainerRecord) -> None:

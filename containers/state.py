@@ -109,12 +109,14 @@ def names_dir(root: Path) -> Path:
     return root / "names"
 
 
-def save(record: ContainerRecord) -> None:
-    """Write the record atomically: readers see the old or the new file, never half of one."""
-    tmp = record.dir / f".{STATE_FILE}.{os.getpid()}.tmp"
+def save(record: ContainerRecord, into: Path | None = None) -> None:
+    """Write the record atomically: readers see the old or the new file, never half of one.
+    `into` writes it in another dir than record.dir (one about to be renamed to it)."""
+    directory = into or record.dir
+    tmp = directory / f".{STATE_FILE}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(record.to_json(), f, indent=1)
-    os.replace(tmp, record.dir / STATE_FILE)
+    os.replace(tmp, directory / STATE_FILE)
 
 
 def load(container_dir: Path) -> ContainerRecord:
@@ -127,6 +129,8 @@ def all_records(root: Path) -> list[ContainerRecord]:
     records = []
     with contextlib.suppress(FileNotFoundError):
         for entry in os.scandir(containers_dir(root)):
+            if entry.name.startswith("."):
+                continue  # a start's scratch dir, not published yet
             try:
                 records.append(load(Path(entry.path)))
             except (FileNotFoundError, NotADirectoryError, ValueError, KeyError, TypeError):
@@ -143,9 +147,14 @@ def find_container(root: Path, ref: str) -> ContainerRecord:
     if "/" not in ref:
         with contextlib.suppress(FileNotFoundError):
             return load(containers_dir(root) / ref)
-    matches = [r for r in all_records(root) if r.id.startswith(ref)]
+    records = all_records(root)
+    matches = [r for r in records if r.id.startswith(ref)]
     if len(matches) == 1:
         return matches[0]
+    if not matches:  # a start killed before it claimed its name: the record still says it
+        matches = [r for r in records if r.name == ref]
+        if len(matches) == 1:
+            return matches[0]
     if len(matches) > 1:
         raise UserError(f"container reference {ref!r} is ambiguous: use more characters")
     raise UserError(f"no such container: {ref}")

@@ -131,7 +131,10 @@ def leftovers(lamina: Lamina, container_id: str, pids: list[int]) -> list[str]:
     directory = lamina.root / "containers" / container_id
     found = [f"mount: {line.split()[1]}" for line in mounts_under(directory)]
     found += [f"cgroup: {path}" for path in cgroups_of(lamina, container_id)]
-    found += [f"process mentioning it: {pid}" for pid in processes_mentioning(str(directory))]
+    found += [
+        f"process mentioning it: {pid} {_cmdline(pid)}"
+        for pid in processes_mentioning(str(directory))
+    ]
     found += [f"process still alive: {pid}" for pid in pids if is_running(pid)]
     if directory.exists():
         found.append(f"state dir: {directory}")
@@ -146,3 +149,11 @@ def is_running(pid: int) -> bool:
     except OSError:
         return False
     return data[data.rindex(b")") + 2 :].split()[0] != b"Z"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")[:300]
+    except OSError:
+        return "(gone)"

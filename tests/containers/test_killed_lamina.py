@@ -4,7 +4,9 @@ container with a sensible status, and `rm -f` removes all of it (mount, union da
 cgroup, processes, state dir and name).
 
 $LAMINA_TEST_PAUSE_AT=<step> makes lamina stop itself (SIGSTOP) at that step of
-`runtime.start`, so the kill lands exactly there.
+`runtime.start`, so the kill lands exactly there; other tests kill it, without the hook, as
+soon as a milestone shows on the host (state dir, mount, cgroup, process, command), which
+lands mid-step.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,7 @@ from tests.containers.reliability_helpers import cgroups_of, is_running, leftove
 from tests.containers.runtime_helpers import (  # noqa: F401 - fixtures
     Lamina,
     busybox_rootfs,
+    cgroup_parent_dirs,
     lamina,
     mounts_under,
     wait_for,
@@ -149,3 +153,95 @@ def test_a_container_whose_start_was_cut_short_can_be_stopped(
         assert not mounts_under(container.dir) and not cgroups_of(lamina, container.id)
         lamina.ok("rm", "victim")
         assert lamina.container_ids() == []
+
+
+# ---- killed at observed milestones, without the hook ---------------------------------------
+
+
+def _container_dirs(lamina: Lamina) -> list[Path]:
+    directory = lamina.root / "containers"
+    return [*directory.iterdir()] if directory.exists() else []
+
+
+def _cgroup_pids(lamina: Lamina) -> list[int]:
+    parent = lamina.env["LAMINA_CGROUP_PARENT"]
+    pids = []
+    for d in cgroup_parent_dirs(parent):
+        for procs in d.glob("*/cgroup.procs"):
+            with contextlib.suppress(OSError):
+                pids += [int(p) for p in procs.read_text().split()]
+    return pids
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+MILESTONES: dict[str, Callable[[Lamina], bool]] = {
+    "the state dir exists": lambda lamina: bool(_container_dirs(lamina)),
+    "the union is mounted": lambda lamina: bool(mounts_under(lamina.root / "containers")),
+    "the cgroup exists": lambda lamina: any(
+        child.is_dir()
+        for d in cgroup_parent_dirs(lamina.env["LAMINA_CGROUP_PARENT"])
+        for child in d.iterdir()
+    ),
+    "a process is in the cgroup": lambda lamina: bool(_cgroup_pids(lamina)),
+    "the command runs": lambda lamina: any(
+        _cmdline(pid).startswith(b"sleep\0") for pid in _cgroup_pids(lamina)
+    ),
+}
+
+
+def kill_lamina_when(lamina: Lamina, rootfs: Path, milestone: str) -> list[int]:
+    """Start a container and SIGKILL its `lamina run` as soon as milestone is seen; returns
+    the processes it had started by then."""
+    reached = MILESTONES[milestone]
+    argv = lamina.argv("run", "--name", "victim", "--layer", str(rootfs), "--", "sleep", "600")
+    # No pipes: the command inherits lamina's stdout, and would hold a pipe open.
+    run = subprocess.Popen(argv, env=lamina.env, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not reached(lamina):  # as tight as we can: the kill should land mid-step
+            assert run.poll() is None and time.monotonic() < deadline, f"never saw {milestone}"
+        run.kill()
+        return children_of(run.pid) + _cgroup_pids(lamina)
+    finally:
+        run.kill()
+        run.wait()
+
+
+def check_ps_and_rm_recover(lamina: Lamina, processes: list[int]) -> None:
+    published = [d for d in _container_dirs(lamina) if not d.name.startswith(".")]
+    if not published:  # killed before the record was published: nothing else exists yet
+        assert not mounts_under(lamina.root) and not _cgroup_pids(lamina)
+        assert lamina.ok("ps", "-a").splitlines()[1:] == []
+        assert not (lamina.root / "names" / "victim").exists()
+        return
+    (container_dir,) = published
+    status = lamina.status_of("victim")
+    assert "   Created " in status or "   Up " in status, status
+    lamina.ok("rm", "-f", "victim")
+    wait_for(lambda: not any(map(is_running, processes)), what="every process to end")
+    assert leftovers(lamina, container_dir.name, processes) == []
+    assert lamina.ok("ps", "-a").splitlines()[1:] == []
+
+
+@pytest.mark.parametrize("milestone", list(MILESTONES))
+def test_lamina_killed_when_a_milestone_appears_leaves_nothing_rm_cannot_remove(
+    milestone: str, lamina: Lamina, busybox_rootfs: Path
+) -> None:
+    check_ps_and_rm_recover(lamina, kill_lamina_when(lamina, busybox_rootfs, milestone))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("milestone", list(MILESTONES))
+def test_lamina_killed_at_milestones_many_times(
+    milestone: str, lamina: Lamina, busybox_rootfs: Path
+) -> None:
+    for _ in range(25):
+        check_ps_and_rm_recover(lamina, kill_lamina_when(lamina, busybox_rootfs, milestone))
