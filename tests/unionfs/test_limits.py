@@ -7,6 +7,7 @@ daemon's memory or descriptors growing, and thousands of files open at once.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import resource
@@ -338,3 +339,38 @@ def test_thousands_of_files_open_at_once_read_and_write_correctly(scene: Scene) 
         for fd in fds:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_thousands_of_open_files_do_not_depend_on_the_soft_limit_the_daemon_started_with(
+    scene: Scene,
+) -> None:
+    """Found by the test above, started from a shell with the common soft limit of 1024
+    descriptors: the daemon keeps one per open file, so every caller of the mount together
+    got EMFILE after about 1000 files, whatever their own limits. A daemon can raise its soft
+    limit to its hard limit (fuse-overlayfs does)."""
+    n = 3000
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2 * n:
+        pytest.skip(f"the hard limit on descriptors ({hard}) is too low")
+    for i in range(n):
+        write(scene.lower / "d" / f"f{i}", b"file %d" % i)
+    fds: list[int] = []
+    with contextlib.ExitStack() as stack:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+        try:
+            mnt = stack.enter_context(mounting.unionfs(scene.layers, scene.mnt))
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (2 * n, hard))
+        try:
+            failed = 0
+            for i in range(n):
+                try:
+                    fds.append(os.open(mnt / "d" / f"f{i}", os.O_RDONLY))
+                except OSError as exc:
+                    assert exc.errno == errno.EMFILE, exc
+                    failed += 1
+            assert failed == 0, f"{failed} of {n} opens failed with EMFILE"
+        finally:
+            for fd in fds:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
