@@ -539,16 +539,25 @@ class UnionFilesystem:
             else:
                 os.unlink(path)
         else:
-            make_whiteout(path)
+            os.rename(self._new_whiteout(), path)
         self.inodes.remove_link(parent, name)
+
+    def _new_whiteout(self) -> bytes:
+        """A whiteout made in work/: root-owned, as the kernel's, whatever the target dir's
+        set-group-ID bit would give it; moved into place in one rename."""
+        assert self.work is not None
+        temp = self.work.temp_name()
+        make_whiteout(temp)
+        return temp
 
     def _move_to_work(self, path: bytes, *, whiteout: bool) -> None:
         """Take path out of the upper (leaving a whiteout if asked) and delete it in work/."""
         assert self.work is not None
-        temp = self.work.temp_name()
         if whiteout:
-            self._rename_leaving_whiteout(path, temp)
+            temp = self._new_whiteout()
+            renameat2(temp, path, RENAME_EXCHANGE)  # atomic: the name is never uncovered
         else:
+            temp = self.work.temp_name()
             os.rename(path, temp)
         self.work.discard(temp)
 

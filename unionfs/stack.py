@@ -36,6 +36,7 @@ def lstat_or_none(path: bytes) -> os.stat_result | None:
 # Paths at least this long go through a directory descriptor: the kernel refuses paths of
 # PATH_MAX (4096) bytes or more, while a tree may be deeper than that.
 LONG_PATH = 3072
+OPAQUE_ABOVE = 2
 
 
 class ShortPaths:
@@ -185,6 +186,9 @@ class LayerStack:
                     return Entry(rel, (), st)
                 upper_rel, upper_st, redirect = rel, st, markers.redirect
         candidates = self.candidates(parent_sources, name, redirect, after=-1)
+        # Once an absolute redirect is followed, paths no longer hang off the parent's
+        # sources: a later relative redirect is relative to the path reached so far.
+        absolute = redirect is not None and redirect.startswith(b"/")
         sources: list[Source] = []
         first_st = upper_st
         position = 0
@@ -209,8 +213,12 @@ class LayerStack:
             if markers.opaque:
                 break
             if markers.redirect is not None:
+                followed = markers.redirect
+                if absolute and not followed.startswith(b"/") and b"/" not in followed:
+                    followed = b"/" + join(source[1].rpartition(b"/")[0], followed)
+                absolute = absolute or followed.startswith(b"/")
                 candidates = candidates[:position] + self.candidates(
-                    parent_sources, name, markers.redirect, after=source[0]
+                    parent_sources, name, followed, after=source[0]
                 )
         if first_st is None:
             return None
@@ -231,25 +239,39 @@ class LayerStack:
             if any(part in (b"", b".", b"..") for part in parts):
                 return []
             target = b"/".join(parts)
-            return [
-                (i, target)
-                for i in range(after + 1, len(self.lowers))
-                if self._real_dirs_above((i, target))
-            ]
+            found: list[Source] = []
+            for index in range(after + 1, len(self.lowers)):
+                above = self._dirs_above((index, target))
+                if above is None:
+                    break  # a non-directory on the way ends the lookup, as in the kernel
+                if above:
+                    found.append((index, target))
+                if above == OPAQUE_ABOVE:
+                    break  # an opaque directory on the way hides the layers below
+            return found
         if redirect is not None and (redirect in (b"", b".", b"..") or b"/" in redirect):
             return []
         leaf = redirect if redirect is not None else name
         return [(i, join(path, leaf)) for i, path in parent_sources if i > after]
 
-    def _real_dirs_above(self, source: Source) -> bool:
-        """Every ancestor of the path inside its layer is a directory, not a symlink."""
+    def _dirs_above(self, source: Source) -> int | None:
+        """Are the ancestors of the path inside its layer all directories? True (1): yes;
+        OPAQUE_ABOVE: yes, and one is opaque (no layer below counts); False (0): one is
+        missing (look in the next layer); None: one is a non-directory (a file, or a
+        symlink that must never be followed)."""
         index, rel = source
         parts = rel.split(b"/")[:-1]
+        result = 1
         for depth in range(1, len(parts) + 1):
-            st = lstat_or_none(self.lower_path((index, b"/".join(parts[:depth]))))
-            if st is None or not stat.S_ISDIR(st.st_mode):
-                return False
-        return True
+            path = self.lower_path((index, b"/".join(parts[:depth])))
+            st = lstat_or_none(path)
+            if st is None:
+                return 0
+            if not stat.S_ISDIR(st.st_mode):
+                return None
+            if self.dir_markers(path).opaque:
+                result = OPAQUE_ABOVE
+        return result
 
     def lower_positive(self, parent_sources: tuple[Source, ...], name: bytes) -> bool:
         """True if a lower layer still shows `name` under a directory with these sources.
