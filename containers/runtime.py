@@ -402,6 +402,8 @@ def teardown(record: ContainerRecord, cgroup: Cgroup | None = None) -> None:
     cgroup = cgroup if cgroup is not None else open_cgroup(record.id)
     if any(p.exists() for p in cgroup.paths()):
         cgroup.destroy()
+    if not os.path.ismount(record.mount_point):
+        _end_unfinished_mount(record)
     unmount(record.mount_point)
     # umount(2) returns at once; the union daemon may still be finishing background
     # copy-ups into the upper dir, which diff, commit and rm must see whole.
@@ -411,6 +413,27 @@ def teardown(record: ContainerRecord, cgroup: Cgroup | None = None) -> None:
         record.mounted = False
         with contextlib.suppress(FileNotFoundError):
             state.save(record)
+
+
+def _end_unfinished_mount(record: ContainerRecord) -> None:
+    """A start killed while its mount program ran leaves that program (and its daemon)
+    mounting on its own: end them, so that nothing mounts after we have unmounted."""
+    needle = f"upperdir={record.upper_dir},".encode()
+
+    def mounting() -> list[int]:
+        found = []
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/cmdline", "rb") as f:
+                if needle in f.read():
+                    found.append(int(entry))
+        return [pid for pid in found if state.process_start_time(pid) is not None]
+
+    deadline = time.monotonic() + 10
+    while (pids := mounting()) and time.monotonic() < deadline:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01)
 
 
 def remove(root: Path, record: ContainerRecord) -> None:

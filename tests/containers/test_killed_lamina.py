@@ -23,7 +23,12 @@ import pytest
 
 from containers.runtime import PAUSE_AT_ENV
 from containers.state import find_container
-from tests.containers.reliability_helpers import cgroups_of, is_running, leftovers
+from tests.containers.reliability_helpers import (
+    cgroups_of,
+    is_running,
+    leftovers,
+    processes_mentioning,
+)
 from tests.containers.runtime_helpers import (  # noqa: F401 - fixtures
     Lamina,
     busybox_rootfs,
@@ -183,6 +188,9 @@ def _cmdline(pid: int) -> bytes:
 
 MILESTONES: dict[str, Callable[[Lamina], bool]] = {
     "the state dir exists": lambda lamina: bool(_container_dirs(lamina)),
+    "the mount program runs": lambda lamina: bool(
+        processes_mentioning(f"upperdir={lamina.root / 'containers'}")
+    ),
     "the union is mounted": lambda lamina: bool(mounts_under(lamina.root / "containers")),
     "the cgroup exists": lambda lamina: any(
         child.is_dir()
