@@ -222,7 +222,9 @@ FAILING_TREE: dict[bytes, tuple[int, bytes, str]] = {
     b"bad-read": (3, b"data that cannot be read\n", "read"),
     b"bad-stat": (4, b"", "lookup"),
     b"bad-dir": (5, b"", "readdir"),
+    b"bad-tail": (6, bytes(range(256)) * 4096, "read-tail"),  # 1 MiB, EIO past 512 KiB
 }
+BAD_TAIL_FROM = 512 * 1024
 
 
 def serve_failing_fs(mountpoint: str) -> None:  # pragma: no cover - runs in a subprocess
@@ -278,7 +280,7 @@ def serve_failing_fs(mountpoint: str) -> None:  # pragma: no cover - runs in a s
 
         async def read(self, fh: int, off: int, size: int) -> bytes:
             _name, data, fails = by_inode[fh]
-            if fails == "read":
+            if fails == "read" or (fails == "read-tail" and off + size > BAD_TAIL_FROM):
                 raise pyfuse3.FUSEError(errno_.EIO)
             return data[off : off + size]
 

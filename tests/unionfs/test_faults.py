@@ -252,6 +252,37 @@ def test_one_lower_entry_that_answers_eio_does_not_hide_its_whole_directory() ->
             assert sorted(os.listdir(m)) == sorted(n.decode() for n in FAILING_TREE)
 
 
+def test_a_lazy_copy_up_from_a_failing_lower_leaves_nothing_and_the_next_mount_works() -> None:
+    """Found with a 1 MiB lower file unreadable past 512 KiB, copied up lazily: every write
+    answered EIO (good), but the clean unmount left workdir/work/#1 and a #1.pending record
+    of an fsynced copy-up, and the next mount refused to start ("mount failed: EIO"): one
+    bad lower file made the whole union unmountable."""
+    with scratch("faults-eio-lazy") as base, failing_fs(base / "failing") as failing:
+        upper, work = base / "upper", base / "work"
+        upper.mkdir()
+        work.mkdir()
+        layers = mounting.Layers((failing,), upper, work)
+        mnt = base / "mnt"
+        mnt.mkdir()
+        with mounting.unionfs(layers, mnt, ["lazy_copyup=64k"]) as m:
+            fd = os.open(m / "bad-tail", os.O_RDWR)
+            try:
+                for offset in (0, 100_000, 700_000):
+                    code = errno_of(lambda o=offset: os.pwrite(fd, b"X", o))  # type: ignore[misc]
+                    assert code == errno.EIO
+                os.fsync(fd)
+            except OSError as exc:
+                assert exc.errno == errno.EIO
+            finally:
+                os.close(fd)
+        assert os.listdir(work / "work") == [], "a failed copy-up left its files"
+        with mounting.unionfs(layers, mnt, ["lazy_copyup=64k"]) as m:
+            assert (m / "good").read_bytes() == FAILING_TREE[b"good"][1]
+            with open(m / "bad-tail", "rb") as f:
+                assert f.read(100) == FAILING_TREE[b"bad-tail"][1][:100]
+        assert_upper_is_clean(layers)
+
+
 # --- SIGKILL under load -------------------------------------------------------------------
 
 
