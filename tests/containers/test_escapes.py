@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -151,6 +152,22 @@ def test_dev_holds_only_the_standard_nodes(lamina: Lamina, busybox_rootfs: Path)
         "stdout",
         "stderr",
     }  # fmt: skip - ptmx twice: /dev/ptmx and /dev/pts/ptmx
+
+
+def test_no_device_node_made_inside_opens(
+    lamina: Lamina, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    """mknod itself works (CAP_MKNOD, as with docker); opening the node does not, anywhere."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    places = ["/dev/z", "/tmp/z", "/volume/z", "/scratch/z", "/dev/shm/z"]
+    script = "; ".join(f"mknod {p} c 1 5 && head -c 1 {p} | wc -c" for p in places)
+    code, out, err = sh(lamina, busybox_rootfs, "-v", f"{volume}:/volume", "--tmpfs", "/scratch",
+                        script=script)  # fmt: skip
+    assert code == 0, err
+    assert out.split() == ["0"] * len(places)  # nothing read
+    assert err.count("Permission denied") == len(places), err
+    assert stat.S_ISCHR((volume / "z").lstat().st_mode)  # made, on the host too, but inert
 
 
 def test_a_device_node_made_inside_cannot_reach_a_host_disk(
