@@ -150,6 +150,24 @@ def test_a_lazy_copy_up_that_does_not_fit_reports_enospc_and_recovers(full: Full
     assert copy[1:10] + copy[11 : 3 * MiB] == full.big[1:10] + full.big[11 : 3 * MiB]
 
 
+def test_a_lazy_copy_up_that_never_fits_is_cleaned_up_at_unmount(full: Full) -> None:
+    """Space is not freed before the unmount: the copy-up cannot finish, so the unmount
+    must drop it (the caller heard ENOSPC), not leave #N and #N.pending.tmp in
+    workdir/work for fsck to report after a clean unmount."""
+    with mounting.unionfs(full.layers, full.mnt, ["lazy_copyup=64k"]) as mnt:
+        fd = os.open(mnt / "big", os.O_RDWR)
+        try:
+            os.pwrite(fd, b"X", 0)
+            assert errno_of(lambda: os.fsync(fd)) in NO_SPACE
+        finally:
+            os.close(fd)
+    assert os.listdir(full.work / "work") == [], "the failed copy-up was left in the workdir"
+    assert os.listdir(full.upper) == []
+    full.filler.unlink()
+    with mounting.unionfs(full.layers, full.mnt) as mnt:
+        assert (mnt / "big").read_bytes() == full.big
+
+
 def test_writes_that_fill_the_upper_get_enospc_and_work_again_once_space_is_freed(
     full: Full,
 ) -> None:
