@@ -53,7 +53,7 @@ class MountConfig:
     default_permissions: bool = True
     timeout: float = 3600.0
     lazy_copyup: int = 1 << 20
-    writeback: bool = True
+    writeback: bool = False
     debug: bool = False
     foreground: bool = False
     ignored: list[str] = field(default_factory=list)
@@ -123,7 +123,7 @@ def parse_options(option_strings: list[str], mountpoint: str) -> MountConfig:
                        "lazy_copyup"):  # fmt: skip
                 values[key] = value
             elif key in ("userxattr", "ro", "volatile", "debug", "noallow_other",
-                         "nodefault_permissions", "nowriteback"):  # fmt: skip
+                         "nodefault_permissions", "writeback", "nowriteback"):  # fmt: skip
                 flags.add(key)
             elif option in HARMLESS_OPTIONS or (has_value and f"{key}=" in HARMLESS_OPTIONS):
                 ignored.append(option)
@@ -148,7 +148,7 @@ def parse_options(option_strings: list[str], mountpoint: str) -> MountConfig:
         raise ConfigError([f"lazy_copyup={values['lazy_copyup']!r} is not a size"]) from None
     return MountConfig(
         lazy_copyup=lazy_copyup,
-        writeback="nowriteback" not in flags,
+        writeback="writeback" in flags and "nowriteback" not in flags,
         mountpoint=Path(mountpoint),
         lowers=lowers,
         upper=upper,
