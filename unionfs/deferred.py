@@ -186,6 +186,12 @@ class PendingCopy:
     def finish_times(self) -> None:
         os.utime(self.fd, ns=(self.atime_ns, self.mtime_ns))
 
+    def abandon(self) -> None:
+        """The copy cannot be finished (a full upper, a failing lower): drop it whole."""
+        self.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.work_path)
+
     def close(self) -> None:
         os.close(self.lower_fd)
         os.close(self.fd)
@@ -197,11 +203,18 @@ def write_record(path: bytes, record: Record) -> None:
     temp = path + b".tmp"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, record.dumps())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(temp, path)
+        try:
+            data = record.dumps()
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, "short write of a copy-up record")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
     dir_fd = os.open(os.path.dirname(path) or b".", os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)

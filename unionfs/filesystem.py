@@ -342,10 +342,27 @@ class UnionFilesystem:
         self.inodes.release(node)
 
     async def settle(self) -> None:
-        """Finish every deferred copy-up (at unmount: the upper dir must be whole)."""
+        """Finish every deferred copy-up (at unmount: the upper dir must be whole).
+
+        One that cannot be finished (no space, a lower that fails) is dropped whole: the
+        file stays as the lower layer has it, and its writes fail or are lost as a failed
+        write-back would be; nothing partial reaches the upper dir.
+        """
         async with self._lock:
             for node in list(self._pending):
-                await self._complete(node)
+                try:
+                    await self._complete(node)
+                except OSError as exc:
+                    log.error("dropping an unfinished copy-up: %s", exc)
+                    self._abandon(node)
+
+    def _abandon(self, node: Node) -> None:
+        pending = node.pending
+        assert pending is not None
+        pending.abandon()
+        node.pending = None
+        self._pending.discard(node)
+        self.inodes.release(node)
 
     async def _settle_under(self, directory: Node) -> None:
         """Finish deferred copy-ups below a directory that is about to move."""
@@ -753,7 +770,9 @@ class UnionFilesystem:
     def _list(self, node: Node) -> list[bytes]:
         return [*DOT_ENTRIES, *self.stack.list_dir(self._upper_rel(node), node.sources)]
 
-    def readdir(self, fh: int, offset: int) -> Iterator[tuple[bytes, Node, os.stat_result, int]]:
+    def readdir(
+        self, fh: int, offset: int
+    ) -> Iterator[tuple[bytes, Node | None, os.stat_result | None, int]]:
         """Entries from `offset` on, lazily: (name, node, stat, next offset).
 
         The caller counts a lookup for each entry it hands to the kernel.
@@ -768,7 +787,14 @@ class UnionFilesystem:
                 itself = node if name == b"." or node.parent is None else node.parent
                 yield name, itself, self._stat(itself), index + 1
                 continue
-            found = self._resolve_child(node, name)
+            try:
+                found = self._resolve_child(node, name)
+            except OSError as exc:
+                # One unreadable entry (a lower answering EIO) must not hide the rest: the
+                # name is listed without attributes, and looking it up reports the error.
+                log.warning("readdir: %r: %s", name, exc.strerror)
+                yield name, None, None, index + 1
+                continue
             if found is not None:
                 yield name, found[0], found[1], index + 1
 

@@ -213,6 +213,11 @@ class FuseAdapter(pyfuse3.Operations):
     @errno_edge
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         for name, node, st, next_id in self.fs.readdir(fh, start_id):
+            if node is None or st is None:
+                # Inode 0: the kernel lists the name but keeps no entry for it.
+                if not pyfuse3.readdir_reply(token, name, pyfuse3.EntryAttributes(), next_id):
+                    break
+                continue
             dot = name in DOT_ENTRIES  # the kernel takes no reference for . and ..
             if not pyfuse3.readdir_reply(token, name, self._attrs(node, st), next_id):
                 if not dot:
