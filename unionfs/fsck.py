@@ -51,18 +51,18 @@ class Report:
         return REPAIRED if self.repaired else LEFT
 
 
-def _walk(root: bytes) -> Iterator[tuple[bytes, os.stat_result]]:
-    """Every entry below root (relative path, lstat), parents before children."""
-    stack = [b""]
-    while stack:
-        rel = stack.pop()
-        base = root + b"/" + rel if rel else root
-        for name in sorted(os.listdir(base)):
+def _walk(layers: LayerStack) -> Iterator[tuple[bytes, os.stat_result]]:
+    """Every entry of the upper (relative path, lstat), parents before children; paths go
+    through the stack so that trees deeper than PATH_MAX work."""
+    todo = [b""]
+    while todo:
+        rel = todo.pop()
+        for name in sorted(os.listdir(layers.upper_path(rel))):
             child = rel + b"/" + name if rel else name
-            st = os.lstat(root + b"/" + child)
+            st = os.lstat(layers.upper_path(child))
             yield child, st
             if stat.S_ISDIR(st.st_mode):
-                stack.append(child)
+                todo.append(child)
 
 
 def _xattr(path: bytes, name: bytes) -> bytes | None:
@@ -78,8 +78,9 @@ def check(
     report = Report(repaired=repair)
     upper_b, lowers_b = bytes(upper), [bytes(p) for p in lowers]
     _check_work(upper_b, WorkDir(bytes(work)), report, repair)
-    for rel, st in _walk(upper_b):
-        path = upper_b + b"/" + rel
+    layers = LayerStack(lowers_b, upper_b, markers)
+    for rel, st in _walk(layers):
+        path = layers.upper_path(rel)
         shown = "/" + rel.decode(errors="replace")
         is_dir = stat.S_ISDIR(st.st_mode)
         if not is_dir and not stat.S_ISLNK(st.st_mode):
