@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -318,3 +318,39 @@ def test_a_lower_changed_under_the_mount_gives_errors_not_crashes(scene: Scene) 
             assert path.read_bytes() in (b"old content", b"new, longer content")
     result = fsck(scene.layers)
     assert result.returncode in (0, 4), result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("timeout", ["timeout=0", "timeout=3600"], ids=["uncached", "cached"])
+def test_a_lower_dir_swapped_for_a_symlink_under_the_mount_leads_nowhere(
+    scene: Scene, timeout: str
+) -> None:
+    """The race a hostile layer owner can run: a lower dir the kernel knows is replaced by a
+    relative symlink that leads out of the layer. The kernel may follow it from the mount
+    (it leads nowhere from there: the mount is one level deeper than the layers); the
+    daemon must not follow it inside the layer to the outside dir."""
+    write(scene.lower() / "sub" / "d" / "f", b"f")
+    mnt = scene.base / "deeper" / "mnt"
+    mnt.mkdir(parents=True)
+    with mounting.unionfs(scene.layers, mnt, [timeout]) as m:
+        pid = daemon_pid(m)
+        assert os.listdir(m / "sub" / "d") == ["f"]
+        os.rename(scene.lower() / "sub" / "d", scene.lower() / "sub" / "d.old")
+        os.symlink("../../outside", scene.lower() / "sub" / "d")
+        d = m / "sub" / "d"
+        outcomes: dict[str, object] = {}
+        attempts: list[tuple[str, Callable[..., object], tuple[object, ...]]] = [
+            ("list", os.listdir, (d,)),
+            ("read", Path.read_bytes, (d / "secret",)),
+            ("stat", os.stat, (d / "secret",)),
+            ("write", Path.write_bytes, (d / "secret", b"x")),
+            ("create", Path.write_bytes, (d / "new", b"x")),
+        ]
+        for name, fn, args in attempts:
+            try:
+                outcomes[name] = within(5, pid, fn, *args)
+            except OSError as exc:
+                outcomes[name] = errno.errorcode[exc.errno or 0]
+        assert "secret" not in str(outcomes["list"]), outcomes
+        assert outcomes["read"] != b"outside the layers", outcomes
+        assert not isinstance(outcomes["stat"], os.stat_result), outcomes
+        assert is_alive(pid) and answers(m)
