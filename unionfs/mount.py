@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 from collections.abc import Callable
 
@@ -51,6 +52,9 @@ def build_filesystem(config: MountConfig) -> UnionFilesystem:
 def serve(config: MountConfig, ready: Callable[[], None]) -> None:
     """Mount, call ready() once the kernel accepted the mount, serve until unmounted."""
     os.umask(0)  # the kernel already applied the caller's umask to every mode we get
+    # One descriptor per open file of every user of the mount: take all the kernel allows.
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     fs = build_filesystem(config)
     adapter = FuseAdapter(fs, config.timeout)
     pyfuse3.init(adapter, str(config.mountpoint), config.fuse_options())
