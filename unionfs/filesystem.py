@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
 DOT_ENTRIES = (b".", b"..")
+# The attributes of a name that cannot be read: a regular file, inode 0 (never cached).
+PLACEHOLDER_STAT = os.stat_result((stat.S_IFREG, 0, 0, 1, 0, 0, 0, 0, 0, 0) + (0.0,) * 3 + (0,) * 6)
 # Flags the kernel already acted on, or that our backing descriptor must not carry.
 STRIPPED_OPEN_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | getattr(os, "O_DIRECT", 0)
 
@@ -770,9 +772,7 @@ class UnionFilesystem:
     def _list(self, node: Node) -> list[bytes]:
         return [*DOT_ENTRIES, *self.stack.list_dir(self._upper_rel(node), node.sources)]
 
-    def readdir(
-        self, fh: int, offset: int
-    ) -> Iterator[tuple[bytes, Node | None, os.stat_result | None, int]]:
+    def readdir(self, fh: int, offset: int) -> Iterator[tuple[bytes, Node, os.stat_result, int]]:
         """Entries from `offset` on, lazily: (name, node, stat, next offset).
 
         The caller counts a lookup for each entry it hands to the kernel.
@@ -791,12 +791,21 @@ class UnionFilesystem:
                 found = self._resolve_child(node, name)
             except OSError as exc:
                 # One unreadable entry (a lower answering EIO) must not hide the rest: the
-                # name is listed without attributes, and looking it up reports the error.
+                # name is listed, as a placeholder the kernel may not cache, and using it
+                # reports the error.
                 log.warning("readdir: %r: %s", name, exc.strerror)
-                yield name, None, None, index + 1
-                continue
+                found = self._placeholder(node, name)
             if found is not None:
                 yield name, found[0], found[1], index + 1
+
+    def _placeholder(self, parent: Node, name: bytes) -> Answer:
+        """A node for a name whose entry cannot be read; its stat has st_ino 0."""
+        if parent.sources:
+            index, path = parent.sources[0]
+            entry = Entry(None, ((index, join(path, name)),), PLACEHOLDER_STAT)
+        else:
+            entry = Entry(join(parent.rel_path(), name), (), PLACEHOLDER_STAT)
+        return self.inodes.child(parent, name, entry), PLACEHOLDER_STAT
 
     def releasedir(self, fh: int) -> None:
         self.handles.pop_dir(fh)

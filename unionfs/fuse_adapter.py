@@ -66,8 +66,10 @@ class FuseAdapter(pyfuse3.Operations):
         attrs = pyfuse3.EntryAttributes()
         attrs.st_ino = node.ino
         attrs.generation = 0
-        attrs.entry_timeout = self.timeout
-        attrs.attr_timeout = self.timeout
+        # A placeholder (st_ino 0) must be asked about again each time: it answers errors.
+        timeout = self.timeout if st.st_ino else 0
+        attrs.entry_timeout = timeout
+        attrs.attr_timeout = timeout
         attrs.st_mode = st.st_mode
         # Like the kernel overlayfs: a merged directory's link count is unknown, so 1.
         attrs.st_nlink = 1 if node.merged else st.st_nlink
@@ -213,11 +215,6 @@ class FuseAdapter(pyfuse3.Operations):
     @errno_edge
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         for name, node, st, next_id in self.fs.readdir(fh, start_id):
-            if node is None or st is None:
-                # Inode 0: the kernel lists the name but keeps no entry for it.
-                if not pyfuse3.readdir_reply(token, name, pyfuse3.EntryAttributes(), next_id):
-                    break
-                continue
             dot = name in DOT_ENTRIES  # the kernel takes no reference for . and ..
             if not pyfuse3.readdir_reply(token, name, self._attrs(node, st), next_id):
                 if not dot:

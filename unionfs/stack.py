@@ -318,9 +318,13 @@ class LayerStack:
 
 
 def _maybe_whiteout(dirent: os.DirEntry[bytes]) -> bool:
-    """Cheap pre-check from d_type: only a special file can be a whiteout."""
-    return not (
-        dirent.is_dir(follow_symlinks=False)
-        or dirent.is_file(follow_symlinks=False)
-        or dirent.is_symlink()
-    )
+    """Cheap pre-check from d_type: only a special file can be a whiteout. An entry that
+    cannot even be stat'ed is listed (using it will report the error)."""
+    try:
+        return not (
+            dirent.is_dir(follow_symlinks=False)
+            or dirent.is_file(follow_symlinks=False)
+            or dirent.is_symlink()
+        )
+    except OSError:
+        return False
