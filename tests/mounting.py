@@ -109,3 +109,28 @@ def unionfs(
         # The daemon may still finish background copy-ups after umount(2) returned.
         if layers.work is not None and not wait_released(layers.work, timeout=120):
             raise RuntimeError(f"the unionfs daemon of {mountpoint} did not exit")
+
+
+def daemon_pid(mountpoint: Path) -> int:
+    """The one unionfs process serving mountpoint (its command line names the mountpoint)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if os.fsencode(mountpoint) in args and any(b"unionfs" in a for a in args):
+            found.append(int(entry))
+    assert len(found) == 1, f"expected one daemon for {mountpoint}, found {found}"
+    return found[0]
+
+
+def is_alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")

@@ -28,30 +28,6 @@ from tests.unionfs.posix_helpers import leftovers
 # --- the daemon -----------------------------------------------------------------------------
 
 
-def daemon_pid(mountpoint: Path) -> int:
-    """The one unionfs process serving mountpoint (its command line names the mountpoint)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if os.fsencode(mountpoint) in args and any(b"unionfs" in a for a in args):
-            found.append(int(entry))
-    assert len(found) == 1, f"expected one daemon for {mountpoint}, found {found}"
-    return found[0]
-
-
-def is_alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
 def rss_kib(pid: int) -> int:
     """Resident memory of a process, from /proc/PID/status."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

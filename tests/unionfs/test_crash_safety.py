@@ -62,30 +62,6 @@ def big_lower() -> Iterator[tuple[Path, str]]:
         subprocess.run(["rm", "-rf", str(base)], check=False)
 
 
-def _daemon_pid(mountpoint: Path) -> int:
-    """The one process serving mountpoint: a unionfs whose command line names it."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if os.fsencode(mountpoint) in args and any(b"unionfs" in a for a in args):
-            found.append(int(entry))
-    assert len(found) == 1, f"expected one daemon for {mountpoint}, found {found}"
-    return found[0]
-
-
-def _is_gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state in ("Z", "X")
-
-
 def _copy_in_progress(work: Path) -> int:
     """Bytes allocated so far to a half-built copy in the workdir (-1 when there is none).
 
@@ -159,7 +135,7 @@ def test_a_daemon_killed_during_copy_up_leaves_the_file_wholly_old_or_new(
     copied_at_kill = None
     fsynced = False
     with mounting.unionfs(layers, mnt):
-        daemon = _daemon_pid(mnt)
+        daemon = mounting.daemon_pid(mnt)
         writer = subprocess.Popen(
             [sys.executable, "-c", WRITER, str(mnt / "big")],
             stdout=subprocess.PIPE,
@@ -179,7 +155,7 @@ def test_a_daemon_killed_during_copy_up_leaves_the_file_wholly_old_or_new(
         finally:
             # Always kill the daemon first: a writer blocked on a stopped daemon cannot die.
             os.kill(daemon, signal.SIGKILL)
-            wait_until(lambda: _is_gone(daemon), 10, "the daemon to die")
+            wait_until(lambda: not mounting.is_alive(daemon), 10, "the daemon to die")
             writer.kill()
             fsynced = writer.communicate(timeout=30)[0] == b"written\n"
             subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
@@ -247,7 +223,7 @@ def test_writes_whose_fsync_returned_survive_a_kill_before_the_copy_up_finished(
     layers = mounting.Layers((lower_dir,), upper, work)
 
     with mounting.unionfs(layers, mnt):
-        daemon = _daemon_pid(mnt)
+        daemon = mounting.daemon_pid(mnt)
         writer = subprocess.Popen(
             [sys.executable, "-c", PATCHING_WRITER, str(mnt / "big")],
             stdin=subprocess.PIPE,
@@ -260,7 +236,7 @@ def test_writes_whose_fsync_returned_survive_a_kill_before_the_copy_up_finished(
             os.kill(daemon, signal.SIGSTOP)
         finally:
             os.kill(daemon, signal.SIGKILL)
-            wait_until(lambda: _is_gone(daemon), 10, "the daemon to die")
+            wait_until(lambda: not mounting.is_alive(daemon), 10, "the daemon to die")
             writer.kill()
             writer.communicate(timeout=30)
             subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounting import Layers, is_mountpoint, make_layers, unionfs, unmount
+from tests.mounting import Layers, daemon_pid, is_mountpoint, make_layers, unionfs, unmount
 from unionfs.workdir_lock import wait_released
 
 pytestmark = pytest.mark.root
@@ -100,25 +100,9 @@ def test_renaming_the_directory_of_a_file_being_copied_keeps_the_changes(
     assert (layers.upper / "moved" / "big").read_bytes() == b"headmore" + content[8:]
 
 
-def daemon_pid(workdir: Path) -> int:
-    """The unionfs daemon that holds this workdir (the one we started, found by its lock)."""
-    target = os.path.realpath(workdir)
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-            for fd in fds:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
-                    return int(pid)
-        except OSError:
-            continue
-    raise AssertionError("no daemon holds the workdir")
-
-
 def kill_daemon(layers: Layers, mnt: Path) -> None:
     assert layers.work is not None
-    os.kill(daemon_pid(layers.work), signal.SIGKILL)
+    os.kill(daemon_pid(mnt), signal.SIGKILL)
     assert wait_released(layers.work, timeout=10)
     subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
     assert not is_mountpoint(mnt)

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests import mounting
+from tests.mounting import daemon_pid, is_alive
 from tests.unionfs.posix_helpers import errno_of, tree_snapshot, wait_until, write
 from tests.unionfs.reliability_helpers import (
     FAILING_TREE,
@@ -30,10 +31,8 @@ from tests.unionfs.reliability_helpers import (
     Worker,
     answers,
     assert_upper_is_clean,
-    daemon_pid,
     failing_fs,
     fsck,
-    is_alive,
     run_workers,
     scratch,
     summary,

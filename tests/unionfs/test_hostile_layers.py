@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests import mounting
+from tests.mounting import daemon_pid, is_alive
 from tests.unionfs.posix_helpers import (
     errno_of,
     is_whiteout,
@@ -28,9 +29,7 @@ from tests.unionfs.posix_helpers import (
 from tests.unionfs.reliability_helpers import (
     answers,
     assert_upper_is_clean,
-    daemon_pid,
     fsck,
-    is_alive,
     scratch,
     within,
 )

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from tests import mounting
+from tests.mounting import daemon_pid
 from tests.unionfs.posix_helpers import errno_of, is_whiteout, names, wait_until, write
 from tests.unionfs.reliability_helpers import (
     assert_upper_is_clean,
-    daemon_pid,
     fsck,
     open_fds,
     rss_kib,

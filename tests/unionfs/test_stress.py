@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests import mounting
+from tests.mounting import daemon_pid, is_alive
 from tests.unionfs.conftest import KERNEL_OPTIONS
 from tests.unionfs.posix_helpers import RENAME_NOREPLACE, renameat2, tree_snapshot, write
 from tests.unionfs.reliability_helpers import (
@@ -33,8 +34,6 @@ from tests.unionfs.reliability_helpers import (
     Worker,
     answers,
     assert_upper_is_clean,
-    daemon_pid,
-    is_alive,
     run_workers,
     scratch,
     summary,
