@@ -57,6 +57,26 @@ def copy_range(src_fd: int, dst_fd: int, start: int, end: int) -> None:
         offset = hole
 
 
+def reserve_like(src_path: bytes, dst_fd: int, length: int) -> None:
+    """Allocate in dst the ranges that hold data in src (holes stay holes)."""
+    src_fd = os.open(src_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        offset = 0
+        while offset < length:
+            try:
+                data = os.lseek(src_fd, offset, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:
+                    return
+                raise
+            hole = min(os.lseek(src_fd, data, os.SEEK_HOLE), length)
+            if hole > data:
+                os.posix_fallocate(dst_fd, data, hole - data)
+            offset = hole
+    finally:
+        os.close(src_fd)
+
+
 def with_times(st: os.stat_result, atime_ns: int, mtime_ns: int) -> os.stat_result:
     """A copy of st with other access and modification times."""
     fields = [*st[:7], atime_ns // 10**9, mtime_ns // 10**9, st[9]]

@@ -21,7 +21,7 @@ import trio
 from unionfs import errors
 from unionfs.blocking import Blocking
 from unionfs.copyup import CopyUp, WorkDir, copy_metadata
-from unionfs.deferred import CHUNK, PendingCopy
+from unionfs.deferred import CHUNK, PendingCopy, reserve_like
 from unionfs.handles import DirSnapshot, FileHandle, HandleTable
 from unionfs.inodes import ROOT_INO, InodeTable, Node
 from unionfs.stack import LONG_PATH, Entry, LayerStack, join, lstat_or_none
@@ -297,6 +297,9 @@ class UnionFilesystem:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             os.ftruncate(fd, st.st_size)
+            # Space for every data extent now: a full upper answers ENOSPC at open, as the
+            # kernel's copy-up does, and never after an fsync that promised the file.
+            reserve_like(src, fd, st.st_size)
             copy_metadata(src, temp, st, self.markers)
             node.pending = PendingCopy(temp, src, st.st_size, st)
         except BaseException:
