@@ -82,39 +82,39 @@ def copy_xattrs(src: bytes, dst: bytes, markers: XattrNames) -> None:
 
 def copy_data(src_fd: int, dst_fd: int, length: int) -> None:
     """Copy `length` bytes, keeping holes: only the data extents are copied."""
-    offset = 0
-    while offset < length:
+    copy_range(src_fd, dst_fd, 0, length)
+    os.ftruncate(dst_fd, length)
+
+
+def copy_range(src_fd: int, dst_fd: int, start: int, end: int) -> None:
+    """Copy bytes [start, end) at the same offsets, skipping holes of the source."""
+    offset = start
+    while offset < end:
         try:
             data = os.lseek(src_fd, offset, os.SEEK_DATA)
         except OSError as exc:
             if exc.errno == errno.ENXIO:  # only a hole is left
-                break
+                return
             raise
-        if data >= length:
-            break
-        try:
-            hole = min(os.lseek(src_fd, data, os.SEEK_HOLE), length)
-        except OSError:
-            hole = length
+        if data >= end:
+            return
+        hole = min(os.lseek(src_fd, data, os.SEEK_HOLE), end)
         position = data
         while position < hole:
-            count = min(COPY_CHUNK, hole - position)
-            copied = _copy_range(src_fd, dst_fd, position, count)
+            copied = _copy_chunk(src_fd, dst_fd, position, min(COPY_CHUNK, hole - position))
             if copied == 0:
-                raise OSError(errno.EIO, "source file shrank during copy-up")
+                raise OSError(errno.EIO, "the lower file shrank during copy-up")
             position += copied
         offset = hole
-    os.ftruncate(dst_fd, length)
 
 
-def _copy_range(src_fd: int, dst_fd: int, offset: int, count: int) -> int:
+def _copy_chunk(src_fd: int, dst_fd: int, offset: int, count: int) -> int:
     try:
         return os.copy_file_range(src_fd, dst_fd, count, offset, offset)
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
             raise
-    data = os.pread(src_fd, count, offset)
-    return os.pwrite(dst_fd, data, offset)
+    return os.pwrite(dst_fd, os.pread(src_fd, count, offset), offset)
 
 
 def copy_metadata(

@@ -21,40 +21,12 @@ import threading
 import time
 from dataclasses import dataclass
 
-from unionfs.copyup import remove_tree
+from unionfs.copyup import copy_range, remove_tree
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 RECORD_SUFFIX = b".pending"
-
-
-def copy_range(src_fd: int, dst_fd: int, start: int, end: int) -> None:
-    """Copy bytes [start, end) at the same offsets, skipping holes of the source."""
-    offset = start
-    while offset < end:
-        try:
-            data = os.lseek(src_fd, offset, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:
-                return
-            raise
-        if data >= end:
-            return
-        hole = min(os.lseek(src_fd, data, os.SEEK_HOLE), end)
-        position = data
-        while position < hole:
-            count = hole - position
-            try:
-                copied = os.copy_file_range(src_fd, dst_fd, count, position, position)
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-                    raise
-                copied = os.pwrite(dst_fd, os.pread(src_fd, min(count, CHUNK), position), position)
-            if copied == 0:
-                raise OSError(errno.EIO, "the lower file shrank during copy-up")
-            position += copied
-        offset = hole
 
 
 def reserve_like(src_path: bytes, dst_fd: int, length: int) -> None:
