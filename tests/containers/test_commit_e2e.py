@@ -1,49 +1,31 @@
 """The whole loop through the real `lamina` command: import -> run -> diff -> commit -> run."""
 
+# ruff: noqa: F811 - pytest fixtures imported from runtime_helpers are used as parameters
+
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from containers.sample import build_busybox_rootfs
+from tests.containers.runtime_helpers import Lamina, lamina  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.root
-LAMINA = Path(sys.executable).parent / "lamina"
 
 
-def _lamina(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(LAMINA), "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=check,
-    )
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Iterator[Path]:
-    root = tmp_path / "root"
-    _lamina(root, "import", "-q", str(build_busybox_rootfs(tmp_path / "bb")), "busybox")
-    try:
-        yield root
-    finally:
-        _lamina(root, "rm", "-f", "c1", check=False)
-
-
-def test_run_change_diff_commit_run_sees_the_change(root: Path) -> None:
+def test_run_change_diff_commit_run_sees_the_change(lamina: Lamina, tmp_path: Path) -> None:
+    # The shared fixture gives a private state root and cgroup parent, and fails the test if
+    # a container, mount or cgroup is left behind.
+    lamina.ok("import", "-q", str(build_busybox_rootfs(tmp_path / "bb")), "busybox")
     script = "echo hi > /root/note && rm /etc/hostname && mkdir -p /srv/x"
-    _lamina(root, "run", "--name", "c1", "busybox", "sh", "-c", script)
-    diff = _lamina(root, "diff", "c1").stdout.splitlines()
+    lamina.ok("run", "--name", "c1", "busybox", "sh", "-c", script)
+    diff = lamina.ok("diff", "c1").splitlines()
     assert diff == ["C /etc", "D /etc/hostname", "C /root", "A /root/note", "A /srv", "A /srv/x"]
-    refused = _lamina(root, "rmi", "busybox", check=False)
+    refused = lamina("rmi", "busybox")
     assert refused.returncode != 0 and "c1" in refused.stderr
-    _lamina(root, "commit", "-c", "CMD cat /root/note", "c1", "busybox:noted")
-    out = _lamina(root, "run", "--rm", "busybox:noted").stdout
-    assert out == "hi\n"
-    gone = _lamina(root, "run", "--rm", "busybox:noted", "ls", "/etc/hostname", check=False)
+    lamina.ok("commit", "-c", "CMD cat /root/note", "c1", "busybox:noted")
+    assert lamina.ok("run", "--rm", "busybox:noted") == "hi\n"
+    gone = lamina("run", "--rm", "busybox:noted", "ls", "/etc/hostname")
     assert gone.returncode != 0
+    lamina.ok("rm", "-f", "c1")
