@@ -4,6 +4,7 @@ expected shape. Measurement, not a gate: no timing is asserted here."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -110,8 +111,11 @@ def test_quick_run_writes_json_markdown_and_chart(tmp_path: Path) -> None:
         f"--workdir={tmp_path}",
         f"--out={out}",
     ]
+    # lamina's containers go under a cgroup parent of this test's own, removed afterwards.
+    parent = f"lamina-test-bench-{os.getpid()}"
+    env = dict(os.environ, LAMINA_CGROUP_PARENT=parent)
     proc = subprocess.Popen(
-        argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
     try:
         _, stderr = proc.communicate(timeout=100)
@@ -119,6 +123,10 @@ def test_quick_run_writes_json_markdown_and_chart(tmp_path: Path) -> None:
         proc.terminate()  # SIGTERM: the harness unmounts and cleans up before exiting
         _, stderr = proc.communicate(timeout=60)
         pytest.fail(f"the quick run took over 100 s:\n{stderr[-2000:]}")
+    finally:
+        leftovers = [d for d in Path("/sys/fs/cgroup").glob(f"*/{parent}") if d.is_dir()]
+        for directory in leftovers:
+            directory.rmdir()  # empty: each container's own cgroup is gone already
     assert proc.returncode == 0, stderr[-2000:]
     assert "round 1/1" in stderr  # the progress display
 
