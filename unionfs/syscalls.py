@@ -1,4 +1,4 @@
-"""The two kernel calls the filesystem needs that Python 3.11 lacks: renameat2 and syncfs.
+"""The kernel call the filesystem needs that Python 3.11 lacks: renameat2.
 
 This is the only module of `unionfs` that uses ctypes.
 """
@@ -18,9 +18,6 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True
 _renameat2 = _libc.renameat2
 _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 _renameat2.restype = ctypes.c_int
-_syncfs = _libc.syncfs
-_syncfs.argtypes = [ctypes.c_int]
-_syncfs.restype = ctypes.c_int
 
 
 def renameat2(old: bytes, new: bytes, flags: int) -> None:
@@ -28,9 +25,3 @@ def renameat2(old: bytes, new: bytes, flags: int) -> None:
     if _renameat2(AT_FDCWD, old, AT_FDCWD, new, flags) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), old, None, new)
-
-
-def syncfs(fd: int) -> None:
-    if _syncfs(fd) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
