@@ -113,8 +113,12 @@ class PendingCopy:
         self.chunks = (length + CHUNK - 1) // CHUNK
         self.valid = bytearray(self.chunks)
         self.missing = self.chunks
-        self.fd = os.open(work_path, os.O_RDWR | os.O_CLOEXEC)
         self.lower_fd = os.open(lower_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            self.fd = os.open(work_path, os.O_RDWR | os.O_CLOEXEC)
+        except BaseException:
+            os.close(self.lower_fd)
+            raise
         self.atime_ns = st.st_atime_ns
         self.mtime_ns = st.st_mtime_ns
         self._lock = threading.Lock()

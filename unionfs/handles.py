@@ -79,7 +79,3 @@ class HandleTable:
 
     def pop_dir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
-
-    @property
-    def open_files(self) -> int:
-        return len(self._files)

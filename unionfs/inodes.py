@@ -87,9 +87,6 @@ class InodeTable:
         self.nodes: dict[int, Node] = {ROOT_INO: self.root}
         self._by_key: dict[tuple[int, int], Node] = {}
 
-    def __len__(self) -> int:
-        return len(self.nodes)
-
     def get(self, ino: int) -> Node:
         return self.nodes[ino]
 
