@@ -29,7 +29,6 @@ from containers.cgroups.base import Cgroup
 from containers.cli import UserError
 from containers.spec import ContainerSpec
 from containers.state import ContainerRecord
-from unionfs.workdir_lock import wait_released
 
 MOUNT_PROGRAM_ENV = "LAMINA_MOUNT_PROGRAM"
 FORWARDED = (
@@ -384,8 +383,8 @@ def finish(started: Started, code: int, root: Path) -> int:
         record.finished_at = time.time()
         state.save(record)
         teardown(record, cgroup)
-    if record.auto_remove:
-        remove(root, record)
+        if record.auto_remove:  # torn down just now: no second teardown as `remove` does
+            _remove_record_files(root, record)
     if oom_kills:
         limit = record.memory_limit
         what = f"the memory limit ({limit // 2**20}MiB)" if limit else "the memory limit"
@@ -407,12 +406,43 @@ def teardown(record: ContainerRecord, cgroup: Cgroup | None = None) -> None:
     unmount(record.mount_point)
     # umount(2) returns at once; the union daemon may still be finishing background
     # copy-ups into the upper dir, which diff, commit and rm must see whole.
-    if record.work_dir.exists() and not wait_released(record.work_dir, timeout=300):
+    if not wait_workdir_released(record.work_dir, timeout=300):
         print(f"lamina: warning: the union daemon of {record.id} is still busy", file=sys.stderr)
     if record.mounted:
         record.mounted = False
         with contextlib.suppress(FileNotFoundError):
             state.save(record)
+
+
+def wait_workdir_released(work_dir: Path, timeout: float) -> bool:
+    """Wait until no union daemon holds the workdir's flock (unionfs.workdir_lock's protocol;
+    fuse-overlayfs takes none), or the timeout passes (False).
+
+    A blocking flock bounded by an alarm, not a poll: the daemon lets go a few ms after the
+    unmount, and a poll interval would be added to every `run --rm`. (No helper thread: after
+    start's unshare of the PID namespace, this process can start no more tasks.)
+    """
+    import fcntl
+
+    try:
+        fd = os.open(work_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True
+
+    def expired(_signum: int, _frame: object) -> None:
+        raise TimeoutError
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        os.close(fd)
 
 
 def _end_unfinished_mount(record: ContainerRecord) -> None:
