@@ -122,6 +122,7 @@ class PendingCopy:
         self.atime_ns = st.st_atime_ns
         self.mtime_ns = st.st_mtime_ns
         self._lock = threading.Lock()
+        self.closed = False
 
     @property
     def complete(self) -> bool:
@@ -155,13 +156,24 @@ class PendingCopy:
         self.mtime_ns = time.time_ns()
 
     def copy_rest(self, sync: bool) -> None:
-        """Worker thread: copy every chunk still missing, then sync if asked."""
+        """Copy every chunk still missing, then sync if asked. Two threads may run it at
+        once (the background copier and a request that needs the file whole); the one that
+        loses the race finds the copy closed and leaves."""
         for index in range(self.chunks):
             if not self.valid[index]:
                 with self._lock:
+                    if self.closed:
+                        return
                     self._fill(index)
         if sync:
-            os.fsync(self.fd)
+            with self._lock:
+                if self.closed:
+                    return
+                fd = os.dup(self.fd)  # our own reference: close() may run during the sync
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def stat(self) -> os.stat_result:
         return with_times(os.fstat(self.fd), self.atime_ns, self.mtime_ns)
@@ -189,8 +201,10 @@ class PendingCopy:
             os.unlink(self.work_path)
 
     def close(self) -> None:
-        os.close(self.lower_fd)
-        os.close(self.fd)
+        with self._lock:
+            self.closed = True
+            os.close(self.lower_fd)
+            os.close(self.fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.work_path + RECORD_SUFFIX)
 

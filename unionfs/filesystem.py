@@ -1,10 +1,10 @@
 """UnionFilesystem: every POSIX operation of the merged view, in domain terms.
 
-No pyfuse3 here: requests arrive as inode numbers, names and a Caller; answers are
+No FUSE here: requests arrive as inode numbers, names and a Caller; answers are
 (node, stat) pairs and bytes; failures are OSErrors carrying an errno, which the adapter
-turns into FUSE replies. Mutations run one at a time under one lock (they only yield while
-a large copy-up or an fsync runs in a worker thread); lookups, attributes and data reads
-never wait for it.
+turns into FUSE replies. Every call runs holding the gate's state lock (see blocking.py);
+mutations run one at a time, and let other requests go on only while a large copy-up or an
+fsync runs; lookups, attributes and data reads never wait for them.
 """
 
 from __future__ import annotations
@@ -13,13 +13,11 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import trio
-
 from unionfs import errors
-from unionfs.blocking import Blocking
+from unionfs.blocking import Gate
 from unionfs.copyup import CopyUp, WorkDir, copy_metadata
 from unionfs.deferred import CHUNK, PendingCopy, reserve_like
 from unionfs.handles import DirSnapshot, FileHandle, HandleTable
@@ -89,7 +87,7 @@ class UnionFilesystem:
         stack: LayerStack,
         work: WorkDir | None,
         markers: XattrNames,
-        blocking: Blocking,
+        gate: Gate,
         *,
         sync: bool = True,
         lazy_copyup: int = CHUNK,
@@ -97,19 +95,18 @@ class UnionFilesystem:
     ) -> None:
         self.stack = stack
         self.markers = markers
-        self.blocking = blocking
+        self.gate = gate
         self.sync = sync
         self.work = work
         self.copier = CopyUp(work, markers, sync=sync) if work is not None else None
         self.read_only = stack.upper_root is None
         self.inodes = InodeTable(stack.root())
         self.handles = HandleTable()
-        self._lock = trio.Lock()
         # Set by the adapter: tell the kernel to drop cached attributes (we changed them
         # behind its back). A no-op when the filesystem runs without a kernel.
         self.invalidate_attrs: Callable[[int], None] = lambda ino: None
-        # Set by the mount: start a background task (the deferred copy-up workers).
-        self.spawn: Callable[[Callable[[Node], Awaitable[None]], Node], None] | None = None
+        # Set by the mount: run a function in a background thread (deferred copy-ups).
+        self.spawn: Callable[[Callable[[Node], None], Node], None] | None = None
         self.lazy_copyup = lazy_copyup  # files at least this large copy up in the background
         self.writeback = writeback  # the kernel caches writes (FUSE writeback cache)
         self._pending: set[Node] = set()
@@ -177,11 +174,9 @@ class UnionFilesystem:
         node = self._node(ino)
         return node, self._stat(node)
 
-    async def setattr(
-        self, ino: int, changes: AttrChanges, fh: int | None, caller: Caller
-    ) -> Answer:
+    def setattr(self, ino: int, changes: AttrChanges, fh: int | None, caller: Caller) -> Answer:
         node = self._node(ino)
-        async with self._lock:
+        with self.gate.mutating():
             if not node.linked and not node.in_upper and changes.only_times:
                 # An unlinked lower file open somewhere: the kernel's page cache still
                 # flushes its times, but there is nothing left in any layer to change.
@@ -195,9 +190,9 @@ class UnionFilesystem:
             if changes.size is not None:
                 if node.is_dir:
                     raise errors.is_a_directory()
-                await self._copy_up(node, length=changes.size)
+                self._copy_up(node, length=changes.size)
             else:
-                await self._copy_up(node)
+                self._copy_up(node)
             handle = self.handles.file(fh) if fh is not None else None
             path = self.stack.upper_path(node.rel_path()) if node.linked else None
             target: int | bytes = (
@@ -242,13 +237,13 @@ class UnionFilesystem:
             raise errors.read_only()
         return self.copier
 
-    async def _copy_up(self, node: Node, length: int | None = None) -> None:
+    def _copy_up(self, node: Node, length: int | None = None) -> None:
         """Make sure node lives in the upper layer, parents first (call with the lock)."""
         copier = self._writable()
         if node.in_upper:
             return
         if node.pending is not None:
-            await self._complete(node)
+            self._complete(node)
             return
         chain: list[Node] = []
         current: Node | None = node
@@ -266,8 +261,8 @@ class UnionFilesystem:
             parent_path = self.stack.upper_path(item.parent.rel_path())
             parent_st = os.lstat(parent_path)
             size = st.st_size if length is None or item is not node else min(length, st.st_size)
-            if stat.S_ISREG(st.st_mode) and self.blocking.is_heavy(size):
-                await self.blocking.run(copier.copy, src, dst, st, size)
+            if stat.S_ISREG(st.st_mode) and self.gate.is_heavy(size):
+                self.gate.blocking(copier.copy, src, dst, st, size)
             else:
                 copier.copy(src, dst, st, size)
             # A copy-up is no change of the parent: keep its times, as the kernel does.
@@ -287,10 +282,10 @@ class UnionFilesystem:
             return False  # its recovery record must name real paths: copy it now instead
         return os.lstat(self.stack.lower_path(node.sources[0])).st_size >= self.lazy_copyup
 
-    async def _start_deferred(self, node: Node) -> None:
+    def _start_deferred(self, node: Node) -> None:
         """Begin a background copy-up: a sparse work file with the lower file's metadata."""
         assert node.parent is not None and self.work is not None and self.copier is not None
-        await self._ensure_upper_dir(node.parent)
+        self._ensure_upper_dir(node.parent)
         src = self.stack.lower_path(node.sources[0])
         st = os.lstat(src)
         temp = self.work.temp_name()
@@ -312,25 +307,26 @@ class UnionFilesystem:
         if self.spawn is not None:
             self.spawn(self._copy_in_background, node)
 
-    async def _copy_in_background(self, node: Node) -> None:
+    def _copy_in_background(self, node: Node) -> None:
         pending = node.pending
         if pending is None:
             return
-        # A failure here must not escape into the nursery (it would take the whole mount
-        # down): the copy stays pending, is retried on next use and settled at unmount.
-        try:
-            await self.blocking.run(pending.copy_rest, self.sync)
-            async with self._lock:
-                if node.pending is pending:
-                    self._finalize(node)
-        except OSError:
-            log.exception("background copy-up failed; retried on next use")
+        # A failure here is logged, not raised: the copy stays pending, is retried on next
+        # use and settled at unmount.
+        with self.gate.turn():
+            try:
+                self.gate.blocking(pending.copy_rest, self.sync)
+                with self.gate.mutating():
+                    if node.pending is pending:
+                        self._finalize(node)
+            except OSError:
+                log.exception("background copy-up failed; retried on next use")
 
-    async def _complete(self, node: Node) -> None:
+    def _complete(self, node: Node) -> None:
         """Finish a deferred copy-up now (the caller holds the lock)."""
         pending = node.pending
         assert pending is not None
-        await self.blocking.run(pending.copy_rest, self.sync)
+        self.gate.blocking(pending.copy_rest, self.sync)
         if node.pending is pending:
             self._finalize(node)
 
@@ -347,17 +343,17 @@ class UnionFilesystem:
         self.inodes.set_upper(node, os.lstat(dst))
         self.inodes.release(node)
 
-    async def settle(self) -> None:
+    def settle(self) -> None:
         """Finish every deferred copy-up (at unmount: the upper dir must be whole).
 
         One that cannot be finished (no space, a lower that fails) is dropped whole: the
         file stays as the lower layer has it, and its writes fail or are lost as a failed
         write-back would be; nothing partial reaches the upper dir.
         """
-        async with self._lock:
+        with self.gate.mutating():
             for node in list(self._pending):
                 try:
-                    await self._complete(node)
+                    self._complete(node)
                 except OSError as exc:
                     log.error("dropping an unfinished copy-up: %s", exc)
                     self._abandon(node)
@@ -370,19 +366,19 @@ class UnionFilesystem:
         self._pending.discard(node)
         self.inodes.release(node)
 
-    async def _settle_under(self, directory: Node) -> None:
+    def _settle_under(self, directory: Node) -> None:
         """Finish deferred copy-ups below a directory that is about to move."""
         for node in list(self._pending):
             ancestor = node.parent
             while ancestor is not None and ancestor is not directory:
                 ancestor = ancestor.parent
             if ancestor is directory:
-                await self._complete(node)
+                self._complete(node)
 
-    async def _ensure_upper_dir(self, directory: Node) -> None:
+    def _ensure_upper_dir(self, directory: Node) -> None:
         if not directory.is_dir:
             raise errors.not_a_directory()
-        await self._copy_up(directory)
+        self._copy_up(directory)
 
     # -- creating entries ----------------------------------------------------------------
 
@@ -393,7 +389,7 @@ class UnionFilesystem:
             return caller.uid, parent_st.st_gid, True
         return caller.uid, caller.gid, False
 
-    async def _create_entry(
+    def _create_entry(
         self,
         parent_ino: int,
         name: bytes,
@@ -409,7 +405,7 @@ class UnionFilesystem:
         parent = self._node(parent_ino)
         if self._resolve_child(parent, name) is not None:
             raise errors.exists()
-        await self._ensure_upper_dir(parent)
+        self._ensure_upper_dir(parent)
         uid, gid, _ = self._new_owner(parent, caller)
         rel = join(parent.rel_path(), name)
         path = self.stack.upper_path(rel)
@@ -440,23 +436,21 @@ class UnionFilesystem:
         self.inodes.lookup(node)
         return node, st
 
-    async def mknod(
-        self, parent_ino: int, name: bytes, mode: int, rdev: int, caller: Caller
-    ) -> Answer:
+    def mknod(self, parent_ino: int, name: bytes, mode: int, rdev: int, caller: Caller) -> Answer:
         if stat.S_ISCHR(mode) and rdev == WHITEOUT_DEV:
             raise errors.not_permitted()  # a whiteout cannot be made through the merged view
-        async with self._lock:
-            return await self._create_entry(
+        with self.gate.mutating():
+            return self._create_entry(
                 parent_ino, name, caller, lambda path: os.mknod(path, mode, rdev), mode
             )
 
-    async def symlink(self, parent_ino: int, name: bytes, target: bytes, caller: Caller) -> Answer:
-        async with self._lock:
-            return await self._create_entry(
+    def symlink(self, parent_ino: int, name: bytes, target: bytes, caller: Caller) -> Answer:
+        with self.gate.mutating():
+            return self._create_entry(
                 parent_ino, name, caller, lambda path: os.symlink(target, path), None
             )
 
-    async def create(
+    def create(
         self, parent_ino: int, name: bytes, mode: int, flags: int, caller: Caller
     ) -> tuple[FileHandle, Node, os.stat_result]:
         fds: list[int] = []
@@ -464,18 +458,18 @@ class UnionFilesystem:
         def build(path: bytes) -> None:
             fds.append(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, mode))
 
-        async with self._lock:
-            node, st = await self._create_entry(parent_ino, name, caller, build, mode)
+        with self.gate.mutating():
+            node, st = self._create_entry(parent_ino, name, caller, build, mode)
         os.close(fds[0])
         handle = self._open_backing(node, flags & ~os.O_TRUNC)
         return handle, node, st
 
-    async def mkdir(self, parent_ino: int, name: bytes, mode: int, caller: Caller) -> Answer:
-        async with self._lock:
+    def mkdir(self, parent_ino: int, name: bytes, mode: int, caller: Caller) -> Answer:
+        with self.gate.mutating():
             parent = self._node(parent_ino)
             if self._resolve_child(parent, name) is not None:
                 raise errors.exists()
-            await self._ensure_upper_dir(parent)
+            self._ensure_upper_dir(parent)
             uid, gid, setgid = self._new_owner(parent, caller)
             if setgid:
                 mode |= stat.S_ISGID
@@ -499,16 +493,16 @@ class UnionFilesystem:
                     raise
             return self._adopt(parent, name, rel)
 
-    async def link(self, ino: int, new_parent_ino: int, new_name: bytes, caller: Caller) -> Answer:
-        async with self._lock:
+    def link(self, ino: int, new_parent_ino: int, new_name: bytes, caller: Caller) -> Answer:
+        with self.gate.mutating():
             node = self._node(ino)
             if node.is_dir:
                 raise errors.not_permitted()
             parent = self._node(new_parent_ino)
             if self._resolve_child(parent, new_name) is not None:
                 raise errors.exists()
-            await self._copy_up(node)
-            await self._ensure_upper_dir(parent)
+            self._copy_up(node)
+            self._ensure_upper_dir(parent)
             src = self.stack.upper_path(node.rel_path())
             rel = join(parent.rel_path(), new_name)
             dst = self.stack.upper_path(rel)
@@ -530,29 +524,29 @@ class UnionFilesystem:
 
     # -- removing entries ----------------------------------------------------------------
 
-    async def unlink(self, parent_ino: int, name: bytes) -> None:
-        async with self._lock:
+    def unlink(self, parent_ino: int, name: bytes) -> None:
+        with self.gate.mutating():
             parent = self._node(parent_ino)
             node, _ = self._existing_child(parent, name)
             if node.is_dir:
                 raise errors.is_a_directory()
-            await self._remove(parent, name, node)
+            self._remove(parent, name, node)
 
-    async def rmdir(self, parent_ino: int, name: bytes) -> None:
-        async with self._lock:
+    def rmdir(self, parent_ino: int, name: bytes) -> None:
+        with self.gate.mutating():
             parent = self._node(parent_ino)
             node, _ = self._existing_child(parent, name)
             if not node.is_dir:
                 raise errors.not_a_directory()
             if not self.stack.is_empty_dir(self._upper_rel(node), node.sources):
                 raise errors.not_empty()
-            await self._remove(parent, name, node)
+            self._remove(parent, name, node)
 
-    async def _remove(self, parent: Node, name: bytes, node: Node) -> None:
+    def _remove(self, parent: Node, name: bytes, node: Node) -> None:
         self._writable()
-        await self._ensure_upper_dir(parent)
+        self._ensure_upper_dir(parent)
         if node.pending is not None:
-            await self._complete(node)  # rare: simpler than unpicking a half copy
+            self._complete(node)  # rare: simpler than unpicking a half copy
         needs_whiteout = self.stack.lower_positive(parent.sources, name)
         path = self.stack.upper_path(join(parent.rel_path(), name))
         if node.in_upper:
@@ -595,14 +589,14 @@ class UnionFilesystem:
 
     # -- rename --------------------------------------------------------------------------
 
-    async def rename(
+    def rename(
         self, old_parent_ino: int, old_name: bytes, new_parent_ino: int, new_name: bytes, flags: int
     ) -> None:
         if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == (
             RENAME_NOREPLACE | RENAME_EXCHANGE
         ):
             raise errors.invalid()
-        async with self._lock:
+        with self.gate.mutating():
             self._writable()
             old_parent = self._node(old_parent_ino)
             new_parent = self._node(new_parent_ino)
@@ -614,7 +608,7 @@ class UnionFilesystem:
             if flags & RENAME_EXCHANGE:
                 if dst is None:
                     raise errors.not_found()
-                await self._exchange(old_parent, old_name, src, new_parent, new_name, dst)
+                self._exchange(old_parent, old_name, src, new_parent, new_name, dst)
                 return
             if dst is src:
                 return  # two names of one file: rename(2) does nothing
@@ -625,11 +619,11 @@ class UnionFilesystem:
                     raise errors.is_a_directory()
                 if dst.is_dir and not self.stack.is_empty_dir(self._upper_rel(dst), dst.sources):
                     raise errors.not_empty()
-            await self._ensure_upper_dir(old_parent)
-            await self._ensure_upper_dir(new_parent)
+            self._ensure_upper_dir(old_parent)
+            self._ensure_upper_dir(new_parent)
             if src.is_dir:
-                await self._settle_under(src)
-            await self._copy_up(src)
+                self._settle_under(src)
+            self._copy_up(src)
             old_path = self.stack.upper_path(join(old_parent.rel_path(), old_name))
             new_path = self.stack.upper_path(join(new_parent.rel_path(), new_name))
             if src.is_dir:
@@ -671,7 +665,7 @@ class UnionFilesystem:
         elif new_parent.sources and not self.stack.dir_markers(upper_path).opaque:
             set_opaque(upper_path, self.markers)
 
-    async def _exchange(
+    def _exchange(
         self,
         old_parent: Node,
         old_name: bytes,
@@ -680,12 +674,12 @@ class UnionFilesystem:
         new_name: bytes,
         dst: Node,
     ) -> None:
-        await self._ensure_upper_dir(old_parent)
-        await self._ensure_upper_dir(new_parent)
+        self._ensure_upper_dir(old_parent)
+        self._ensure_upper_dir(new_parent)
         for node in (src, dst):
             if node.is_dir:
-                await self._settle_under(node)
-            await self._copy_up(node)
+                self._settle_under(node)
+            self._copy_up(node)
         old_path = self.stack.upper_path(join(old_parent.rel_path(), old_name))
         new_path = self.stack.upper_path(join(new_parent.rel_path(), new_name))
         if src.is_dir:
@@ -701,17 +695,17 @@ class UnionFilesystem:
 
     # -- files ---------------------------------------------------------------------------
 
-    async def open(self, ino: int, flags: int) -> FileHandle:
+    def open(self, ino: int, flags: int) -> FileHandle:
         node = self._node(ino)
         if flags & WRITE_FLAGS or flags & os.O_TRUNC:
             if self.read_only:
                 raise errors.read_only()
             if not node.in_upper and node.pending is None:
-                async with self._lock:
+                with self.gate.mutating():
                     if self._wants_deferred(node, flags):
-                        await self._start_deferred(node)
+                        self._start_deferred(node)
                     else:
-                        await self._copy_up(node, length=0 if flags & os.O_TRUNC else None)
+                        self._copy_up(node, length=0 if flags & os.O_TRUNC else None)
         return self._open_backing(node, flags)
 
     def _open_backing(self, node: Node, flags: int) -> FileHandle:
@@ -734,7 +728,7 @@ class UnionFilesystem:
             handle.node.pending.prepare(offset, size)
         return os.pread(handle.fd, size, offset)
 
-    def write(self, fh: int, offset: int, data: bytes) -> int:
+    def write(self, fh: int, offset: int, data: bytes | memoryview) -> int:
         handle = self.handles.file(fh)
         pending = handle.node.pending if handle.deferred else None
         if pending is not None:
@@ -746,7 +740,7 @@ class UnionFilesystem:
             return written
         return os.pwrite(handle.fd, data, offset)
 
-    async def fsync(self, fh: int, datasync: bool) -> None:
+    def fsync(self, fh: int, datasync: bool) -> None:
         if not self.sync:
             return
         handle = self.handles.file(fh)
@@ -754,11 +748,11 @@ class UnionFilesystem:
         if pending is not None:
             # Durable means recoverable: the data, then the record of which chunks it holds.
             # Under the lock, so the copy cannot be finished (and its record removed) meanwhile.
-            async with self._lock:
+            with self.gate.mutating():
                 if handle.node.pending is pending:
-                    await self.blocking.run(pending.persist, handle.node.rel_path())
+                    self.gate.blocking(pending.persist, handle.node.rel_path())
                     return
-        await self.blocking.run(os.fdatasync if datasync else os.fsync, handle.fd)
+        self.gate.blocking(os.fdatasync if datasync else os.fsync, handle.fd)
 
     def release(self, fh: int) -> None:
         handle = self.handles.pop_file(fh)
@@ -814,13 +808,13 @@ class UnionFilesystem:
     def releasedir(self, fh: int) -> None:
         self.handles.pop_dir(fh)
 
-    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+    def fsyncdir(self, fh: int, datasync: bool) -> None:
         node = self.handles.directory(fh).node
         if not self.sync or not node.in_upper:
             return
         fd = os.open(self.stack.upper_path(node.rel_path()), os.O_RDONLY | os.O_DIRECTORY)
         try:
-            await self.blocking.run(os.fsync, fd)
+            self.gate.blocking(os.fsync, fd)
         finally:
             os.close(fd)
 
@@ -853,21 +847,24 @@ class UnionFilesystem:
         encoded = (n.encode("utf-8", "surrogateescape") for n in names)
         return [n for n in encoded if not self.markers.is_private(n)]
 
-    async def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
+    def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        """flags: XATTR_CREATE or XATTR_REPLACE; checked after the copy-up, as the kernel
+        overlayfs does (a failing REPLACE still copies the entry up)."""
         if self.markers.is_private(name):
             raise errors.not_permitted()
-        async with self._lock:
+        with self.gate.mutating():
             node = self._node(ino)
-            await self._copy_up(node)
-            os.setxattr(self.stack.upper_path(node.rel_path()), name, value, follow_symlinks=False)
+            self._copy_up(node)
+            path = self.stack.upper_path(node.rel_path())
+            os.setxattr(path, name, value, flags, follow_symlinks=False)
 
-    async def removexattr(self, ino: int, name: bytes) -> None:
+    def removexattr(self, ino: int, name: bytes) -> None:
         if self.markers.is_private(name):
             raise errors.no_data()
-        async with self._lock:
+        with self.gate.mutating():
             node = self._node(ino)
             os.getxattr(self._backing_path(node), name, follow_symlinks=False)  # ENODATA first
-            await self._copy_up(node)
+            self._copy_up(node)
             os.removexattr(self.stack.upper_path(node.rel_path()), name, follow_symlinks=False)
 
 

@@ -1,265 +1,324 @@
-"""pyfuse3.Operations over UnionFilesystem: convert types, map errors, nothing else."""
+"""FUSE requests -> UnionFilesystem calls -> FUSE replies: decode, call, encode, nothing else.
+
+Every request runs holding the gate's state lock (see blocking.py); the filesystem lets go
+of it only around slow calls.
+"""
 
 from __future__ import annotations
 
 import errno
-import functools
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar, cast
+import time
+from collections.abc import Callable
 
-import pyfuse3
-
+from unionfs import fuse_protocol as proto
 from unionfs.filesystem import DOT_ENTRIES, AttrChanges, Caller, UnionFilesystem
 from unionfs.inodes import Node
 
 log = logging.getLogger(__name__)
 
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+Op = Callable[[int, int, int, memoryview], bytes]
+EMPTY = b""
+WANTED_FLAGS = (
+    proto.ASYNC_READ
+    | proto.ATOMIC_O_TRUNC
+    | proto.BIG_WRITES
+    | proto.DO_READDIRPLUS
+    | proto.ASYNC_DIO
+    | proto.PARALLEL_DIROPS
+    | proto.MAX_PAGES
+    | proto.CACHE_SYMLINKS
+)
 
 
-def errno_edge(handler: F) -> F:
-    """OSError -> its errno; any other exception is a bug: log it loudly, answer EIO."""
-
-    @functools.wraps(handler)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return await handler(*args, **kwargs)
-        except pyfuse3.FUSEError:
-            raise
-        except OSError as exc:
-            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-        except Exception:
-            log.exception("internal error in %s", handler.__name__)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-
-    return cast(F, wrapper)
+def name_of(body: memoryview, start: int = 0) -> bytes:
+    return proto.cstring(body, start)[0]
 
 
-def caller_of(ctx: pyfuse3.RequestContext) -> Caller:
-    return Caller(ctx.uid, ctx.gid, ctx.umask)
+def decode_rdev(rdev: int) -> int:
+    """The kernel's 32-bit device encoding -> a dev_t for mknod(2)."""
+    return os.makedev((rdev >> 8) & 0xFFF, (rdev & 0xFF) | ((rdev >> 12) & 0xFFF00))
 
 
-class FuseAdapter(pyfuse3.Operations):
-    supports_dot_lookup = False
+def sized(data: bytes, size: int) -> bytes:
+    """An xattr answer: its size when asked size 0, ERANGE when it does not fit."""
+    if size == 0:
+        return proto.XATTR_SIZE_OUT.pack(len(data), 0)
+    if len(data) > size:
+        raise OSError(errno.ERANGE, os.strerror(errno.ERANGE))
+    return data
 
-    def __init__(self, fs: UnionFilesystem, timeout: float) -> None:
-        super().__init__()
+
+class FuseAdapter:
+    def __init__(self, fs: UnionFilesystem, timeout: float, *, debug: bool = False) -> None:
         self.fs = fs
         self.timeout = timeout
-        # Read by pyfuse3 at init: the kernel batches writes in its page cache and keeps
-        # size and times itself (we are the only writer of the upper layer).
-        self.enable_writeback_cache = fs.writeback
-        fs.invalidate_attrs = self._invalidate_attrs
+        self.debug = debug
+        self._state = fs.gate.state
+        self.ops: dict[int, Op] = {
+            proto.LOOKUP: self.lookup,
+            proto.FORGET: self.forget,
+            proto.BATCH_FORGET: self.batch_forget,
+            proto.GETATTR: self.getattr,
+            proto.SETATTR: self.setattr,
+            proto.READLINK: self.readlink,
+            proto.SYMLINK: self.symlink,
+            proto.MKNOD: self.mknod,
+            proto.MKDIR: self.mkdir,
+            proto.UNLINK: self.unlink,
+            proto.RMDIR: self.rmdir,
+            proto.RENAME: self.rename,
+            proto.RENAME2: self.rename2,
+            proto.LINK: self.link,
+            proto.OPEN: self.open,
+            proto.CREATE: self.create,
+            proto.READ: self.read,
+            proto.WRITE: self.write,
+            proto.STATFS: self.statfs,
+            proto.RELEASE: self.release,
+            proto.FSYNC: self.fsync,
+            proto.SETXATTR: self.setxattr,
+            proto.GETXATTR: self.getxattr,
+            proto.LISTXATTR: self.listxattr,
+            proto.REMOVEXATTR: self.removexattr,
+            proto.OPENDIR: self.opendir,
+            proto.READDIR: self.readdir,
+            proto.READDIRPLUS: self.readdirplus,
+            proto.RELEASEDIR: self.releasedir,
+            proto.FSYNCDIR: self.fsyncdir,
+            proto.INTERRUPT: self.ignore,  # we answer every request promptly anyway
+            proto.DESTROY: self.ignore,
+        }
+        # FLUSH, ACCESS and everything else: ENOSYS, and the kernel stops sending them
+        # (nothing to do at close(2); default_permissions checks access in the kernel).
+
+    def handle(self, opcode: int, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        op = self.ops.get(opcode)
+        if op is None:
+            raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+        if self.debug:
+            log.debug("request %d node %d uid %d", opcode, nodeid, uid)
+        with self._state:
+            return op(nodeid, uid, gid, body)
+
+    # -- answers -------------------------------------------------------------------------
+
+    def _timeout(self, st: os.stat_result) -> float:
+        # A placeholder (st_ino 0) must be asked about again each time: it answers errors.
+        return self.timeout if st.st_ino else 0.0
 
     @staticmethod
-    def _invalidate_attrs(ino: int) -> None:
-        # Attributes only: takes no page or inode lock, so it is safe inside a handler.
-        try:
-            pyfuse3.invalidate_inode(ino, attr_only=True)
-        except OSError as exc:
-            if exc.errno != errno.ENOENT:  # the kernel did not know the inode: nothing cached
-                log.warning("cannot invalidate inode %d: %s", ino, exc)
-
-    def _attrs(self, node: Node, st: os.stat_result) -> pyfuse3.EntryAttributes:
-        attrs = pyfuse3.EntryAttributes()
-        attrs.st_ino = node.ino
-        attrs.generation = 0
-        # A placeholder (st_ino 0) must be asked about again each time: it answers errors.
-        timeout = self.timeout if st.st_ino else 0
-        attrs.entry_timeout = timeout
-        attrs.attr_timeout = timeout
-        attrs.st_mode = st.st_mode
+    def _nlink(node: Node, st: os.stat_result) -> int:
         # Like the kernel overlayfs: a merged directory's link count is unknown, so 1.
-        attrs.st_nlink = 1 if node.merged else st.st_nlink
-        attrs.st_uid = st.st_uid
-        attrs.st_gid = st.st_gid
-        attrs.st_rdev = st.st_rdev
-        attrs.st_size = st.st_size
-        attrs.st_blksize = st.st_blksize
-        attrs.st_blocks = st.st_blocks
-        attrs.st_atime_ns = st.st_atime_ns
-        attrs.st_mtime_ns = st.st_mtime_ns
-        attrs.st_ctime_ns = st.st_ctime_ns
-        return attrs
+        return 1 if node.merged else st.st_nlink
 
-    @errno_edge
-    async def lookup(
-        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
+    def _entry(self, node: Node, st: os.stat_result) -> bytes:
+        return proto.entry_out(node.ino, st, self._nlink(node, st), self._timeout(st))
+
+    def _attr(self, node: Node, st: os.stat_result) -> bytes:
+        return proto.attr_out(node.ino, st, self._nlink(node, st), self._timeout(st))
+
+    # -- lookup, attributes --------------------------------------------------------------
+
+    def lookup(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
         try:
-            return self._attrs(*self.fs.lookup(parent_inode, name))
+            return self._entry(*self.fs.lookup(nodeid, name_of(body)))
         except FileNotFoundError:
-            # A negative entry the kernel may cache (inode 0): programs probe for missing
-            # files all the time (imports, PATH, build tools). Every name we create goes
-            # through the kernel, which replaces the negative entry itself.
-            negative = pyfuse3.EntryAttributes()
-            negative.st_ino = 0
-            negative.entry_timeout = self.timeout
-            return negative
+            # A negative entry the kernel may cache: programs probe for missing files all
+            # the time (imports, PATH, build tools). Every name we create goes through the
+            # kernel, which replaces the negative entry itself.
+            return proto.negative_entry(self.timeout)
 
-    @errno_edge
-    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        for inode, count in inode_list:
-            self.fs.forget(inode, count)
+    def forget(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        self.fs.forget(nodeid, proto.FORGET_IN.unpack_from(body)[0])
+        return EMPTY
 
-    @errno_edge
-    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self._attrs(*self.fs.getattr(inode))
+    def batch_forget(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        count = proto.BATCH_FORGET_IN.unpack_from(body)[0]
+        for ino, nlookup in proto.FORGET_ONE.iter_unpack(body[8 : 8 + 16 * count]):
+            self.fs.forget(ino, nlookup)
+        return EMPTY
 
-    @errno_edge
-    async def setattr(
-        self,
-        inode: int,
-        attr: pyfuse3.EntryAttributes,
-        fields: pyfuse3.SetattrFields,
-        fh: int | None,
-        ctx: pyfuse3.RequestContext,
-    ) -> pyfuse3.EntryAttributes:
+    def getattr(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        return self._attr(*self.fs.getattr(nodeid))
+
+    def setattr(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        a = proto.parse_setattr(body)
+        v = a.valid
+        now = time.time_ns()
+        atime = mtime = None
+        if v & proto.FATTR_ATIME:
+            atime = now if v & proto.FATTR_ATIME_NOW else a.atime_ns
+        if v & proto.FATTR_MTIME:
+            mtime = now if v & proto.FATTR_MTIME_NOW else a.mtime_ns
         changes = AttrChanges(
-            mode=attr.st_mode if fields.update_mode else None,
-            uid=attr.st_uid if fields.update_uid else None,
-            gid=attr.st_gid if fields.update_gid else None,
-            size=attr.st_size if fields.update_size else None,
-            atime_ns=attr.st_atime_ns if fields.update_atime else None,
-            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+            mode=a.mode if v & proto.FATTR_MODE else None,
+            uid=a.uid if v & proto.FATTR_UID else None,
+            gid=a.gid if v & proto.FATTR_GID else None,
+            size=a.size if v & proto.FATTR_SIZE else None,
+            atime_ns=atime,
+            mtime_ns=mtime,
         )
-        return self._attrs(*await self.fs.setattr(inode, changes, fh, caller_of(ctx)))
+        fh = a.fh if v & proto.FATTR_FH else None
+        return self._attr(*self.fs.setattr(nodeid, changes, fh, Caller(uid, gid)))
 
-    @errno_edge
-    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        return self.fs.readlink(inode)
+    def readlink(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        return self.fs.readlink(nodeid)
 
-    @errno_edge
-    async def mknod(
-        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
-        return self._attrs(*await self.fs.mknod(parent_inode, name, mode, rdev, caller_of(ctx)))
+    # -- creating and removing names -----------------------------------------------------
 
-    @errno_edge
-    async def mkdir(
-        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
-        return self._attrs(*await self.fs.mkdir(parent_inode, name, mode, caller_of(ctx)))
+    def mknod(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        mode, rdev, umask, _ = proto.MKNOD_IN.unpack_from(body)
+        name = name_of(body, proto.MKNOD_IN.size)
+        caller = Caller(uid, gid, umask)
+        return self._entry(*self.fs.mknod(nodeid, name, mode, decode_rdev(rdev), caller))
 
-    @errno_edge
-    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        await self.fs.unlink(parent_inode, name)
+    def mkdir(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        mode, umask = proto.MKDIR_IN.unpack_from(body)
+        name = name_of(body, proto.MKDIR_IN.size)
+        return self._entry(*self.fs.mkdir(nodeid, name, mode, Caller(uid, gid, umask)))
 
-    @errno_edge
-    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        await self.fs.rmdir(parent_inode, name)
+    def symlink(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        name, target = proto.two_cstrings(body)
+        return self._entry(*self.fs.symlink(nodeid, name, target, Caller(uid, gid)))
 
-    @errno_edge
-    async def symlink(
-        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
-        return self._attrs(*await self.fs.symlink(parent_inode, name, target, caller_of(ctx)))
+    def link(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        old = proto.LINK_IN.unpack_from(body)[0]
+        name = name_of(body, proto.LINK_IN.size)
+        return self._entry(*self.fs.link(old, nodeid, name, Caller(uid, gid)))
 
-    @errno_edge
-    async def rename(
-        self,
-        parent_inode_old: int,
-        name_old: bytes,
-        parent_inode_new: int,
-        name_new: bytes,
-        flags: int,
-        ctx: pyfuse3.RequestContext,
-    ) -> None:
-        await self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+    def unlink(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        self.fs.unlink(nodeid, name_of(body))
+        return EMPTY
 
-    @errno_edge
-    async def link(
-        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
-        return self._attrs(*await self.fs.link(inode, new_parent_inode, new_name, caller_of(ctx)))
+    def rmdir(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        self.fs.rmdir(nodeid, name_of(body))
+        return EMPTY
 
-    @errno_edge
-    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        handle = await self.fs.open(inode, flags)
-        return pyfuse3.FileInfo(fh=handle.fh, keep_cache=True)
+    def rename(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        new_dir = proto.RENAME_IN.unpack_from(body)[0]
+        old, new = proto.two_cstrings(body, proto.RENAME_IN.size)
+        self.fs.rename(nodeid, old, new_dir, new, 0)
+        return EMPTY
 
-    @errno_edge
-    async def create(
-        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
-    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        handle, node, st = await self.fs.create(parent_inode, name, mode, flags, caller_of(ctx))
-        return pyfuse3.FileInfo(fh=handle.fh, keep_cache=True), self._attrs(node, st)
+    def rename2(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        new_dir, flags, _ = proto.RENAME2_IN.unpack_from(body)
+        old, new = proto.two_cstrings(body, proto.RENAME2_IN.size)
+        self.fs.rename(nodeid, old, new_dir, new, flags)
+        return EMPTY
 
-    @errno_edge
-    async def read(self, fh: int, off: int, size: int) -> bytes:
-        return self.fs.read(fh, off, size)
+    # -- files ---------------------------------------------------------------------------
 
-    @errno_edge
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
-        return self.fs.write(fh, off, buf)
+    def open(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        flags = proto.OPEN_IN.unpack_from(body)[0]
+        handle = self.fs.open(nodeid, flags)
+        return proto.OPEN_OUT.pack(handle.fh, proto.FOPEN_KEEP_CACHE, 0)
 
-    async def flush(self, fh: int) -> None:
-        # Nothing to do at close(2) time (data goes straight to the backing file): ENOSYS
-        # tells the kernel to stop sending flush requests at all, one round trip per close.
-        raise pyfuse3.FUSEError(errno.ENOSYS)
+    def create(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        flags, mode, umask, _ = proto.CREATE_IN.unpack_from(body)
+        name = name_of(body, proto.CREATE_IN.size)
+        handle, node, st = self.fs.create(nodeid, name, mode, flags, Caller(uid, gid, umask))
+        return self._entry(node, st) + proto.OPEN_OUT.pack(handle.fh, proto.FOPEN_KEEP_CACHE, 0)
 
-    @errno_edge
-    async def release(self, fh: int) -> None:
-        self.fs.release(fh)
+    def read(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        fh, offset, size = proto.READ_IN.unpack_from(body)[:3]
+        return self.fs.read(fh, offset, size)
 
-    @errno_edge
-    async def fsync(self, fh: int, datasync: bool) -> None:
-        await self.fs.fsync(fh, datasync)
+    def write(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        fh, offset, size = proto.WRITE_IN.unpack_from(body)[:3]
+        start = proto.WRITE_IN.size
+        written = self.fs.write(fh, offset, body[start : start + size])
+        return proto.WRITE_OUT.pack(written, 0)
 
-    @errno_edge
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        return self.fs.opendir(inode)
+    def release(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        self.fs.release(proto.RELEASE_IN.unpack_from(body)[0])
+        return EMPTY
 
-    @errno_edge
-    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        for name, node, st, next_id in self.fs.readdir(fh, start_id):
+    def fsync(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        fh, flags, _ = proto.FSYNC_IN.unpack_from(body)
+        self.fs.fsync(fh, bool(flags & proto.FSYNC_FDATASYNC))
+        return EMPTY
+
+    def statfs(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        s = self.fs.statfs()
+        return proto.STATFS_OUT.pack(
+            s.blocks,
+            s.blocks_free,
+            s.blocks_available,
+            s.files,
+            s.files_free,
+            s.block_size,
+            s.name_max,
+            s.fragment_size,
+            0,
+        )
+
+    # -- directories ---------------------------------------------------------------------
+
+    def opendir(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        return proto.OPEN_OUT.pack(self.fs.opendir(nodeid), 0, 0)
+
+    def readdirplus(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        fh, offset, size = proto.READ_IN.unpack_from(body)[:3]
+        parts: list[bytes] = []
+        used = 0
+        for name, node, st, next_offset in self.fs.readdir(fh, offset):
             dot = name in DOT_ENTRIES  # the kernel takes no reference for . and ..
-            if not pyfuse3.readdir_reply(token, name, self._attrs(node, st), next_id):
+            part = self._entry(node, st) + proto.dirent(name, node.ino, st.st_mode, next_offset)
+            if used + len(part) > size:
                 if not dot:
                     self.fs.inodes.discard_unreferenced(node)
                 break
+            parts.append(part)
+            used += len(part)
             if not dot:
                 self.fs.inodes.lookup(node)
+        return b"".join(parts)
 
-    @errno_edge
-    async def releasedir(self, fh: int) -> None:
-        self.fs.releasedir(fh)
+    def readdir(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        fh, offset, size = proto.READ_IN.unpack_from(body)[:3]
+        parts: list[bytes] = []
+        used = 0
+        for name, node, st, next_offset in self.fs.readdir(fh, offset):
+            part = proto.dirent(name, node.ino, st.st_mode, next_offset)
+            if name not in DOT_ENTRIES:
+                self.fs.inodes.discard_unreferenced(node)  # no lookup is counted here
+            if used + len(part) > size:
+                break
+            parts.append(part)
+            used += len(part)
+        return b"".join(parts)
 
-    @errno_edge
-    async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        await self.fs.fsyncdir(fh, datasync)
+    def releasedir(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        self.fs.releasedir(proto.RELEASE_IN.unpack_from(body)[0])
+        return EMPTY
 
-    @errno_edge
-    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        stats = self.fs.statfs()
-        data = pyfuse3.StatvfsData()
-        data.f_bsize = stats.block_size
-        data.f_frsize = stats.fragment_size
-        data.f_blocks = stats.blocks
-        data.f_bfree = stats.blocks_free
-        data.f_bavail = stats.blocks_available
-        data.f_files = stats.files
-        data.f_ffree = stats.files_free
-        data.f_favail = stats.files_available
-        data.f_namemax = stats.name_max
-        return data
+    def fsyncdir(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        fh, flags, _ = proto.FSYNC_IN.unpack_from(body)
+        self.fs.fsyncdir(fh, bool(flags & proto.FSYNC_FDATASYNC))
+        return EMPTY
 
-    @errno_edge
-    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        return self.fs.getxattr(inode, name)
+    # -- extended attributes -------------------------------------------------------------
 
-    @errno_edge
-    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        return self.fs.listxattr(inode)
+    def getxattr(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        size = proto.GETXATTR_IN.unpack_from(body)[0]
+        return sized(self.fs.getxattr(nodeid, name_of(body, proto.GETXATTR_IN.size)), size)
 
-    @errno_edge
-    async def setxattr(
-        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
-    ) -> None:
-        await self.fs.setxattr(inode, name, value)
+    def listxattr(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        size = proto.GETXATTR_IN.unpack_from(body)[0]
+        return sized(b"".join(name + b"\0" for name in self.fs.listxattr(nodeid)), size)
 
-    @errno_edge
-    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        await self.fs.removexattr(inode, name)
+    def setxattr(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        size, flags = proto.SETXATTR_IN.unpack_from(body)
+        name, value_start = proto.cstring(body, proto.SETXATTR_IN.size)
+        value = body[value_start : value_start + size].tobytes()
+        self.fs.setxattr(nodeid, name, value, flags)
+        return EMPTY
+
+    def removexattr(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        self.fs.removexattr(nodeid, name_of(body))
+        return EMPTY
+
+    def ignore(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        return EMPTY

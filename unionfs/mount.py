@@ -1,26 +1,29 @@
-"""Composition root: build the filesystem, mount it with pyfuse3, serve until unmounted.
+"""Composition root: build the filesystem, mount it, serve until unmounted.
 
 Imported only after the command line has been checked (and, in background mode, after
-the fork), so a bad invocation answers fast and the daemon owns trio and FUSE alone.
+the fork), so a bad invocation answers fast and the daemon owns the FUSE device alone.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import resource
 import signal
+import threading
 from collections.abc import Callable
+from types import FrameType
 
-import pyfuse3
-import trio
-
-from unionfs.blocking import Blocking
+from unionfs import fuse_protocol as proto
+from unionfs.blocking import Gate
 from unionfs.config import MountConfig
 from unionfs.copyup import WorkDir
 from unionfs.deferred import recover
 from unionfs.filesystem import UnionFilesystem
-from unionfs.fuse_adapter import FuseAdapter
+from unionfs.fuse_adapter import WANTED_FLAGS, FuseAdapter
+from unionfs.fuse_session import MountSpec, Session
+from unionfs.inodes import Node
 from unionfs.stack import LayerStack
 from unionfs.workdir_lock import hold
 
@@ -42,11 +45,15 @@ def build_filesystem(config: MountConfig) -> UnionFilesystem:
         stack,
         work,
         config.markers,
-        Blocking(),
+        Gate(),
         sync=not config.volatile,
         lazy_copyup=config.lazy_copyup,
         writeback=config.writeback,
     )
+
+
+def in_background(fn: Callable[[Node], None], node: Node) -> None:
+    threading.Thread(target=fn, args=(node,), name="copy-up", daemon=True).start()
 
 
 def serve(config: MountConfig, ready: Callable[[], None]) -> None:
@@ -56,30 +63,60 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     fs = build_filesystem(config)
-    adapter = FuseAdapter(fs, config.timeout)
-    pyfuse3.init(adapter, str(config.mountpoint), config.fuse_options())
-    stopped_by_signal = False
+    adapter = FuseAdapter(fs, config.timeout, debug=config.debug)
+    spec = MountSpec(
+        bytes(config.mountpoint),
+        config.fsname,
+        read_only=not config.writable,
+        allow_other=config.allow_other,
+        default_permissions=config.default_permissions,
+    )
+    session = Session.mount(spec)
+    stopped = threading.Event()
 
-    async def main() -> None:
-        nonlocal stopped_by_signal
-        async with trio.open_nursery() as nursery:
-
-            async def watch_signals() -> None:
-                nonlocal stopped_by_signal
-                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sig:
-                    async for _ in sig:
-                        stopped_by_signal = True
-                        pyfuse3.terminate()
-                        return
-
-            nursery.start_soon(watch_signals)
-            fs.spawn = nursery.start_soon
-            ready()
-            await pyfuse3.main(min_tasks=4, max_tasks=64)
-            await fs.settle()  # the upper dir is whole, plain overlayfs, at unmount
-            nursery.cancel_scope.cancel()
+    def stop(signum: int, frame: FrameType | None) -> None:
+        stopped.set()
+        session.unmount()
 
     try:
-        trio.run(main)
+        session.init(WANTED_FLAGS | (proto.WRITEBACK_CACHE if config.writeback else 0))
+        fs.invalidate_attrs = lambda ino: invalidate_attrs(session, ino)
+        fs.spawn = in_background
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, stop)
+        ready()
+        serve_until_stopped(session, adapter, stopped)
+    except BaseException:
+        session.unmount()
+        raise
     finally:
-        pyfuse3.close(unmount=stopped_by_signal)
+        # The upper dir is whole, plain overlayfs, at unmount. The state stays held: a
+        # request still in flight (the mount was busy at a signal) changes nothing more.
+        fs.gate.state.acquire()
+        fs.settle()
+        session.close()
+
+
+def serve_until_stopped(session: Session, adapter: FuseAdapter, stopped: threading.Event) -> None:
+    """Serve in worker threads; the main thread waits for the mount to go away, or for a
+    signal (the mount is detached then, and we stop even if it is still busy)."""
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            session.serve(adapter.handle)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="fuse", daemon=True).start()
+    while not (done.wait(1.0) or stopped.is_set()):
+        pass
+
+
+def invalidate_attrs(session: Session, ino: int) -> None:
+    # Attributes only: takes no page or inode lock, so it is safe inside a handler.
+    try:
+        session.notify(proto.notify_inval_inode(ino))
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:  # the kernel did not know the inode: nothing cached
+            log.warning("cannot invalidate inode %d: %s", ino, exc)

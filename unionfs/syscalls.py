@@ -1,4 +1,4 @@
-"""The kernel call the filesystem needs that Python 3.11 lacks: renameat2.
+"""The kernel calls the filesystem needs that Python 3.11 lacks: renameat2, mount, umount2.
 
 This is the only module of `unionfs` that uses ctypes.
 """
@@ -25,3 +25,28 @@ def renameat2(old: bytes, new: bytes, flags: int) -> None:
     if _renameat2(AT_FDCWD, old, AT_FDCWD, new, flags) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), old, None, new)
+
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MNT_DETACH = 2
+
+_mount = _libc.mount
+_mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
+_mount.restype = ctypes.c_int
+_umount2 = _libc.umount2
+_umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_umount2.restype = ctypes.c_int
+
+
+def mount(source: bytes, target: bytes, fstype: bytes, flags: int, data: bytes) -> None:
+    if _mount(source, target, fstype, flags, data) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), target)
+
+
+def umount2(target: bytes, flags: int) -> None:
+    if _umount2(target, flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), target)

@@ -205,68 +205,78 @@ BAD_TAIL_FROM = 512 * 1024
 
 def serve_failing_fs(mountpoint: str) -> None:  # pragma: no cover - runs in a subprocess
     """A tiny read-only FUSE filesystem whose chosen operations answer EIO, as a lower layer
-    on a failing disk would. Run in the foreground until unmounted."""
+    on a failing disk would, on our own FUSE session. Runs until unmounted."""
     import errno as errno_
     import stat as stat_
 
-    import pyfuse3
-    import trio
+    from unionfs import fuse_protocol as proto
+    from unionfs.fuse_session import MountSpec, Session
 
+    root = 1
     by_inode = {ino: (name, data, fails) for name, (ino, data, fails) in FAILING_TREE.items()}
 
-    class Failing(pyfuse3.Operations):
-        def attrs(self, ino: int) -> pyfuse3.EntryAttributes:
-            a = pyfuse3.EntryAttributes()
-            a.st_ino = ino
-            if ino == pyfuse3.ROOT_INODE or by_inode[ino][2] == "readdir":
-                a.st_mode, a.st_nlink, a.st_size = stat_.S_IFDIR | 0o755, 2, 0
-            else:
-                a.st_mode, a.st_nlink, a.st_size = stat_.S_IFREG | 0o644, 1, len(by_inode[ino][1])
-            a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = 1_000_000_000
-            a.entry_timeout = a.attr_timeout = 0
-            return a
+    def attrs(ino: int) -> os.stat_result:
+        if ino == root or by_inode[ino][2] == "readdir":
+            mode, nlink, size = stat_.S_IFDIR | 0o755, 2, 0
+        else:
+            mode, nlink, size = stat_.S_IFREG | 0o644, 1, len(by_inode[ino][1])
+        second = 10**9
+        return os.stat_result((mode, ino, 0, nlink, 0, 0, size, 1, 1, 1, 1.0, 1.0, 1.0,
+                               second, second, second, 4096, 0, 0))  # fmt: skip
 
-        async def getattr(self, inode: int, ctx: object = None) -> pyfuse3.EntryAttributes:
-            return self.attrs(inode)
+    def fail(code: int) -> OSError:
+        return OSError(code, os.strerror(code))
 
-        async def lookup(
-            self, parent_inode: int, name: bytes, ctx: object = None
-        ) -> pyfuse3.EntryAttributes:
-            if parent_inode != pyfuse3.ROOT_INODE or name not in FAILING_TREE:
-                raise pyfuse3.FUSEError(errno_.ENOENT)
+    def handle(opcode: int, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        if opcode == proto.GETATTR:
+            return proto.attr_out(nodeid, attrs(nodeid), attrs(nodeid).st_nlink, 0)
+        if opcode == proto.LOOKUP:
+            name = proto.cstring(body)[0]
+            if nodeid != root or name not in FAILING_TREE:
+                raise fail(errno_.ENOENT)
             ino, _data, fails = FAILING_TREE[name]
             if fails == "lookup":
-                raise pyfuse3.FUSEError(errno_.EIO)
-            return self.attrs(ino)
-
-        async def opendir(self, inode: int, ctx: object) -> int:
-            return inode
-
-        async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-            if fh != pyfuse3.ROOT_INODE:
-                raise pyfuse3.FUSEError(errno_.EIO)
+                raise fail(errno_.EIO)
+            return proto.entry_out(ino, attrs(ino), attrs(ino).st_nlink, 0)
+        if opcode == proto.OPENDIR:
+            return proto.OPEN_OUT.pack(nodeid, 0, 0)
+        if opcode in (proto.READDIR, proto.READDIRPLUS):
+            fh, offset, size = proto.READ_IN.unpack_from(body)[:3]
+            if fh != root:
+                raise fail(errno_.EIO)
+            out = b""
             for i, (name, (ino, _data, _fails)) in enumerate(FAILING_TREE.items()):
-                if i >= start_id and not pyfuse3.readdir_reply(token, name, self.attrs(ino), i + 1):
-                    return
-
-        async def open(self, inode: int, flags: int, ctx: object) -> pyfuse3.FileInfo:
-            if flags & os.O_ACCMODE != os.O_RDONLY:
-                raise pyfuse3.FUSEError(errno_.EROFS)
-            return pyfuse3.FileInfo(fh=inode)
-
-        async def read(self, fh: int, off: int, size: int) -> bytes:
+                if i < offset:
+                    continue
+                st = attrs(ino)
+                part = proto.dirent(name, ino, st.st_mode, i + 1)
+                if opcode == proto.READDIRPLUS:
+                    part = proto.entry_out(ino, st, st.st_nlink, 0) + part
+                if len(out) + len(part) > size:
+                    break
+                out += part
+            return out
+        if opcode == proto.OPEN:
+            if proto.OPEN_IN.unpack_from(body)[0] & os.O_ACCMODE != os.O_RDONLY:
+                raise fail(errno_.EROFS)
+            return proto.OPEN_OUT.pack(nodeid, 0, 0)
+        if opcode == proto.READ:
+            fh, off, size = proto.READ_IN.unpack_from(body)[:3]
             _name, data, fails = by_inode[fh]
             if fails == "read" or (fails == "read-tail" and off + size > BAD_TAIL_FROM):
-                raise pyfuse3.FUSEError(errno_.EIO)
+                raise fail(errno_.EIO)
             return data[off : off + size]
+        if opcode in (proto.RELEASE, proto.RELEASEDIR, proto.FORGET, proto.BATCH_FORGET):
+            return b""
+        raise fail(errno_.ENOSYS)
 
-    options = set(pyfuse3.default_options)
-    options |= {"fsname=failing", "allow_other", "ro"}
-    pyfuse3.init(Failing(), mountpoint, options)
+    session = Session.mount(MountSpec(os.fsencode(mountpoint), "failing", read_only=True))
     try:
-        trio.run(pyfuse3.main)
+        session.init(proto.ASYNC_READ | proto.DO_READDIRPLUS | proto.MAX_PAGES)
+        session.serve(handle, threads=1)
     finally:
-        pyfuse3.close(unmount=True)
+        session.unmount()
+        session.close()
 
 
 @contextlib.contextmanager

@@ -63,6 +63,10 @@ REPRODUCTIONS = {
     "create keeps the setgid bit": (Scenario(1), ["create('n2', 0o2755)"]),
     "mkdir in a merged dir marks it opaque": (Scenario(0), ["mkdir('n2', 0o755)"]),
     "readdir returns dot and dotdot": (Scenario(1), ["listdir('')"]),
+    "a failing setxattr(XATTR_REPLACE) still copies the entry up": (
+        Scenario(4),
+        ["setxattr('c/b/a', 'user.missing', b'x', 2)"],
+    ),
     "hard links of exchanged files stay reachable": (
         Scenario(17),
         [
@@ -104,8 +108,6 @@ REPRODUCTIONS = {
         ],
     ),
 }
-# A kernel side effect we do not copy, documented in the README instead of reproduced: a
-# failing setxattr(XATTR_REPLACE) copies nothing up.
 
 
 @pytest.mark.parametrize("name", REPRODUCTIONS)

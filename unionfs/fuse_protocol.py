@@ -1,0 +1,242 @@
+"""The FUSE kernel protocol, version 7.31 (linux/fuse.h): opcodes, structs, packing.
+
+Pure data: no device, no filesystem. The kernel speaks newer versions too; it adapts to
+the minor version we answer INIT with, and 7.31 has everything we use (max_pages,
+readdirplus, cached symlinks, parallel directory operations).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+from typing import NamedTuple
+
+KERNEL_MAJOR = 7
+KERNEL_MINOR = 31
+
+# -- opcodes -------------------------------------------------------------------------------
+LOOKUP = 1
+FORGET = 2
+GETATTR = 3
+SETATTR = 4
+READLINK = 5
+SYMLINK = 6
+MKNOD = 8
+MKDIR = 9
+UNLINK = 10
+RMDIR = 11
+RENAME = 12
+LINK = 13
+OPEN = 14
+READ = 15
+WRITE = 16
+STATFS = 17
+RELEASE = 18
+FSYNC = 20
+SETXATTR = 21
+GETXATTR = 22
+LISTXATTR = 23
+REMOVEXATTR = 24
+FLUSH = 25
+INIT = 26
+OPENDIR = 27
+READDIR = 28
+RELEASEDIR = 29
+FSYNCDIR = 30
+ACCESS = 34
+CREATE = 35
+INTERRUPT = 36
+DESTROY = 38
+BATCH_FORGET = 42
+READDIRPLUS = 44
+RENAME2 = 45
+
+# Requests the kernel expects no answer to.
+NO_REPLY = frozenset({FORGET, BATCH_FORGET, INTERRUPT})
+
+# -- INIT flags ----------------------------------------------------------------------------
+ASYNC_READ = 1 << 0
+ATOMIC_O_TRUNC = 1 << 3
+BIG_WRITES = 1 << 5
+DO_READDIRPLUS = 1 << 13
+ASYNC_DIO = 1 << 15
+WRITEBACK_CACHE = 1 << 16
+PARALLEL_DIROPS = 1 << 18
+MAX_PAGES = 1 << 22
+CACHE_SYMLINKS = 1 << 23
+
+# -- other flags ---------------------------------------------------------------------------
+FATTR_MODE = 1 << 0
+FATTR_UID = 1 << 1
+FATTR_GID = 1 << 2
+FATTR_SIZE = 1 << 3
+FATTR_ATIME = 1 << 4
+FATTR_MTIME = 1 << 5
+FATTR_FH = 1 << 6
+FATTR_ATIME_NOW = 1 << 7
+FATTR_MTIME_NOW = 1 << 8
+FOPEN_KEEP_CACHE = 1 << 1
+FSYNC_FDATASYNC = 1
+NOTIFY_INVAL_INODE = 2
+
+# -- structs -------------------------------------------------------------------------------
+IN_HEADER = struct.Struct("<IIQQIIIHH")  # len opcode unique nodeid uid gid pid extlen pad
+OUT_HEADER = struct.Struct("<IiQ")  # len error unique
+_ATTR = "QQQqqqIIIIIIIIII"  # ino size blocks a/m/ctime a/m/ctimensec mode nlink uid gid
+# rdev blksize flags
+ENTRY_OUT = struct.Struct("<QQQQII" + _ATTR)  # nodeid generation entry/attr valid (+nsec)
+ATTR_OUT = struct.Struct("<QII" + _ATTR)  # attr_valid attr_valid_nsec dummy
+OPEN_OUT = struct.Struct("<QII")  # fh open_flags padding
+WRITE_OUT = struct.Struct("<II")  # size padding
+XATTR_SIZE_OUT = struct.Struct("<II")  # size padding
+STATFS_OUT = struct.Struct("<QQQQQIIII24x")  # blocks bfree bavail files ffree bsize
+# namelen frsize padding spare[6]
+INIT_IN = struct.Struct("<IIII")  # major minor max_readahead flags
+INIT_OUT = struct.Struct("<IIIIHHIIHHII24x")  # ... max_pages map_alignment flags2 ...
+NOTIFY_INVAL_INODE_OUT = struct.Struct("<Qqq")  # ino offset length
+DIRENT = struct.Struct("<QQII")  # ino off namelen type
+
+FORGET_IN = struct.Struct("<Q")
+BATCH_FORGET_IN = struct.Struct("<II")
+FORGET_ONE = struct.Struct("<QQ")
+GETATTR_IN = struct.Struct("<IIQ")  # flags dummy fh
+SETATTR_IN = struct.Struct("<IIQQQqqqIIIIIIII")
+MKNOD_IN = struct.Struct("<IIII")  # mode rdev umask padding
+MKDIR_IN = struct.Struct("<II")  # mode umask
+RENAME_IN = struct.Struct("<Q")  # newdir
+RENAME2_IN = struct.Struct("<QII")  # newdir flags padding
+LINK_IN = struct.Struct("<Q")  # oldnodeid
+OPEN_IN = struct.Struct("<II")  # flags open_flags
+CREATE_IN = struct.Struct("<IIII")  # flags mode umask open_flags
+READ_IN = struct.Struct("<QQIIQII")  # fh offset size read_flags lock_owner flags padding
+WRITE_IN = READ_IN
+RELEASE_IN = struct.Struct("<QII")  # fh flags release_flags (lock_owner follows)
+FSYNC_IN = struct.Struct("<QII")  # fh fsync_flags padding
+SETXATTR_IN = struct.Struct("<II")  # size flags
+GETXATTR_IN = struct.Struct("<II")  # size padding
+
+
+class Header(NamedTuple):
+    length: int
+    opcode: int
+    unique: int
+    nodeid: int
+    uid: int
+    gid: int
+    pid: int
+
+
+class SetattrIn(NamedTuple):
+    valid: int
+    fh: int
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    mode: int
+    uid: int
+    gid: int
+
+
+def parse_header(buf: bytes | bytearray | memoryview) -> Header:
+    return Header(*IN_HEADER.unpack_from(buf)[:7])
+
+
+def parse_setattr(body: memoryview) -> SetattrIn:
+    (valid, _pad, fh, size, _owner, atime, mtime, _ctime, atimensec, mtimensec, _ctimensec,
+     mode, _u4, uid, gid, _u5) = SETATTR_IN.unpack_from(body)  # fmt: skip
+    return SetattrIn(
+        valid, fh, size, atime * 10**9 + atimensec, mtime * 10**9 + mtimensec, mode, uid, gid
+    )
+
+
+def cstring(body: memoryview, start: int = 0) -> tuple[bytes, int]:
+    """The NUL-terminated name at body[start:], and where the next field begins."""
+    raw = body[start:].tobytes()
+    end = raw.index(0)
+    return raw[:end], start + end + 1
+
+
+def two_cstrings(body: memoryview, start: int = 0) -> tuple[bytes, bytes]:
+    raw = body[start:].tobytes()
+    first, second, _ = raw.split(b"\0", 2)
+    return first, second
+
+
+def split_seconds(seconds: float) -> tuple[int, int]:
+    whole = int(seconds)
+    return whole, int((seconds - whole) * 1e9)
+
+
+def attr_fields(ino: int, st: os.stat_result, nlink: int) -> tuple[int, ...]:
+    atime, mtime, ctime = st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
+    return (
+        ino,
+        st.st_size,
+        st.st_blocks,
+        atime // 10**9,
+        mtime // 10**9,
+        ctime // 10**9,
+        atime % 10**9,
+        mtime % 10**9,
+        ctime % 10**9,
+        st.st_mode,
+        nlink,
+        st.st_uid,
+        st.st_gid,
+        st.st_rdev & 0xFFFFFFFF,  # glibc's dev_t encoding agrees with the kernel's in 32 bits
+        st.st_blksize,
+        0,
+    )
+
+
+def entry_out(ino: int, st: os.stat_result, nlink: int, timeout: float) -> bytes:
+    sec, nsec = split_seconds(timeout)
+    return ENTRY_OUT.pack(ino, 0, sec, sec, nsec, nsec, *attr_fields(ino, st, nlink))
+
+
+def negative_entry(timeout: float) -> bytes:
+    """A cacheable 'no such name' (node id 0)."""
+    sec, nsec = split_seconds(timeout)
+    return ENTRY_OUT.pack(0, 0, sec, 0, nsec, 0, *(0,) * 16)
+
+
+def attr_out(ino: int, st: os.stat_result, nlink: int, timeout: float) -> bytes:
+    sec, nsec = split_seconds(timeout)
+    return ATTR_OUT.pack(sec, nsec, 0, *attr_fields(ino, st, nlink))
+
+
+def dirent(name: bytes, ino: int, mode: int, next_offset: int) -> bytes:
+    """One READDIR entry, padded to 8 bytes."""
+    raw = DIRENT.pack(ino, next_offset, len(name), stat.S_IFMT(mode) >> 12) + name
+    return raw + b"\0" * (-len(raw) % 8)
+
+
+def reply_header(unique: int, error: int, body_length: int) -> bytes:
+    """error: 0 or a positive errno (sent negated, as the kernel wants it)."""
+    return OUT_HEADER.pack(OUT_HEADER.size + body_length, -error, unique)
+
+
+def notify_inval_inode(ino: int) -> bytes:
+    """Drop the kernel's cached attributes of ino (offset -1: no page data)."""
+    body = NOTIFY_INVAL_INODE_OUT.pack(ino, -1, 0)
+    return OUT_HEADER.pack(OUT_HEADER.size + len(body), NOTIFY_INVAL_INODE, 0) + body
+
+
+def init_reply(kernel_flags: int, want: int, max_readahead: int, max_pages: int) -> bytes:
+    """Our INIT answer: the flags we want that the kernel offers, requests of max_pages."""
+    page = os.sysconf("SC_PAGESIZE")
+    return INIT_OUT.pack(
+        KERNEL_MAJOR,
+        KERNEL_MINOR,
+        max_readahead,
+        kernel_flags & want,
+        64,  # max_background: readahead and async direct I/O in flight at once
+        48,  # congestion_threshold
+        max_pages * page,  # max_write
+        1,  # time_gran: nanoseconds
+        max_pages,
+        0,  # map_alignment
+        0,  # flags2
+        0,  # max_stack_depth
+    )
