@@ -22,7 +22,16 @@ from unionfs.copyup import CopyUp, WorkDir, copy_metadata
 from unionfs.deferred import CHUNK, PendingCopy, reserve_like
 from unionfs.handles import DirSnapshot, FileHandle, HandleTable
 from unionfs.inodes import InodeTable, Node
-from unionfs.stack import LONG_PATH, Entry, LayerStack, join, lstat_or_none
+from unionfs.stack import (
+    DIRECTORY,
+    LONG_PATH,
+    Directory,
+    Entry,
+    LayerStack,
+    Source,
+    join,
+    lstat_or_none,
+)
 from unionfs.syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, renameat2
 from unionfs.whiteouts import WHITEOUT_DEV, XattrNames, is_whiteout, make_whiteout, set_opaque
 
@@ -765,10 +774,7 @@ class UnionFilesystem:
         node = self._node(ino)
         if not node.is_dir:
             raise errors.not_a_directory()
-        return self.handles.add_dir(DirSnapshot(node, self._list(node)))
-
-    def _list(self, node: Node) -> list[bytes]:
-        return [*DOT_ENTRIES, *self.stack.list_dir(self._upper_rel(node), node.sources)]
+        return self.handles.add_dir(DirSnapshot(node))  # listed at the first readdir
 
     def readdir(self, fh: int, offset: int) -> Iterator[tuple[bytes, Node, os.stat_result, int]]:
         """Entries from `offset` on, lazily: (name, node, stat, next offset).
@@ -776,9 +782,12 @@ class UnionFilesystem:
         The caller counts a lookup for each entry it hands to the kernel.
         """
         snapshot = self.handles.directory(fh)
-        if offset == 0:
-            snapshot.names = self._list(snapshot.node)  # rewinddir sees a fresh listing
         node = snapshot.node
+        if offset == 0:  # the first read, or rewinddir: a fresh listing
+            names, snapshot.files = self.stack.list_dir_with_files(
+                self._upper_rel(node), node.sources
+            )
+            snapshot.names = [*DOT_ENTRIES, *names]
         for index in range(offset, len(snapshot.names)):
             name = snapshot.names[index]
             if name in DOT_ENTRIES:
@@ -786,7 +795,11 @@ class UnionFilesystem:
                 yield name, itself, self._stat(itself), index + 1
                 continue
             try:
-                found = self._resolve_child(node, name)
+                where = snapshot.files.get(name, DIRECTORY)
+                if isinstance(where, Directory) or name in node.children:
+                    found = self._resolve_child(node, name)
+                else:
+                    found = self._resolve_listed_file(node, name, where)
             except OSError as exc:
                 # One unreadable entry (a lower answering EIO) must not hide the rest: the
                 # name is listed, as a placeholder the kernel may not cache, and using it
@@ -795,6 +808,22 @@ class UnionFilesystem:
                 found = self._placeholder(node, name)
             if found is not None:
                 yield name, found[0], found[1], index + 1
+
+    def _resolve_listed_file(
+        self, parent: Node, name: bytes, where: Source | None
+    ) -> Answer | None:
+        """A name the listing found as a non-directory in one layer: one lstat there."""
+        if where is None:
+            rel: bytes | None = join(parent.rel_path(), name)
+            sources: tuple[Source, ...] = ()
+            path = self.stack.upper_path(join(parent.rel_path(), name))
+        else:
+            rel, sources = None, ((where[0], join(where[1], name)),)
+            path = self.stack.lower_path(sources[0])
+        st = lstat_or_none(path)
+        if st is None or stat.S_ISDIR(st.st_mode) or is_whiteout(st):
+            return self._resolve_child(parent, name)  # changed since the listing
+        return self.inodes.child(parent, name, Entry(rel, sources, st)), st
 
     def _placeholder(self, parent: Node, name: bytes) -> Answer:
         """A node for a name whose entry cannot be read; its stat has st_ino 0."""

@@ -257,7 +257,10 @@ class FuseAdapter:
     # -- directories ---------------------------------------------------------------------
 
     def opendir(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
-        return proto.OPEN_OUT.pack(self.fs.opendir(nodeid), 0, 0)
+        # The kernel may keep what we list (and reuse it at the next opendir): every change
+        # of a directory's names goes through the kernel, which then drops that cache.
+        flags = proto.FOPEN_CACHE_DIR | proto.FOPEN_KEEP_CACHE
+        return proto.OPEN_OUT.pack(self.fs.opendir(nodeid), flags, 0)
 
     def readdirplus(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
         fh, offset, size = proto.READ_IN.unpack_from(body)[:3]

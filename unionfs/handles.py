@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from unionfs import errors
 from unionfs.inodes import Node
+from unionfs.stack import Source
 
 
 @dataclass(slots=True)
@@ -22,14 +23,16 @@ class FileHandle:
 
 @dataclass(slots=True)
 class DirSnapshot:
-    """The merged names of a directory at opendir (or rewind) time.
+    """The merged names of a directory at its first read (or rewind).
 
     readdir offsets index into this list, so they stay valid while the directory
     changes: nothing is reported twice or skipped, as POSIX asks of telldir/seekdir.
     """
 
     node: Node
-    names: list[bytes]
+    names: list[bytes] = field(default_factory=list)
+    # Names whose entry is not a directory: where each lives (see LayerStack.list_dir_with_files).
+    files: dict[bytes, Source | None] = field(default_factory=dict)
 
 
 class HandleTable:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from unionfs.whiteouts import TRUSTED, XattrNames, is_whiteout
@@ -289,13 +289,37 @@ class LayerStack:
 
     def list_dir(self, upper: bytes | None, sources: tuple[Source, ...]) -> list[bytes]:
         """The merged names of a directory: upper over lowers, whiteouts hide, no duplicates."""
-        seen: set[bytes] = set()
+        return [name for name, _where in self._merged_names(upper, sources)]
+
+    def list_dir_with_files(
+        self, upper: bytes | None, sources: tuple[Source, ...]
+    ) -> tuple[list[bytes], dict[bytes, Source | None]]:
+        """The merged names, and where each name that is not a directory lives (None: the
+        upper layer, else its lower source): one lstat resolves those, no layer probing."""
         names: list[bytes] = []
-        paths: list[bytes] = []
+        files: dict[bytes, Source | None] = {}
+        for name, where in self._merged_names(upper, sources):
+            names.append(name)
+            if not isinstance(where, Directory):
+                files[name] = where
+        return names, files
+
+    def is_empty_dir(self, upper: bytes | None, sources: tuple[Source, ...]) -> bool:
+        """No merged name at all: stops at the first one (rmdir of a big tree is refused
+        without listing it whole)."""
+        return next(self._merged_names(upper, sources), None) is None
+
+    def _merged_names(
+        self, upper: bytes | None, sources: tuple[Source, ...]
+    ) -> Iterator[tuple[bytes, Source | Directory | None]]:
+        """(name, where): where is DIRECTORY for a directory, else None (upper) or the
+        lower source the name's file lives in."""
+        seen: set[bytes] = set()
+        layers: list[tuple[bytes, Source | None]] = []
         if upper is not None and self.upper_root is not None:
-            paths.append(self.upper_path(upper))
-        paths.extend(self.lower_path(source) for source in sources)
-        for path in paths:
+            layers.append((self.upper_path(upper), None))
+        layers.extend((self.lower_path(source), source) for source in sources)
+        for path, layer in layers:
             layer_names = []
             try:
                 with os.scandir(path) as it:
@@ -304,17 +328,29 @@ class LayerStack:
                         if name in seen:
                             continue
                         layer_names.append(name)
-                        if not _maybe_whiteout(dirent) or not is_whiteout(
+                        if _maybe_whiteout(dirent) and is_whiteout(
                             dirent.stat(follow_symlinks=False)
                         ):
-                            names.append(name)
+                            continue
+                        is_dir = _is_dir(dirent)
+                        yield name, DIRECTORY if is_dir else layer
             except (FileNotFoundError, NotADirectoryError):
                 continue
             seen.update(layer_names)
-        return names
 
-    def is_empty_dir(self, upper: bytes | None, sources: tuple[Source, ...]) -> bool:
-        return not self.list_dir(upper, sources)
+
+class Directory:
+    """The type of DIRECTORY: a listed name that is a directory (it may merge)."""
+
+
+DIRECTORY = Directory()
+
+
+def _is_dir(dirent: os.DirEntry[bytes]) -> bool:
+    try:
+        return dirent.is_dir(follow_symlinks=False)
+    except OSError:
+        return True  # unknown: resolve it the careful way
 
 
 def _maybe_whiteout(dirent: os.DirEntry[bytes]) -> bool:
