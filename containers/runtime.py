@@ -100,10 +100,12 @@ def start(
             undo.callback(os.close, log)
             if stdio is not None:
                 stdio = (stdio[0], log, log)
+        mounting = None
         if spec.layers:
-            _mount_union(record, list(spec.layers))
-            undo.callback(unmount, record.mount_point)
-            pause_at("mounted")
+            # In the background: the cgroup and the fork below overlap with the daemon's
+            # start-up; the first process is let go only once the union is mounted.
+            mounting = MountProgram.start(record, list(spec.layers))
+            undo.callback(mounting.abandon)
         try:
             cgroup = open_cgroup(spec.id)
             cgroup.create(spec.resources)
@@ -111,7 +113,6 @@ def start(
             raise UserError(f"cannot set up the cgroup: {exc.strerror or exc}") from None
         undo.callback(cgroup.destroy)
         record.cgroup = cgroup.name
-        record.mounted = bool(spec.layers)
         state.save(record)
         pause_at("cgroup")
 
@@ -129,6 +130,11 @@ def start(
             record.monitor_start = state.process_start_time(os.getpid())
             state.save(record)
 
+        def wait_mounted() -> None:
+            if mounting is not None:
+                mounting.wait()
+                pause_at("mounted")
+
         pid, console = spawn(
             child,
             cgroup,
@@ -137,9 +143,11 @@ def start(
             undo=undo,
             id_map=spec.userns,
             on_fork=note_pid,
+            before_go=wait_mounted,
         )
         pause_at("started")
         record.status = state.RUNNING
+        record.mounted = mounting is not None
         state.save(record)
         undo.pop_all()
         pause_at("running")
@@ -210,26 +218,115 @@ def _rmtree(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def _mount_union(record: ContainerRecord, layers: list[Path]) -> None:
-    import subprocess
+class MountProgram:
+    """The union mount program, started in the background; `wait` collects its verdict.
 
-    lowers = ":".join(str(p) for p in layers)
-    options = f"lowerdir={lowers},upperdir={record.upper_dir},workdir={record.work_dir}"
-    program = mount_program()
-    try:
-        result = subprocess.run(
-            [program, "-o", options, str(record.mount_point)],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise UserError(f"cannot run the mount program {program}: {exc}") from None
-    if result.returncode != 0 or not os.path.ismount(record.mount_point):
-        unmount(record.mount_point)
-        detail = result.stderr.strip().splitlines()[-1:] or [f"exit status {result.returncode}"]
-        raise UserError(f"mounting the image layers failed: {detail[0]}")
+    Like fuse-overlayfs, our `unionfs` exits once the mount is up (status 0) and leaves its
+    daemon serving it: its exit is the readiness signal, watched through a pidfd.
+    """
+
+    TIMEOUT = 60.0
+
+    def __init__(self, record: ContainerRecord, program: str, pid: int, output: int) -> None:
+        self.record = record
+        self.program = program
+        self.pid = pid
+        self.output = output  # the read end of its stdout and stderr
+        self.running = True
+
+    @classmethod
+    def start(cls, record: ContainerRecord, layers: list[Path]) -> MountProgram:
+        lowers = ":".join(str(p) for p in layers)
+        options = f"lowerdir={lowers},upperdir={record.upper_dir},workdir={record.work_dir}"
+        program = mount_program()
+        output, output_w = os.pipe()
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        actions = [
+            (os.POSIX_SPAWN_DUP2, devnull, 0),
+            (os.POSIX_SPAWN_DUP2, output_w, 1),
+            (os.POSIX_SPAWN_DUP2, output_w, 2),
+            # Descriptors lamina inherited stay with it: a daemon holding a caller's pipe
+            # would keep that caller waiting for EOF.
+            *((os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds() if fd > 2),
+        ]
+        try:
+            pid = os.posix_spawnp(
+                program,
+                [program, "-o", options, str(record.mount_point)],
+                os.environ,
+                file_actions=actions,
+                setsigmask=(),  # start() holds the forwarded signals; the daemon must not
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),  # Python ignores them
+            )
+        except OSError as exc:
+            os.close(output)
+            raise UserError(f"cannot run the mount program {program}: {exc}") from None
+        finally:
+            os.close(output_w)
+            os.close(devnull)
+        return cls(record, program, pid, output)
+
+    def wait(self) -> None:
+        """Until the program exits; raise UserError unless it mounted the union."""
+        import select
+
+        pidfd = os.pidfd_open(self.pid)
+        chunks = []
+        try:
+            watched = [pidfd, self.output]
+            deadline = time.monotonic() + self.TIMEOUT
+            while pidfd in watched:
+                remaining = deadline - time.monotonic()
+                ready = select.select(watched, [], [], remaining)[0] if remaining > 0 else []
+                if not ready:
+                    self.abandon()
+                    raise UserError(
+                        f"cannot run the mount program {self.program}: "
+                        f"no mount after {self.TIMEOUT:.0f} seconds"
+                    )
+                if self.output in ready:
+                    chunk = os.read(self.output, 65536)
+                    chunks.append(chunk)
+                    if not chunk:
+                        watched.remove(self.output)
+                if pidfd in ready:
+                    watched.remove(pidfd)
+        finally:
+            os.close(pidfd)
+        _, status = os.waitpid(self.pid, 0)
+        self.running = False
+        os.set_blocking(self.output, False)
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(self.output, 65536):  # what it wrote just before exiting
+                chunks.append(chunk)
+        os.close(self.output)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0 or not os.path.ismount(self.record.mount_point):
+            unmount(self.record.mount_point)
+            text = b"".join(chunks).decode(errors="replace")
+            detail = text.strip().splitlines()[-1:] or [f"exit status {code}"]
+            raise UserError(f"mounting the image layers failed: {detail[0]}")
+
+    def abandon(self) -> None:
+        """Undo: end the program (and the daemon it forked) if still mounting; unmount."""
+        if self.running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            _end_unfinished_mount(self.record)  # the daemon it may have forked already
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+            os.close(self.output)
+            self.running = False
+        unmount(self.record.mount_point)
+
+
+def _inheritable_fds() -> list[int]:
+    fds = []
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
+            if os.get_inheritable(int(name)):
+                fds.append(int(name))
+    return fds
 
 
 def unmount(mount_point: Path) -> None:
@@ -253,8 +350,11 @@ def spawn(
     undo: ExitStack,
     id_map: namespaces.IdMap | None = None,
     on_fork: Callable[[int], None] | None = None,
+    before_go: Callable[[], None] | None = None,
 ) -> tuple[int, int | None]:
     """Fork a child that runs child_main; put it in the cgroup; wait until it has exec'd.
+
+    before_go runs once the child is in its cgroup, before the child is let go.
 
     Returns (pid, pty master). A failure in the child comes back as a UserError carrying
     the child's message and exit status (127, 126 or 125), after the child was reaped.
@@ -287,6 +387,8 @@ def spawn(
         cgroup.add(pid)
     except OSError as exc:
         raise UserError(f"cannot join the cgroup: {exc.strerror or exc}") from None
+    if before_go is not None:
+        before_go()
     os.write(go_w, b"1")
     os.close(go_w)
     console = None
