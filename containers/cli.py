@@ -9,10 +9,12 @@ as one `error: ...` line and a non-zero exit, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 DEFAULT_ROOT = Path("/var/lib/lamina")
 
@@ -68,7 +70,14 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """Run one lamina command; called without argv (as the `lamina` program), exit with it."""
+    status = _run(sys.argv[1:] if argv is None else argv)
+    if argv is None:
+        exit_without_teardown(status)
+    return status
+
+
+def _run(argv: Sequence[str]) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
@@ -81,6 +90,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return status
+
+
+def exit_without_teardown(status: int) -> NoReturn:
+    """Exit once our output is out, skipping the interpreter's teardown: freeing every module
+    takes ~10 ms of each `lamina run --rm`, and what it closes the kernel closes too."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a reader gone, or stream closed
+            stream.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":
