@@ -22,6 +22,12 @@ import time
 from dataclasses import dataclass
 
 from unionfs.copyup import copy_range, remove_tree
+from unionfs.syscalls import (
+    SYNC_FILE_RANGE_WAIT_AFTER,
+    SYNC_FILE_RANGE_WAIT_BEFORE,
+    SYNC_FILE_RANGE_WRITE,
+    sync_file_range,
+)
 
 log = logging.getLogger(__name__)
 
@@ -158,22 +164,33 @@ class PendingCopy:
     def copy_rest(self, sync: bool) -> None:
         """Copy every chunk still missing, then sync if asked. Two threads may run it at
         once (the background copier and a request that needs the file whole); the one that
-        loses the race finds the copy closed and leaves."""
-        for index in range(self.chunks):
-            if not self.valid[index]:
+        loses the race finds the copy closed and leaves.
+
+        With sync, the copy goes at the disk's pace: each chunk's write-back starts as soon
+        as it is copied, and the copier waits for the one before. So at most two chunks
+        are ever dirty, and the user's fsync() flushes those and its own writes, not the
+        hundreds of megabytes a free-running copier leaves in the page cache.
+        """
+        with self._lock:
+            if self.closed:
+                return
+            fd = os.dup(self.fd)  # our own reference: close() may run meanwhile
+        try:
+            previous = -1
+            for index in range(self.chunks):
+                if self.valid[index]:
+                    continue
                 with self._lock:
                     if self.closed:
                         return
                     self._fill(index)
-        if sync:
-            with self._lock:
-                if self.closed:
-                    return
-                fd = os.dup(self.fd)  # our own reference: close() may run during the sync
-            try:
+                if sync:
+                    _pace(fd, index, previous)
+                    previous = index
+            if sync:
                 os.fsync(fd)
-            finally:
-                os.close(fd)
+        finally:
+            os.close(fd)
 
     def stat(self) -> os.stat_result:
         return with_times(os.fstat(self.fd), self.atime_ns, self.mtime_ns)
@@ -207,6 +224,14 @@ class PendingCopy:
             os.close(self.fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.work_path + RECORD_SUFFIX)
+
+
+def _pace(fd: int, index: int, previous: int) -> None:
+    """Start writing chunk `index` back; wait until chunk `previous` is on disk."""
+    sync_file_range(fd, index * CHUNK, CHUNK, SYNC_FILE_RANGE_WRITE)
+    if previous >= 0:
+        wait = SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER
+        sync_file_range(fd, previous * CHUNK, CHUNK, wait)
 
 
 def write_record(path: bytes, record: Record) -> None:

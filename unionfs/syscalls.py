@@ -1,4 +1,5 @@
-"""The kernel calls the filesystem needs that Python 3.11 lacks: renameat2, mount, umount2.
+"""The kernel calls the filesystem needs that Python 3.11 lacks: renameat2, mount, umount2,
+sync_file_range.
 
 This is the only module of `unionfs` that uses ctypes.
 """
@@ -50,3 +51,19 @@ def umount2(target: bytes, flags: int) -> None:
     if _umount2(target, flags) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), target)
+
+
+SYNC_FILE_RANGE_WAIT_BEFORE = 1
+SYNC_FILE_RANGE_WRITE = 2
+SYNC_FILE_RANGE_WAIT_AFTER = 4
+
+_sync_file_range = _libc.sync_file_range
+_sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+_sync_file_range.restype = ctypes.c_int
+
+
+def sync_file_range(fd: int, offset: int, length: int, flags: int) -> None:
+    """Start (WRITE) or wait for (WAIT_*) the write-back of a file range; no metadata."""
+    if _sync_file_range(fd, offset, length, flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
