@@ -54,11 +54,16 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         default=Path(os.environ.get("LAMINA_ROOT", DEFAULT_ROOT)),
         help="state directory (default: $LAMINA_ROOT or /var/lib/lamina)",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    module_names = ["containers.commands_runtime", "containers.commands_images"]
-    if argv is not None and _command_of(argv) in RUNTIME_COMMANDS:
-        module_names = module_names[:1]
-    for module_name in module_names:
+    # prog given: else argparse builds a help formatter now, and imports shutil for it.
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, prog="lamina")
+    command = _command_of(argv) if argv is not None else None
+    if command in RUNTIME_COMMANDS:
+        # Only that command's parser: building all of them costs every `lamina run` ~3 ms.
+        from containers import commands_runtime
+
+        commands_runtime.register(sub, only=command)
+        return parser
+    for module_name in ["containers.commands_runtime", "containers.commands_images"]:
         try:
             module = __import__(module_name, fromlist=["register"])
         except ModuleNotFoundError as exc:

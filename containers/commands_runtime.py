@@ -25,18 +25,28 @@ if TYPE_CHECKING:
 Subparsers = Any
 
 
-def register(sub: Subparsers) -> None:
-    _register_run(sub)
+def register(sub: Subparsers, only: str | None = None) -> None:
+    """Add the subcommands' parsers; with only, just that one (what `lamina run` parses)."""
+    for name, add in _PARSERS.items():
+        if only is None or only == name:
+            add(sub)
+
+
+def _register_ps(sub: Subparsers) -> None:
     ps = sub.add_parser("ps", help="list containers")
     ps.add_argument("-a", "--all", action="store_true", help="also stopped containers")
     ps.add_argument("-q", "--quiet", action="store_true", help="only ids")
     ps.set_defaults(func=cmd_ps)
 
+
+def _register_logs(sub: Subparsers) -> None:
     logs = sub.add_parser("logs", help="output of a detached container")
     logs.add_argument("-f", "--follow", action="store_true", help="follow until it exits")
     logs.add_argument("container")
     logs.set_defaults(func=cmd_logs)
 
+
+def _register_exec(sub: Subparsers) -> None:
     exe = sub.add_parser("exec", help="run a command in a running container")
     exe.add_argument("-i", "--interactive", action="store_true")
     exe.add_argument("-t", "--tty", action="store_true")
@@ -48,26 +58,41 @@ def register(sub: Subparsers) -> None:
     exe.add_argument("command", nargs=argparse.REMAINDER)
     exe.set_defaults(func=cmd_exec)
 
+
+def _register_stop(sub: Subparsers) -> None:
     stop = sub.add_parser("stop", help="SIGTERM, then SIGKILL after a grace period")
     stop.add_argument("-t", "--time", type=int, default=10, help="seconds (default 10)")
     stop.add_argument("containers", nargs="+")
     stop.set_defaults(func=cmd_stop)
 
+
+def _register_kill(sub: Subparsers) -> None:
     kill = sub.add_parser("kill", help="send a signal to a container's first process")
     kill.add_argument("-s", "--signal", default="KILL")
     kill.add_argument("containers", nargs="+")
     kill.set_defaults(func=cmd_kill)
 
+
+def _register_rm(sub: Subparsers) -> None:
     rm = sub.add_parser("rm", help="remove containers")
     rm.add_argument("-f", "--force", action="store_true", help="kill it first if running")
     rm.add_argument("containers", nargs="+")
     rm.set_defaults(func=cmd_rm)
 
-    for name, helptext in (("pause", "freeze"), ("unpause", "thaw")):
-        p = sub.add_parser(name, help=f"{helptext} every process of containers")
-        p.add_argument("containers", nargs="+")
-        p.set_defaults(func=cmd_pause if name == "pause" else cmd_unpause)
 
+def _register_pause(sub: Subparsers) -> None:
+    p = sub.add_parser("pause", help="freeze every process of containers")
+    p.add_argument("containers", nargs="+")
+    p.set_defaults(func=cmd_pause)
+
+
+def _register_unpause(sub: Subparsers) -> None:
+    p = sub.add_parser("unpause", help="thaw every process of containers")
+    p.add_argument("containers", nargs="+")
+    p.set_defaults(func=cmd_unpause)
+
+
+def _register_stats(sub: Subparsers) -> None:
     stats = sub.add_parser("stats", help="memory, cpu and pids use of running containers")
     stats.add_argument("--no-stream", action="store_true", help="one sample, then exit")
     stats.add_argument("containers", nargs="*")
@@ -380,3 +405,17 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from containers import lifecycle
 
     return lifecycle.print_stats(args.root, args.containers, stream=not args.no_stream)
+
+
+_PARSERS: dict[str, Callable[[Subparsers], None]] = {
+    "run": _register_run,
+    "ps": _register_ps,
+    "logs": _register_logs,
+    "exec": _register_exec,
+    "stop": _register_stop,
+    "kill": _register_kill,
+    "rm": _register_rm,
+    "pause": _register_pause,
+    "unpause": _register_unpause,
+    "stats": _register_stats,
+}

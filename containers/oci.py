@@ -6,7 +6,6 @@ Everything read from an image is untrusted: a digest becomes a file name, so onl
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -33,6 +32,8 @@ class ImageFormatError(ValueError):
 
 
 def sha256_digest(data: bytes) -> str:
+    import hashlib  # not at the top: it loads OpenSSL, and `lamina run` needs no digest
+
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 

@@ -14,21 +14,25 @@ import errno
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-from containers import init, namespaces, state
+from containers import namespaces, state
 from containers import syscalls as sc
 from containers.cgroups.base import Cgroup
 from containers.cli import UserError
 from containers.spec import ContainerSpec
 from containers.state import ContainerRecord
+
+if TYPE_CHECKING:
+    # Imported by the child (init) or only with -t and --userns (socket): not on the
+    # parent's path of every start.
+    from containers import init
 
 MOUNT_PROGRAM_ENV = "LAMINA_MOUNT_PROGRAM"
 FORWARDED = (
@@ -120,7 +124,9 @@ def start(
         rootfs = record.mount_point
 
         def child(channels: init.Channels) -> NoReturn:
-            init.container_main(spec, rootfs, channels)
+            from containers.init import container_main
+
+            container_main(spec, rootfs, channels)
 
         def note_pid(pid: int) -> None:
             # Recorded before the child may run: should we die from here on, the command
@@ -361,19 +367,32 @@ def spawn(
     """
     go_r, go_w = os.pipe()
     err_r, err_w = os.pipe()
+    if tty or id_map:
+        import socket
     parent_sock, child_sock = socket.socketpair() if tty else (None, None)
     userns_parent, userns_child = socket.socketpair() if id_map else (None, None)
     pid = os.fork()
     if pid == 0:
-        os.close(go_w)
-        os.close(err_r)
-        for sock in (parent_sock, userns_parent):
-            if sock is not None:
-                sock.close()
-        channels = init.Channels(
-            go=go_r, errors=err_w, console=child_sock, stdio=stdio, userns=userns_child
-        )
-        child_main(channels)
+        try:
+            os.close(go_w)
+            os.close(err_r)
+            for sock in (parent_sock, userns_parent):
+                if sock is not None:
+                    sock.close()
+            # The child's own set-up code is imported here, by the child, while the parent
+            # puts it in its cgroup (and waits for the union mount).
+            from containers.init import Channels
+
+            channels = Channels(
+                go=go_r, errors=err_w, console=child_sock, stdio=stdio, userns=userns_child
+            )
+            child_main(channels)
+        except BaseException as exc:  # never back into the parent's code
+            line = {"message": f"starting the container: {exc}", "status": 125}
+            with contextlib.suppress(OSError):
+                os.write(err_w, json.dumps(line).encode())
+        finally:
+            os._exit(125)
     os.close(go_r)
     os.close(err_w)
     for sock in (child_sock, userns_child):
@@ -757,6 +776,8 @@ def exec_in(record: ContainerRecord, process: init.Process, interactive: bool) -
         sc.setns(pid_ns, sc.CLONE_NEWPID)
     finally:
         os.close(pid_ns)
+    from containers import init  # before we enter the container's mounts, to fork there
+
     cgroup = open_cgroup(record.id)
     stdio = None
     if not process.tty:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -332,7 +331,7 @@ def build_spec(
     env_from_flags = [item for e in options.env for item in env_items(e)]
     # docker: a container sharing the host's network shows the host's name unless told.
     host_network = options.network == "host"
-    hostname = options.hostname or (socket.gethostname() if host_network else container_id[:12])
+    hostname = options.hostname or (os.uname().nodename if host_network else container_id[:12])
     base_env = [f"PATH={DEFAULT_PATH}", f"HOSTNAME={hostname}"]
     if options.tty:
         base_env.append("TERM=xterm")

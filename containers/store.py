@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
@@ -125,6 +123,8 @@ class LayerStore:
         """A private directory on the store's filesystem (for renames); always removed."""
         self._ensure_dirs()
         self._sweep_dead_scratch()
+        import tempfile
+
         path = Path(tempfile.mkdtemp(prefix=f"work-{os.getpid()}-", dir=self.tmp_dir))
         try:
             yield path
@@ -154,7 +154,11 @@ class LayerStore:
 
     def spool(self, stream: BinaryIO, scratch: Path) -> SpooledLayer:
         """Copy an uncompressed layer tar into scratch, computing its key and diff_id."""
-        import xxhash  # here, not at the top: `lamina run` only resolves images
+        # Here, not at the top: `lamina run` only resolves images.
+        import hashlib
+        import tempfile
+
+        import xxhash
 
         path = Path(tempfile.mkstemp(prefix="layer-", suffix=".tar", dir=scratch)[1])
         sha, xxh, size = hashlib.sha256(), xxhash.xxh3_128(), 0
