@@ -553,7 +553,13 @@ def wait_workdir_released(work_dir: Path, timeout: float) -> bool:
     def expired(_signum: int, _frame: object) -> None:
         raise TimeoutError
 
-    previous = signal.signal(signal.SIGALRM, expired)
+    try:
+        previous = signal.signal(signal.SIGALRM, expired)
+    except ValueError:  # not the main thread: no alarm, so poll as unionfs does
+        os.close(fd)
+        from unionfs.workdir_lock import wait_released
+
+        return wait_released(work_dir, timeout)
     signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)

@@ -143,6 +143,19 @@ def test_the_wait_ends_as_the_daemon_lets_go_not_at_a_poll(tmp_path: Path) -> No
         releaser.join()
 
 
+def test_the_wait_works_outside_the_main_thread_too(tmp_path: Path) -> None:
+    holder = hold_workdir(tmp_path)
+    results: list[bool] = []
+    waiter = threading.Thread(
+        target=lambda: results.append(wait_workdir_released(tmp_path, timeout=0.05))
+    )
+    waiter.start()
+    waiter.join()
+    os.close(holder)
+    assert results == [False]
+    assert wait_workdir_released(tmp_path, timeout=30)
+
+
 def test_a_workdir_held_past_the_timeout_is_reported(tmp_path: Path) -> None:
     holder = hold_workdir(tmp_path)
     try:
