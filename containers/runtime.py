@@ -116,8 +116,7 @@ def start(
         except OSError as exc:
             raise UserError(f"cannot set up the cgroup: {exc.strerror or exc}") from None
         undo.callback(cgroup.destroy)
-        record.cgroup = cgroup.name
-        state.save(record)
+        record.cgroup = cgroup.name  # saved with the pid: rm finds the cgroup by the id
         pause_at("cgroup")
 
         sc.unshare(sc.CLONE_NEWPID)  # our next child is PID 1 of a new PID namespace
