@@ -66,18 +66,6 @@ class MountConfig:
     def writable(self) -> bool:
         return self.upper is not None and not self.read_only
 
-    def fuse_options(self) -> set[str]:
-        opts = {f"fsname={self.fsname}", "subtype=unionfs"}
-        if self.default_permissions:
-            opts.add("default_permissions")
-        if self.allow_other:
-            opts.add("allow_other")
-        if not self.writable:
-            opts.add("ro")
-        if self.debug:
-            opts.add("debug")
-        return opts
-
 
 def parse_size(text: str) -> int:
     """'4096', '64k', '1M', '2g' -> bytes."""
