@@ -129,6 +129,8 @@ class PendingCopy:
         self.mtime_ns = st.st_mtime_ns
         self._lock = threading.Lock()
         self.closed = False
+        self._copier_may_run = threading.Event()  # cleared while a user's fsync runs
+        self._copier_may_run.set()
 
     @property
     def complete(self) -> bool:
@@ -180,6 +182,7 @@ class PendingCopy:
             for index in range(self.chunks):
                 if self.valid[index]:
                     continue
+                self._copier_may_run.wait()
                 with self._lock:
                     if self.closed:
                         return
@@ -203,10 +206,18 @@ class PendingCopy:
         )
 
     def persist(self, target: bytes) -> None:
-        """fsync: the data first, then the record that says which chunks it holds."""
-        record = self.snapshot(target)
-        os.fsync(self.fd)
-        write_record(self.work_path + RECORD_SUFFIX, record)
+        """fsync: the data first, then the record that says which chunks it holds.
+
+        The background copier waits meanwhile: its writes would compete with the user's
+        for the disk, and fsync would wait for both.
+        """
+        self._copier_may_run.clear()
+        try:
+            record = self.snapshot(target)
+            os.fsync(self.fd)
+            write_record(self.work_path + RECORD_SUFFIX, record)
+        finally:
+            self._copier_may_run.set()
 
     def finish_times(self) -> None:
         os.utime(self.fd, ns=(self.atime_ns, self.mtime_ns))
