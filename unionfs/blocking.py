@@ -15,9 +15,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # typing costs milliseconds at every mount; only mypy needs it
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    T = TypeVar("T")
 
 HEAVY_BYTES = 1 << 20
 

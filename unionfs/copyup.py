@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-import shutil
 import stat
 
 from unionfs.syscalls import RENAME_EXCHANGE, renameat2
@@ -55,6 +54,8 @@ def remove_tree(path: bytes) -> None:
     except FileNotFoundError:
         return
     if stat.S_ISDIR(st.st_mode):
+        import shutil  # rare (failures, fsck): kept off the start-up path
+
         shutil.rmtree(path)
     else:
         os.unlink(path)

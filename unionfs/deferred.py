@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
 import threading
@@ -76,6 +75,8 @@ class Record:
     mtime_ns: int
 
     def dumps(self) -> bytes:
+        import json  # only at fsync and recovery: kept off the start-up path
+
         return json.dumps(
             {
                 "target": self.target.hex(),
@@ -90,6 +91,8 @@ class Record:
 
     @classmethod
     def loads(cls, raw: bytes) -> Record:
+        import json
+
         data = json.loads(raw)
         return cls(
             bytes.fromhex(data["target"]),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
-from typing import NamedTuple
+from dataclasses import dataclass
 
 KERNEL_MAJOR = 7
 KERNEL_MINOR = 31
@@ -118,7 +118,8 @@ SETXATTR_IN = struct.Struct("<II")  # size flags
 GETXATTR_IN = struct.Struct("<II")  # size padding
 
 
-class Header(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Header:
     length: int
     opcode: int
     unique: int
@@ -128,7 +129,8 @@ class Header(NamedTuple):
     pid: int
 
 
-class SetattrIn(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class SetattrIn:
     valid: int
     fh: int
     size: int

@@ -12,9 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import socket
 import stat
-import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,6 +60,8 @@ class Session:
 
     def unmount(self) -> None:
         """Detach the mount (lazily: open files keep working until closed)."""
+        import subprocess  # only here and for fusermount3: kept off the start-up path
+
         try:
             if self.privileged:
                 umount2(self.spec.mountpoint, MNT_DETACH)
@@ -188,6 +188,9 @@ def _mount_directly(spec: MountSpec) -> int:
 
 def _mount_with_fusermount(spec: MountSpec) -> int:
     """Unprivileged: fusermount3 (setuid) mounts and hands us the device over a socket."""
+    import socket
+    import subprocess
+
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with ours, theirs:
         options = f"fsname={spec.fsname},subtype={spec.subtype},nosuid,nodev"

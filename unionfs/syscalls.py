@@ -7,7 +7,6 @@ This is the only module of `unionfs` that uses ctypes.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 RENAME_NOREPLACE = 1 << 0
@@ -15,7 +14,9 @@ RENAME_EXCHANGE = 1 << 1
 RENAME_WHITEOUT = 1 << 2
 AT_FDCWD = -100
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The interpreter is linked against libc already: no library search (find_library runs
+# `ldconfig -p`, tens of milliseconds at every mount).
+_libc = ctypes.CDLL(None, use_errno=True)
 _renameat2 = _libc.renameat2
 _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 _renameat2.restype = ctypes.c_int
