@@ -788,6 +788,7 @@ class UnionFilesystem:
                 self._upper_rel(node), node.sources
             )
             snapshot.names = [*DOT_ENTRIES, *names]
+        parent_rel = node.rel_path()  # once, not once an entry
         for index in range(offset, len(snapshot.names)):
             name = snapshot.names[index]
             if name in DOT_ENTRIES:
@@ -799,7 +800,7 @@ class UnionFilesystem:
                 if isinstance(where, Directory) or name in node.children:
                     found = self._resolve_child(node, name)
                 else:
-                    found = self._resolve_listed_file(node, name, where)
+                    found = self._resolve_listed_file(node, parent_rel, name, where)
             except OSError as exc:
                 # One unreadable entry (a lower answering EIO) must not hide the rest: the
                 # name is listed, as a placeholder the kernel may not cache, and using it
@@ -810,13 +811,13 @@ class UnionFilesystem:
                 yield name, found[0], found[1], index + 1
 
     def _resolve_listed_file(
-        self, parent: Node, name: bytes, where: Source | None
+        self, parent: Node, parent_rel: bytes, name: bytes, where: Source | None
     ) -> Answer | None:
         """A name the listing found as a non-directory in one layer: one lstat there."""
         if where is None:
-            rel: bytes | None = join(parent.rel_path(), name)
+            rel: bytes | None = join(parent_rel, name)
             sources: tuple[Source, ...] = ()
-            path = self.stack.upper_path(join(parent.rel_path(), name))
+            path = self.stack.upper_path(join(parent_rel, name))
         else:
             rel, sources = None, ((where[0], join(where[1], name)),)
             path = self.stack.lower_path(sources[0])

@@ -328,12 +328,10 @@ class LayerStack:
                         if name in seen:
                             continue
                         layer_names.append(name)
-                        if _maybe_whiteout(dirent) and is_whiteout(
-                            dirent.stat(follow_symlinks=False)
-                        ):
+                        kind = _kind(dirent)
+                        if kind is _SPECIAL and is_whiteout(dirent.stat(follow_symlinks=False)):
                             continue
-                        is_dir = _is_dir(dirent)
-                        yield name, DIRECTORY if is_dir else layer
+                        yield name, DIRECTORY if kind is _DIR else layer
             except (FileNotFoundError, NotADirectoryError):
                 continue
             seen.update(layer_names)
@@ -346,21 +344,16 @@ class Directory:
 DIRECTORY = Directory()
 
 
-def _is_dir(dirent: os.DirEntry[bytes]) -> bool:
-    try:
-        return dirent.is_dir(follow_symlinks=False)
-    except OSError:
-        return True  # unknown: resolve it the careful way
+_FILE, _DIR, _SPECIAL = "file", "dir", "special"
 
 
-def _maybe_whiteout(dirent: os.DirEntry[bytes]) -> bool:
-    """Cheap pre-check from d_type: only a special file can be a whiteout. An entry that
-    cannot even be stat'ed is listed (using it will report the error)."""
+def _kind(dirent: os.DirEntry[bytes]) -> str:
+    """From d_type, most common first: a file, a directory, or something special (a
+    symlink is a file here; only a special file can be a whiteout). An entry that cannot
+    even be typed is a directory: resolved the careful way, and using it reports the error."""
     try:
-        return not (
-            dirent.is_dir(follow_symlinks=False)
-            or dirent.is_file(follow_symlinks=False)
-            or dirent.is_symlink()
-        )
+        if dirent.is_file(follow_symlinks=False) or dirent.is_symlink():
+            return _FILE
+        return _DIR if dirent.is_dir(follow_symlinks=False) else _SPECIAL
     except OSError:
-        return False
+        return _DIR
