@@ -32,7 +32,16 @@ from unionfs.stack import (
     join,
     lstat_or_none,
 )
-from unionfs.syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, renameat2
+from unionfs.syscalls import (
+    FALLOC_FL_KEEP_SIZE,
+    FALLOC_FL_PUNCH_HOLE,
+    FALLOC_FL_ZERO_RANGE,
+    RENAME_EXCHANGE,
+    RENAME_NOREPLACE,
+    RENAME_WHITEOUT,
+    fallocate,
+    renameat2,
+)
 from unionfs.whiteouts import WHITEOUT_DEV, XattrNames, is_whiteout, make_whiteout, set_opaque
 
 log = logging.getLogger(__name__)
@@ -748,6 +757,30 @@ class UnionFilesystem:
             pending.wrote()
             return written
         return os.pwrite(handle.fd, data, offset)
+
+    def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        """Allocate, punch a hole in or zero a range of an open file (fallocate(2) modes)."""
+        if mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
+            raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+        handle = self.handles.file(fh)
+        pending = handle.node.pending if handle.deferred else None
+        if pending is not None:
+            pending.prepare(offset, length)  # the lower bytes first, then the change
+        self.gate.blocking(fallocate, handle.fd, mode, offset, length)
+        if pending is not None:
+            pending.wrote()
+
+    def seek_data(self, fh: int, offset: int, whence: int) -> int:
+        """lseek(2) with SEEK_DATA or SEEK_HOLE (the kernel answers the other whences)."""
+        handle = self.handles.file(fh)
+        if handle.deferred and handle.node.pending is not None:
+            # Chunks not copied yet are holes in the work file but data in the merged
+            # view: report the whole file as data, which is always allowed.
+            size = handle.node.pending.stat().st_size
+            if offset >= size:
+                raise OSError(errno.ENXIO, os.strerror(errno.ENXIO))
+            return offset if whence == os.SEEK_DATA else size
+        return os.lseek(handle.fd, offset, whence)
 
     def fsync(self, fh: int, datasync: bool) -> None:
         if not self.sync:

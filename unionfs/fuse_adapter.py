@@ -81,6 +81,8 @@ class FuseAdapter:
             proto.STATFS: self.statfs,
             proto.RELEASE: self.release,
             proto.FSYNC: self.fsync,
+            proto.FALLOCATE: self.fallocate,
+            proto.LSEEK: self.lseek,
             proto.SETXATTR: self.setxattr,
             proto.GETXATTR: self.getxattr,
             proto.LISTXATTR: self.listxattr,
@@ -251,6 +253,15 @@ class FuseAdapter:
         fh, flags, _ = proto.FSYNC_IN.unpack_from(body)
         self.fs.fsync(fh, bool(flags & proto.FSYNC_FDATASYNC))
         return EMPTY
+
+    def fallocate(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        fh, offset, length, mode, _ = proto.FALLOCATE_IN.unpack_from(body)
+        self.fs.fallocate(fh, mode, offset, length)
+        return EMPTY
+
+    def lseek(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        fh, offset, whence, _ = proto.LSEEK_IN.unpack_from(body)
+        return proto.LSEEK_OUT.pack(self.fs.seek_data(fh, offset, whence))
 
     def statfs(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
         s = self.fs.statfs()

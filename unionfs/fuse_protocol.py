@@ -49,8 +49,10 @@ CREATE = 35
 INTERRUPT = 36
 DESTROY = 38
 BATCH_FORGET = 42
+FALLOCATE = 43
 READDIRPLUS = 44
 RENAME2 = 45
+LSEEK = 46
 
 # Requests the kernel expects no answer to.
 NO_REPLY = frozenset({FORGET, BATCH_FORGET, INTERRUPT})
@@ -116,6 +118,9 @@ RELEASE_IN = struct.Struct("<QII")  # fh flags release_flags (lock_owner follows
 FSYNC_IN = struct.Struct("<QII")  # fh fsync_flags padding
 SETXATTR_IN = struct.Struct("<II")  # size flags
 GETXATTR_IN = struct.Struct("<II")  # size padding
+FALLOCATE_IN = struct.Struct("<QQQII")  # fh offset length mode padding
+LSEEK_IN = struct.Struct("<QQII")  # fh offset whence padding
+LSEEK_OUT = struct.Struct("<Q")  # offset
 
 
 @dataclass(frozen=True, slots=True)

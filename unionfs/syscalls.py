@@ -1,5 +1,5 @@
 """The kernel calls the filesystem needs that Python 3.11 lacks: renameat2, mount, umount2,
-sync_file_range.
+sync_file_range, fallocate with a mode.
 
 This is the only module of `unionfs` that uses ctypes.
 """
@@ -66,5 +66,21 @@ _sync_file_range.restype = ctypes.c_int
 def sync_file_range(fd: int, offset: int, length: int, flags: int) -> None:
     """Start (WRITE) or wait for (WAIT_*) the write-back of a file range; no metadata."""
     if _sync_file_range(fd, offset, length, flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+
+_fallocate = _libc.fallocate64
+_fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_fallocate.restype = ctypes.c_int
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """fallocate(2): allocate, punch a hole or zero a range (os.posix_fallocate has no mode)."""
+    if _fallocate(fd, mode, offset, length) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))

@@ -1,4 +1,5 @@
-"""File data: mmap, O_APPEND, O_TRUNC, O_EXCL, O_TMPFILE, sparse and > 4 GiB files,
+"""File data: mmap, O_APPEND, O_TRUNC, O_EXCL, O_TMPFILE, sparse and > 4 GiB files, fallocate,
+SEEK_DATA/SEEK_HOLE,
 fsync/fdatasync and statfs."""
 
 from __future__ import annotations
@@ -212,3 +213,81 @@ def test_growing_a_lower_file_with_truncate_appends_zeros(union: Union) -> None:
     mnt = union.mount()
     os.truncate(mnt / "f", 6)
     assert (mnt / "f").read_bytes() == b"abc\0\0\0"
+
+
+def _sparse(path: Path) -> int:
+    """Data at [0, 4 KiB) and [2 MiB, 2 MiB + 4 KiB), a hole between; returns the size."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(b"a" * 4096)
+        f.seek(2 << 20)
+        f.write(b"b" * 4096)
+    return (2 << 20) + 4096
+
+
+def test_seek_data_and_seek_hole_find_the_holes_of_a_lower_file(union: Union) -> None:
+    size = _sparse(union.lower / "sparse")
+    mnt = union.mount()
+    fd = os.open(mnt / "sparse", os.O_RDONLY)
+    try:
+        assert os.lseek(fd, 0, os.SEEK_DATA) == 0
+        assert os.lseek(fd, 0, os.SEEK_HOLE) == 4096
+        assert os.lseek(fd, 4096, os.SEEK_DATA) == 2 << 20
+        assert os.lseek(fd, 2 << 20, os.SEEK_HOLE) == size
+        assert errno_of(lambda: os.lseek(fd, size, os.SEEK_DATA)) == errno.ENXIO
+    finally:
+        os.close(fd)
+
+
+def test_seek_data_never_skips_data_of_a_file_open_for_writing(union: Union) -> None:
+    """Opened for writing, the file is copied up (ours: in the background, when large);
+    whatever the copy's progress, no data may be reported as a hole."""
+    size = _sparse(union.lower / "sparse")
+    mnt = union.mount()
+    fd = os.open(mnt / "sparse", os.O_RDWR)
+    try:
+        assert os.lseek(fd, 0, os.SEEK_DATA) == 0
+        assert 4096 <= os.lseek(fd, 0, os.SEEK_HOLE) <= size
+        assert os.lseek(fd, 2 << 20, os.SEEK_DATA) == 2 << 20
+        assert errno_of(lambda: os.lseek(fd, size, os.SEEK_HOLE)) == errno.ENXIO
+        assert os.pread(fd, 4, (2 << 20) + 10) == b"bbbb"
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("mode", ["extend", "keep-size", "punch", "zero"])
+def test_fallocate_on_a_lower_file_copies_it_up_and_changes_only_the_range(
+    union: Union, mode: str
+) -> None:
+    """Also a file large enough for our background copy-up: the range must hold the lower
+    bytes until fallocate changes them, and nothing else may change."""
+    data = bytes(range(256)) * (12 * 1024)  # 3 MiB: ours copies it up in the background
+    write(union.lower / "f", data)
+    mnt = union.mount()
+    flags = {
+        "extend": (0, len(data), 1 << 20),
+        "keep-size": (0x01, len(data), 1 << 20),
+        "punch": (0x01 | 0x02, 1 << 20, 8192),
+        "zero": (0x10, 1 << 20, 8192),
+    }
+    fl_mode, offset, length = flags[mode]
+    fd = os.open(mnt / "f", os.O_RDWR)
+    try:
+        if fl_mode == 0:
+            os.posix_fallocate(fd, offset, length)
+        else:
+            from unionfs.syscalls import fallocate
+
+            fallocate(fd, fl_mode, offset, length)
+    finally:
+        os.close(fd)
+    expected = {
+        "extend": data + b"\0" * (1 << 20),
+        "keep-size": data,
+        "punch": data[: 1 << 20] + b"\0" * 8192 + data[(1 << 20) + 8192 :],
+        "zero": data[: 1 << 20] + b"\0" * 8192 + data[(1 << 20) + 8192 :],
+    }[mode]
+    assert (mnt / "f").read_bytes() == expected
+    assert (union.lower / "f").read_bytes() == data
+    mnt = union.remount()
+    assert (mnt / "f").read_bytes() == expected
