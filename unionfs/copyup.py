@@ -109,6 +109,18 @@ def copy_range(src_fd: int, dst_fd: int, start: int, end: int) -> None:
         offset = hole
 
 
+def copy_between(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, count: int) -> int:
+    """One copy_file_range(2) between any two offsets (read and write where the kernel
+    cannot copy between the two files); returns the bytes copied, 0 at the source's end."""
+    try:
+        return os.copy_file_range(src_fd, dst_fd, count, src_offset, dst_offset)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    data = os.pread(src_fd, min(count, COPY_CHUNK), src_offset)
+    return os.pwrite(dst_fd, data, dst_offset) if data else 0
+
+
 def _copy_chunk(src_fd: int, dst_fd: int, offset: int, count: int) -> int:
     try:
         return os.copy_file_range(src_fd, dst_fd, count, offset, offset)

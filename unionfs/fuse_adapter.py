@@ -83,6 +83,7 @@ class FuseAdapter:
             proto.FSYNC: self.fsync,
             proto.FALLOCATE: self.fallocate,
             proto.LSEEK: self.lseek,
+            proto.COPY_FILE_RANGE: self.copy_file_range,
             proto.SETXATTR: self.setxattr,
             proto.GETXATTR: self.getxattr,
             proto.LISTXATTR: self.listxattr,
@@ -258,6 +259,13 @@ class FuseAdapter:
         fh, offset, length, mode, _ = proto.FALLOCATE_IN.unpack_from(body)
         self.fs.fallocate(fh, mode, offset, length)
         return EMPTY
+
+    def copy_file_range(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        fh_in, off_in, _node_out, fh_out, off_out, length, _flags = (
+            proto.COPY_FILE_RANGE_IN.unpack_from(body)
+        )
+        copied = self.fs.copy_file_range(fh_in, off_in, fh_out, off_out, length)
+        return proto.WRITE_OUT.pack(copied, 0)
 
     def lseek(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
         fh, offset, whence, _ = proto.LSEEK_IN.unpack_from(body)

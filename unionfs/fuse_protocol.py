@@ -53,6 +53,7 @@ FALLOCATE = 43
 READDIRPLUS = 44
 RENAME2 = 45
 LSEEK = 46
+COPY_FILE_RANGE = 47
 
 # Requests the kernel expects no answer to.
 NO_REPLY = frozenset({FORGET, BATCH_FORGET, INTERRUPT})
@@ -121,6 +122,8 @@ GETXATTR_IN = struct.Struct("<II")  # size padding
 FALLOCATE_IN = struct.Struct("<QQQII")  # fh offset length mode padding
 LSEEK_IN = struct.Struct("<QQII")  # fh offset whence padding
 LSEEK_OUT = struct.Struct("<Q")  # offset
+COPY_FILE_RANGE_IN = struct.Struct("<QQQQQQQ")  # fh_in off_in nodeid_out fh_out off_out len
+# flags
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,5 @@
-"""File data: mmap, O_APPEND, O_TRUNC, O_EXCL, O_TMPFILE, sparse and > 4 GiB files, fallocate,
-SEEK_DATA/SEEK_HOLE,
-fsync/fdatasync and statfs."""
+"""File data: mmap, O_APPEND, O_TRUNC, O_EXCL, O_TMPFILE, sparse and > 4 GiB files,
+fallocate, SEEK_DATA/SEEK_HOLE, copy_file_range, fsync/fdatasync and statfs."""
 
 from __future__ import annotations
 
@@ -291,3 +290,36 @@ def test_fallocate_on_a_lower_file_copies_it_up_and_changes_only_the_range(
     assert (union.lower / "f").read_bytes() == data
     mnt = union.remount()
     assert (mnt / "f").read_bytes() == expected
+
+
+def _copy_file_range_all(src: int, dst: int, count: int, off_in: int, off_out: int) -> None:
+    while count:
+        copied = os.copy_file_range(src, dst, count, off_in, off_out)
+        assert copied > 0
+        count, off_in, off_out = count - copied, off_in + copied, off_out + copied
+
+
+@pytest.mark.parametrize("size", [10_000, 3 << 20], ids=["small", "copied-up-in-background"])
+def test_copy_file_range_between_lower_files_copies_up_only_the_target(
+    union: Union, size: int
+) -> None:
+    data = bytes(range(251)) * (size // 251 + 1)
+    write(union.lower / "src", data[:size])
+    write(union.lower / "dst", b"d" * size)
+    mnt = union.mount()
+    src = os.open(mnt / "src", os.O_RDONLY)
+    dst = os.open(mnt / "dst", os.O_RDWR)
+    new = os.open(mnt / "new", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        _copy_file_range_all(src, dst, 5000, 100, size // 2)
+        _copy_file_range_all(src, new, size, 0, 0)
+    finally:
+        for fd in (src, dst, new):
+            os.close(fd)
+    expected = b"d" * (size // 2) + data[100:5100] + b"d" * (size - size // 2 - 5000)
+    for _ in range(2):
+        assert (mnt / "dst").read_bytes() == expected
+        assert (mnt / "new").read_bytes() == data[:size]
+        mnt = union.remount()
+    assert (union.lower / "dst").read_bytes() == b"d" * size
+    assert not (union.upper / "src").exists()
