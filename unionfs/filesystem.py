@@ -40,6 +40,7 @@ from unionfs.syscalls import (
     RENAME_NOREPLACE,
     RENAME_WHITEOUT,
     fallocate,
+    link_fd,
     renameat2,
 )
 from unionfs.whiteouts import WHITEOUT_DEV, XattrNames, is_whiteout, make_whiteout, set_opaque
@@ -485,6 +486,32 @@ class UnionFilesystem:
         handle = self._open_backing(node, flags & ~os.O_TRUNC)
         return handle, node, st
 
+    def tmpfile(
+        self, parent_ino: int, mode: int, flags: int, caller: Caller
+    ) -> tuple[FileHandle, Node, os.stat_result]:
+        """open(dir, O_TMPFILE): a file with no name yet, in the upper copy of the
+        directory; link() may give it one. A crash leaves nothing behind."""
+        with self.gate.mutating():
+            parent = self._node(parent_ino)
+            self._writable()
+            self._ensure_upper_dir(parent)
+            uid, gid, _ = self._new_owner(parent, caller)
+            directory = self.stack.upper_path(parent.rel_path())
+            fd = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            try:
+                os.fchown(fd, uid, gid)
+                os.fchmod(fd, stat.S_IMODE(mode))  # after the owner: chown clears setgid
+                st = os.fstat(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            node = self.inodes.unlinked(st)
+            self.inodes.lookup(node)
+        node.open_count += 1
+        handle = self.handles.add_file(fd, node, writable=True)
+        handle.fd_flags = (flags & ~STRIPPED_OPEN_FLAGS) | os.O_RDWR
+        return handle, node, st
+
     def mkdir(self, parent_ino: int, name: bytes, mode: int, caller: Caller) -> Answer:
         with self.gate.mutating():
             parent = self._node(parent_ino)
@@ -524,24 +551,31 @@ class UnionFilesystem:
                 raise errors.exists()
             self._copy_up(node)
             self._ensure_upper_dir(parent)
-            src = self.stack.upper_path(node.rel_path())
+            # An O_TMPFILE file has no path yet: it gets its first name from its descriptor.
+            src = self.stack.upper_path(node.rel_path()) if node.linked else None
             rel = join(parent.rel_path(), new_name)
             dst = self.stack.upper_path(rel)
             existing = lstat_or_none(dst)
             if existing is not None and is_whiteout(existing):
                 assert self.work is not None
                 temp = self.work.temp_name()
-                os.link(src, temp, follow_symlinks=False)
+                self._link(node, src, temp)
                 try:
                     os.rename(temp, dst)
                 except BaseException:
                     self.work.discard(temp)
                     raise
             else:
-                os.link(src, dst, follow_symlinks=False)
+                self._link(node, src, dst)
             self.inodes.add_link(node, parent, new_name)
             self.inodes.lookup(node)
             return node, os.lstat(dst)
+
+    def _link(self, node: Node, src: bytes | None, dst: bytes) -> None:
+        if src is None:
+            link_fd(self._any_fd(node), dst)
+        else:
+            os.link(src, dst, follow_symlinks=False)
 
     # -- removing entries ----------------------------------------------------------------
 

@@ -76,6 +76,7 @@ class FuseAdapter:
             proto.LINK: self.link,
             proto.OPEN: self.open,
             proto.CREATE: self.create,
+            proto.TMPFILE: self.tmpfile,
             proto.READ: self.read,
             proto.WRITE: self.write,
             proto.STATFS: self.statfs,
@@ -234,6 +235,11 @@ class FuseAdapter:
         flags, mode, umask, _ = proto.CREATE_IN.unpack_from(body)
         name = name_of(body, proto.CREATE_IN.size)
         handle, node, st = self.fs.create(nodeid, name, mode, flags, Caller(uid, gid, umask))
+        return self._entry(node, st) + proto.OPEN_OUT.pack(handle.fh, proto.FOPEN_KEEP_CACHE, 0)
+
+    def tmpfile(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        flags, mode, umask, _ = proto.CREATE_IN.unpack_from(body)
+        handle, node, st = self.fs.tmpfile(nodeid, mode, flags, Caller(uid, gid, umask))
         return self._entry(node, st) + proto.OPEN_OUT.pack(handle.fh, proto.FOPEN_KEEP_CACHE, 0)
 
     def read(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:

@@ -54,6 +54,7 @@ READDIRPLUS = 44
 RENAME2 = 45
 LSEEK = 46
 COPY_FILE_RANGE = 47
+TMPFILE = 51
 
 # Requests the kernel expects no answer to.
 NO_REPLY = frozenset({FORGET, BATCH_FORGET, INTERRUPT})

@@ -116,6 +116,14 @@ class InodeTable:
         parent.children[name] = node
         return node
 
+    def unlinked(self, st: os.stat_result) -> Node:
+        """A node for an upper file that has no name yet (O_TMPFILE)."""
+        key = (st.st_dev, st.st_ino)
+        node = Node(next(self._numbers), st.st_mode, key, (), True)
+        self.nodes[node.ino] = node
+        self._by_key[key] = node
+        return node
+
     def set_upper(self, node: Node, st: os.stat_result) -> None:
         """The node now lives in the upper layer (copied up)."""
         node.in_upper = True

@@ -1,5 +1,5 @@
 """The kernel calls the filesystem needs that Python 3.11 lacks: renameat2, mount, umount2,
-sync_file_range, fallocate with a mode.
+sync_file_range, fallocate with a mode, linkat of a descriptor.
 
 This is the only module of `unionfs` that uses ctypes.
 """
@@ -84,3 +84,19 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     if _fallocate(fd, mode, offset, length) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+AT_EMPTY_PATH = 0x1000
+_linkat = _libc.linkat
+_linkat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+_linkat.restype = ctypes.c_int
+
+
+def link_fd(fd: int, new: bytes) -> None:
+    """Give an open file (an O_TMPFILE one) a name: linkat(fd, "", AT_EMPTY_PATH).
+
+    (Linking /proc/self/fd/N with AT_SYMLINK_FOLLOW instead answers EXDEV on some
+    machines.)"""
+    if _linkat(fd, b"", AT_FDCWD, new, AT_EMPTY_PATH) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), None, None, new)

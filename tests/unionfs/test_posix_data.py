@@ -4,7 +4,6 @@ fallocate, SEEK_DATA/SEEK_HOLE, copy_file_range, fsync/fdatasync and statfs."""
 from __future__ import annotations
 
 import errno
-import functools
 import mmap
 import os
 import subprocess
@@ -101,9 +100,6 @@ def test_o_excl_refuses_a_lower_file_and_accepts_a_whited_out_name(union: Union)
 
 
 def test_an_o_tmpfile_file_is_invisible_until_linked(union: Union) -> None:
-    """Kernel only: FUSE has no tmpfile operation, so the kernel never passes O_TMPFILE on."""
-    if not union.is_kernel:
-        pytest.skip("the FUSE kernel module answers O_TMPFILE with EOPNOTSUPP itself")
     (union.lower / "d").mkdir()
     mnt = union.mount()
     fd = os.open(mnt / "d", os.O_TMPFILE | os.O_RDWR, 0o600)
@@ -117,15 +113,30 @@ def test_an_o_tmpfile_file_is_invisible_until_linked(union: Union) -> None:
     assert (union.upper / "d" / "named").read_bytes() == b"anonymous"
 
 
-def test_o_tmpfile_on_fuse_fails_with_eopnotsupp_and_creates_nothing(union: Union) -> None:
-    """Ours only: EOPNOTSUPP is the answer programs fall back on (they create a named file)."""
-    if union.is_kernel:
-        pytest.skip("the kernel overlayfs supports O_TMPFILE")
-    (union.lower / "d").mkdir()
+def test_an_o_tmpfile_file_belongs_to_its_maker_and_unlinked_leaves_nothing(
+    union: Union,
+) -> None:
+    (union.lower / "d").mkdir(mode=0o777)
+    (union.lower / "d").chmod(0o777)
     mnt = union.mount()
-    tmpfile = functools.partial(os.open, mnt / "d", os.O_TMPFILE | os.O_RDWR, 0o600)
-    assert errno_of(tmpfile) == errno.EOPNOTSUPP
+    as_user = os.fork()
+    if as_user == 0:  # the child: a plain user makes the file, never names it
+        code = 1
+        try:
+            os.setgid(1000)
+            os.setuid(1000)
+            fd = os.open(mnt / "d", os.O_TMPFILE | os.O_RDWR, 0o640)
+            os.write(fd, b"x")
+            st = os.fstat(fd)
+            os.close(fd)
+            owner = (st.st_uid, st.st_gid, st.st_mode & 0o777, st.st_nlink, st.st_size)
+            code = 0 if owner == (1000, 1000, 0o640, 0, 1) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(as_user, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
     assert names(mnt / "d") == []
+    assert names(union.upper / "d") == []
 
 
 def test_a_hole_reads_as_zeros_and_takes_no_space(union: Union) -> None:
