@@ -106,14 +106,18 @@ class Session:
 
     def serve(self, handle: Handler, threads: int = THREADS) -> None:
         """Answer requests until the mount goes away (returns then)."""
+        for worker in self.start(handle, threads):
+            worker.join()
+
+    def start(self, handle: Handler, threads: int = THREADS) -> list[threading.Thread]:
+        """Start answering requests in worker threads; each ends when the mount goes away."""
         workers = [
             threading.Thread(target=self._worker, args=(handle,), name=f"fuse-{i}", daemon=True)
             for i in range(threads)
         ]
         for worker in workers:
             worker.start()
-        for worker in workers:
-            worker.join()
+        return workers
 
     def _worker(self, handle: Handler) -> None:
         fd = self.fd

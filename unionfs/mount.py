@@ -84,8 +84,7 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
         fs.spawn = in_background
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, stop)
-        ready()
-        serve_until_stopped(session, adapter, stopped)
+        serve_until_stopped(session, adapter, stopped, ready)
     except BaseException:
         session.unmount()
         raise
@@ -97,20 +96,17 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
         session.close()
 
 
-def serve_until_stopped(session: Session, adapter: FuseAdapter, stopped: threading.Event) -> None:
-    """Serve in worker threads; the main thread waits for the mount to go away, or for a
-    signal (the mount is detached then, and we stop even if it is still busy)."""
-    done = threading.Event()
-
-    def run() -> None:
-        try:
-            session.serve(adapter.handle)
-        finally:
-            done.set()
-
-    threading.Thread(target=run, name="fuse", daemon=True).start()
-    while not (done.wait(1.0) or stopped.is_set()):
-        pass
+def serve_until_stopped(
+    session: Session, adapter: FuseAdapter, stopped: threading.Event, ready: Callable[[], None]
+) -> None:
+    """Serve in worker threads, and only then say the mount is ready (its first caller must
+    not wait for our threads to start). The main thread waits for the mount to go away, or
+    for a signal (the mount is detached then, and we stop even if it is still busy)."""
+    workers = session.start(adapter.handle)
+    ready()
+    for worker in workers:
+        while worker.is_alive() and not stopped.is_set():
+            worker.join(1.0)
 
 
 def invalidate_attrs(session: Session, ino: int) -> None:
