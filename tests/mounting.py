@@ -29,6 +29,17 @@ class Layers:
     upper: Path | None
     work: Path | None
 
+    @property
+    def upper_dir(self) -> Path:
+        """The upper dir of a writable union (a test bug to ask a read-only one)."""
+        assert self.upper is not None, "a read-only union has no upper dir"
+        return self.upper
+
+    @property
+    def work_dir(self) -> Path:
+        assert self.work is not None, "a read-only union has no work dir"
+        return self.work
+
     def options(self) -> str:
         opts = [f"lowerdir={':'.join(str(p) for p in self.lowers)}"]
         if self.upper is not None and self.work is not None:

@@ -17,6 +17,15 @@ AT_FDCWD = -100
 # The interpreter is linked against libc already: no library search (find_library runs
 # `ldconfig -p`, tens of milliseconds at every mount).
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, *names: object) -> None:
+    """A libc call's -1 as the OSError Python's own wrappers raise."""
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), *names)
+
+
 _renameat2 = _libc.renameat2
 _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 _renameat2.restype = ctypes.c_int
@@ -24,9 +33,7 @@ _renameat2.restype = ctypes.c_int
 
 def renameat2(old: bytes, new: bytes, flags: int) -> None:
     """rename(2) with flags (RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT)."""
-    if _renameat2(AT_FDCWD, old, AT_FDCWD, new, flags) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), old, None, new)
+    _check(_renameat2(AT_FDCWD, old, AT_FDCWD, new, flags), old, None, new)
 
 
 MS_RDONLY = 1
@@ -43,15 +50,11 @@ _umount2.restype = ctypes.c_int
 
 
 def mount(source: bytes, target: bytes, fstype: bytes, flags: int, data: bytes) -> None:
-    if _mount(source, target, fstype, flags, data) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), target)
+    _check(_mount(source, target, fstype, flags, data), target)
 
 
 def umount2(target: bytes, flags: int) -> None:
-    if _umount2(target, flags) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), target)
+    _check(_umount2(target, flags), target)
 
 
 SYNC_FILE_RANGE_WAIT_BEFORE = 1
@@ -65,9 +68,7 @@ _sync_file_range.restype = ctypes.c_int
 
 def sync_file_range(fd: int, offset: int, length: int, flags: int) -> None:
     """Start (WRITE) or wait for (WAIT_*) the write-back of a file range; no metadata."""
-    if _sync_file_range(fd, offset, length, flags) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+    _check(_sync_file_range(fd, offset, length, flags))
 
 
 FALLOC_FL_KEEP_SIZE = 0x01
@@ -81,9 +82,7 @@ _fallocate.restype = ctypes.c_int
 
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     """fallocate(2): allocate, punch a hole or zero a range (os.posix_fallocate has no mode)."""
-    if _fallocate(fd, mode, offset, length) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+    _check(_fallocate(fd, mode, offset, length))
 
 
 AT_EMPTY_PATH = 0x1000
@@ -97,6 +96,4 @@ def link_fd(fd: int, new: bytes) -> None:
 
     (Linking /proc/self/fd/N with AT_SYMLINK_FOLLOW instead answers EXDEV on some
     machines.)"""
-    if _linkat(fd, b"", AT_FDCWD, new, AT_EMPTY_PATH) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), None, None, new)
+    _check(_linkat(fd, b"", AT_FDCWD, new, AT_EMPTY_PATH), None, None, new)

@@ -71,13 +71,11 @@ class Full:
 
     @property
     def upper(self) -> Path:
-        assert self.layers.upper is not None
-        return self.layers.upper
+        return self.layers.upper_dir
 
     @property
     def work(self) -> Path:
-        assert self.layers.work is not None
-        return self.layers.work
+        return self.layers.work_dir
 
 
 @pytest.fixture

@@ -46,8 +46,7 @@ class Scene:
 
     @property
     def upper(self) -> Path:
-        assert self.layers.upper is not None
-        return self.layers.upper
+        return self.layers.upper_dir
 
 
 @pytest.fixture
