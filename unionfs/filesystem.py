@@ -874,10 +874,7 @@ class UnionFilesystem:
         snapshot = self.handles.directory(fh)
         node = snapshot.node
         if offset == 0:  # the first read, or rewinddir: a fresh listing
-            names, snapshot.files = self.stack.list_dir_with_files(
-                self._upper_rel(node), node.sources
-            )
-            snapshot.names = [*DOT_ENTRIES, *names]
+            self._list_into(snapshot)
         parent_rel = node.rel_path()  # once, not once an entry
         for index in range(offset, len(snapshot.names)):
             name = snapshot.names[index]
@@ -899,6 +896,34 @@ class UnionFilesystem:
                 found = self._placeholder(node, name)
             if found is not None:
                 yield name, found[0], found[1], index + 1
+
+    def readdir_names(self, fh: int, offset: int) -> Iterator[tuple[bytes, int, int, int]]:
+        """Entries from `offset` on without resolving them: (name, inode number, file type
+        bits, next offset). A name not looked up yet gets the number its lookup will give,
+        so getdents' d_ino and stat's st_ino agree."""
+        snapshot = self.handles.directory(fh)
+        node = snapshot.node
+        if offset == 0:
+            self._list_into(snapshot)
+        for index in range(offset, len(snapshot.names)):
+            name = snapshot.names[index]
+            if name in DOT_ENTRIES:
+                itself = node if name == b"." or node.parent is None else node.parent
+                yield name, itself.ino, stat.S_IFDIR, index + 1
+                continue
+            known = node.children.get(name)
+            if known is not None:
+                yield name, known.ino, stat.S_IFMT(known.mode), index + 1
+            else:
+                yield name, self.inodes.reserve(node, name), snapshot.types[index], index + 1
+
+    def _list_into(self, snapshot: DirSnapshot) -> None:
+        node = snapshot.node
+        names, types, snapshot.files = self.stack.list_dir_with_files(
+            self._upper_rel(node), node.sources
+        )
+        snapshot.names = [*DOT_ENTRIES, *names]
+        snapshot.types = [stat.S_IFDIR, stat.S_IFDIR, *types]
 
     def _resolve_listed_file(
         self, parent: Node, parent_rel: bytes, name: bytes, where: Source | None

@@ -27,6 +27,7 @@ WANTED_FLAGS = (
     | proto.ATOMIC_O_TRUNC
     | proto.BIG_WRITES
     | proto.DO_READDIRPLUS
+    | proto.READDIRPLUS_AUTO
     | proto.ASYNC_DIO
     | proto.PARALLEL_DIROPS
     | proto.MAX_PAGES
@@ -317,13 +318,13 @@ class FuseAdapter:
         return b"".join(parts)
 
     def readdir(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        # Names only (the kernel asks with attributes for a directory's first batch, and
+        # again once lookups show a program wants them: READDIRPLUS_AUTO).
         fh, offset, size = proto.READ_IN.unpack_from(body)[:3]
         parts: list[bytes] = []
         used = 0
-        for name, node, st, next_offset in self.fs.readdir(fh, offset):
-            part = proto.dirent(name, node.ino, st.st_mode, next_offset)
-            if name not in DOT_ENTRIES:
-                self.fs.inodes.discard_unreferenced(node)  # no lookup is counted here
+        for name, ino, file_type, next_offset in self.fs.readdir_names(fh, offset):
+            part = proto.dirent(name, ino, file_type, next_offset)
             if used + len(part) > size:
                 break
             parts.append(part)

@@ -31,6 +31,7 @@ class DirSnapshot:
 
     node: Node
     names: list[bytes] = field(default_factory=list)
+    types: list[int] = field(default_factory=list)  # each name's S_IFMT bits (0: unknown)
     # Names whose entry is not a directory: where each lives (see LayerStack.list_dir_with_files).
     files: dict[bytes, Source | None] = field(default_factory=dict)
 

@@ -86,6 +86,9 @@ class InodeTable:
         self.root.children = {}
         self.nodes: dict[int, Node] = {ROOT_INO: self.root}
         self._by_key: dict[tuple[int, int], Node] = {}
+        # Numbers handed out by readdir for names not looked up yet, by directory number:
+        # the lookup gives the name that number (d_ino == st_ino).
+        self._reserved: dict[int, dict[bytes, int]] = {}
 
     def get(self, ino: int) -> Node:
         return self.nodes[ino]
@@ -97,11 +100,13 @@ class InodeTable:
             return known
         key = _key(entry)
         node = self._by_key.get(key) if key is not None else None
+        reserved = self._reserved.get(parent.ino)
+        number = reserved.pop(name, None) if reserved else None
         if node is not None and node.linked:
             node.extra_links = (*node.extra_links, (parent, name))
         else:
             node = Node(
-                next(self._numbers),
+                number if number is not None else next(self._numbers),
                 entry.st.st_mode,
                 key,
                 entry.sources,
@@ -115,6 +120,14 @@ class InodeTable:
                 self._by_key[key] = node
         parent.children[name] = node
         return node
+
+    def reserve(self, parent: Node, name: bytes) -> int:
+        """The number a listed name that is not looked up yet will get (see child)."""
+        names = self._reserved.setdefault(parent.ino, {})
+        number = names.get(name)
+        if number is None:
+            number = names[name] = next(self._numbers)
+        return number
 
     def unlinked(self, st: os.stat_result) -> Node:
         """A node for an upper file that has no name yet (O_TMPFILE)."""
@@ -210,6 +223,7 @@ class InodeTable:
 
     def _remove(self, node: Node) -> None:
         self.nodes.pop(node.ino, None)
+        self._reserved.pop(node.ino, None)
         if node.key is not None and self._by_key.get(node.key) is node:
             del self._by_key[node.key]
 

@@ -289,20 +289,23 @@ class LayerStack:
 
     def list_dir(self, upper: bytes | None, sources: tuple[Source, ...]) -> list[bytes]:
         """The merged names of a directory: upper over lowers, whiteouts hide, no duplicates."""
-        return [name for name, _where in self._merged_names(upper, sources)]
+        return [name for name, _where, _type in self._merged_names(upper, sources)]
 
     def list_dir_with_files(
         self, upper: bytes | None, sources: tuple[Source, ...]
-    ) -> tuple[list[bytes], dict[bytes, Source | None]]:
-        """The merged names, and where each name that is not a directory lives (None: the
-        upper layer, else its lower source): one lstat resolves those, no layer probing."""
+    ) -> tuple[list[bytes], list[int], dict[bytes, Source | None]]:
+        """The merged names, their file types (S_IFMT bits, 0 when unknown), and where each
+        name that is not a directory lives (None: the upper layer, else its lower source):
+        one lstat resolves those, no layer probing."""
         names: list[bytes] = []
+        types: list[int] = []
         files: dict[bytes, Source | None] = {}
-        for name, where in self._merged_names(upper, sources):
+        for name, where, file_type in self._merged_names(upper, sources):
             names.append(name)
+            types.append(file_type)
             if not isinstance(where, Directory):
                 files[name] = where
-        return names, files
+        return names, types, files
 
     def is_empty_dir(self, upper: bytes | None, sources: tuple[Source, ...]) -> bool:
         """No merged name at all: stops at the first one (rmdir of a big tree is refused
@@ -311,9 +314,9 @@ class LayerStack:
 
     def _merged_names(
         self, upper: bytes | None, sources: tuple[Source, ...]
-    ) -> Iterator[tuple[bytes, Source | Directory | None]]:
-        """(name, where): where is DIRECTORY for a directory, else None (upper) or the
-        lower source the name's file lives in."""
+    ) -> Iterator[tuple[bytes, Source | Directory | None, int]]:
+        """(name, where, type): where is DIRECTORY for a directory (or an entry that cannot
+        be typed), else None (upper) or the lower source the name's file lives in."""
         seen: set[bytes] = set()
         layers: list[tuple[bytes, Source | None]] = []
         if upper is not None and self.upper_root is not None:
@@ -328,10 +331,11 @@ class LayerStack:
                         if name in seen:
                             continue
                         layer_names.append(name)
-                        kind = _kind(dirent)
-                        if kind is _SPECIAL and is_whiteout(dirent.stat(follow_symlinks=False)):
+                        file_type = _file_type(dirent)
+                        if file_type == WHITEOUT_TYPE:
                             continue
-                        yield name, DIRECTORY if kind is _DIR else layer
+                        where = DIRECTORY if file_type in (stat.S_IFDIR, 0) else layer
+                        yield name, where, file_type
             except (FileNotFoundError, NotADirectoryError):
                 continue
             seen.update(layer_names)
@@ -344,16 +348,21 @@ class Directory:
 DIRECTORY = Directory()
 
 
-_FILE, _DIR, _SPECIAL = "file", "dir", "special"
+WHITEOUT_TYPE = -1  # a listed whiteout: not a name of the merged directory
 
 
-def _kind(dirent: os.DirEntry[bytes]) -> str:
-    """From d_type, most common first: a file, a directory, or something special (a
-    symlink is a file here; only a special file can be a whiteout). An entry that cannot
-    even be typed is a directory: resolved the careful way, and using it reports the error."""
+def _file_type(dirent: os.DirEntry[bytes]) -> int:
+    """The entry's S_IFMT bits from d_type, most common first; a special file is stat'ed
+    (only it can be a whiteout: WHITEOUT_TYPE). 0 when it cannot even be typed (resolving
+    it later reports the error)."""
     try:
-        if dirent.is_file(follow_symlinks=False) or dirent.is_symlink():
-            return _FILE
-        return _DIR if dirent.is_dir(follow_symlinks=False) else _SPECIAL
+        if dirent.is_file(follow_symlinks=False):
+            return stat.S_IFREG
+        if dirent.is_dir(follow_symlinks=False):
+            return stat.S_IFDIR
+        if dirent.is_symlink():
+            return stat.S_IFLNK
+        st = dirent.stat(follow_symlinks=False)
     except OSError:
-        return _DIR
+        return 0
+    return WHITEOUT_TYPE if is_whiteout(st) else stat.S_IFMT(st.st_mode)

@@ -134,3 +134,24 @@ def test_a_hard_link_count_drops_when_a_rename_replaces_one_name(union: Union) -
     os.rename(mnt / "c", mnt / "a")
     assert os.lstat(mnt / "b").st_nlink == 1
     assert (mnt / "b").read_bytes() == b"linked"
+
+
+def test_readdir_reports_the_inode_numbers_stat_reports(union: Union) -> None:
+    """getdents' d_ino is the st_ino a later stat gives: for a big merged directory (the
+    kernel asks its first batch with attributes and the rest without), and for every kind
+    of entry; and after the kernel looked some of them up between two listings."""
+    for i in range(3000):
+        write(union.lowers[i % 2] / "big" / f"f{i:04d}", b"x")
+    (union.lower / "big" / "sub").mkdir()
+    os.symlink("f0001", union.lower / "big" / "link")
+    os.mkfifo(union.lowers[1] / "big" / "fifo")
+    mnt = union.mount()
+    (mnt / "big" / "new").write_bytes(b"upper")
+    for _ in range(2):
+        listed = {entry.name: (entry.inode(), entry.is_dir(follow_symlinks=False))
+                  for entry in os.scandir(mnt / "big")}  # fmt: skip
+        assert len(listed) == 3000 + 4
+        for name, (d_ino, is_dir) in listed.items():
+            st = os.lstat(mnt / "big" / name)
+            assert d_ino == st.st_ino, name
+            assert is_dir == (name == "sub"), name
