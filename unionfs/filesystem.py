@@ -928,18 +928,22 @@ class UnionFilesystem:
     def _resolve_listed_file(
         self, parent: Node, parent_rel: bytes, name: bytes, where: Source | None
     ) -> Answer | None:
-        """A name the listing found as a non-directory in one layer: one lstat there."""
+        """A name the listing found as a non-directory in one layer: one lstat there.
+        (readdirplus calls this for every such entry: kept lean.)"""
         if where is None:
-            rel: bytes | None = join(parent_rel, name)
-            sources: tuple[Source, ...] = ()
-            path = self.stack.upper_path(join(parent_rel, name))
+            source = None
+            path = self.stack.upper_path(parent_rel + b"/" + name if parent_rel else name)
         else:
-            rel, sources = None, ((where[0], join(where[1], name)),)
-            path = self.stack.lower_path(sources[0])
-        st = lstat_or_none(path)
-        if st is None or stat.S_ISDIR(st.st_mode) or is_whiteout(st):
+            source = (where[0], where[1] + b"/" + name if where[1] else name)
+            path = self.stack.lower_path(source)
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
             return self._resolve_child(parent, name)  # changed since the listing
-        return self.inodes.child(parent, name, Entry(rel, sources, st)), st
+        kind = stat.S_IFMT(st.st_mode)
+        if kind == stat.S_IFDIR or (kind == stat.S_IFCHR and is_whiteout(st)):
+            return self._resolve_child(parent, name)
+        return self.inodes.file_child(parent, name, st, where is None, source), st
 
     def _placeholder(self, parent: Node, name: bytes) -> Answer:
         """A node for a name whose entry cannot be read; its stat has st_ino 0."""

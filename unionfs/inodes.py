@@ -98,7 +98,30 @@ class InodeTable:
         known = parent.children.get(name)
         if known is not None:
             return known
-        key = _key(entry)
+        return self._attach(parent, name, entry.st, entry.upper is not None, entry.sources)
+
+    def file_child(
+        self, parent: Node, name: bytes, st: os.stat_result, in_upper: bool, source: Source | None
+    ) -> Node:
+        """child() for a non-directory known to live in one layer (readdir's listed files)."""
+        known = parent.children.get(name)
+        if known is not None:
+            return known
+        return self._attach(parent, name, st, in_upper, () if source is None else (source,))
+
+    def _attach(
+        self,
+        parent: Node,
+        name: bytes,
+        st: os.stat_result,
+        in_upper: bool,
+        sources: tuple[Source, ...],
+    ) -> Node:
+        is_dir = stat.S_ISDIR(st.st_mode)
+        # Upper names with one key are one file. Lower names stay apart: the kernel tells us
+        # only the inode of an open(), and a write through one name of a lower hard link must
+        # copy up that name alone (the kernel overlayfs breaks such links the same way).
+        key = (st.st_dev, st.st_ino) if in_upper and not is_dir else None
         node = self._by_key.get(key) if key is not None else None
         reserved = self._reserved.get(parent.ino)
         number = reserved.pop(name, None) if reserved else None
@@ -107,13 +130,13 @@ class InodeTable:
         else:
             node = Node(
                 number if number is not None else next(self._numbers),
-                entry.st.st_mode,
+                st.st_mode,
                 key,
-                entry.sources,
-                entry.upper is not None,
+                sources,
+                in_upper,
             )
             node.parent, node.name = parent, name
-            if entry.is_dir:
+            if is_dir:
                 node.children = {}
             self.nodes[node.ino] = node
             if key is not None:
@@ -226,12 +249,3 @@ class InodeTable:
         self._reserved.pop(node.ino, None)
         if node.key is not None and self._by_key.get(node.key) is node:
             del self._by_key[node.key]
-
-
-def _key(entry: Entry) -> tuple[int, int] | None:
-    """Upper names with one key are one file. Lower names stay apart: the kernel tells us
-    only the inode of an open(), and a write through one name of a lower hard link must
-    copy up that name alone (the kernel overlayfs breaks such links the same way)."""
-    if entry.upper is None or entry.is_dir:
-        return None
-    return (entry.st.st_dev, entry.st.st_ino)
