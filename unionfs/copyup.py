@@ -102,7 +102,8 @@ def copy_range(src_fd: int, dst_fd: int, start: int, end: int) -> None:
         hole = min(os.lseek(src_fd, data, os.SEEK_HOLE), end)
         position = data
         while position < hole:
-            copied = _copy_chunk(src_fd, dst_fd, position, min(COPY_CHUNK, hole - position))
+            count = min(COPY_CHUNK, hole - position)
+            copied = copy_between(src_fd, position, dst_fd, position, count)
             if copied == 0:
                 raise OSError(errno.EIO, "the lower file shrank during copy-up")
             position += copied
@@ -119,15 +120,6 @@ def copy_between(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, cou
             raise
     data = os.pread(src_fd, min(count, COPY_CHUNK), src_offset)
     return os.pwrite(dst_fd, data, dst_offset) if data else 0
-
-
-def _copy_chunk(src_fd: int, dst_fd: int, offset: int, count: int) -> int:
-    try:
-        return os.copy_file_range(src_fd, dst_fd, count, offset, offset)
-    except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-            raise
-    return os.pwrite(dst_fd, os.pread(src_fd, count, offset), offset)
 
 
 def copy_metadata(

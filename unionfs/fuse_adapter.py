@@ -19,8 +19,6 @@ from unionfs.inodes import Node
 log = logging.getLogger(__name__)
 
 Op = Callable[[int, int, int, memoryview], bytes]
-NS = 10**9
-_pack_entry = proto.ENTRY_OUT.pack
 EMPTY = b""
 WANTED_FLAGS = (
     proto.ASYNC_READ
@@ -58,7 +56,6 @@ class FuseAdapter:
         self.fs = fs
         self.timeout = timeout
         self.debug = debug
-        self._valid = proto.split_seconds(timeout)  # entry and attribute validity
         self._state = fs.gate.state
         self.ops: dict[int, Op] = {
             proto.LOOKUP: self.lookup,
@@ -122,16 +119,7 @@ class FuseAdapter:
         return 1 if node.merged else st.st_nlink
 
     def _entry(self, node: Node, st: os.stat_result) -> bytes:
-        # The hottest answer (every lookup, every readdirplus entry): one pack, inline.
-        sec, nsec = self._valid if st.st_ino else (0, 0)
-        a, m, c = st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
-        ino = node.ino
-        return _pack_entry(
-            ino, 0, sec, sec, nsec, nsec,
-            ino, st.st_size, st.st_blocks, a // NS, m // NS, c // NS, a % NS, m % NS, c % NS,
-            st.st_mode, self._nlink(node, st), st.st_uid, st.st_gid, st.st_rdev & 0xFFFFFFFF,
-            st.st_blksize, 0,
-        )  # fmt: skip
+        return proto.entry_out(node.ino, st, self._nlink(node, st), self._timeout(st))
 
     def _attr(self, node: Node, st: os.stat_result) -> bytes:
         return proto.attr_out(node.ino, st, self._nlink(node, st), self._timeout(st))

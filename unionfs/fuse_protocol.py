@@ -7,6 +7,7 @@ readdirplus, cached symlinks, parallel directory operations).
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import struct
@@ -176,6 +177,7 @@ def two_cstrings(body: memoryview, start: int = 0) -> tuple[bytes, bytes]:
     return first, second
 
 
+@functools.cache  # one timeout a mount: computed once, not at every entry
 def split_seconds(seconds: float) -> tuple[int, int]:
     whole = int(seconds)
     return whole, int((seconds - whole) * 1e9)

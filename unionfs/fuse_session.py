@@ -48,7 +48,6 @@ class Session:
         self.fd = fd
         self.spec = spec
         self.privileged = privileged
-        self.flags = 0  # the INIT flags agreed with the kernel
 
     # -- mount, unmount ------------------------------------------------------------------
 
@@ -99,7 +98,6 @@ class Session:
             self._send(header.unique, errno.EPROTO, b"")
             raise MountError(f"the kernel speaks FUSE {major}.{minor}; we need 7.31 (Linux 5.4)")
         body = proto.init_reply(kernel_flags, want, max_readahead, MAX_PAGES)
-        self.flags = kernel_flags & want
         self._send(header.unique, 0, body)
 
     # -- serving -------------------------------------------------------------------------
@@ -134,7 +132,10 @@ class Session:
                     return
                 if exc.errno in (errno.EINTR, errno.ENOENT, errno.EAGAIN):
                     continue  # interrupted, or a request withdrawn before we read it
+                # We cannot serve any more: detach the mount rather than leave its users
+                # hanging on a daemon that no longer reads.
                 log.error("reading /dev/fuse: %s", exc)
+                self.unmount()
                 return
             _len, opcode, unique, nodeid, uid, gid, _pid, _ext, _pad = unpack(buf)
             try:
@@ -211,8 +212,17 @@ def _mount_with_fusermount(spec: MountSpec) -> int:
         )
         if result.returncode != 0:
             raise MountError(result.stderr.strip() or "fusermount3 failed")
-        _msg, fds, _flags, _addr = socket.recv_fds(ours, 1, 1)
-    if not fds:
-        raise MountError("fusermount3 passed no /dev/fuse descriptor")
+        try:
+            _msg, fds, _flags, _addr = socket.recv_fds(ours, 1, 1)
+            if not fds:
+                raise MountError("fusermount3 passed no /dev/fuse descriptor")
+        except BaseException:
+            # Mounted, but we cannot serve it: a mount nobody answers must not stay.
+            subprocess.run(
+                ["fusermount3", "-u", "-z", "--", os.fsdecode(spec.mountpoint)],
+                capture_output=True,
+                check=False,
+            )
+            raise
     os.set_inheritable(fds[0], False)
     return fds[0]

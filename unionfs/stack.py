@@ -287,16 +287,13 @@ class LayerStack:
 
     # -- listing -------------------------------------------------------------------------
 
-    def list_dir(self, upper: bytes | None, sources: tuple[Source, ...]) -> list[bytes]:
-        """The merged names of a directory: upper over lowers, whiteouts hide, no duplicates."""
-        return [name for name, _where, _type in self._merged_names(upper, sources)]
-
     def list_dir_with_files(
         self, upper: bytes | None, sources: tuple[Source, ...]
     ) -> tuple[list[bytes], list[int], dict[bytes, Source | None]]:
-        """The merged names, their file types (S_IFMT bits, 0 when unknown), and where each
-        name that is not a directory lives (None: the upper layer, else its lower source):
-        one lstat resolves those, no layer probing."""
+        """The merged names of a directory (upper over lowers, whiteouts hide, no duplicates),
+        their file types (S_IFMT bits, 0 when unknown), and where each name that is not a
+        directory lives (None: the upper layer, else its lower source): one lstat resolves
+        those, no layer probing."""
         names: list[bytes] = []
         types: list[int] = []
         files: dict[bytes, Source | None] = {}

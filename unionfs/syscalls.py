@@ -9,6 +9,10 @@ from __future__ import annotations
 import ctypes
 import os
 
+TYPE_CHECKING = False  # typing costs milliseconds at every mount; only mypy needs it
+if TYPE_CHECKING:
+    from typing import Any
+
 RENAME_NOREPLACE = 1 << 0
 RENAME_EXCHANGE = 1 << 1
 RENAME_WHITEOUT = 1 << 2
@@ -19,6 +23,14 @@ AT_FDCWD = -100
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+def _function(name: str, *argtypes: type) -> Any:
+    """A libc function returning int, with its argument types."""
+    function = getattr(_libc, name)
+    function.argtypes = list(argtypes)
+    function.restype = ctypes.c_int
+    return function
+
+
 def _check(result: int, *names: object) -> None:
     """A libc call's -1 as the OSError Python's own wrappers raise."""
     if result != 0:
@@ -26,9 +38,9 @@ def _check(result: int, *names: object) -> None:
         raise OSError(err, os.strerror(err), *names)
 
 
-_renameat2 = _libc.renameat2
-_renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-_renameat2.restype = ctypes.c_int
+_renameat2 = _function(
+    "renameat2", ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint
+)
 
 
 def renameat2(old: bytes, new: bytes, flags: int) -> None:
@@ -41,12 +53,10 @@ MS_NOSUID = 2
 MS_NODEV = 4
 MNT_DETACH = 2
 
-_mount = _libc.mount
-_mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
-_mount.restype = ctypes.c_int
-_umount2 = _libc.umount2
-_umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-_umount2.restype = ctypes.c_int
+_mount = _function(
+    "mount", ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p
+)
+_umount2 = _function("umount2", ctypes.c_char_p, ctypes.c_int)
 
 
 def mount(source: bytes, target: bytes, fstype: bytes, flags: int, data: bytes) -> None:
@@ -61,9 +71,9 @@ SYNC_FILE_RANGE_WAIT_BEFORE = 1
 SYNC_FILE_RANGE_WRITE = 2
 SYNC_FILE_RANGE_WAIT_AFTER = 4
 
-_sync_file_range = _libc.sync_file_range
-_sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-_sync_file_range.restype = ctypes.c_int
+_sync_file_range = _function(
+    "sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint
+)
 
 
 def sync_file_range(fd: int, offset: int, length: int, flags: int) -> None:
@@ -75,9 +85,7 @@ FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
 
-_fallocate = _libc.fallocate64
-_fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-_fallocate.restype = ctypes.c_int
+_fallocate = _function("fallocate64", ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
 
 
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
@@ -86,9 +94,9 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
 
 
 AT_EMPTY_PATH = 0x1000
-_linkat = _libc.linkat
-_linkat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-_linkat.restype = ctypes.c_int
+_linkat = _function(
+    "linkat", ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int
+)
 
 
 def link_fd(fd: int, new: bytes) -> None:

@@ -57,7 +57,7 @@ def test_directories_merge_across_all_layers(tree: tuple[Path, Path, Path]) -> N
     assert entry is not None
     assert entry.upper == b"d"
     assert entry.sources == ((0, b"d"), (1, b"d"))
-    assert sorted(stack.list_dir(entry.upper, entry.sources)) == [b"b", b"t", b"u"]
+    assert sorted(stack.list_dir_with_files(entry.upper, entry.sources)[0]) == [b"b", b"t", b"u"]
 
 
 def test_a_whiteout_hides_the_lower_entry_and_is_not_listed(tree: tuple[Path, Path, Path]) -> None:
@@ -68,7 +68,7 @@ def test_a_whiteout_hides_the_lower_entry_and_is_not_listed(tree: tuple[Path, Pa
     stack = stack_of(upper, top)
     root = stack.root()
     assert stack.lookup(root.upper, root.sources, b"gone") is None
-    assert stack.list_dir(root.upper, root.sources) == [b"kept"]
+    assert stack.list_dir_with_files(root.upper, root.sources)[0] == [b"kept"]
 
 
 def test_a_whiteout_in_a_lower_layer_hides_the_layers_below(
@@ -94,7 +94,7 @@ def test_an_opaque_directory_stops_the_merge(tree: tuple[Path, Path, Path]) -> N
     root = stack.root()
     entry = stack.lookup(root.upper, root.sources, b"d")
     assert entry is not None and entry.sources == ((0, b"d"),)
-    assert stack.list_dir(entry.upper, entry.sources) == [b"seen"]
+    assert stack.list_dir_with_files(entry.upper, entry.sources)[0] == [b"seen"]
 
 
 def test_a_file_above_a_directory_ends_the_merge(tree: tuple[Path, Path, Path]) -> None:
@@ -129,7 +129,7 @@ def test_an_absolute_redirect_finds_the_lower_directory_elsewhere(
     root = stack.root()
     entry = stack.lookup(root.upper, root.sources, b"new")
     assert entry is not None and entry.sources == ((0, b"old"),)
-    assert stack.list_dir(entry.upper, entry.sources) == [b"f"]
+    assert stack.list_dir_with_files(entry.upper, entry.sources)[0] == [b"f"]
 
 
 def test_a_relative_redirect_stays_in_the_same_parent(tree: tuple[Path, Path, Path]) -> None:
@@ -152,7 +152,7 @@ def test_names_that_are_not_utf8_resolve(tree: tuple[Path, Path, Path]) -> None:
         f.write(b"x")
     stack = stack_of(upper, top)
     root = stack.root()
-    assert stack.list_dir(root.upper, root.sources) == [name]
+    assert stack.list_dir_with_files(root.upper, root.sources)[0] == [name]
     assert stack.lookup(root.upper, root.sources, name) is not None
 
 
@@ -163,7 +163,7 @@ def test_an_opaque_upper_root_hides_all_lowers(tree: tuple[Path, Path, Path]) ->
     stack = stack_of(upper, top)
     root = stack.root()
     assert root.sources == ()
-    assert stack.list_dir(root.upper, root.sources) == []
+    assert stack.list_dir_with_files(root.upper, root.sources)[0] == []
 
 
 @pytest.mark.parametrize("redirect", [b"/..", b"/../x", b"..", b"a/b", b"/", b"/a/./b", b"."])
