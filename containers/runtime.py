@@ -526,49 +526,14 @@ def teardown(record: ContainerRecord, cgroup: Cgroup | None = None) -> None:
     unmount(record.mount_point)
     # umount(2) returns at once; the union daemon may still be finishing background
     # copy-ups into the upper dir, which diff, commit and rm must see whole.
-    if not wait_workdir_released(record.work_dir, timeout=300):
+    from unionfs.workdir_lock import wait_released  # small; only teardown needs it
+
+    if not wait_released(record.work_dir, timeout=300):
         print(f"lamina: warning: the union daemon of {record.id} is still busy", file=sys.stderr)
     if record.mounted:
         record.mounted = False
         with contextlib.suppress(FileNotFoundError):
             state.save(record)
-
-
-def wait_workdir_released(work_dir: Path, timeout: float) -> bool:
-    """Wait until no union daemon holds the workdir's flock (unionfs.workdir_lock's protocol;
-    fuse-overlayfs takes none), or the timeout passes (False).
-
-    A blocking flock bounded by an alarm, not a poll: the daemon lets go a few ms after the
-    unmount, and a poll interval would be added to every `run --rm`. (No helper thread: after
-    start's unshare of the PID namespace, this process can start no more tasks.)
-    """
-    import fcntl
-
-    try:
-        fd = os.open(work_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return True
-
-    def expired(_signum: int, _frame: object) -> None:
-        raise TimeoutError
-
-    try:
-        previous = signal.signal(signal.SIGALRM, expired)
-    except ValueError:  # not the main thread: no alarm, so poll as unionfs does
-        os.close(fd)
-        from unionfs.workdir_lock import wait_released
-
-        return wait_released(work_dir, timeout)
-    signal.setitimer(signal.ITIMER_REAL, timeout)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        return True
-    except TimeoutError:
-        return False
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-        os.close(fd)
 
 
 def _end_unfinished_mount(record: ContainerRecord) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -35,22 +36,47 @@ def hold(workdir: Path | bytes) -> int:
 
 
 def wait_released(workdir: Path | bytes, timeout: float = 60.0) -> bool:
-    """Wait until no daemon holds the workdir (True), or the timeout passes (False)."""
+    """Wait until no daemon holds the workdir (True), or the timeout passes (False).
+
+    In the main thread a blocking flock bounded by an alarm: the daemon lets go a few ms
+    after the unmount, and a poll interval would be added to every wait (a container's
+    `run --rm` waits here). Other threads cannot take signals, so they poll.
+    """
     try:
         fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
         return True
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                return True
-            except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.01)
+        try:
+            previous = signal.signal(signal.SIGALRM, _expired)
+        except ValueError:  # not the main thread
+            return _poll_released(fd, timeout)
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
     finally:
         os.close(fd)
+
+
+def _expired(_signum: int, _frame: object) -> None:
+    raise TimeoutError
+
+
+def _poll_released(fd: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return True
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
