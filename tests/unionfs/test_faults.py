@@ -10,6 +10,7 @@ remount shows a consistent state with no half files.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -39,14 +40,12 @@ from tests.unionfs.reliability_helpers import (
     tmpfs,
 )
 from tests.unionfs.test_stress import (
-    REC,
     RECORDS,
-    SPOTS,
     STORM_DIRS,
     STORM_FILES,
     lower_record,
-    record_is_valid,
     rename_worker,
+    storm_and_records_intact,
     token,
     writer_worker,
 )
@@ -239,14 +238,19 @@ def test_no_inodes_left_for_a_whiteout_fails_the_unlink_and_keeps_the_file() -> 
 # --- a failing lower ----------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def over_a_failing_lower(name: str) -> Iterator[tuple[mounting.Layers, Path]]:
+    """Layers whose one lower is the failing filesystem, and a mountpoint for the union."""
+    with scratch(name) as base, failing_fs(base / "failing") as failing:
+        upper, work, mnt = base / "upper", base / "work", base / "mnt"
+        for directory in (upper, work, mnt):
+            directory.mkdir()
+        yield mounting.Layers((failing,), upper, work), mnt
+
+
 def test_a_lower_that_answers_eio_gives_the_caller_eio_and_the_daemon_survives() -> None:
-    with scratch("faults-eio") as base, failing_fs(base / "failing") as failing:
-        upper, work = base / "upper", base / "work"
-        upper.mkdir()
-        work.mkdir()
-        layers = mounting.Layers((failing,), upper, work)
-        mnt = base / "mnt"
-        mnt.mkdir()
+    with over_a_failing_lower("faults-eio") as (layers, mnt):
+        upper, work = layers.upper_dir, layers.work_dir
         with mounting.unionfs(layers, mnt, ["lazy_copyup=0"]) as m:
             pid = daemon_pid(m)
             assert (m / "good").read_bytes() == FAILING_TREE[b"good"][1]
@@ -267,16 +271,12 @@ def test_one_lower_entry_that_answers_eio_does_not_hide_its_whole_directory() ->
     """Found by the test above: listing the root fails with EIO because one entry's lookup
     does; `ls` then shows nothing, not even the readable files. Listing needs names and
     types, which readdir of the lower gives; the error is due on that entry alone."""
-    with scratch("faults-eio-list") as base, failing_fs(base / "failing") as failing:
-        upper, work = base / "upper", base / "work"
-        upper.mkdir()
-        work.mkdir()
-        layers = mounting.Layers((failing,), upper, work)
-        mnt = base / "mnt"
-        mnt.mkdir()
-        with mounting.unionfs(layers, mnt) as m:
-            assert errno_of(lambda: os.stat(m / "bad-stat")) == errno.EIO
-            assert sorted(os.listdir(m)) == sorted(n.decode() for n in FAILING_TREE)
+    with (
+        over_a_failing_lower("faults-eio-list") as (layers, mnt),
+        mounting.unionfs(layers, mnt) as m,
+    ):
+        assert errno_of(lambda: os.stat(m / "bad-stat")) == errno.EIO
+        assert sorted(os.listdir(m)) == sorted(n.decode() for n in FAILING_TREE)
 
 
 def test_a_lazy_copy_up_from_a_failing_lower_leaves_nothing_and_the_next_mount_works() -> None:
@@ -284,13 +284,8 @@ def test_a_lazy_copy_up_from_a_failing_lower_leaves_nothing_and_the_next_mount_w
     answered EIO (good), but the clean unmount left workdir/work/#1 and a #1.pending record
     of an fsynced copy-up, and the next mount refused to start ("mount failed: EIO"): one
     bad lower file made the whole union unmountable."""
-    with scratch("faults-eio-lazy") as base, failing_fs(base / "failing") as failing:
-        upper, work = base / "upper", base / "work"
-        upper.mkdir()
-        work.mkdir()
-        layers = mounting.Layers((failing,), upper, work)
-        mnt = base / "mnt"
-        mnt.mkdir()
+    with over_a_failing_lower("faults-eio-lazy") as (layers, mnt):
+        work = layers.work_dir
         with mounting.unionfs(layers, mnt, ["lazy_copyup=64k"]) as m:
             fd = os.open(m / "bad-tail", os.O_RDWR)
             try:
@@ -352,23 +347,6 @@ def loaded() -> Iterator[tuple[mounting.Layers, Path]]:
         yield layers, mnt
 
 
-def consistent(root: Path) -> None:
-    """No file lost, doubled or half-written, whatever the kill interrupted."""
-    storm = root / "storm"
-    for n in range(STORM_FILES):
-        where = [s for s in SPOTS if (storm / f"{s}{n}").exists()]
-        assert len(where) == 1, f"storm file {n} is at {where}"
-        assert (storm / f"{where[0]}{n}").read_bytes() == token(n)
-    for n in range(STORM_DIRS):
-        where = [s for s in SPOTS if (storm / f"{s}d{n}").is_dir()]
-        assert len(where) == 1, f"storm dir {n} is at {where}"
-        assert (storm / f"{where[0]}d{n}" / "inside").read_bytes() == token(1000 + n)
-    data = (root / "shared.dat").read_bytes()
-    assert len(data) == RECORDS * REC, "shared.dat changed size"
-    bad = [r for r in range(RECORDS) if not record_is_valid(r, data[r * REC : (r + 1) * REC])]
-    assert bad == [], f"torn records after the kill: {bad[:10]}"
-
-
 def is_gone(pid: int) -> bool:
     return not is_alive(pid)
 
@@ -396,7 +374,7 @@ def kill_rounds(layers: mounting.Layers, mnt: Path, rounds: int, seed: int) -> N
         assert repaired.returncode in (0, 1), f"round {round_}: {repaired.stdout}{repaired.stderr}"
         assert_upper_is_clean(layers)
         with mounting.unionfs(layers, mnt) as m:
-            consistent(m)
+            storm_and_records_intact(m)
     assert tree_snapshot(layers.lowers[0]) == lower_before, "the lower was changed"
 
 

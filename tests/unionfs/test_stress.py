@@ -287,8 +287,8 @@ def scene() -> Iterator[Scene]:
         yield Scene(base, layers, mnt, tarball)
 
 
-def check_promises(root: Path, appends: int) -> None:
-    """What the operations promise, whoever serves the view."""
+def storm_and_records_intact(root: Path) -> None:
+    """No storm file or dir lost, doubled or half-written; no record of shared.dat torn."""
     storm = root / "storm"
     for n in range(STORM_FILES):
         where = [s for s in SPOTS if (storm / f"{s}{n}").exists()]
@@ -299,9 +299,14 @@ def check_promises(root: Path, appends: int) -> None:
         assert len(where) == 1, f"storm dir {n} is at {where}"
         assert (storm / f"{where[0]}d{n}" / "inside").read_bytes() == token(1000 + n)
     data = (root / "shared.dat").read_bytes()
-    assert len(data) == RECORDS * REC
+    assert len(data) == RECORDS * REC, "shared.dat changed size"
     bad = [r for r in range(RECORDS) if not record_is_valid(r, data[r * REC : (r + 1) * REC])]
     assert bad == [], f"torn or foreign records: {bad[:10]}"
+
+
+def check_promises(root: Path, appends: int) -> None:
+    """What the operations promise, whoever serves the view."""
+    storm_and_records_intact(root)
     log = (root / "log").read_bytes()
     assert len(log) == appends * APPEND_REC, (len(log), appends)
     recs = [log[i : i + APPEND_REC] for i in range(0, len(log), APPEND_REC)]
