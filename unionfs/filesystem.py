@@ -779,13 +779,14 @@ class UnionFilesystem:
 
     def read(self, fh: int, offset: int, size: int) -> bytes:
         handle = self.handles.file(fh)
-        if handle.deferred and handle.node.pending is not None:
-            handle.node.pending.prepare(offset, size)
+        pending = handle.pending
+        if pending is not None:
+            pending.prepare(offset, size)
         return os.pread(handle.fd, size, offset)
 
     def write(self, fh: int, offset: int, data: bytes | memoryview) -> int:
         handle = self.handles.file(fh)
-        pending = handle.node.pending if handle.deferred else None
+        pending = handle.pending
         if pending is not None:
             if handle.fd_flags & os.O_APPEND:
                 offset = os.fstat(handle.fd).st_size
@@ -800,7 +801,7 @@ class UnionFilesystem:
         if mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
             raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
         handle = self.handles.file(fh)
-        pending = handle.node.pending if handle.deferred else None
+        pending = handle.pending
         if pending is not None:
             pending.prepare(offset, length)  # the lower bytes first, then the change
         self.gate.blocking(fallocate, handle.fd, mode, offset, length)
@@ -816,13 +817,13 @@ class UnionFilesystem:
         target = self.handles.file(fh_out)
         length = min(length, COPY_RANGE_MAX)  # a short count is allowed: callers loop
         for handle, offset in ((source, offset_in), (target, offset_out)):
-            pending = handle.node.pending if handle.deferred else None
+            pending = handle.pending
             if pending is not None:
                 pending.prepare(offset, length)
         copied = self.gate.blocking(
             copy_between, source.fd, offset_in, target.fd, offset_out, length
         )
-        written = target.node.pending if target.deferred else None
+        written = target.pending
         if written is not None and copied:
             written.wrote()
         return copied
@@ -830,10 +831,11 @@ class UnionFilesystem:
     def seek_data(self, fh: int, offset: int, whence: int) -> int:
         """lseek(2) with SEEK_DATA or SEEK_HOLE (the kernel answers the other whences)."""
         handle = self.handles.file(fh)
-        if handle.deferred and handle.node.pending is not None:
+        pending = handle.pending
+        if pending is not None:
             # Chunks not copied yet are holes in the work file but data in the merged
             # view: report the whole file as data, which is always allowed.
-            size = handle.node.pending.stat().st_size
+            size = pending.stat().st_size
             if offset >= size:
                 raise OSError(errno.ENXIO, os.strerror(errno.ENXIO))
             return offset if whence == os.SEEK_DATA else size
@@ -843,7 +845,7 @@ class UnionFilesystem:
         if not self.sync:
             return
         handle = self.handles.file(fh)
-        pending = handle.node.pending if handle.deferred else None
+        pending = handle.pending
         if pending is not None:
             # Durable means recoverable: the data, then the record of which chunks it holds.
             # Under the lock, so the copy cannot be finished (and its record removed) meanwhile.

@@ -6,6 +6,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from unionfs import errors
+from unionfs.deferred import PendingCopy
 from unionfs.inodes import Node
 from unionfs.stack import Source
 
@@ -19,6 +20,12 @@ class FileHandle:
     # The descriptor is the work file of a deferred copy-up: prepare ranges before I/O.
     deferred: bool = False
     fd_flags: int = 0
+
+    @property
+    def pending(self) -> PendingCopy | None:
+        """The copy-up still filling this handle's work file, if any (ranges must be
+        prepared before they are read or written)."""
+        return self.node.pending if self.deferred else None
 
 
 @dataclass(slots=True)
