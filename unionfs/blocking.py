@@ -55,9 +55,3 @@ class Gate:
             yield
         finally:
             self._mutation.release()
-
-    @contextmanager
-    def turn(self) -> Iterator[None]:
-        """Hold the state for one piece of work (a request, a background step)."""
-        with self.state:
-            yield

@@ -335,7 +335,7 @@ class UnionFilesystem:
             return
         # A failure here is logged, not raised: the copy stays pending, is retried on next
         # use and settled at unmount.
-        with self.gate.turn():
+        with self.gate.state:  # a thread of its own: take turns with the requests
             try:
                 self.gate.blocking(pending.copy_rest, self.sync)
                 with self.gate.mutating():
