@@ -145,3 +145,35 @@ def is_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+ENABLE_URING = Path("/sys/module/fuse/parameters/enable_uring")
+
+
+def io_uring_supported() -> bool:
+    """Whether this kernel can serve FUSE over io_uring (Linux 6.14+, CONFIG_FUSE_IO_URING)."""
+    return ENABLE_URING.exists() and os.geteuid() == 0
+
+
+@contextlib.contextmanager
+def fuse_io_uring(enabled: bool) -> Iterator[None]:
+    """Offer FUSE over io_uring to mounts made meanwhile (or not); the setting is the
+    kernel's, so it is put back as it was. A mount keeps what it agreed at its start."""
+    if not io_uring_supported():
+        yield
+        return
+    before = ENABLE_URING.read_text().strip()
+    ENABLE_URING.write_text("Y" if enabled else "N")
+    try:
+        yield
+    finally:
+        ENABLE_URING.write_text(before)
+
+
+def io_uring_fds(pid: int) -> int:
+    """How many io_uring instances a process holds (our mount daemon: one a queue thread)."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            count += os.readlink(fd) == "anon_inode:[io_uring]"
+    return count

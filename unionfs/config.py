@@ -54,6 +54,7 @@ class MountConfig:
     timeout: float = 3600.0
     lazy_copyup: int = 1 << 20
     writeback: bool = False
+    io_uring: bool = True  # used when the kernel offers it (fuse.enable_uring=Y)
     debug: bool = False
     foreground: bool = False
     ignored: list[str] = field(default_factory=list)
@@ -111,7 +112,8 @@ def parse_options(option_strings: list[str], mountpoint: str) -> MountConfig:
                        "lazy_copyup"):  # fmt: skip
                 values[key] = value
             elif key in ("userxattr", "ro", "volatile", "debug", "noallow_other",
-                         "nodefault_permissions", "writeback", "nowriteback"):  # fmt: skip
+                         "nodefault_permissions", "writeback", "nowriteback", "io_uring",
+                         "noio_uring"):  # fmt: skip
                 flags.add(key)
             elif option in HARMLESS_OPTIONS or (has_value and f"{key}=" in HARMLESS_OPTIONS):
                 ignored.append(option)
@@ -137,6 +139,7 @@ def parse_options(option_strings: list[str], mountpoint: str) -> MountConfig:
     return MountConfig(
         lazy_copyup=lazy_copyup,
         writeback="writeback" in flags and "nowriteback" not in flags,
+        io_uring="noio_uring" not in flags,
         mountpoint=Path(mountpoint),
         lowers=lowers,
         upper=upper,

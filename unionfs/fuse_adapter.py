@@ -30,6 +30,7 @@ WANTED_FLAGS = (
     | proto.PARALLEL_DIROPS
     | proto.MAX_PAGES
     | proto.CACHE_SYMLINKS
+    | proto.OVER_IO_URING
 )
 
 

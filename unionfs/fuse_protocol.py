@@ -69,6 +69,8 @@ WRITEBACK_CACHE = 1 << 16
 PARALLEL_DIROPS = 1 << 18
 MAX_PAGES = 1 << 22
 CACHE_SYMLINKS = 1 << 23
+INIT_EXT = 1 << 30  # the second 32 flag bits travel in flags2
+OVER_IO_URING = 1 << 41  # requests through io_uring queues (7.42, Linux 6.14)
 
 # -- other flags ---------------------------------------------------------------------------
 FATTR_MODE = 1 << 0
@@ -97,7 +99,7 @@ WRITE_OUT = struct.Struct("<II")  # size padding
 XATTR_SIZE_OUT = struct.Struct("<II")  # size padding
 STATFS_OUT = struct.Struct("<QQQQQIIII24x")  # blocks bfree bavail files ffree bsize
 # namelen frsize padding spare[6]
-INIT_IN = struct.Struct("<IIII")  # major minor max_readahead flags
+INIT_IN = struct.Struct("<IIII")  # major minor max_readahead flags (then flags2, 7.36)
 INIT_OUT = struct.Struct("<IIIIHHIIHHII24x")  # ... max_pages map_alignment flags2 ...
 NOTIFY_INVAL_INODE_OUT = struct.Struct("<Qqq")  # ino offset length
 DIRENT = struct.Struct("<QQII")  # ino off namelen type
@@ -236,19 +238,41 @@ def notify_inval_inode(ino: int) -> bytes:
 
 
 def init_reply(kernel_flags: int, want: int, max_readahead: int, max_pages: int) -> bytes:
-    """Our INIT answer: the flags we want that the kernel offers, requests of max_pages."""
+    """Our INIT answer: the flags we want that the kernel offers (64 bits: the high half goes
+    in flags2, announced by INIT_EXT), requests of max_pages."""
     page = os.sysconf("SC_PAGESIZE")
+    agreed = kernel_flags & want
+    if agreed >> 32:
+        agreed |= INIT_EXT
     return INIT_OUT.pack(
         KERNEL_MAJOR,
         KERNEL_MINOR,
         max_readahead,
-        kernel_flags & want,
+        agreed & 0xFFFFFFFF,
         64,  # max_background: readahead and async direct I/O in flight at once
         48,  # congestion_threshold
         max_pages * page,  # max_write
         1,  # time_gran: nanoseconds
         max_pages,
         0,  # map_alignment
-        0,  # flags2
+        agreed >> 32,  # flags2
         0,  # max_stack_depth
     )
+
+
+def init_request_flags(body: memoryview | bytes) -> tuple[int, int, int, int]:
+    """major, minor, max_readahead and the 64 flag bits of the kernel's INIT."""
+    major, minor, max_readahead, flags = INIT_IN.unpack_from(body)
+    if flags & INIT_EXT and len(body) >= INIT_IN.size + 4:
+        flags |= int.from_bytes(body[INIT_IN.size : INIT_IN.size + 4], "little") << 32
+    return major, minor, max_readahead, flags
+
+
+# -- FUSE over io_uring (7.42) -------------------------------------------------------------
+URING_CMD_REGISTER = 1
+URING_CMD_COMMIT_AND_FETCH = 2
+URING_OP_IN_AT = 128  # in a ring entry's header buffer: fuse_in/out_header at 0, then this
+URING_ENT_AT = 256
+URING_ENT = struct.Struct("<QQIIQ")  # flags commit_id payload_sz padding reserved
+URING_HEADER_SIZE = URING_ENT_AT + URING_ENT.size
+URING_CMD_REQ = struct.Struct("<QQH6x")  # flags commit_id qid

@@ -48,6 +48,7 @@ class Session:
         self.fd = fd
         self.spec = spec
         self.privileged = privileged
+        self.io_uring = False  # agreed at INIT: requests come through per-CPU io_uring queues
 
     # -- mount, unmount ------------------------------------------------------------------
 
@@ -91,13 +92,19 @@ class Session:
         header = proto.parse_header(buf)
         if header.opcode != proto.INIT or n < proto.IN_HEADER.size + proto.INIT_IN.size:
             raise MountError(f"the kernel opened with request {header.opcode}, not INIT")
-        major, minor, max_readahead, kernel_flags = proto.INIT_IN.unpack_from(
-            buf, proto.IN_HEADER.size
+        major, minor, max_readahead, kernel_flags = proto.init_request_flags(
+            memoryview(buf)[proto.IN_HEADER.size : n]
         )
         if (major, minor) < (proto.KERNEL_MAJOR, proto.KERNEL_MINOR):
             self._send(header.unique, errno.EPROTO, b"")
             raise MountError(f"the kernel speaks FUSE {major}.{minor}; we need 7.31 (Linux 5.4)")
+        if kernel_flags & want & proto.OVER_IO_URING:
+            from unionfs import fuse_uring
+
+            if not fuse_uring.usable():
+                want &= ~proto.OVER_IO_URING
         body = proto.init_reply(kernel_flags, want, max_readahead, MAX_PAGES)
+        self.io_uring = bool(kernel_flags & want & proto.OVER_IO_URING)
         self._send(header.unique, 0, body)
 
     # -- serving -------------------------------------------------------------------------
@@ -115,6 +122,11 @@ class Session:
         ]
         for worker in workers:
             worker.start()
+        if self.io_uring:
+            from unionfs import fuse_uring
+
+            per_queue = max(2, threads // fuse_uring.queue_count())
+            workers += fuse_uring.start(self.fd, handle, MAX_PAGES * 4096, per_queue, self.unmount)
         return workers
 
     def _worker(self, handle: Handler) -> None:

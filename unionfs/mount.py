@@ -79,7 +79,8 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
         session.unmount()
 
     try:
-        session.init(WANTED_FLAGS | (proto.WRITEBACK_CACHE if config.writeback else 0))
+        want = WANTED_FLAGS | (proto.WRITEBACK_CACHE if config.writeback else 0)
+        session.init(want if config.io_uring else want & ~proto.OVER_IO_URING)
         fs.invalidate_attrs = lambda ino: invalidate_attrs(session, ino)
         fs.spawn = in_background
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

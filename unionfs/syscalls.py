@@ -1,5 +1,5 @@
 """The kernel calls the filesystem needs that Python 3.11 lacks: renameat2, mount, umount2,
-sync_file_range, fallocate with a mode, linkat of a descriptor.
+sync_file_range, fallocate with a mode, linkat of a descriptor, io_uring.
 
 This is the only module of `unionfs` that uses ctypes.
 """
@@ -105,3 +105,38 @@ def link_fd(fd: int, new: bytes) -> None:
     (Linking /proc/self/fd/N with AT_SYMLINK_FOLLOW instead answers EXDEV on some
     machines.)"""
     _check(_linkat(fd, b"", AT_FDCWD, new, AT_EMPTY_PATH), None, None, new)
+
+
+# io_uring: the same number on every architecture (the generic syscall table, Linux 5.1).
+_SYS_IO_URING_SETUP = 425
+_SYS_IO_URING_ENTER = 426
+_setup_syscall = _libc["syscall"]
+_setup_syscall.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p]
+_setup_syscall.restype = ctypes.c_long
+_enter_syscall = _libc["syscall"]
+_enter_syscall.argtypes = [ctypes.c_long] * 5 + [ctypes.c_void_p, ctypes.c_long]
+_enter_syscall.restype = ctypes.c_long
+
+
+def io_uring_setup(entries: int, params: bytearray) -> int:
+    """io_uring_setup(2): a new ring's descriptor; the kernel fills in params."""
+    buffer = (ctypes.c_char * len(params)).from_buffer(params)
+    fd = _setup_syscall(_SYS_IO_URING_SETUP, entries, ctypes.addressof(buffer))
+    del buffer
+    if fd < 0:
+        _check(-1)
+    return int(fd)
+
+
+def io_uring_enter(fd: int, to_submit: int, min_complete: int, flags: int) -> int:
+    """io_uring_enter(2): submit, then wait for min_complete completions (GIL released)."""
+    done = _enter_syscall(_SYS_IO_URING_ENTER, fd, to_submit, min_complete, flags, None, 0)
+    if done < 0:
+        _check(-1)
+    return int(done)
+
+
+def address_of(buffer: Any) -> int:
+    """The address of a writable buffer (an mmap): valid while the caller keeps the buffer
+    alive and unresized."""
+    return ctypes.addressof(ctypes.c_char.from_buffer(buffer))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import mounting
 from tests.mounting import UNIONFS, Layers, is_mountpoint, make_layers, unmount
 
 pytestmark = pytest.mark.root
@@ -55,6 +56,22 @@ def test_the_command_returns_once_the_mount_is_ready(layers: tuple[Layers, Path]
     result = unionfs("-o", union.options() + ",,volatile", str(mnt))
     assert result.returncode == 0, result.stderr
     assert (mnt / "hello").read_text() == "from the lower layer\n"
+
+
+@pytest.mark.parametrize("option", ["", ",noio_uring"])
+def test_requests_come_through_io_uring_queues_where_offered_unless_refused(
+    layers: tuple[Layers, Path], option: str
+) -> None:
+    if not mounting.io_uring_supported():
+        pytest.skip("this kernel has no FUSE over io_uring")
+    union, mnt = layers
+    with mounting.fuse_io_uring(True):
+        result = unionfs("-o", union.options() + option, str(mnt))
+    assert result.returncode == 0, result.stderr
+    assert (mnt / "hello").read_text() == "from the lower layer\n"
+    rings = mounting.io_uring_fds(mounting.daemon_pid(mnt))
+    # One ring a queue thread: at least two a CPU.
+    assert rings >= 2 * len(os.sched_getaffinity(0)) if not option else rings == 0
 
 
 def test_bad_input_is_one_line_and_nothing_is_mounted(

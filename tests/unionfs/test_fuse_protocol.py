@@ -28,6 +28,8 @@ def test_struct_sizes_are_those_of_the_kernel_header() -> None:
         proto.RENAME2_IN: 16,
         proto.NOTIFY_INVAL_INODE_OUT: 24,
         proto.DIRENT: 24,
+        proto.URING_ENT: 32,  # struct fuse_uring_ent_in_out (7.42)
+        proto.URING_CMD_REQ: 24,  # struct fuse_uring_cmd_req
     }
     assert {s.format: s.size for s in sizes} == {s.format: n for s, n in sizes.items()}
 
@@ -110,6 +112,26 @@ def test_init_asks_only_for_what_the_kernel_offers() -> None:
     major, minor, _readahead, flags = fields[:4]
     assert (major, minor, flags) == (7, 31, offered)
     assert fields[8] == 256  # max_pages
+
+
+def test_flags_above_32_bits_travel_in_flags2_announced_by_init_ext() -> None:
+    offered = proto.ASYNC_READ | proto.OVER_IO_URING
+    fields = proto.INIT_OUT.unpack(proto.init_reply(offered, offered, 4096, 256))
+    assert fields[3] == proto.ASYNC_READ | proto.INIT_EXT
+    assert fields[10] << 32 == proto.OVER_IO_URING  # flags2
+    # Not offered: neither the flag nor INIT_EXT.
+    fields = proto.INIT_OUT.unpack(proto.init_reply(proto.ASYNC_READ, offered, 4096, 256))
+    assert (fields[3], fields[10]) == (proto.ASYNC_READ, 0)
+
+
+def test_the_kernels_init_gives_64_flag_bits_when_extended_and_32_before_7_36() -> None:
+    flags = proto.ASYNC_READ | proto.INIT_EXT
+    extended = proto.INIT_IN.pack(7, 45, 131072, flags) + (1 << 9).to_bytes(4, "little")
+    assert proto.init_request_flags(extended + bytes(44)) == (
+        7, 45, 131072, flags | proto.OVER_IO_URING,
+    )  # fmt: skip
+    # A 7.31 kernel sends 16 bytes; the bit alone is no reason to read past them.
+    assert proto.init_request_flags(proto.INIT_IN.pack(7, 31, 4096, flags)) == (7, 31, 4096, flags)
 
 
 def test_an_error_reply_carries_the_negated_errno() -> None:

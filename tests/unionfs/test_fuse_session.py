@@ -1,7 +1,8 @@
 """Our FUSE session (fuse_session.py) on a real mount, with a tiny filesystem of its own.
 
 Both ways to mount are exercised: mount(2) directly (root) and fusermount3 handing the
-device over a socket (how an unprivileged user mounts; root can take that path too).
+device over a socket (how an unprivileged user mounts; root can take that path too), and
+both ways requests arrive: /dev/fuse reads and per-CPU io_uring queues (fuse_uring.py).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from tests import mounting
 from tests.mounting import is_mountpoint, unmount
 from unionfs import fuse_protocol as proto
-from unionfs import fuse_session
+from unionfs import fuse_session, fuse_uring
 from unionfs.fuse_session import MountSpec, Session
 
 pytestmark = pytest.mark.root
@@ -64,34 +66,49 @@ def tiny_fs(opcode: int, nodeid: int, uid: int, gid: int, body: memoryview) -> b
 
 @contextlib.contextmanager
 def mounted(
-    mnt: Path, mount: Callable[[MountSpec], int], handle: fuse_session.Handler = tiny_fs
+    mnt: Path,
+    mount: Callable[[MountSpec], int],
+    handle: fuse_session.Handler = tiny_fs,
+    transport: str = "dev",
 ) -> Iterator[Session]:
+    uring = transport == "io_uring"
+    if uring and not mounting.io_uring_supported():
+        pytest.skip("this kernel has no FUSE over io_uring")
     spec = MountSpec(os.fsencode(mnt), "sessiontest", read_only=True)
-    session = Session(mount(spec), spec, privileged=os.geteuid() == 0)
-    serving = threading.Thread(target=session.serve, args=(handle,), daemon=True)
-    try:
-        # PARALLEL_DIROPS: without it the kernel looks up one name of a directory at a time.
-        session.init(proto.ASYNC_READ | proto.MAX_PAGES | proto.PARALLEL_DIROPS)
-        serving.start()
-        yield session
-    finally:
-        unmount(mnt)
-        serving.join(10)
-        session.close()
+    serving = threading.Thread()
+    with mounting.fuse_io_uring(uring):
+        session = Session(mount(spec), spec, privileged=os.geteuid() == 0)
+        serving = threading.Thread(target=session.serve, args=(handle,), daemon=True)
+        try:
+            # PARALLEL_DIROPS: without it the kernel looks up one name of a directory at a
+            # time.
+            want = proto.ASYNC_READ | proto.MAX_PAGES | proto.PARALLEL_DIROPS
+            session.init(want | proto.OVER_IO_URING)
+            assert session.io_uring == uring
+            serving.start()
+            yield session
+        finally:
+            unmount(mnt)
+            serving.join(10)
+            session.close()
     assert not serving.is_alive(), "the session did not stop when the mount went away"
 
 
+TRANSPORTS = ("dev", "io_uring")
 MOUNTERS = {
     "mount(2)": fuse_session._mount_directly,
     "fusermount3": fuse_session._mount_with_fusermount,
 }
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("how", MOUNTERS)
-def test_a_mounted_session_answers_and_stops_at_unmount(how: str, tmp_path: Path) -> None:
+def test_a_mounted_session_answers_and_stops_at_unmount(
+    how: str, transport: str, tmp_path: Path
+) -> None:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    with mounted(mnt, MOUNTERS[how]):
+    with mounted(mnt, MOUNTERS[how], transport=transport):
         assert (mnt / "a").read_bytes() == b"hello\n"
         assert os.stat(mnt / "a").st_size == 6
         with pytest.raises(FileNotFoundError):
@@ -104,10 +121,11 @@ def test_a_mounted_session_answers_and_stops_at_unmount(how: str, tmp_path: Path
     assert not is_mountpoint(mnt)
 
 
-def test_handler_errors_reach_the_caller_and_a_bug_is_eio(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_handler_errors_reach_the_caller_and_a_bug_is_eio(transport: str, tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    with mounted(mnt, fuse_session._mount_directly):
+    with mounted(mnt, fuse_session._mount_directly, transport=transport):
         with pytest.raises(PermissionError):
             os.stat(mnt / "denied")
         with pytest.raises(OSError) as caught:
@@ -116,11 +134,13 @@ def test_handler_errors_reach_the_caller_and_a_bug_is_eio(tmp_path: Path) -> Non
         assert (mnt / "a").read_bytes() == b"hello\n"  # and the session goes on
 
 
-def test_a_slow_request_does_not_hold_up_the_others(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_slow_request_does_not_hold_up_the_others(transport: str, tmp_path: Path) -> None:
+    """Also on one CPU: with io_uring, the slow request holds one entry of the queue."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    with mounted(mnt, fuse_session._mount_directly):
-        slow = threading.Thread(target=os.stat, args=(mnt / "slow",))
+    with mounted(mnt, fuse_session._mount_directly, transport=transport), on_cpu(0):
+        slow = threading.Thread(target=pinned_stat, args=(mnt / "slow",))
         start = time.monotonic()
         slow.start()
         time.sleep(0.1)  # the slow lookup is in a handler now
@@ -129,6 +149,46 @@ def test_a_slow_request_does_not_hold_up_the_others(tmp_path: Path) -> None:
         slow.join()
         waited = time.monotonic() - start
     assert answered < SLOW_SECONDS <= waited, (answered, waited)
+
+
+@contextlib.contextmanager
+def on_cpu(cpu: int) -> Iterator[None]:
+    """Run this thread on one CPU (its requests then go to that CPU's io_uring queue)."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def pinned_stat(path: Path) -> None:
+    with on_cpu(0):
+        os.stat(path)
+
+
+def test_with_io_uring_each_cpus_requests_are_answered_by_a_thread_on_that_cpu(
+    tmp_path: Path,
+) -> None:
+    answered_by: dict[bytes, tuple[str, set[int]]] = {}
+
+    def recording(opcode: int, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        if opcode == proto.LOOKUP:
+            name = proto.cstring(body)[0]
+            answered_by[name] = (threading.current_thread().name, os.sched_getaffinity(0))
+        return tiny_fs(opcode, nodeid, uid, gid, body)
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    cpus = sorted(os.sched_getaffinity(0))
+    with mounted(mnt, fuse_session._mount_directly, recording, transport="io_uring"):
+        for cpu in cpus:
+            with on_cpu(cpu), pytest.raises(FileNotFoundError):
+                os.stat(mnt / f"missing-{cpu}")
+    for cpu in cpus:
+        thread, affinity = answered_by[f"missing-{cpu}".encode()]
+        assert thread.startswith(f"fuse-q{cpu}-") and affinity == {cpu}, (cpu, thread, affinity)
+    assert fuse_uring.queue_count() >= len(cpus)
 
 
 def test_a_kernel_too_old_is_refused_with_a_clear_message(tmp_path: Path) -> None:
