@@ -115,8 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress = Progress(0)
     started = dt.datetime.now(dt.UTC)
     try:
-        with interrupt_on_sigterm():
+        with interrupt_on_sigterm(), machine.fuse_io_uring() as io_uring:
             meta: dict[str, object] = {
+                "fuse_io_uring": io_uring,
                 "started": started.strftime("%Y-%m-%d %H:%M:%S UTC"),
                 "mode": "quick" if args.quick else "full",
                 "rounds": sizes.rounds,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 # (name, argv) for the version of each tool the benchmarks call.
@@ -112,3 +114,21 @@ def describe(workdir: Path) -> dict[str, object]:
         "overlay_parameters": overlay_parameters(),
         "versions": {name: tool_version(name, argv) for name, argv in VERSION_COMMANDS},
     }
+
+
+ENABLE_URING = Path("/sys/module/fuse/parameters/enable_uring")
+
+
+@contextlib.contextmanager
+def fuse_io_uring() -> Iterator[str]:
+    """Offer FUSE over io_uring to the run's mounts (ours use it; the libfuse of
+    fuse-overlayfs here does not ask), and put the kernel's setting back afterwards."""
+    if not ENABLE_URING.exists():
+        yield "not in this kernel"
+        return
+    before = ENABLE_URING.read_text().strip()
+    ENABLE_URING.write_text("Y")
+    try:
+        yield "on (fuse.enable_uring=Y for the run)"
+    finally:
+        ENABLE_URING.write_text(before)

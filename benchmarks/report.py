@@ -143,7 +143,8 @@ def machine_markdown(meta: dict[str, object]) -> str:
         f"Machine: {m['cpu']}, {m['cpus']} CPUs, {ram} RAM"
         f", kernel {m['kernel']}, layers on {m['workdir_filesystem']}; load average at "
         f"start {m['load_average']}, at each round {meta.get('load_per_round')}, at end "
-        f"{meta['load_at_end']}; lamina {m['lamina']}.",
+        f"{meta['load_at_end']}; lamina {m['lamina']}; FUSE over io_uring: "
+        f"{meta.get('fuse_io_uring', 'not recorded')}.",
         "Versions: " + "; ".join(f"{k}: {v}" for k, v in versions.items()) + ".",
     ]
     return "\n".join(lines) + "\n"

@@ -44,6 +44,7 @@ class FsSystem:
     name: str
     label: str
     program: str | None  # the executable that must exist; None for native/kernel
+    options: str = ""  # mount options of its own, after the layers
 
     @property
     def fuse(self) -> bool:
@@ -64,7 +65,7 @@ class FsSystem:
             branches = ":".join([f"{upper}=RW", *(f"{p}=RO" for p in lowers)])
             return [str(UNIONFS_FUSE), "-o", "cow", branches, str(mnt)]
         assert self.program is not None
-        return [self.program, "-o", opts, str(mnt)]
+        return [self.program, "-o", opts + self.options, str(mnt)]
 
     @contextlib.contextmanager
     def mount(self, data: Dataset, scratch: Path, parts: Sequence[str]) -> Iterator[Mounted]:
@@ -130,4 +131,6 @@ FS_SYSTEMS: tuple[FsSystem, ...] = (
     FsSystem("fuse-overlayfs", "fuse-overlayfs", "fuse-overlayfs"),
     FsSystem("unionfs-fuse", "unionfs-fuse -o cow", str(UNIONFS_FUSE)),
     FsSystem("lamina-unionfs", "lamina unionfs (ours)", str(OURS)),
+    # Ours without io_uring queues: what a kernel without fuse.enable_uring gives.
+    FsSystem("lamina-unionfs-dev", "lamina unionfs, /dev/fuse", str(OURS), ",noio_uring"),
 )
