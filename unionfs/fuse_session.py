@@ -115,18 +115,23 @@ class Session:
             worker.join()
 
     def start(self, handle: Handler, threads: int = THREADS) -> list[threading.Thread]:
-        """Start answering requests in worker threads; each ends when the mount goes away."""
-        workers = [
-            threading.Thread(target=self._worker, args=(handle,), name=f"fuse-{i}", daemon=True)
-            for i in range(threads)
-        ]
-        for worker in workers:
-            worker.start()
+        """Start answering requests in worker threads; each ends when the mount goes away.
+
+        With io_uring agreed, /dev/fuse carries only FORGET and INTERRUPT (and the requests
+        of a mount whose queues the kernel refused): two readers do."""
+        workers = []
         if self.io_uring:
             from unionfs import fuse_uring
 
-            per_queue = max(2, threads // fuse_uring.queue_count())
+            per_queue = 2  # one to answer; one more while the first is in a slow call
             workers += fuse_uring.start(self.fd, handle, MAX_PAGES * 4096, per_queue, self.unmount)
+            threads = 2
+        for i in range(threads):
+            worker = threading.Thread(
+                target=self._worker, args=(handle,), name=f"fuse-{i}", daemon=True
+            )
+            worker.start()
+            workers.append(worker)
         return workers
 
     def _worker(self, handle: Handler) -> None:
