@@ -54,15 +54,6 @@ _PARAM = os.sched_param(0)
 _GONE = frozenset({errno.ENOTCONN, errno.ECONNABORTED, errno.ECANCELED, errno.ENODEV})
 
 
-def enabled() -> bool:
-    """Whether this kernel offers FUSE over io_uring at all (the module parameter)."""
-    try:
-        with open("/sys/module/fuse/parameters/enable_uring", "rb") as flag:
-            return flag.read(1) == b"Y"
-    except OSError:
-        return False
-
-
 def usable() -> bool:
     """Whether we may make rings (io_uring can be disabled, or filtered by seccomp). Asked
     before we agree to io_uring at INIT: once agreed, the kernel holds every request until
@@ -107,7 +98,13 @@ class Ring:
         flags = _SETUP_SQE128 | _SETUP_SINGLE_ISSUER | _SETUP_DEFER_TASKRUN
         _PARAMS.pack_into(params, 0, 0, 0, flags, *([0] * 22))
         self.fd = io_uring_setup(2, params)
-        fields = _PARAMS.unpack(params)
+        try:
+            self._map(_PARAMS.unpack(params))
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def _map(self, fields: tuple[int, ...]) -> None:
         sq_entries, cq_entries = fields[0], fields[1]
         # sq_off and cq_off give where in the mapped rings each field lives.
         sq_head, sq_tail, sq_mask, _e, _f, _d, sq_array = fields[7:14]
