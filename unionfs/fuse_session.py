@@ -29,6 +29,19 @@ BUFFER_SIZE = MAX_PAGES * 4096 + 4096  # the largest write request and its heade
 THREADS = 8  # requests served at once; more only help while some wait in fsync or copy-up
 
 
+def answer(
+    handle: Handler, opcode: int, nodeid: int, uid: int, gid: int, body: memoryview
+) -> tuple[bytes, int]:
+    """The handler's answer and 0, or no answer and the errno it raised (EIO for a bug)."""
+    try:
+        return handle(opcode, nodeid, uid, gid, body), 0
+    except OSError as exc:
+        return b"", exc.errno or errno.EIO
+    except Exception:
+        log.exception("internal error in request %d", opcode)
+        return b"", errno.EIO
+
+
 class MountError(Exception):
     pass
 
@@ -155,14 +168,7 @@ class Session:
                 self.unmount()
                 return
             _len, opcode, unique, nodeid, uid, gid, _pid, _ext, _pad = unpack(buf)
-            try:
-                body = handle(opcode, nodeid, uid, gid, view[start:n])
-                error = 0
-            except OSError as exc:
-                body, error = b"", exc.errno or errno.EIO
-            except Exception:
-                log.exception("internal error in request %d", opcode)
-                body, error = b"", errno.EIO
+            body, error = answer(handle, opcode, nodeid, uid, gid, view[start:n])
             if opcode not in no_reply:
                 self._send(unique, error, body)
 

@@ -25,11 +25,11 @@ import threading
 from collections.abc import Callable
 
 from unionfs import fuse_protocol as proto
+from unionfs.fuse_session import Handler, answer
 from unionfs.syscalls import address_of, io_uring_enter, io_uring_setup
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[int, int, int, int, memoryview], bytes]
 
 _SETUP_SQE128 = 1 << 10  # 128-byte entries: FUSE's command lives in the extra 64
 _SETUP_SINGLE_ISSUER = 1 << 12
@@ -218,19 +218,12 @@ class QueueWorker:
             length, opcode, unique, nodeid, uid, gid, _pid, _ext, _pad = unpack_header(buffer)
             _flags, commit_id, payload_size, _p, _r = unpack_entry(buffer, entry_at)
             fixed = length - header_size - payload_size  # the request's own struct
-            try:
-                if not 0 <= fixed <= payload - op_in:
-                    raise OSError(errno.EPROTO, "malformed request")
+            if 0 <= fixed <= payload - op_in:
                 buffer[payload - fixed : payload] = buffer[op_in : op_in + fixed]
-                body = handle(
-                    opcode, nodeid, uid, gid, view[payload - fixed : payload + payload_size]
-                )
-                error = 0
-            except OSError as exc:
-                body, error = b"", exc.errno or errno.EIO
-            except Exception:
-                log.exception("internal error in request %d", opcode)
-                body, error = b"", errno.EIO
+                request = view[payload - fixed : payload + payload_size]
+                body, error = answer(handle, opcode, nodeid, uid, gid, request)
+            else:
+                body, error = b"", errno.EPROTO  # not a request we can read
             size = len(body)
             if size:
                 view[payload : payload + size] = body
