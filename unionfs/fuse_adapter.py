@@ -293,9 +293,10 @@ class FuseAdapter:
         fh, offset, size = proto.READ_IN.unpack_from(body)[:3]
         parts: list[bytes] = []
         used = 0
+        direntplus, nlink_of, timeout_of = proto.direntplus, self._nlink, self._timeout
         for name, node, st, next_offset in self.fs.readdir(fh, offset):
             dot = name in DOT_ENTRIES  # the kernel takes no reference for . and ..
-            part = self._entry(node, st) + proto.dirent(name, node.ino, st.st_mode, next_offset)
+            part = direntplus(node.ino, st, nlink_of(node, st), timeout_of(st), name, next_offset)
             if used + len(part) > size:
                 if not dot:
                     self.fs.inodes.discard_unreferenced(node)

@@ -226,6 +226,29 @@ def dirent(name: bytes, ino: int, mode: int, next_offset: int) -> bytes:
     return raw + b"\0" * (-len(raw) % 8)
 
 
+DIRENTPLUS = struct.Struct(ENTRY_OUT.format + "QQII")  # entry_out, then the dirent's head
+_PADDING = tuple(b"\0" * n for n in range(8))
+
+
+def direntplus(
+    ino: int, st: os.stat_result, nlink: int, timeout: float, name: bytes, next_offset: int
+) -> bytes:
+    """entry_out(...) + dirent(...) in one pack: a READDIRPLUS answer holds one per name, and
+    a walk makes thousands (this is the hot loop of listing a directory)."""
+    sec, nsec = split_seconds(timeout)
+    atime, mtime, ctime = st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
+    mode = st.st_mode
+    head = DIRENTPLUS.pack(
+        ino, 0, sec, sec, nsec, nsec,
+        ino, st.st_size, st.st_blocks,
+        atime // 10**9, mtime // 10**9, ctime // 10**9,
+        atime % 10**9, mtime % 10**9, ctime % 10**9,
+        mode, nlink, st.st_uid, st.st_gid, st.st_rdev & 0xFFFFFFFF, st.st_blksize, 0,
+        ino, next_offset, len(name), stat.S_IFMT(mode) >> 12,
+    )  # fmt: skip
+    return head + name + _PADDING[-len(name) % 8]
+
+
 def reply_header(unique: int, error: int, body_length: int) -> bytes:
     """error: 0 or a positive errno (sent negated, as the kernel wants it)."""
     return OUT_HEADER.pack(OUT_HEADER.size + body_length, -error, unique)

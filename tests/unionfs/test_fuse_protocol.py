@@ -81,6 +81,14 @@ def test_dirents_are_padded_to_eight_bytes_and_carry_the_file_type() -> None:
         assert raw[24 : 24 + namelen] == name
 
 
+@pytest.mark.parametrize("name", [b"a", b"seven77", b"eight888", b"x" * 255])
+def test_a_direntplus_is_an_entry_then_a_padded_dirent(name: bytes) -> None:
+    st = stat_of(stat.S_IFLNK | 0o777, rdev=os.makedev(8, 1))
+    joined = proto.direntplus(9, st, 2, 1.5, name, 42)
+    assert joined == proto.entry_out(9, st, 2, 1.5) + proto.dirent(name, 9, st.st_mode, 42)
+    assert len(joined) % 8 == 0
+
+
 def test_setattr_joins_seconds_and_nanoseconds() -> None:
     valid = proto.FATTR_MODE | proto.FATTR_MTIME
     raw = proto.SETATTR_IN.pack(valid, 0, 3, 10, 0, 1, 2, 0, 5, 6, 0, 0o640, 0, 1, 2, 0)
