@@ -179,9 +179,8 @@ class QueueWorker:
         )
 
     def serve(self, handle: Handler, on_failure: Callable[[], None]) -> None:
-        if not os.environ.get("NOPIN"):
-            with contextlib.suppress(OSError):  # an offline CPU: its queue gets no requests
-                os.sched_setaffinity(0, {self.qid})  # this thread only
+        with contextlib.suppress(OSError):  # an offline CPU: its queue gets no requests
+            os.sched_setaffinity(0, {self.qid})  # this thread only
         try:
             ring = Ring()
         except OSError as exc:
@@ -252,22 +251,11 @@ class QueueWorker:
         # Every field not set here stays zero from the ring's creation.
         at = ring.next_sqe()
         _SQE.pack_into(
-            ring.sqes,
-            at,
-            _OP_URING_CMD,
-            0,
-            0,
-            self.device,
-            command,
-            0,
-            self.iovecs_address,
-            2,
-            0,
-            0,
-            0,
-            0,
-            0,
-        )
+            ring.sqes, at,
+            _OP_URING_CMD, 0, 0, self.device,  # opcode flags ioprio fd
+            command, 0, self.iovecs_address, 2,  # cmd_op pad addr len (the two iovecs)
+            0, 0, 0, 0, 0,  # uring_cmd_flags user_data buf_index personality file_index
+        )  # fmt: skip
         proto.URING_CMD_REQ.pack_into(ring.sqes, at + _CMD_AT, 0, commit_id, self.qid)
         ring.push()
 
