@@ -31,6 +31,7 @@ WANTED_FLAGS = (
     | proto.MAX_PAGES
     | proto.CACHE_SYMLINKS
     | proto.OVER_IO_URING
+    | proto.HANDLE_KILLPRIV_V2
 )
 
 
@@ -167,7 +168,11 @@ class FuseAdapter:
             mtime_ns=mtime,
         )
         fh = a.fh if v & proto.FATTR_FH else None
-        return self._attr(*self.fs.setattr(nodeid, changes, fh, Caller(uid, gid)))
+        caller = Caller(uid, gid)
+        node, st = self.fs.setattr(nodeid, changes, fh, caller)
+        if v & proto.FATTR_KILL_SUIDGID and self.fs.drop_set_ids(nodeid, caller):
+            st = self.fs.getattr(nodeid)[1]
+        return self._attr(node, st)
 
     def readlink(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
         return self.fs.readlink(nodeid)
@@ -217,8 +222,10 @@ class FuseAdapter:
     # -- files ---------------------------------------------------------------------------
 
     def open(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
-        flags = proto.OPEN_IN.unpack_from(body)[0]
+        flags, open_flags = proto.OPEN_IN.unpack_from(body)
         handle = self.fs.open(nodeid, flags)
+        if open_flags & proto.OPEN_KILL_SUIDGID:  # an O_TRUNC open by a caller without CAP_FSETID
+            self.fs.drop_set_ids(nodeid, Caller(uid, gid))
         return proto.OPEN_OUT.pack(handle.fh, proto.FOPEN_KEEP_CACHE, 0)
 
     def create(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
@@ -237,9 +244,11 @@ class FuseAdapter:
         return self.fs.read(fh, offset, size)
 
     def write(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
-        fh, offset, size = proto.WRITE_IN.unpack_from(body)[:3]
+        fh, offset, size, write_flags = proto.WRITE_IN.unpack_from(body)[:4]
         start = proto.WRITE_IN.size
         written = self.fs.write(fh, offset, body[start : start + size])
+        if write_flags & proto.WRITE_KILL_SUIDGID:
+            self.fs.drop_set_ids(nodeid, Caller(uid, gid))
         return proto.WRITE_OUT.pack(written, 0)
 
     def release(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:

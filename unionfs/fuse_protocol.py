@@ -69,6 +69,8 @@ WRITEBACK_CACHE = 1 << 16
 PARALLEL_DIROPS = 1 << 18
 MAX_PAGES = 1 << 22
 CACHE_SYMLINKS = 1 << 23
+HANDLE_KILLPRIV_V2 = 1 << 28  # we clear set-id bits when told (and the kernel stops asking
+# for security.capability before every write: the inode is marked "no privileges" once)
 INIT_EXT = 1 << 30  # the second 32 flag bits travel in flags2
 OVER_IO_URING = 1 << 41  # requests through io_uring queues (7.42, Linux 6.14)
 
@@ -84,6 +86,9 @@ FATTR_ATIME_NOW = 1 << 7
 FATTR_MTIME_NOW = 1 << 8
 FOPEN_KEEP_CACHE = 1 << 1
 FOPEN_CACHE_DIR = 1 << 3
+FATTR_KILL_SUIDGID = 1 << 11
+WRITE_KILL_SUIDGID = 1 << 2
+OPEN_KILL_SUIDGID = 1 << 0
 FSYNC_FDATASYNC = 1
 NOTIFY_INVAL_INODE = 2
 

@@ -158,6 +158,55 @@ def test_writing_a_setuid_file_as_another_user_clears_the_setuid_bit(union: Unio
     assert os.lstat(f).st_mode & stat.S_ISUID
 
 
+def _append(path: Path) -> None:
+    with open(path, "ab") as out:
+        out.write(b"y")
+
+
+def _truncate(path: Path) -> None:
+    os.truncate(path, 1)
+
+
+def _open_truncating(path: Path) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_TRUNC))
+
+
+SET_ID_CHANGES = {"write": _append, "truncate": _truncate, "open O_TRUNC": _open_truncating}
+
+
+@pytest.mark.parametrize("change", SET_ID_CHANGES)
+@pytest.mark.parametrize("mode", [0o4777, 0o2777, 0o6777, 0o2767, 0o6766])
+@pytest.mark.parametrize("in_group", [True, False], ids=["in-group", "not-in-group"])
+@pytest.mark.parametrize("layer", ["lower", "upper"])
+def test_changing_a_set_id_file_as_another_user_clears_what_the_vfs_clears(
+    union: Union, layer: str, in_group: bool, mode: int, change: str
+) -> None:
+    """Set-user-ID goes; set-group-ID goes with group execute, or when the writer is not in
+    the file's group (Linux 6.x). Ours: the kernel asks for it (FUSE_HANDLE_KILLPRIV_V2)."""
+    directory = union.lower if layer == "lower" else union.upper
+    write(directory / "f", b"xx", mode=mode)
+    os.chown(directory / "f", 0, GROUP if in_group else 0)
+    os.chmod(directory / "f", mode)  # write() is subject to the umask; chown clears set-ids
+    mnt = union.mount()
+    as_user(USER, GROUP, SET_ID_CHANGES[change], mnt / "f")
+    expected = mode & ~stat.S_ISUID
+    if mode & stat.S_IXGRP or not in_group:
+        expected &= ~stat.S_ISGID
+    assert stat.S_IMODE(os.lstat(mnt / "f").st_mode) == expected
+    assert stat.S_IMODE(os.lstat(union.upper / "f").st_mode) == expected
+    union.remount()  # what reached the disk, not only the kernel's cache
+    assert stat.S_IMODE(os.lstat(union.mnt / "f").st_mode) == expected
+
+
+@pytest.mark.parametrize("change", SET_ID_CHANGES)
+def test_root_keeps_the_set_id_bits_when_it_changes_a_file(union: Union, change: str) -> None:
+    write(union.lower / "f", b"xx", mode=0o6777)
+    os.chmod(union.lower / "f", 0o6777)
+    mnt = union.mount()
+    SET_ID_CHANGES[change](mnt / "f")  # CAP_FSETID
+    assert stat.S_IMODE(os.lstat(mnt / "f").st_mode) == 0o6777
+
+
 def test_new_entries_get_the_requested_mode_minus_the_umask(union: Union) -> None:
     _public_dir(union)
     mnt = union.mount()
