@@ -117,6 +117,29 @@ def test_copy_up_keeps_file_capabilities(union: Union) -> None:
     assert os.getxattr(mnt / "ping", "security.capability") == cap_net_raw
 
 
+@pytest.mark.parametrize("layer", ["lower", "upper"])
+def test_writing_a_file_drops_its_capabilities_and_later_writes_too(
+    union: Union, layer: str
+) -> None:
+    """The VFS drops security.capability at a write, even root's. Ours: the kernel still
+    checks an inode's first write with FUSE_HANDLE_KILLPRIV_V2, and again once a
+    capability is set through the mount."""
+    cap_net_raw = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
+    f = write((union.lower if layer == "lower" else union.upper) / "ping", b"x", mode=0o755)
+    os.setxattr(f, "security.capability", cap_net_raw)
+    mnt = union.mount()
+    with open(mnt / "ping", "ab") as out:
+        out.write(b"y")
+    assert errno_of(lambda: os.getxattr(mnt / "ping", "security.capability")) == errno.ENODATA
+    os.setxattr(mnt / "ping", "security.capability", cap_net_raw)
+    with open(mnt / "ping", "ab") as out:
+        out.write(b"z")
+    assert errno_of(lambda: os.getxattr(mnt / "ping", "security.capability")) == errno.ENODATA
+    assert (
+        errno_of(lambda: os.getxattr(union.upper / "ping", "security.capability")) == errno.ENODATA
+    )
+
+
 def test_overlay_xattrs_on_lower_entries_are_neither_shown_nor_copied_up(union: Union) -> None:
     """A layer that was once an upper dir carries the kernel's own markers (origin, impure)."""
     stale_origin = b"\x00\xfb\x1d\x00\x01stale-origin-from-another-overlay"
