@@ -170,7 +170,10 @@ class FuseAdapter:
         fh = a.fh if v & proto.FATTR_FH else None
         caller = Caller(uid, gid)
         node, st = self.fs.setattr(nodeid, changes, fh, caller)
-        if v & proto.FATTR_KILL_SUIDGID and self.fs.drop_set_ids(nodeid, caller):
+        # A chown of ours (as root) already clears what the VFS clears for it; a truncate
+        # leaves that to us (the kernel says so only for callers without CAP_FSETID).
+        kill = v & proto.FATTR_KILL_SUIDGID and not v & (proto.FATTR_UID | proto.FATTR_GID)
+        if kill and self.fs.drop_set_ids(nodeid, caller):
             st = self.fs.getattr(nodeid)[1]
         return self._attr(node, st)
 

@@ -207,6 +207,22 @@ def test_root_keeps_the_set_id_bits_when_it_changes_a_file(union: Union, change:
     assert stat.S_IMODE(os.lstat(mnt / "f").st_mode) == 0o6777
 
 
+@pytest.mark.parametrize("mode", [0o6777, 0o6767, 0o2767])
+def test_chown_by_root_clears_set_user_id_and_group_executable_set_group_id(
+    union: Union, mode: int
+) -> None:
+    write(union.lower / "f", b"xx", mode=mode)
+    os.chmod(union.lower / "f", mode)
+    mnt = union.mount()
+    os.chown(mnt / "f", USER, GROUP)
+    expected = mode & ~stat.S_ISUID
+    if mode & stat.S_IXGRP:
+        expected &= ~stat.S_ISGID
+    assert stat.S_IMODE(os.lstat(mnt / "f").st_mode) == expected
+    union.remount()
+    assert stat.S_IMODE(os.lstat(union.mnt / "f").st_mode) == expected
+
+
 def test_new_entries_get_the_requested_mode_minus_the_umask(union: Union) -> None:
     _public_dir(union)
     mnt = union.mount()
