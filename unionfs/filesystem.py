@@ -240,12 +240,12 @@ class UnionFilesystem:
                 os.utime(target, ns=(atime, mtime), follow_symlinks=follow)
             return node, self._stat(node)
 
-    def drop_set_ids(self, ino: int, caller: Caller) -> bool:
+    def drop_set_ids(self, ino: int, caller: Caller) -> os.stat_result | None:
         """What the kernel leaves to us (FUSE_HANDLE_KILLPRIV_V2) when a caller without
         CAP_FSETID writes, truncates or opens with O_TRUNC a set-id file: set-user-ID goes;
         set-group-ID goes with group execute, or when the caller is not in the file's group
-        (the VFS rule since Linux 6.2; we know the caller's primary group only). True if the
-        mode changed; the kernel's cached attributes are dropped then."""
+        (the VFS rule since Linux 6.2; we know the caller's primary group only). The new
+        attributes, or None if nothing changed."""
         node = self._node(ino)
         st = self._stat(node)
         mode = stat.S_IMODE(st.st_mode)
@@ -253,10 +253,8 @@ class UnionFilesystem:
         if mode & stat.S_IXGRP or caller.gid != st.st_gid:
             drop |= stat.S_ISGID
         if not mode & drop:
-            return False
-        self.setattr(ino, AttrChanges(mode=mode & ~drop), None, caller)
-        self.invalidate_attrs(ino)
-        return True
+            return None
+        return self.setattr(ino, AttrChanges(mode=mode & ~drop), None, caller)[1]
 
     def _any_fd(self, node: Node) -> int:
         fd = self.handles.any_fd(node.ino)

@@ -172,9 +172,8 @@ class FuseAdapter:
         node, st = self.fs.setattr(nodeid, changes, fh, caller)
         # A chown of ours (as root) already clears what the VFS clears for it; a truncate
         # leaves that to us (the kernel says so only for callers without CAP_FSETID).
-        kill = v & proto.FATTR_KILL_SUIDGID and not v & (proto.FATTR_UID | proto.FATTR_GID)
-        if kill and self.fs.drop_set_ids(nodeid, caller):
-            st = self.fs.getattr(nodeid)[1]
+        if v & proto.FATTR_KILL_SUIDGID and not v & (proto.FATTR_UID | proto.FATTR_GID):
+            st = self.fs.drop_set_ids(nodeid, caller) or st
         return self._attr(node, st)
 
     def readlink(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
@@ -227,8 +226,8 @@ class FuseAdapter:
     def open(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
         flags, open_flags = proto.OPEN_IN.unpack_from(body)
         handle = self.fs.open(nodeid, flags)
-        if open_flags & proto.OPEN_KILL_SUIDGID:  # an O_TRUNC open by a caller without CAP_FSETID
-            self.fs.drop_set_ids(nodeid, Caller(uid, gid))
+        if open_flags & proto.OPEN_KILL_SUIDGID:  # O_TRUNC by a caller without CAP_FSETID
+            self._drop_set_ids(nodeid, Caller(uid, gid))
         return proto.OPEN_OUT.pack(handle.fh, proto.FOPEN_KEEP_CACHE, 0)
 
     def create(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
@@ -251,8 +250,13 @@ class FuseAdapter:
         start = proto.WRITE_IN.size
         written = self.fs.write(fh, offset, body[start : start + size])
         if write_flags & proto.WRITE_KILL_SUIDGID:
-            self.fs.drop_set_ids(nodeid, Caller(uid, gid))
+            self._drop_set_ids(nodeid, Caller(uid, gid))
         return proto.WRITE_OUT.pack(written, 0)
+
+    def _drop_set_ids(self, nodeid: int, caller: Caller) -> None:
+        # The answer carries no attributes: the kernel's cached mode must go.
+        if self.fs.drop_set_ids(nodeid, caller) is not None:
+            self.fs.invalidate_attrs(nodeid)
 
     def release(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
         self.fs.release(proto.RELEASE_IN.unpack_from(body)[0])
