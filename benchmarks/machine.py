@@ -116,19 +116,11 @@ def describe(workdir: Path) -> dict[str, object]:
     }
 
 
-ENABLE_URING = Path("/sys/module/fuse/parameters/enable_uring")
-
-
 @contextlib.contextmanager
 def fuse_io_uring() -> Iterator[str]:
     """Offer FUSE over io_uring to the run's mounts (ours use it; the libfuse of
     fuse-overlayfs here does not ask), and put the kernel's setting back afterwards."""
-    if not ENABLE_URING.exists():
-        yield "not in this kernel"
-        return
-    before = ENABLE_URING.read_text().strip()
-    ENABLE_URING.write_text("Y")
-    try:
-        yield "on (fuse.enable_uring=Y for the run)"
-    finally:
-        ENABLE_URING.write_text(before)
+    from unionfs import fuse_uring
+
+    with fuse_uring.offered(True) as present:
+        yield "on (fuse.enable_uring=Y for the run)" if present else "not in this kernel"

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from unionfs import fuse_uring
 from unionfs.workdir_lock import wait_released
 
 REPO = Path(__file__).resolve().parent.parent
@@ -147,27 +148,19 @@ def is_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-ENABLE_URING = Path("/sys/module/fuse/parameters/enable_uring")
-
-
 def io_uring_supported() -> bool:
     """Whether this kernel can serve FUSE over io_uring (Linux 6.14+, CONFIG_FUSE_IO_URING)."""
-    return ENABLE_URING.exists() and os.geteuid() == 0
+    return os.path.exists(fuse_uring.ENABLE_URING) and os.geteuid() == 0
 
 
 @contextlib.contextmanager
 def fuse_io_uring(enabled: bool) -> Iterator[None]:
-    """Offer FUSE over io_uring to mounts made meanwhile (or not); the setting is the
-    kernel's, so it is put back as it was. A mount keeps what it agreed at its start."""
+    """Offer FUSE over io_uring to mounts made meanwhile (or not); put the setting back."""
     if not io_uring_supported():
         yield
         return
-    before = ENABLE_URING.read_text().strip()
-    ENABLE_URING.write_text("Y" if enabled else "N")
-    try:
+    with fuse_uring.offered(enabled):
         yield
-    finally:
-        ENABLE_URING.write_text(before)
 
 
 def io_uring_fds(pid: int) -> int:

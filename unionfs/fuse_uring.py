@@ -22,7 +22,7 @@ import mmap
 import os
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from unionfs import fuse_protocol as proto
 from unionfs.fuse_session import Handler, answer
@@ -56,6 +56,29 @@ _CAP_SYS_NICE = 23
 _STREAMING_BYTES = 64 * 1024
 _PARAM = os.sched_param(0)
 _GONE = frozenset({errno.ENOTCONN, errno.ECONNABORTED, errno.ECANCELED, errno.ENODEV})
+
+
+ENABLE_URING = "/sys/module/fuse/parameters/enable_uring"
+
+
+@contextlib.contextmanager
+def offered(enabled: bool) -> Iterator[bool]:
+    """Have the kernel offer FUSE over io_uring to mounts made meanwhile, or not (a setting
+    of the whole machine, root only), and put the setting back. Yields whether this kernel
+    has it at all."""
+    try:
+        with open(ENABLE_URING) as setting:
+            before = setting.read().strip()
+    except FileNotFoundError:
+        yield False
+        return
+    with open(ENABLE_URING, "w") as setting:
+        setting.write("Y" if enabled else "N")
+    try:
+        yield True
+    finally:
+        with open(ENABLE_URING, "w") as setting:
+            setting.write(before)
 
 
 def usable() -> bool:
