@@ -950,9 +950,9 @@ class UnionFilesystem:
         (readdirplus calls this for every such entry: kept lean.)"""
         if where is None:
             source = None
-            path = self.stack.upper_path(parent_rel + b"/" + name if parent_rel else name)
+            path = self.stack.upper_path(join(parent_rel, name))
         else:
-            source = (where[0], where[1] + b"/" + name if where[1] else name)
+            source = (where[0], join(where[1], name))
             path = self.stack.lower_path(source)
         try:
             st = os.lstat(path)
