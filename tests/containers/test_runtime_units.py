@@ -29,23 +29,25 @@ def record_in(tmp_path: Path) -> ContainerRecord:
     return record
 
 
-def test_a_failing_mount_program_is_reported_with_its_last_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("script", "reported"),
+    [
+        # A failure is reported with its last line...
+        (
+            "echo starting; echo 'unionfs: error: bad' >&2; exit 1",
+            "mounting the image layers failed: unionfs: error: bad",
+        ),
+        # ... and a program that exits without a mount fails the start too.
+        ("exit 0", "failed: exit status 0"),
+    ],
+    ids=["failing", "no-mount"],
+)
+def test_a_mount_program_that_does_not_mount_fails_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str, reported: str
 ) -> None:
-    fake_mount_program(
-        tmp_path, monkeypatch, "echo starting; echo 'unionfs: error: bad' >&2; exit 1"
-    )
+    fake_mount_program(tmp_path, monkeypatch, script)
     mounting = MountProgram.start(record_in(tmp_path), [tmp_path])
-    with pytest.raises(UserError, match="mounting the image layers failed: unionfs: error: bad"):
-        mounting.wait()
-
-
-def test_a_mount_program_that_exits_without_a_mount_fails_the_start(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    fake_mount_program(tmp_path, monkeypatch, "exit 0")
-    mounting = MountProgram.start(record_in(tmp_path), [tmp_path])
-    with pytest.raises(UserError, match="failed: exit status 0"):
+    with pytest.raises(UserError, match=reported):
         mounting.wait()
 
 
