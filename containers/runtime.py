@@ -323,6 +323,11 @@ class MountProgram:
             os.close(self.output)
             self.running = False
         unmount(self.record.mount_point)
+        # The daemon goes once unmounted; it must be gone before the start's undo removes
+        # the container's directory under it.
+        from unionfs.workdir_lock import wait_released
+
+        wait_released(self.record.work_dir, timeout=10)
 
 
 def _inheritable_fds() -> list[int]:
