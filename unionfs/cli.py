@@ -8,19 +8,71 @@ The only module that prints: problems become `unionfs: error: ...` lines and exi
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
 
-from unionfs import __version__
+from unionfs import __version__, logger
 from unionfs.config import ConfigError, MountConfig, parse_options, validate
+
+TYPE_CHECKING = False  # typing costs milliseconds at every mount; only mypy needs it
+if TYPE_CHECKING:
+    import argparse
 
 EXIT_USAGE = 2
 
 
+class Arguments:
+    """What the command line asks for."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        self.options: list[str] = []
+        self.foreground = False
+        self.debug = False
+
+
+FLAGS = {"-f": "foreground", "-d": "debug", "-s": None}  # -s (single-threaded): ignored
+
+
+def parse_arguments(argv: list[str]) -> Arguments:
+    """The forms mount(8), podman and lamina use, parsed by hand: argparse costs 8 ms of
+    every mount's start-up to import and build. Anything else (help, version, a mistake)
+    goes to argparse, for its messages."""
+    args = Arguments()
+    words = iter(argv)
+    for word in words:
+        if word in FLAGS:
+            attribute = FLAGS[word]
+            if attribute is not None:
+                setattr(args, attribute, True)
+        elif word == "-o":
+            value = next(words, None)
+            if value is None:
+                return parse_with_argparse(argv)
+            args.options.append(value)
+        elif word.startswith("-o"):
+            args.options.append(word[2:])
+        elif word.startswith("-") and word != "-":
+            return parse_with_argparse(argv)
+        else:
+            args.paths.append(word)
+    if not args.paths:
+        return parse_with_argparse(argv)
+    return args
+
+
+def parse_with_argparse(argv: list[str]) -> Arguments:
+    parsed = build_parser().parse_args(argv)
+    args = Arguments()
+    args.paths, args.options = parsed.paths, parsed.options
+    args.foreground, args.debug = parsed.foreground, parsed.debug
+    return args
+
+
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="unionfs",
         description="Mount a copy-on-write union of directories (kernel overlayfs format).",
@@ -49,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["fsck"]:
         return fsck_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(argv)
     if len(args.paths) > 2:
         return fail("expected MOUNTPOINT (or SOURCE MOUNTPOINT), got more paths")
     try:
@@ -71,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def fsck_main(argv: list[str]) -> int:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="unionfs fsck",
         description="Check (and with --repair, repair) an unmounted upper/work dir pair.",
@@ -111,8 +165,7 @@ def fsck_main(argv: list[str]) -> int:
 
 
 def setup_logging(config: MountConfig) -> None:
-    level = logging.DEBUG if config.debug else logging.WARNING
-    logging.basicConfig(level=level, format="unionfs: %(levelname)s %(name)s: %(message)s")
+    logger.configure(debug=config.debug)
 
 
 def run_foreground(config: MountConfig) -> int:
@@ -160,7 +213,7 @@ def run_background(config: MountConfig) -> int:
         try:
             os.write(write_end, f"mount failed: {exc}".encode())
         except OSError:
-            logging.getLogger(__name__).exception("daemon failed")
+            logger.get_logger(__name__).exception("daemon failed")
     finally:
         os._exit(status)
 

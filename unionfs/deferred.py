@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
 
 from unionfs.copyup import copy_range, remove_tree
+from unionfs.logger import get_logger
 from unionfs.syscalls import (
     SYNC_FILE_RANGE_WAIT_AFTER,
     SYNC_FILE_RANGE_WAIT_BEFORE,
@@ -28,7 +27,7 @@ from unionfs.syscalls import (
     sync_file_range,
 )
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 CHUNK = 1 << 20
 RECORD_SUFFIX = b".pending"
@@ -62,17 +61,26 @@ def with_times(st: os.stat_result, atime_ns: int, mtime_ns: int) -> os.stat_resu
     return os.stat_result(fields)
 
 
-@dataclass
 class Record:
     """What recovery needs to finish a copy-up after a crash."""
 
-    target: bytes  # path relative to the upper root
-    lower: bytes  # absolute path of the lower file
-    length: int  # bytes that come from the lower file
-    chunk: int
-    valid: bytes  # one byte per chunk: 1 = the work file holds it
-    atime_ns: int
-    mtime_ns: int
+    def __init__(
+        self,
+        target: bytes,  # path relative to the upper root
+        lower: bytes,  # absolute path of the lower file
+        length: int,  # bytes that come from the lower file
+        chunk: int,
+        valid: bytes,  # one byte per chunk: 1 = the work file holds it
+        atime_ns: int,
+        mtime_ns: int,
+    ) -> None:
+        self.target = target
+        self.lower = lower
+        self.length = length
+        self.chunk = chunk
+        self.valid = valid
+        self.atime_ns = atime_ns
+        self.mtime_ns = mtime_ns
 
     def dumps(self) -> bytes:
         import json  # only at fsync and recovery: kept off the start-up path

@@ -10,11 +10,9 @@ fsync runs; lookups, attributes and data reads never wait for them.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 from unionfs import errors
 from unionfs.blocking import Gate
@@ -22,6 +20,7 @@ from unionfs.copyup import CopyUp, WorkDir, copy_between, copy_metadata
 from unionfs.deferred import CHUNK, PendingCopy, reserve_like
 from unionfs.handles import DirSnapshot, FileHandle, HandleTable
 from unionfs.inodes import InodeTable, Node
+from unionfs.logger import get_logger
 from unionfs.stack import (
     DIRECTORY,
     LONG_PATH,
@@ -45,7 +44,7 @@ from unionfs.syscalls import (
 )
 from unionfs.whiteouts import WHITEOUT_DEV, XattrNames, is_whiteout, make_whiteout, set_opaque
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
 DOT_ENTRIES = (b".", b"..")
@@ -58,23 +57,37 @@ COPY_RANGE_MAX = 16 << 20
 STRIPPED_OPEN_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | getattr(os, "O_DIRECT", 0)
 
 
-@dataclass(frozen=True, slots=True)
 class Caller:
-    uid: int
-    gid: int
-    umask: int = 0
+    """Who makes a request."""
+
+    __slots__ = ("gid", "uid", "umask")
+
+    def __init__(self, uid: int, gid: int, umask: int = 0) -> None:
+        self.uid = uid
+        self.gid = gid
+        self.umask = umask
 
 
-@dataclass(frozen=True, slots=True)
 class AttrChanges:
     """What a setattr request changes (None: leave as is)."""
 
-    mode: int | None = None
-    uid: int | None = None
-    gid: int | None = None
-    size: int | None = None
-    atime_ns: int | None = None
-    mtime_ns: int | None = None
+    __slots__ = ("atime_ns", "gid", "mode", "mtime_ns", "size", "uid")
+
+    def __init__(
+        self,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        size: int | None = None,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+    ) -> None:
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.size = size
+        self.atime_ns = atime_ns
+        self.mtime_ns = mtime_ns
 
     @property
     def only_times(self) -> bool:
@@ -87,17 +100,42 @@ class AttrChanges:
         )
 
 
-@dataclass(frozen=True, slots=True)
 class FsStats:
-    block_size: int
-    fragment_size: int
-    blocks: int
-    blocks_free: int
-    blocks_available: int
-    files: int
-    files_free: int
-    files_available: int
-    name_max: int
+    """statfs of the mount, in the fields FUSE answers with."""
+
+    __slots__ = (
+        "block_size",
+        "blocks",
+        "blocks_available",
+        "blocks_free",
+        "files",
+        "files_available",
+        "files_free",
+        "fragment_size",
+        "name_max",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        block_size: int,
+        fragment_size: int,
+        blocks: int,
+        blocks_free: int,
+        blocks_available: int,
+        files: int,
+        files_free: int,
+        files_available: int,
+        name_max: int,
+    ) -> None:
+        self.block_size = block_size
+        self.fragment_size = fragment_size
+        self.blocks = blocks
+        self.blocks_free = blocks_free
+        self.blocks_available = blocks_available
+        self.files = files
+        self.files_free = files_free
+        self.files_available = files_available
+        self.name_max = name_max
 
 
 Answer = tuple[Node, os.stat_result]

@@ -73,11 +73,16 @@ def _xattr(path: bytes, name: bytes) -> bytes | None:
 
 
 def check(
-    upper: Path, work: Path, lowers: list[Path], markers: XattrNames, *, repair: bool
+    upper: str | Path,
+    work: str | Path,
+    lowers: list[str] | list[Path],
+    markers: XattrNames,
+    *,
+    repair: bool,
 ) -> Report:
     report = Report(repaired=repair)
-    upper_b, lowers_b = bytes(upper), [bytes(p) for p in lowers]
-    _check_work(upper_b, WorkDir(bytes(work)), report, repair)
+    upper_b, lowers_b = os.fsencode(upper), [os.fsencode(p) for p in lowers]
+    _check_work(upper_b, WorkDir(os.fsencode(work)), report, repair)
     layers = LayerStack(lowers_b, upper_b, markers)
     for rel, st in _walk(layers):
         path = layers.upper_path(rel)

@@ -7,7 +7,6 @@ of it only around slow calls.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import time
 from collections.abc import Callable
@@ -15,8 +14,9 @@ from collections.abc import Callable
 from unionfs import fuse_protocol as proto
 from unionfs.filesystem import DOT_ENTRIES, AttrChanges, Caller, UnionFilesystem
 from unionfs.inodes import Node
+from unionfs.logger import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 Op = Callable[[int, int, int, memoryview], bytes]
 EMPTY = b""

@@ -11,7 +11,6 @@ import functools
 import os
 import stat
 import struct
-from dataclasses import dataclass
 
 KERNEL_MAJOR = 7
 KERNEL_MINOR = 31
@@ -133,27 +132,47 @@ COPY_FILE_RANGE_IN = struct.Struct("<QQQQQQQ")  # fh_in off_in nodeid_out fh_out
 # flags
 
 
-@dataclass(frozen=True, slots=True)
 class Header:
-    length: int
-    opcode: int
-    unique: int
-    nodeid: int
-    uid: int
-    gid: int
-    pid: int
+    """A request's fuse_in_header."""
+
+    __slots__ = ("gid", "length", "nodeid", "opcode", "pid", "uid", "unique")
+
+    def __init__(
+        self, length: int, opcode: int, unique: int, nodeid: int, uid: int, gid: int, pid: int
+    ) -> None:
+        self.length = length
+        self.opcode = opcode
+        self.unique = unique
+        self.nodeid = nodeid
+        self.uid = uid
+        self.gid = gid
+        self.pid = pid
 
 
-@dataclass(frozen=True, slots=True)
 class SetattrIn:
-    valid: int
-    fh: int
-    size: int
-    atime_ns: int
-    mtime_ns: int
-    mode: int
-    uid: int
-    gid: int
+    """A SETATTR request's fuse_setattr_in, times in nanoseconds."""
+
+    __slots__ = ("atime_ns", "fh", "gid", "mode", "mtime_ns", "size", "uid", "valid")
+
+    def __init__(
+        self,
+        valid: int,
+        fh: int,
+        size: int,
+        atime_ns: int,
+        mtime_ns: int,
+        mode: int,
+        uid: int,
+        gid: int,
+    ) -> None:
+        self.valid = valid
+        self.fh = fh
+        self.size = size
+        self.atime_ns = atime_ns
+        self.mtime_ns = mtime_ns
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
 
 
 def parse_header(buf: bytes | bytearray | memoryview) -> Header:

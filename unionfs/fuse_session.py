@@ -10,17 +10,16 @@ per request on top of that, and their import 240 ms at every mount.)
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import stat
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from unionfs import fuse_protocol as proto
+from unionfs.logger import get_logger
 from unionfs.syscalls import MNT_DETACH, MS_NODEV, MS_NOSUID, MS_RDONLY, mount, umount2
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 Handler = Callable[[int, int, int, int, memoryview], bytes]
 
@@ -46,14 +45,24 @@ class MountError(Exception):
     pass
 
 
-@dataclass(frozen=True)
 class MountSpec:
-    mountpoint: bytes
-    fsname: str
-    subtype: str = "unionfs"
-    read_only: bool = False
-    allow_other: bool = True
-    default_permissions: bool = True
+    """What the kernel is asked to mount."""
+
+    def __init__(
+        self,
+        mountpoint: bytes,
+        fsname: str,
+        subtype: str = "unionfs",
+        read_only: bool = False,
+        allow_other: bool = True,
+        default_permissions: bool = True,
+    ) -> None:
+        self.mountpoint = mountpoint
+        self.fsname = fsname
+        self.subtype = subtype
+        self.read_only = read_only
+        self.allow_other = allow_other
+        self.default_permissions = default_permissions
 
 
 class Session:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import mmap
 import os
 import struct
@@ -26,9 +25,10 @@ from collections.abc import Callable, Iterator
 
 from unionfs import fuse_protocol as proto
 from unionfs.fuse_session import Handler, answer
+from unionfs.logger import get_logger
 from unionfs.syscalls import address_of, io_uring_enter, io_uring_setup
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 _SETUP_SQE128 = 1 << 10  # 128-byte entries: FUSE's command lives in the extra 64

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
 
 from unionfs import errors
 from unionfs.deferred import PendingCopy
@@ -11,15 +10,27 @@ from unionfs.inodes import Node
 from unionfs.stack import Source
 
 
-@dataclass(slots=True)
 class FileHandle:
-    fh: int
-    fd: int
-    node: Node
-    writable: bool
-    # The descriptor is the work file of a deferred copy-up: prepare ranges before I/O.
-    deferred: bool = False
-    fd_flags: int = 0
+    """An open file: our handle number, the host descriptor behind it."""
+
+    __slots__ = ("deferred", "fd", "fd_flags", "fh", "node", "writable")
+
+    def __init__(
+        self,
+        fh: int,
+        fd: int,
+        node: Node,
+        writable: bool,
+        deferred: bool = False,
+        fd_flags: int = 0,
+    ) -> None:
+        self.fh = fh
+        self.fd = fd
+        self.node = node
+        self.writable = writable
+        # The descriptor is the work file of a deferred copy-up: prepare ranges before I/O.
+        self.deferred = deferred
+        self.fd_flags = fd_flags
 
     @property
     def pending(self) -> PendingCopy | None:
@@ -28,7 +39,6 @@ class FileHandle:
         return self.node.pending if self.deferred else None
 
 
-@dataclass(slots=True)
 class DirSnapshot:
     """The merged names of a directory at its first read (or rewind).
 
@@ -36,11 +46,14 @@ class DirSnapshot:
     changes: nothing is reported twice or skipped, as POSIX asks of telldir/seekdir.
     """
 
-    node: Node
-    names: list[bytes] = field(default_factory=list)
-    types: list[int] = field(default_factory=list)  # each name's S_IFMT bits (0: unknown)
-    # Names whose entry is not a directory: where each lives (see LayerStack.list_dir_with_files).
-    files: dict[bytes, Source | None] = field(default_factory=dict)
+    __slots__ = ("files", "names", "node", "types")
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.names: list[bytes] = []
+        self.types: list[int] = []  # each name's S_IFMT bits (0: unknown)
+        # Names whose entry is not a directory: where each lives (LayerStack.list_dir_with_files).
+        self.files: dict[bytes, Source | None] = {}
 
 
 class HandleTable:

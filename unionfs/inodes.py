@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import os
 import stat
-from dataclasses import dataclass, field
 
 from unionfs.deferred import PendingCopy
 from unionfs.stack import Entry, Source
@@ -30,23 +29,49 @@ class _NoChildren(dict):  # type: ignore[type-arg]
 NO_CHILDREN: dict[bytes, Node] = _NoChildren()
 
 
-@dataclass(eq=False, slots=True)
 class Node:
-    ino: int
-    mode: int
-    key: tuple[int, int] | None
-    # lower sources: the backing lower file of a non-directory, or the merged lower dirs.
-    sources: tuple[Source, ...]
-    in_upper: bool
-    parent: Node | None = None
-    name: bytes = b""
-    # Further names of an upper hard link; a tuple (rarely more than empty) to stay small.
-    extra_links: tuple[tuple[Node, bytes], ...] = ()
-    # Known names of a directory; every other node shares one empty, unwritable dict.
-    children: dict[bytes, Node] = field(default_factory=lambda: NO_CHILDREN)
-    lookups: int = 0
-    open_count: int = 0
-    pending: PendingCopy | None = None  # a deferred copy-up in progress
+    """One inode of the merged tree, as the kernel knows it (compared by identity)."""
+
+    __slots__ = (
+        "children",
+        "extra_links",
+        "in_upper",
+        "ino",
+        "key",
+        "lookups",
+        "mode",
+        "name",
+        "open_count",
+        "parent",
+        "pending",
+        "sources",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        ino: int,
+        mode: int,
+        key: tuple[int, int] | None,
+        sources: tuple[Source, ...],
+        in_upper: bool,
+        parent: Node | None = None,
+        name: bytes = b"",
+    ) -> None:
+        self.ino = ino
+        self.mode = mode
+        self.key = key
+        # lower sources: the backing lower file of a non-directory, or the merged lower dirs.
+        self.sources = sources
+        self.in_upper = in_upper
+        self.parent = parent
+        self.name = name
+        # Further names of an upper hard link; a tuple (rarely more than empty) to stay small.
+        self.extra_links: tuple[tuple[Node, bytes], ...] = ()
+        # Known names of a directory; every other node shares one empty, unwritable dict.
+        self.children: dict[bytes, Node] = NO_CHILDREN
+        self.lookups = 0
+        self.open_count = 0
+        self.pending: PendingCopy | None = None  # a deferred copy-up in progress
 
     @property
     def is_dir(self) -> bool:

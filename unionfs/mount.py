@@ -7,7 +7,6 @@ the fork), so a bad invocation answers fast and the daemon owns the FUSE device 
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import resource
 import signal
@@ -24,23 +23,24 @@ from unionfs.filesystem import UnionFilesystem
 from unionfs.fuse_adapter import WANTED_FLAGS, FuseAdapter
 from unionfs.fuse_session import MountSpec, Session
 from unionfs.inodes import Node
+from unionfs.logger import get_logger
 from unionfs.stack import LayerStack
 from unionfs.workdir_lock import hold
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def build_filesystem(config: MountConfig) -> UnionFilesystem:
-    upper = bytes(config.upper) if config.writable and config.upper is not None else None
+    upper = os.fsencode(config.upper) if config.writable and config.upper is not None else None
     work = None
     if upper is not None and config.work is not None:
         hold(config.work)  # kept for the life of the daemon
-        work = WorkDir(bytes(config.work))
+        work = WorkDir(os.fsencode(config.work))
         if os.path.isdir(work.path):
             for line in recover(work.path, upper):
                 log.warning("%s", line)
         work.prepare()
-    stack = LayerStack([bytes(p) for p in config.lowers], upper, config.markers)
+    stack = LayerStack([os.fsencode(p) for p in config.lowers], upper, config.markers)
     return UnionFilesystem(
         stack,
         work,
@@ -65,7 +65,7 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
     fs = build_filesystem(config)
     adapter = FuseAdapter(fs, config.timeout, debug=config.debug)
     spec = MountSpec(
-        bytes(config.mountpoint),
+        os.fsencode(config.mountpoint),
         config.fsname,
         read_only=not config.writable,
         allow_other=config.allow_other,

@@ -13,7 +13,6 @@ import errno
 import os
 import stat
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 
 from unionfs.whiteouts import TRUSTED, XattrNames, is_whiteout
 
@@ -70,7 +69,6 @@ class ShortPaths:
         self._fds.clear()
 
 
-@dataclass(frozen=True, slots=True)
 class Entry:
     """A merged name: the upper path if the upper holds it, and its lower sources.
 
@@ -78,19 +76,26 @@ class Entry:
     nothing once the upper has it). For a directory, every lower directory that merges.
     """
 
-    upper: bytes | None
-    sources: tuple[Source, ...]
-    st: os.stat_result
+    __slots__ = ("sources", "st", "upper")
+
+    def __init__(self, upper: bytes | None, sources: tuple[Source, ...], st: os.stat_result):
+        self.upper = upper
+        self.sources = sources
+        self.st = st
 
     @property
     def is_dir(self) -> bool:
         return stat.S_ISDIR(self.st.st_mode)
 
 
-@dataclass(frozen=True, slots=True)
 class DirMarkers:
-    opaque: bool
-    redirect: bytes | None
+    """The overlay xattrs of a directory."""
+
+    __slots__ = ("opaque", "redirect")
+
+    def __init__(self, opaque: bool, redirect: bytes | None) -> None:
+        self.opaque = opaque
+        self.redirect = redirect
 
 
 class LayerStack:

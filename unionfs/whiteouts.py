@@ -13,18 +13,28 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass
 
 WHITEOUT_DEV = os.makedev(0, 0)
 OCI_WHITEOUT_PREFIX = b".wh."
 OCI_OPAQUE_NAME = b".wh..wh..opq"
 
 
-@dataclass(frozen=True)
 class XattrNames:
     """The overlay's own xattr names for one namespace (trusted. or user.)."""
 
-    prefix: bytes
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: bytes) -> None:
+        self.prefix = prefix
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, XattrNames) and other.prefix == self.prefix
+
+    def __hash__(self) -> int:
+        return hash(self.prefix)
+
+    def __repr__(self) -> str:
+        return f"XattrNames({self.prefix!r})"
 
     @classmethod
     def for_mode(cls, userxattr: bool) -> XattrNames:

@@ -13,14 +13,17 @@ import fcntl
 import os
 import signal
 import time
-from pathlib import Path
+
+TYPE_CHECKING = False  # typing and pathlib cost milliseconds at every mount; only mypy needs them
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 class WorkdirBusy(Exception):
     pass
 
 
-def hold(workdir: Path | bytes) -> int:
+def hold(workdir: str | bytes | Path) -> int:
     """Take the workdir's lock for this process; returns the descriptor to keep open."""
     fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -35,7 +38,7 @@ def hold(workdir: Path | bytes) -> int:
     return fd
 
 
-def wait_released(workdir: Path | bytes, timeout: float = 60.0) -> bool:
+def wait_released(workdir: str | bytes | Path, timeout: float = 60.0) -> bool:
     """Wait until no daemon holds the workdir (True), or the timeout passes (False).
 
     In the main thread a blocking flock bounded by an alarm: the daemon lets go a few ms
