@@ -11,16 +11,15 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from containers.records import Record, field
 from unionfs.whiteouts import is_opaque, is_whiteout, read_redirect
 
 Parts = tuple[bytes, ...]
 
 
-@dataclass(frozen=True)
-class Change:
+class Change(Record, frozen=True):
     kind: str  # "A", "C" or "D"
     path: str  # absolute, as the container sees it
 
@@ -36,8 +35,7 @@ def _join(root: bytes, parts: Parts) -> bytes:
     return os.path.join(root, *parts) if parts else root
 
 
-@dataclass
-class LowerView:
+class LowerView(Record):
     """The read-only merge of an image's layers (topmost first), as the overlay sees it."""
 
     layers: Sequence[bytes]

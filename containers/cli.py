@@ -14,7 +14,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+
+TYPE_CHECKING = False  # typing costs milliseconds at every start; only mypy needs it
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 DEFAULT_ROOT = Path("/var/lib/lamina")
 

@@ -13,16 +13,18 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from containers.cli import UserError
 
+TYPE_CHECKING = False  # typing costs milliseconds at every start; only mypy needs it
 if TYPE_CHECKING:
+    from typing import Any
+
     from containers.spec import ImageDefaults
     from containers.state import ContainerRecord
 
-# argparse's subparsers object has no public type.
-Subparsers = Any
+    # argparse's subparsers object has no public type.
+    Subparsers = Any
 
 
 def register(sub: Subparsers, only: str | None = None) -> None:

@@ -17,7 +17,6 @@ import re
 import tarfile
 import zlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
 
@@ -29,6 +28,7 @@ from containers.compression import ZSTD_MAGIC, open_decompressed
 from containers.layer_pack import pack_directory
 from containers.layer_tar import UnsafeLayerError, split_member_name
 from containers.progress import CountingReader, Progress
+from containers.records import Record, field
 from containers.store import ImageRecord, LayerInfo, LayerStore, SpooledLayer, parse_name
 from containers.tar_split import TarSplitError
 
@@ -49,8 +49,7 @@ BAD_INPUT = (
 )
 
 
-@dataclass(frozen=True)
-class ImportOptions:
+class ImportOptions(Record, frozen=True):
     names: list[str] = field(default_factory=list)  # normalized name:tag
     platform: oci.Platform | None = None  # None: the host's
     ref: str | None = None  # pick an image in a layout by its ref.name annotation
@@ -175,8 +174,7 @@ def blob_path(digest: str) -> str:
     return f"blobs/sha256/{oci.digest_hex(digest)}"
 
 
-@dataclass
-class LayerJob:
+class LayerJob(Record):
     """One layer to bring in: where it is, what it must hash to."""
 
     rel: str
@@ -185,8 +183,7 @@ class LayerJob:
     size: int | None = None
 
 
-@dataclass
-class ImagePlan:
+class ImagePlan(Record):
     config: bytes
     layers: list[LayerJob]
     names: list[str]

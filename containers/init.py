@@ -17,14 +17,17 @@ import socket
 import stat
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 from containers import namespaces
 from containers import syscalls as sc
 from containers.mount_plan import Device, Mask, Mount, ReadOnly, Step, Symlink, plan_mounts
+from containers.records import Record
 from containers.spec import CAPABILITY_NUMBERS, DEFAULT_PATH, ContainerSpec, capability_mask
+
+TYPE_CHECKING = False  # typing costs milliseconds at every start; only mypy needs it
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 TIOCSCTTY = 0x540E
 TIOCGPTN = 0x80045430
@@ -50,8 +53,7 @@ class StartError(Exception):
         self.status = status
 
 
-@dataclass(frozen=True)
-class Channels:
+class Channels(Record, frozen=True):
     """The child's ends of its links to the parent."""
 
     go: int  # read: one byte once the parent has put us in the cgroup
@@ -61,8 +63,7 @@ class Channels:
     userns: socket.socket | None = None  # --userns: "unshared" -> parent writes the id maps
 
 
-@dataclass(frozen=True)
-class Process:
+class Process(Record, frozen=True):
     """What is executed and as whom, for the first process and for exec alike."""
 
     argv: Sequence[str]
@@ -383,8 +384,7 @@ def _read_db(path: str) -> list[list[str]]:
         return []
 
 
-@dataclass(frozen=True)
-class Identity:
+class Identity(Record, frozen=True):
     uid: int
     gid: int
     groups: tuple[int, ...]  # supplementary, from /etc/group

@@ -22,9 +22,9 @@ import os
 import shutil
 import stat
 import tarfile
-from dataclasses import dataclass, field
 
 from containers.oci import ImageFormatError
+from containers.records import Record, field
 from unionfs.whiteouts import (
     OCI_OPAQUE_NAME,
     OCI_WHITEOUT_PREFIX,
@@ -74,8 +74,7 @@ def symlink_stays_inside(link_parts: tuple[bytes, ...], target: bytes) -> bool:
     return True
 
 
-@dataclass(frozen=True)
-class DataSpan:
+class DataSpan(Record, frozen=True):
     """Where one regular file's bytes sit in the tar, so they can be left out of tar-split."""
 
     path: bytes
@@ -83,8 +82,7 @@ class DataSpan:
     size: int
 
 
-@dataclass
-class UnpackResult:
+class UnpackResult(Record):
     """What unpacking learned: where file data sits, every member's path, where the tar ends."""
 
     spans: list[DataSpan] = field(default_factory=list)
@@ -92,8 +90,7 @@ class UnpackResult:
     end_offset: int = 0
 
 
-@dataclass
-class _Unpacker:
+class _Unpacker(Record):
     root: bytes
     allow_devices: bool
     same_owner: bool

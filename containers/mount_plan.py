@@ -7,14 +7,12 @@ as data lets tests check docker's layout (/proc, /dev, masked paths...) without 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from containers import syscalls as sc
+from containers.records import Record
 from containers.spec import BindVolume, ContainerSpec, TmpfsVolume
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(Record, frozen=True):
     """Mount source on target; create target first as a directory (or a file for binds
     of files); with readonly, remount the bind read-only afterwards."""
 
@@ -27,8 +25,7 @@ class Mount:
     target_is_file: bool = False
 
 
-@dataclass(frozen=True)
-class Device:
+class Device(Record, frozen=True):
     """A character device in the container's /dev: the host's node of that number, bound
     onto an empty file (the /dev tmpfs is nodev, so a node made inside cannot be opened)."""
 
@@ -38,21 +35,18 @@ class Device:
     mode: int = 0o666
 
 
-@dataclass(frozen=True)
-class Symlink:
+class Symlink(Record, frozen=True):
     path: str
     target: str
 
 
-@dataclass(frozen=True)
-class Mask:
+class Mask(Record, frozen=True):
     """Hide a path: /dev/null over a file, an empty read-only tmpfs over a directory."""
 
     path: str
 
 
-@dataclass(frozen=True)
-class ReadOnly:
+class ReadOnly(Record, frozen=True):
     """Bind a path over itself, read-only (skipped when the kernel lacks it)."""
 
     path: str

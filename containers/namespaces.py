@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
 
 from containers import syscalls as sc
+from containers.records import Record
 
 # Joined in this order by exec (all opened first: setns into the mount namespace changes
 # the root directory, so /proc/<pid>/ns paths no longer resolve on the host afterwards).
@@ -71,8 +71,7 @@ def bring_up_loopback() -> None:
         fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP | IFF_RUNNING))
 
 
-@dataclass(frozen=True)
-class IdMap:
+class IdMap(Record, frozen=True):
     """--userns: container ids 0..size-1 are host ids base..base+size-1."""
 
     uid_base: int

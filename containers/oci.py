@@ -10,8 +10,12 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+
+from containers.records import Record, field
+
+TYPE_CHECKING = False  # typing costs milliseconds at every start; only mypy needs it
+if TYPE_CHECKING:
+    from typing import Any
 
 MEDIA_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -75,8 +79,7 @@ def _optional_str_list(obj: Mapping[str, Any], key: str, what: str) -> list[str]
     return None if value is None else _str_list(value, f"{what}.{key}")
 
 
-@dataclass(frozen=True)
-class Platform:
+class Platform(Record, frozen=True):
     os: str
     architecture: str
     variant: str | None = None
@@ -104,8 +107,7 @@ class Platform:
         return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
 
 
-@dataclass(frozen=True)
-class Descriptor:
+class Descriptor(Record, frozen=True):
     media_type: str
     digest: str
     size: int
@@ -151,8 +153,7 @@ class Descriptor:
         return out
 
 
-@dataclass(frozen=True)
-class Manifest:
+class Manifest(Record, frozen=True):
     config: Descriptor
     layers: tuple[Descriptor, ...]
 
@@ -178,8 +179,7 @@ def parse_index(data: bytes) -> list[Descriptor]:
     return [Descriptor.from_json(d, f"index entry {i}") for i, d in enumerate(manifests)]
 
 
-@dataclass(frozen=True)
-class ImageConfig:
+class ImageConfig(Record, frozen=True):
     """The run defaults an image carries (the `config` object of an OCI image config)."""
 
     env: list[str] = field(default_factory=list)

@@ -18,18 +18,20 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
 
 from containers import namespaces, state
 from containers import syscalls as sc
 from containers.cgroups.base import Cgroup
 from containers.cli import UserError
+from containers.records import Record
 from containers.spec import ContainerSpec
 from containers.state import ContainerRecord
 
+TYPE_CHECKING = False  # typing costs milliseconds at every start; only mypy needs it
 if TYPE_CHECKING:
+    from typing import NoReturn
+
     # Imported by the child (init) or only with -t and --userns (socket): not on the
     # parent's path of every start.
     from containers import init
@@ -73,8 +75,7 @@ def new_container_id() -> str:
     return os.urandom(32).hex()
 
 
-@dataclass
-class Started:
+class Started(Record):
     record: ContainerRecord
     cgroup: Cgroup
     pid: int

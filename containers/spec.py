@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from containers.cgroups.resources import InvalidLimit, Resources, build_resources
 from containers.cli import UserError
 from containers.namespaces import IdMap, host_id_map
+from containers.records import Record, field
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -89,8 +89,7 @@ _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _ENV_KEY = re.compile(r"^[^=\s]+$")
 
 
-@dataclass(frozen=True)
-class BindVolume:
+class BindVolume(Record, frozen=True):
     """-v HOST:CONTAINER[:ro]"""
 
     source: Path
@@ -99,8 +98,7 @@ class BindVolume:
     source_is_dir: bool = True  # a file is bound onto a file
 
 
-@dataclass(frozen=True)
-class TmpfsVolume:
+class TmpfsVolume(Record, frozen=True):
     """--tmpfs PATH[:OPTIONS]"""
 
     target: str
@@ -110,8 +108,7 @@ class TmpfsVolume:
 Volume = BindVolume | TmpfsVolume
 
 
-@dataclass(frozen=True)
-class ImageDefaults:
+class ImageDefaults(Record, frozen=True):
     """What an image contributes when the command line does not say."""
 
     name: str
@@ -123,8 +120,7 @@ class ImageDefaults:
     user: str = ""
 
 
-@dataclass(frozen=True)
-class RunOptions:
+class RunOptions(Record, frozen=True):
     """The `lamina run` command line, parsed but not yet validated."""
 
     command: tuple[str, ...] = ()
@@ -159,8 +155,7 @@ class RunOptions:
     userns: bool = False
 
 
-@dataclass(frozen=True)
-class ContainerSpec:
+class ContainerSpec(Record, frozen=True):
     """A validated description of one container."""
 
     id: str

@@ -16,16 +16,18 @@ watched the container died.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from containers.cli import UserError
+from containers.records import Record, field
+
+TYPE_CHECKING = False  # typing costs milliseconds at every start; only mypy needs it
+if TYPE_CHECKING:
+    from typing import Any
 
 CREATED = "created"
 RUNNING = "running"
@@ -35,8 +37,7 @@ EXITED = "exited"
 STATE_FILE = "state.json"
 
 
-@dataclass
-class ContainerRecord:
+class ContainerRecord(Record):
     """What lamina knows about one container; the JSON fields of state.json."""
 
     id: str
@@ -84,7 +85,7 @@ class ContainerRecord:
         return self.dir / "container.log"
 
     def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        data = self.values()
         data["dir"] = str(self.dir)
         data["layers"] = [str(p) for p in self.layers]
         data["rootfs_dir"] = str(self.rootfs_dir) if self.rootfs_dir else None
@@ -92,7 +93,7 @@ class ContainerRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ContainerRecord:
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = set(cls.field_names())
         values = {k: v for k, v in data.items() if k in known}
         values["dir"] = Path(values["dir"])
         values["layers"] = [Path(p) for p in values.get("layers", [])]

@@ -24,12 +24,15 @@ import re
 import shutil
 import time
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
 
 from containers import oci
 from containers.cli import UserError
+from containers.records import Record
+
+TYPE_CHECKING = False  # typing costs milliseconds at every start; only mypy needs it
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO
 
 SPOOL_CHUNK = 1 << 20
 IMAGES_HINT = "`lamina images` lists the images; `lamina import` adds one"
@@ -54,24 +57,21 @@ def parse_name(ref: str) -> str:
     return f"{repo}:{tag}"
 
 
-@dataclass(frozen=True)
-class LayerInfo:
+class LayerInfo(Record, frozen=True):
     key: str
     diff_id: str
     tar_size: int
     disk_size: int
 
 
-@dataclass(frozen=True)
-class ImageRecord:
+class ImageRecord(Record, frozen=True):
     id: str  # sha256:<hex> of the config
     layer_keys: tuple[str, ...]  # bottom first, as in the OCI config
     tags: tuple[str, ...]
     imported: float
 
 
-@dataclass(frozen=True)
-class ResolvedImage:
+class ResolvedImage(Record, frozen=True):
     """What `lamina run` needs: layer dirs for the union (topmost first) and run defaults."""
 
     name: str
@@ -82,8 +82,7 @@ class ResolvedImage:
     oci_config: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class SpooledLayer:
+class SpooledLayer(Record, frozen=True):
     """An uncompressed layer tar in the store's scratch space, hashed on the way in."""
 
     path: Path

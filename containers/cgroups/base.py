@@ -6,15 +6,19 @@ import errno
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from containers.cgroups.resources import Resources
+from containers.records import Record
+
+TYPE_CHECKING = False  # typing costs milliseconds at every start; only mypy needs it
+if TYPE_CHECKING:
+    from typing import Protocol
+else:
+    Protocol = object  # Cgroup is a structural type for mypy; nothing checks it at run time
 
 
-@dataclass(frozen=True)
-class CgroupStats:
+class CgroupStats(Record, frozen=True):
     memory_bytes: int
     memory_limit: int | None
     cpu_usage_ns: int

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from containers.cgroups.base import Cgroup, CgroupStats
@@ -10,12 +9,12 @@ from containers.cgroups.resources import Resources
 from containers.cgroups.v1 import CONTROLLERS as V1_CONTROLLERS
 from containers.cgroups.v1 import V1Cgroup
 from containers.cgroups.v2 import V2Cgroup
+from containers.records import Record, field
 
 PARENT = "lamina"  # every container cgroup sits under <hierarchy>/lamina/<id>
 
 
-@dataclass(frozen=True)
-class Layout:
+class Layout(Record, frozen=True):
     """Where the hierarchies are: v1 controller mounts and/or a cgroup2 mount."""
 
     v1: dict[str, Path] = field(default_factory=dict)

@@ -7,7 +7,8 @@ and tested without a cgroup tree.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+
+from containers.records import Record
 
 CPU_PERIOD_US = 100_000
 MIN_MEMORY = 6 * 1024 * 1024  # docker's floor: below it a container cannot even start
@@ -22,8 +23,7 @@ class InvalidLimit(ValueError):
     """A limit the user gave that cannot be applied; the message names the option."""
 
 
-@dataclass(frozen=True)
-class Resources:
+class Resources(Record, frozen=True):
     """Validated limits. None means "no limit"; memory_swap -1 means unlimited swap."""
 
     memory: int | None = None
