@@ -8,6 +8,7 @@ readdirplus, cached symlinks, parallel directory operations).
 from __future__ import annotations
 
 import functools
+import mmap
 import os
 import stat
 import struct
@@ -175,7 +176,7 @@ class SetattrIn:
         self.gid = gid
 
 
-def parse_header(buf: bytes | bytearray | memoryview) -> Header:
+def parse_header(buf: bytes | bytearray | memoryview | mmap.mmap) -> Header:
     return Header(*IN_HEADER.unpack_from(buf)[:7])
 
 
