@@ -131,6 +131,12 @@ FS_SYSTEMS: tuple[FsSystem, ...] = (
     FsSystem("fuse-overlayfs", "fuse-overlayfs", "fuse-overlayfs"),
     FsSystem("unionfs-fuse", "unionfs-fuse -o cow", str(UNIONFS_FUSE)),
     FsSystem("lamina-unionfs", "lamina unionfs (ours)", str(OURS)),
-    # Ours without io_uring queues: what a kernel without fuse.enable_uring gives.
-    FsSystem("lamina-unionfs-dev", "lamina unionfs, /dev/fuse", str(OURS), ",noio_uring"),
+    # Ours without io_uring queues and passthrough: what a kernel before 6.9 (or one without
+    # fuse.enable_uring, and a daemon without CAP_SYS_ADMIN) gives.
+    FsSystem(
+        "lamina-unionfs-dev",
+        "lamina unionfs, /dev/fuse, no passthrough",
+        str(OURS),
+        ",noio_uring,nopassthrough",
+    ),
 )

@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "options: lowerdir=L1:L2 (topmost first), upperdir=DIR, workdir=DIR, ro, "
             "userxattr, volatile, fsname=NAME, timeout=SECONDS, noallow_other, "
-            "nodefault_permissions, noio_uring; common mount options (rw, noatime, ...) are "
+            "nodefault_permissions, noio_uring, nopassthrough; common mount options (rw, "
+            "noatime, ...) are "
             "accepted"
         ),
     )

@@ -57,6 +57,7 @@ class MountConfig:
         self.lazy_copyup = 1 << 20
         self.writeback = False
         self.io_uring = True  # used when the kernel offers it (fuse.enable_uring=Y)
+        self.passthrough = True  # reads straight from the layer files, where the kernel can
         self.debug = False
         self.foreground = False
         self.ignored: list[str] = []
@@ -115,7 +116,7 @@ def parse_options(option_strings: list[str], mountpoint: str) -> MountConfig:
                 values[key] = value
             elif key in ("userxattr", "ro", "volatile", "debug", "noallow_other",
                          "nodefault_permissions", "writeback", "nowriteback", "io_uring",
-                         "noio_uring"):  # fmt: skip
+                         "noio_uring", "passthrough", "nopassthrough"):  # fmt: skip
                 flags.add(key)
             elif option in HARMLESS_OPTIONS or (has_value and f"{key}=" in HARMLESS_OPTIONS):
                 ignored.append(option)
@@ -142,6 +143,7 @@ def parse_options(option_strings: list[str], mountpoint: str) -> MountConfig:
     config.lazy_copyup = lazy_copyup
     config.writeback = "writeback" in flags and "nowriteback" not in flags
     config.io_uring = "noio_uring" not in flags
+    config.passthrough = "nopassthrough" not in flags
     config.userxattr = "userxattr" in flags
     config.read_only = "ro" in flags
     config.volatile = "volatile" in flags

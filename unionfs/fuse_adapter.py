@@ -13,8 +13,10 @@ from collections.abc import Callable
 
 from unionfs import fuse_protocol as proto
 from unionfs.filesystem import DOT_ENTRIES, AttrChanges, Caller, UnionFilesystem
+from unionfs.handles import FileHandle
 from unionfs.inodes import Node
 from unionfs.logger import get_logger
+from unionfs.passthrough import Passthrough
 
 log = get_logger(__name__)
 
@@ -32,6 +34,7 @@ WANTED_FLAGS = (
     | proto.CACHE_SYMLINKS
     | proto.OVER_IO_URING
     | proto.HANDLE_KILLPRIV_V2
+    | proto.PASSTHROUGH
 )
 
 
@@ -59,6 +62,7 @@ class FuseAdapter:
         self.timeout = timeout
         self.debug = debug
         self._state = fs.gate.state
+        self.passthrough: Passthrough | None = None  # set once INIT agreed to it
         self.ops: dict[int, Op] = {
             proto.LOOKUP: self.lookup,
             proto.FORGET: self.forget,
@@ -228,18 +232,28 @@ class FuseAdapter:
         handle = self.fs.open(nodeid, flags)
         if open_flags & proto.OPEN_KILL_SUIDGID:  # O_TRUNC by a caller without CAP_FSETID
             self._drop_set_ids(nodeid, Caller(uid, gid))
-        return proto.OPEN_OUT.pack(handle.fh, proto.FOPEN_KEEP_CACHE, 0)
+        return self._opened(handle)
 
     def create(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
         flags, mode, umask, _ = proto.CREATE_IN.unpack_from(body)
         name = name_of(body, proto.CREATE_IN.size)
         handle, node, st = self.fs.create(nodeid, name, mode, flags, Caller(uid, gid, umask))
-        return self._entry(node, st) + proto.OPEN_OUT.pack(handle.fh, proto.FOPEN_KEEP_CACHE, 0)
+        return self._entry(node, st) + self._opened(handle)
 
     def tmpfile(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
         flags, mode, umask, _ = proto.CREATE_IN.unpack_from(body)
         handle, node, st = self.fs.tmpfile(nodeid, mode, flags, Caller(uid, gid, umask))
-        return self._entry(node, st) + proto.OPEN_OUT.pack(handle.fh, proto.FOPEN_KEEP_CACHE, 0)
+        return self._entry(node, st) + self._opened(handle)
+
+    def _opened(self, handle: FileHandle) -> bytes:
+        """The fuse_open_out of a new handle: through the page cache, or passthrough."""
+        if self.passthrough is None:
+            return proto.OPEN_OUT.pack(handle.fh, proto.FOPEN_KEEP_CACHE, 0)
+        backing_ok = not handle.writable and not handle.deferred
+        flags, backing_id = self.passthrough.open(
+            handle.node.ino, handle.fh, handle.fd, backing_ok=backing_ok
+        )
+        return proto.OPEN_OUT.pack(handle.fh, flags, backing_id)
 
     def read(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
         fh, offset, size = proto.READ_IN.unpack_from(body)[:3]
@@ -259,7 +273,10 @@ class FuseAdapter:
             self.fs.invalidate_attrs(nodeid)
 
     def release(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
-        self.fs.release(proto.RELEASE_IN.unpack_from(body)[0])
+        fh = proto.RELEASE_IN.unpack_from(body)[0]
+        self.fs.release(fh)
+        if self.passthrough is not None:
+            self.passthrough.release(fh)
         return EMPTY
 
     def fsync(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:

@@ -73,6 +73,7 @@ HANDLE_KILLPRIV_V2 = 1 << 28  # we clear set-id bits when told (and the kernel s
 # for security.capability before every write: the inode is marked "no privileges" once)
 INIT_EXT = 1 << 30  # the second 32 flag bits travel in flags2
 OVER_IO_URING = 1 << 41  # requests through io_uring queues (7.42, Linux 6.14)
+PASSTHROUGH = 1 << 37  # the kernel reads a file straight from a backing file we name (7.40, 6.9)
 
 # -- other flags ---------------------------------------------------------------------------
 FATTR_MODE = 1 << 0
@@ -84,8 +85,10 @@ FATTR_MTIME = 1 << 5
 FATTR_FH = 1 << 6
 FATTR_ATIME_NOW = 1 << 7
 FATTR_MTIME_NOW = 1 << 8
+FOPEN_DIRECT_IO = 1 << 0
 FOPEN_KEEP_CACHE = 1 << 1
 FOPEN_CACHE_DIR = 1 << 3
+FOPEN_PASSTHROUGH = 1 << 7
 FATTR_KILL_SUIDGID = 1 << 11
 WRITE_KILL_SUIDGID = 1 << 2
 OPEN_KILL_SUIDGID = 1 << 0
@@ -99,7 +102,7 @@ _ATTR = "QQQqqqIIIIIIIIII"  # ino size blocks a/m/ctime a/m/ctimensec mode nlink
 # rdev blksize flags
 ENTRY_OUT = struct.Struct("<QQQQII" + _ATTR)  # nodeid generation entry/attr valid (+nsec)
 ATTR_OUT = struct.Struct("<QII" + _ATTR)  # attr_valid attr_valid_nsec dummy
-OPEN_OUT = struct.Struct("<QII")  # fh open_flags padding
+OPEN_OUT = struct.Struct("<QIi")  # fh open_flags backing_id (passthrough; else 0)
 WRITE_OUT = struct.Struct("<II")  # size padding
 XATTR_SIZE_OUT = struct.Struct("<II")  # size padding
 STATFS_OUT = struct.Struct("<QQQQQIIII24x")  # blocks bfree bavail files ffree bsize
@@ -304,7 +307,9 @@ def init_reply(kernel_flags: int, want: int, max_readahead: int, max_pages: int)
         max_pages,
         0,  # map_alignment
         agreed >> 32,  # flags2
-        0,  # max_stack_depth
+        # Passthrough: our backing files may not themselves be on a stacked filesystem
+        # (overlayfs, another FUSE passthrough), and one filesystem may still stack on us.
+        1 if agreed & PASSTHROUGH else 0,  # max_stack_depth
     )
 
 

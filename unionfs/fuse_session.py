@@ -10,9 +10,11 @@ per request on top of that, and their import 240 ms at every mount.)
 from __future__ import annotations
 
 import errno
+import fcntl
 import mmap
 import os
 import stat
+import struct
 import threading
 from collections.abc import Callable
 
@@ -28,11 +30,21 @@ MAX_PAGES = 256  # 1 MiB requests: reads and writes in as few round trips as the
 BUFFER_SIZE = MAX_PAGES * 4096 + 4096  # the largest write request and its headers
 
 
+# ioctls on /dev/fuse for passthrough: _IOW(229, 1, struct fuse_backing_map) and
+# _IOW(229, 2, uint32_t).
+BACKING_MAP = struct.Struct("<iIQ")  # fd flags padding
+BACKING_ID = struct.Struct("<I")
+BACKING_OPEN = 1 << 30 | BACKING_MAP.size << 16 | 229 << 8 | 1
+BACKING_CLOSE = 1 << 30 | BACKING_ID.size << 16 | 229 << 8 | 2
+
+
 def request_buffer() -> mmap.mmap:
     """Room for one request. An anonymous mapping, not a bytearray: a bytearray is zeroed
     when made, 257 page faults (~0.7 ms here) for each reader a mount starts, while a
     mapping's pages come as requests first fill them (most never: a request is small)."""
     return mmap.mmap(-1, BUFFER_SIZE)
+
+
 THREADS = 8  # requests served at once; more only help while some wait in fsync or copy-up
 
 
@@ -79,6 +91,7 @@ class Session:
         self.spec = spec
         self.privileged = privileged
         self.io_uring = False  # agreed at INIT: requests come through per-CPU io_uring queues
+        self.passthrough = False  # agreed at INIT: open files may read from backing files
 
     # -- mount, unmount ------------------------------------------------------------------
 
@@ -135,6 +148,7 @@ class Session:
                 want &= ~proto.OVER_IO_URING
         body = proto.init_reply(kernel_flags, want, max_readahead, MAX_PAGES)
         self.io_uring = bool(kernel_flags & want & proto.OVER_IO_URING)
+        self.passthrough = bool(kernel_flags & want & proto.PASSTHROUGH)
         self._send(header.unique, 0, body)
 
     # -- serving -------------------------------------------------------------------------
@@ -196,6 +210,15 @@ class Session:
             # ENOENT: the request was interrupted and is gone; ENODEV: unmounted meanwhile.
             if exc.errno not in (errno.ENOENT, errno.ENODEV):
                 log.error("answering request %d: %s", unique, exc)
+
+    def open_backing(self, fd: int) -> int:
+        """Name fd's file to the kernel as a backing file for passthrough opens: its id."""
+        arg = bytearray(BACKING_MAP.pack(fd, 0, 0))
+        backing_id: int = fcntl.ioctl(self.fd, BACKING_OPEN, arg, True)
+        return backing_id
+
+    def close_backing(self, backing_id: int) -> None:
+        fcntl.ioctl(self.fd, BACKING_CLOSE, bytearray(BACKING_ID.pack(backing_id)), True)
 
     def notify(self, message: bytes) -> None:
         """Send a notification (e.g. proto.notify_inval_inode); ENOENT: nothing cached."""

@@ -24,6 +24,7 @@ from unionfs.fuse_adapter import WANTED_FLAGS, FuseAdapter
 from unionfs.fuse_session import MountSpec, Session
 from unionfs.inodes import Node
 from unionfs.logger import get_logger
+from unionfs.passthrough import Passthrough
 from unionfs.stack import LayerStack
 from unionfs.workdir_lock import hold
 
@@ -79,8 +80,16 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
         session.unmount()
 
     try:
-        want = WANTED_FLAGS | (proto.WRITEBACK_CACHE if config.writeback else 0)
+        want = WANTED_FLAGS
+        if config.writeback:  # the kernel offers passthrough only without it
+            want = want & ~proto.PASSTHROUGH | proto.WRITEBACK_CACHE
+        if not config.passthrough:
+            want &= ~proto.PASSTHROUGH
         session.init(want if config.io_uring else want & ~proto.OVER_IO_URING)
+        if session.passthrough:
+            adapter.passthrough = Passthrough(
+                session.open_backing, session.close_backing, enabled=True
+            )
         fs.invalidate_attrs = lambda ino: invalidate_attrs(session, ino)
         fs.spawn = in_background
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
