@@ -420,7 +420,8 @@ class UnionFilesystem:
         self.inodes.release(node)
 
     def settle(self) -> None:
-        """Finish every deferred copy-up (at unmount: the upper dir must be whole).
+        """Finish every deferred copy-up (at unmount: the upper dir must be whole), and
+        leave work/ empty.
 
         One that cannot be finished (no space, a lower that fails) is dropped whole: the
         file stays as the lower layer has it, and its writes fail or are lost as a failed
@@ -433,6 +434,8 @@ class UnionFilesystem:
                 except OSError as exc:
                     log.error("dropping an unfinished copy-up: %s", exc)
                     self._abandon(node)
+            if self.work is not None:
+                self.work.tidy()
 
     def _abandon(self, node: Node) -> None:
         pending = node.pending
@@ -672,9 +675,7 @@ class UnionFilesystem:
         """A whiteout made in work/: root-owned, as the kernel's, whatever the target dir's
         set-group-ID bit would give it; moved into place in one rename."""
         assert self.work is not None
-        temp = self.work.temp_name()
-        make_whiteout(temp)
-        return temp
+        return self.work.whiteout()
 
     def _move_to_work(self, path: bytes, *, whiteout: bool) -> None:
         """Take path out of the upper (leaving a whiteout if asked) and delete it in work/."""

@@ -139,7 +139,8 @@ def _check_work(upper: bytes, work: WorkDir, report: Report, repair: bool) -> No
     for name in names:
         if name in records or name + RECORD_SUFFIX in records:
             continue
-        if lstat_or_none(work.path + b"/" + name) is None:
+        st = lstat_or_none(work.path + b"/" + name)
+        if st is None or is_whiteout(st):  # the shared whiteout (the kernel keeps one too)
             continue
         report.findings.append(
             Finding(f"work/{name.decode(errors='replace')}", "left over by a crash", "removed")

@@ -36,6 +36,13 @@ def test_a_clean_pair_is_clean(layers: Layers) -> None:
     assert (result.returncode, result.stdout) == (0, "clean\n")
 
 
+def test_the_shared_whiteout_in_work_is_not_a_leftover(layers: Layers) -> None:
+    """The whiteout the mount (and the kernel overlayfs) keeps in work/ to hard-link."""
+    assert layers.work is not None
+    make_whiteout(os.fsencode(layers.work / "work" / "#whiteout"))
+    assert fsck(layers).stdout == "clean\n"
+
+
 def test_leftovers_in_work_are_reported_then_removed(layers: Layers) -> None:
     assert layers.work is not None
     (layers.work / "work" / "#7").write_bytes(b"half a copy")
