@@ -274,9 +274,9 @@ class FuseAdapter:
 
     def release(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
         fh = proto.RELEASE_IN.unpack_from(body)[0]
-        self.fs.release(fh)
-        if self.passthrough is not None:
+        if self.passthrough is not None:  # the kernel has let go of the file's mode already
             self.passthrough.release(fh)
+        self.fs.release(fh)
         return EMPTY
 
     def fsync(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
