@@ -148,6 +148,21 @@ def is_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def passthrough_supported() -> bool:
+    """Whether this kernel has FUSE passthrough (Linux 6.9+, CONFIG_FUSE_PASSTHROUGH, which
+    Debian's kernels enable; where /proc/config.gz exists, it has the last word)."""
+    release = tuple(int(part) for part in os.uname().release.split("-")[0].split(".")[:2])
+    if release < (6, 9) or os.geteuid() != 0:
+        return False
+    try:
+        import gzip
+
+        with gzip.open("/proc/config.gz", "rt") as config:
+            return "CONFIG_FUSE_PASSTHROUGH=y" in config.read()
+    except FileNotFoundError:
+        return True
+
+
 def io_uring_supported() -> bool:
     """Whether this kernel can serve FUSE over io_uring (Linux 6.14+, CONFIG_FUSE_IO_URING)."""
     return os.path.exists(fuse_uring.ENABLE_URING) and os.geteuid() == 0

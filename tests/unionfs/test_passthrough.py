@@ -151,6 +151,7 @@ def daemon_read_bytes(pid: int) -> int:
 
 
 @pytest.mark.root
+@pytest.mark.skipif(not mounting.passthrough_supported(), reason="no FUSE passthrough here")
 def test_reads_of_a_read_only_open_do_not_go_through_the_daemon(
     mounted: tuple[Layers, Path],
 ) -> None:
