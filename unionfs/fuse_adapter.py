@@ -249,7 +249,14 @@ class FuseAdapter:
         """The fuse_open_out of a new handle: through the page cache, or passthrough."""
         if self.passthrough is None:
             return proto.OPEN_OUT.pack(handle.fh, proto.FOPEN_KEEP_CACHE, 0)
-        backing_ok = not handle.writable and not handle.deferred
+        # Only a file that writes may reach: a later writer's open must share the backing
+        # file, and its shared mmap writes go there (see unionfs/passthrough.py). So an
+        # upper file, or any file of a read-only mount; never a lower file that can still
+        # be copied up.
+        node = handle.node
+        backing_ok = (
+            not handle.writable and not handle.deferred and (node.in_upper or self.fs.read_only)
+        )
         flags, backing_id = self.passthrough.open(
             handle.node.ino, handle.fh, handle.fd, backing_ok=backing_ok
         )

@@ -2,9 +2,14 @@
 
 A file opened read-only is answered with FOPEN_PASSTHROUGH and a backing file (our own
 descriptor of the layer's file, registered with the kernel): its reads and mmaps then
-never reach us, and its pages are the layer file's, shared with every other mount of the
-layer (containers of one image map one copy of each binary). Writes keep coming to us:
-copy-up, set-id clearing and deferred copies stay ours.
+never reach us. Writes keep coming to us: copy-up, set-id clearing and deferred copies
+stay ours.
+
+Which files: those of the upper layer, and every file of a read-only mount; never a lower
+file of a writable mount. The kernel makes every open of an inode share the backing file
+while one is open in passthrough, and maps that backing file for all of them, writers
+included: a writer's shared mmap of a lower-backed inode would write into the lower layer
+(we saw it do so). An upper file is where a writer's bytes belong anyway.
 
 The kernel holds an inode to one mode at a time (fs/fuse/iomode.c), and an open that
 breaks the rules fails with EIO in the caller:

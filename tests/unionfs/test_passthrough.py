@@ -150,36 +150,81 @@ def daemon_read_bytes(pid: int) -> int:
     raise AssertionError("no rchar")
 
 
-@pytest.mark.root
-@pytest.mark.skipif(not mounting.passthrough_supported(), reason="no FUSE passthrough here")
-def test_reads_of_a_read_only_open_do_not_go_through_the_daemon(
-    mounted: tuple[Layers, Path],
-) -> None:
-    layers, mnt = mounted
+def read_through_daemon(mnt: Path, name: str, expected: bytes) -> int:
+    """Read mnt/name whole; the bytes the daemon read meanwhile."""
     pid = daemon_pid(mnt)
     before = daemon_read_bytes(pid)
-    assert (mnt / "data").read_bytes() == (layers.lowers[0] / "data").read_bytes()
-    read_by_daemon = daemon_read_bytes(pid) - before
-    assert read_by_daemon < SIZE // 4, f"the daemon read {read_by_daemon} bytes"
+    assert (mnt / name).read_bytes() == expected
+    return daemon_read_bytes(pid) - before
 
 
 @pytest.mark.root
-def test_open_files_across_a_copy_up_see_what_the_kernel_overlayfs_shows(
+@pytest.mark.skipif(not mounting.passthrough_supported(), reason="no FUSE passthrough here")
+def test_upper_files_are_read_by_the_kernel_and_lower_ones_by_us(
     mounted: tuple[Layers, Path],
 ) -> None:
     layers, mnt = mounted
+    data = os.urandom(SIZE)
+    (mnt / "written").write_bytes(data)  # an upper file
+    assert read_through_daemon(mnt, "written", data) < SIZE // 4
+    # A lower file of a writable mount is never a backing file: a writer could map it.
     lower = (layers.lowers[0] / "data").read_bytes()
+    assert read_through_daemon(mnt, "data", lower) >= SIZE
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not mounting.passthrough_supported(), reason="no FUSE passthrough here")
+def test_a_read_only_mount_has_the_kernel_read_every_file(tmp_path: Path) -> None:
+    layers = make_layers(tmp_path, 1, writable=False)
+    data = os.urandom(SIZE)
+    (layers.lowers[0] / "data").write_bytes(data)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with mounting.unionfs(layers, mnt):
+        assert read_through_daemon(mnt, "data", data) < SIZE // 4
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("layer", ["lower", "upper"])
+def test_a_writers_shared_mmap_beside_a_reader_writes_the_upper_only(
+    mounted: tuple[Layers, Path], layer: str
+) -> None:
+    """The kernel maps the backing file for every open of an inode in passthrough mode,
+    writers included: a lower file must never be one (it was, once, and this wrote into
+    the lower layer)."""
+    layers, mnt = mounted
     path = mnt / "data"
-    with open(path, "rb") as early:  # passthrough to the lower file
+    if layer == "upper":
+        path = mnt / "upper-data"
+        path.write_bytes((layers.lowers[0] / "data").read_bytes())
+    lower_before = (layers.lowers[0] / "data").read_bytes()
+    with open(path, "rb") as reader:
+        fd = os.open(path, os.O_RDWR)  # copies a lower file up; must not fail beside reader
+        try:
+            with mmap.mmap(fd, 4096, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE) as m:
+                m[:4] = b"mmap"
+                m.flush()
+        finally:
+            os.close(fd)
+        reader.read(1)
+    assert (layers.lowers[0] / "data").read_bytes() == lower_before, "the lower layer changed"
+    assert path.read_bytes()[:4] == b"mmap"
+    assert wait_until(lambda: mapped_head(path) == b"mmap")
+
+
+@pytest.mark.root
+def test_opens_beside_a_copy_up_never_fail_and_new_ones_see_the_new_bytes(
+    mounted: tuple[Layers, Path],
+) -> None:
+    _, mnt = mounted
+    path = mnt / "data"
+    with open(path, "rb") as early:
         with open(path, "r+b") as writer:  # copies up; must not fail (EIO) beside early
             writer.write(b"new!")
-        with open(path, "rb") as late:  # opened after the copy-up: the new bytes
+        with open(path, "rb") as late:
             assert late.read(4) == b"new!"
-        # As the kernel overlayfs: a file opened before the copy-up goes on with the lower.
-        assert early.read(4) == lower[:4]
-    # Once the early reader's RELEASE has reached the daemon (it comes after close()
-    # returned, on the kernel's background queue), new opens map the copied-up file.
-    assert wait_until(lambda: mapped_head(path) == b"new!"), "mmap kept the lower file"
+        early.read(4)
+    assert wait_until(lambda: mapped_head(path) == b"new!")
 
 
 @pytest.mark.root
@@ -187,10 +232,10 @@ def test_many_openers_of_one_file_never_get_an_io_error(mounted: tuple[Layers, P
     """Readers and writers opening and closing one file at once: every open must succeed
     (a wrong io mode answer fails the caller's open with EIO)."""
     _, mnt = mounted
-    path = str(mnt / "data")
+    (mnt / "upper-data").write_bytes(os.urandom(SIZE))  # in passthrough when read
     errors: list[BaseException] = []
 
-    def churn(flags: int) -> None:
+    def churn(path: str, flags: int) -> None:
         try:
             for _ in range(200):
                 fd = os.open(path, flags)
@@ -204,7 +249,12 @@ def test_many_openers_of_one_file_never_get_an_io_error(mounted: tuple[Layers, P
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=churn, args=(f,)) for f in [os.O_RDONLY] * 3 + [os.O_RDWR]]
+    flags = [os.O_RDONLY] * 3 + [os.O_RDWR]
+    threads = [
+        threading.Thread(target=churn, args=(str(mnt / name), f))
+        for name in ("data", "upper-data")  # a lower file (copied up), an upper one
+        for f in flags
+    ]
     for t in threads:
         t.start()
     for t in threads:
