@@ -59,10 +59,14 @@ class Runtime:
     limits: bool  # can it apply memory and pids limits?
     mount_program: str | None = None  # lamina's $LAMINA_MOUNT_PROGRAM, None for ours
 
-    def env(self) -> dict[str, str] | None:
-        if self.mount_program is None:
+    def env(self, cgroup_parent: str) -> dict[str, str] | None:
+        """lamina's environment: its cgroups under our own parent, its mount program."""
+        if not self.program.endswith("lamina"):
             return None
-        return {**os.environ, "LAMINA_MOUNT_PROGRAM": self.mount_program}
+        env = {**os.environ, "LAMINA_CGROUP_PARENT": cgroup_parent}
+        if self.mount_program is not None:
+            env["LAMINA_MOUNT_PROGRAM"] = self.mount_program
+        return env
 
     def missing(self) -> str | None:
         if shutil.which(self.program) is None:
@@ -99,6 +103,16 @@ class ContainerBench:
         self.state = work / "state"
         self._template: dict[str, object] | None = None
         self._limits_bite: set[str] = set()
+        # lamina's cgroups go under a parent of the run's own, removed at the end (lamina
+        # leaves its parent in place, as docker does).
+        self.cgroup_parent = f"lamina-bench-{os.getpid()}"
+        janitor.add("lamina's cgroup parent", self.remove_cgroup_parent)
+
+    def remove_cgroup_parent(self) -> None:
+        for parent in Path("/sys/fs/cgroup").glob(f"*/{self.cgroup_parent}"):
+            parent.rmdir()
+        if (Path("/sys/fs/cgroup") / self.cgroup_parent).is_dir():  # pure cgroup v2
+            (Path("/sys/fs/cgroup") / self.cgroup_parent).rmdir()
 
     # --- OCI bundles ----------------------------------------------------------------------
 
@@ -214,7 +228,7 @@ class ContainerBench:
             self.check_memory_limit(runtime)
         argv = self.argv(runtime, command, limits)
         start = perf_counter()
-        env = runtime.env()
+        env = runtime.env(self.cgroup_parent)
         out = subprocess.run(argv, capture_output=True, timeout=TIMEOUT, check=False, env=env)
         seconds = perf_counter() - start
         expect_output(out.returncode, out.stdout, out.stderr, EXPECTED[command])
@@ -223,7 +237,8 @@ class ContainerBench:
     def check_memory_limit(self, runtime: Runtime) -> None:
         """Once per runtime: a command that needs more memory than the limit must die."""
         argv = self.argv(runtime, "hog", limits=True)
-        out = subprocess.run(argv, capture_output=True, timeout=TIMEOUT, env=runtime.env())
+        env = runtime.env(self.cgroup_parent)
+        out = subprocess.run(argv, capture_output=True, timeout=TIMEOUT, env=env)
         if out.returncode != 137:  # 128 + SIGKILL: the OOM killer
             limit = self.sizes.memory_limit
             raise CheckFailed(f"{limit} memory limit: exit {out.returncode}, expected 137")
@@ -249,7 +264,7 @@ class ContainerBench:
         # No --rm: each container keeps its upper, to be measured below.
         argv = self.lamina_argv(root, True, FLEET_COMMAND, limits=False, rm=False)
         start = perf_counter()
-        with spawn_all([argv] * n, runtime.env()) as procs:
+        with spawn_all([argv] * n, runtime.env(self.cgroup_parent)) as procs:
             results = [(*p.communicate(timeout=TIMEOUT), p.returncode) for p in procs]
         seconds = perf_counter() - start
         for stdout, stderr, rc in results:
