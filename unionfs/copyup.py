@@ -57,10 +57,19 @@ class WorkDir:
             if exc.errno not in (errno.ENOENT, errno.EMLINK):
                 raise
         make_whiteout(temp)
-        spare = self.temp_name()
-        os.link(temp, spare)
-        os.rename(spare, self.shared_whiteout)
+        self._share_whiteout(temp)
         return temp
+
+    def _share_whiteout(self, whiteout: bytes) -> None:
+        """Make whiteout the one later whiteouts link to (replacing a full one). Only
+        faster: if it fails, the next whiteout is made anew, and nothing is left behind."""
+        spare = self.temp_name()
+        try:
+            os.link(whiteout, spare)
+            os.rename(spare, self.shared_whiteout)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(spare)
 
     @property
     def shared_whiteout(self) -> bytes:

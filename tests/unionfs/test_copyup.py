@@ -123,3 +123,17 @@ def test_copy_data_handles_a_file_that_is_all_hole(tmp_path: Path) -> None:
     with open(src, "rb") as s, open(dst, "wb") as d:
         copy_data(s.fileno(), d.fileno(), 1 << 20)
     assert dst.read_bytes() == bytes(1 << 20)
+
+
+def test_whiteouts_are_links_to_one_that_unmount_takes_out_of_work(tmp_path: Path) -> None:
+    (tmp_path / "w").mkdir()
+    work = WorkDir(bytes(tmp_path / "w"))
+    work.prepare()
+    first, second = work.whiteout(), work.whiteout()
+    assert (
+        os.lstat(first).st_ino == os.lstat(second).st_ino == os.lstat(work.shared_whiteout).st_ino
+    )
+    work.tidy()
+    os.unlink(first)
+    os.unlink(second)
+    assert os.listdir(work.path) == []
