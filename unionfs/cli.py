@@ -80,8 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
             "options: lowerdir=L1:L2 (topmost first), upperdir=DIR, workdir=DIR, ro, "
             "userxattr, volatile, fsname=NAME, timeout=SECONDS, noallow_other, "
             "nodefault_permissions, noio_uring, nopassthrough; common mount options (rw, "
-            "noatime, ...) are "
-            "accepted"
+            "noatime, ...) are accepted"
         ),
     )
     parser.add_argument("paths", nargs="+", metavar="[SOURCE] MOUNTPOINT")

@@ -100,44 +100,6 @@ class AttrChanges:
         )
 
 
-class FsStats:
-    """statfs of the mount, in the fields FUSE answers with."""
-
-    __slots__ = (
-        "block_size",
-        "blocks",
-        "blocks_available",
-        "blocks_free",
-        "files",
-        "files_available",
-        "files_free",
-        "fragment_size",
-        "name_max",
-    )  # fmt: skip
-
-    def __init__(
-        self,
-        block_size: int,
-        fragment_size: int,
-        blocks: int,
-        blocks_free: int,
-        blocks_available: int,
-        files: int,
-        files_free: int,
-        files_available: int,
-        name_max: int,
-    ) -> None:
-        self.block_size = block_size
-        self.fragment_size = fragment_size
-        self.blocks = blocks
-        self.blocks_free = blocks_free
-        self.blocks_available = blocks_available
-        self.files = files
-        self.files_free = files_free
-        self.files_available = files_available
-        self.name_max = name_max
-
-
 Answer = tuple[Node, os.stat_result]
 
 
@@ -1024,20 +986,10 @@ class UnionFilesystem:
         finally:
             os.close(fd)
 
-    def statfs(self) -> FsStats:
+    def statfs(self) -> os.statvfs_result:
+        """Of the upper filesystem (where writes go), or the top lower one."""
         path = self.stack.upper_root if self.stack.upper_root is not None else self.stack.lowers[0]
-        st = os.statvfs(path)
-        return FsStats(
-            st.f_bsize,
-            st.f_frsize,
-            st.f_blocks,
-            st.f_bfree,
-            st.f_bavail,
-            st.f_files,
-            st.f_ffree,
-            st.f_favail,
-            st.f_namemax,
-        )
+        return os.statvfs(path)
 
     # -- extended attributes -------------------------------------------------------------
 

@@ -258,7 +258,7 @@ class FuseAdapter:
             not handle.writable and not handle.deferred and (node.in_upper or self.fs.read_only)
         )
         flags, backing_id = self.passthrough.open(
-            handle.node.ino, handle.fh, handle.fd, backing_ok=backing_ok
+            node.ino, handle.fh, handle.fd, backing_ok=backing_ok
         )
         return proto.OPEN_OUT.pack(handle.fh, flags, backing_id)
 
@@ -310,16 +310,9 @@ class FuseAdapter:
     def statfs(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
         s = self.fs.statfs()
         return proto.STATFS_OUT.pack(
-            s.blocks,
-            s.blocks_free,
-            s.blocks_available,
-            s.files,
-            s.files_free,
-            s.block_size,
-            s.name_max,
-            s.fragment_size,
-            0,
-        )
+            s.f_blocks, s.f_bfree, s.f_bavail, s.f_files, s.f_ffree, s.f_bsize, s.f_namemax,
+            s.f_frsize, 0,
+        )  # fmt: skip
 
     # -- directories ---------------------------------------------------------------------
 

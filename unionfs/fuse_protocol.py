@@ -8,7 +8,6 @@ readdirplus, cached symlinks, parallel directory operations).
 from __future__ import annotations
 
 import functools
-import mmap
 import os
 import stat
 import struct
@@ -136,23 +135,6 @@ COPY_FILE_RANGE_IN = struct.Struct("<QQQQQQQ")  # fh_in off_in nodeid_out fh_out
 # flags
 
 
-class Header:
-    """A request's fuse_in_header."""
-
-    __slots__ = ("gid", "length", "nodeid", "opcode", "pid", "uid", "unique")
-
-    def __init__(
-        self, length: int, opcode: int, unique: int, nodeid: int, uid: int, gid: int, pid: int
-    ) -> None:
-        self.length = length
-        self.opcode = opcode
-        self.unique = unique
-        self.nodeid = nodeid
-        self.uid = uid
-        self.gid = gid
-        self.pid = pid
-
-
 class SetattrIn:
     """A SETATTR request's fuse_setattr_in, times in nanoseconds."""
 
@@ -177,10 +159,6 @@ class SetattrIn:
         self.mode = mode
         self.uid = uid
         self.gid = gid
-
-
-def parse_header(buf: bytes | bytearray | memoryview | mmap.mmap) -> Header:
-    return Header(*IN_HEADER.unpack_from(buf)[:7])
 
 
 def parse_setattr(body: memoryview) -> SetattrIn:

@@ -132,14 +132,14 @@ class Session:
                 break
             except InterruptedError:
                 continue
-        header = proto.parse_header(buf)
-        if header.opcode != proto.INIT or n < proto.IN_HEADER.size + proto.INIT_IN.size:
-            raise MountError(f"the kernel opened with request {header.opcode}, not INIT")
+        _len, opcode, unique = proto.IN_HEADER.unpack_from(buf)[:3]
+        if opcode != proto.INIT or n < proto.IN_HEADER.size + proto.INIT_IN.size:
+            raise MountError(f"the kernel opened with request {opcode}, not INIT")
         major, minor, max_readahead, kernel_flags = proto.init_request_flags(
             memoryview(buf)[proto.IN_HEADER.size : n]
         )
         if (major, minor) < (proto.KERNEL_MAJOR, proto.KERNEL_MINOR):
-            self._send(header.unique, errno.EPROTO, b"")
+            self._send(unique, errno.EPROTO, b"")
             raise MountError(f"the kernel speaks FUSE {major}.{minor}; we need 7.31 (Linux 5.4)")
         if kernel_flags & want & proto.OVER_IO_URING:
             from unionfs import fuse_uring
@@ -149,7 +149,7 @@ class Session:
         body = proto.init_reply(kernel_flags, want, max_readahead, MAX_PAGES)
         self.io_uring = bool(kernel_flags & want & proto.OVER_IO_URING)
         self.passthrough = bool(kernel_flags & want & proto.PASSTHROUGH)
-        self._send(header.unique, 0, body)
+        self._send(unique, 0, body)
 
     # -- serving -------------------------------------------------------------------------
 

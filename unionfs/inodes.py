@@ -159,8 +159,9 @@ class InodeTable:
                 key,
                 sources,
                 in_upper,
+                parent,
+                name,
             )
-            node.parent, node.name = parent, name
             if is_dir:
                 node.children = {}
             self.nodes[node.ino] = node

@@ -87,9 +87,7 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
             want &= ~proto.PASSTHROUGH
         session.init(want if config.io_uring else want & ~proto.OVER_IO_URING)
         if session.passthrough:
-            adapter.passthrough = Passthrough(
-                session.open_backing, session.close_backing, enabled=True
-            )
+            adapter.passthrough = Passthrough(session.open_backing, session.close_backing)
         fs.invalidate_attrs = lambda ino: invalidate_attrs(session, ino)
         fs.spawn = in_background
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

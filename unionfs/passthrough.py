@@ -55,12 +55,10 @@ class _Backing:
 class Passthrough:
     """Which opens the kernel serves from a backing file, and the answer for each."""
 
-    def __init__(
-        self, register: Callable[[int], int], unregister: Callable[[int], None], enabled: bool
-    ) -> None:
+    def __init__(self, register: Callable[[int], int], unregister: Callable[[int], None]) -> None:
         self._register = register
         self._unregister = unregister
-        self.enabled = enabled
+        self.enabled = True  # until the kernel refuses to register a backing file
         self._backings: dict[int, _Backing] = {}  # by inode number
         self._cached: dict[int, int] = {}  # inode -> files open through the page cache
         self._modes: dict[int, tuple[int, bool]] = {}  # handle -> (inode, passthrough?)

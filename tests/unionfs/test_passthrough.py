@@ -53,7 +53,7 @@ def files(tmp_path: Path) -> Iterator[tuple[int, int]]:
 
 
 def table(kernel: FakeKernel) -> Passthrough:
-    return Passthrough(kernel.register, kernel.unregister, enabled=True)
+    return Passthrough(kernel.register, kernel.unregister)
 
 
 def test_readers_share_one_backing_that_goes_with_the_last(files: tuple[int, int]) -> None:
