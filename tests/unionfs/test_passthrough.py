@@ -7,14 +7,14 @@ import errno
 import mmap
 import os
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests import mounting
 from tests.mounting import Layers, daemon_pid, make_layers
+from tests.unionfs.posix_helpers import wait_until
 from unionfs import fuse_protocol as proto
 from unionfs.passthrough import Passthrough
 
@@ -134,15 +134,6 @@ def mapped_head(path: Path) -> bytes:
         return m[:4]
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def daemon_read_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/io").read_text().splitlines():
         if line.startswith("rchar:"):
@@ -209,7 +200,7 @@ def test_a_writers_shared_mmap_beside_a_reader_writes_the_upper_only(
         reader.read(1)
     assert (layers.lowers[0] / "data").read_bytes() == lower_before, "the lower layer changed"
     assert path.read_bytes()[:4] == b"mmap"
-    assert wait_until(lambda: mapped_head(path) == b"mmap")
+    wait_until(lambda: mapped_head(path) == b"mmap", what="a new mapping of the written bytes")
 
 
 @pytest.mark.root
@@ -224,7 +215,7 @@ def test_opens_beside_a_copy_up_never_fail_and_new_ones_see_the_new_bytes(
         with open(path, "rb") as late:
             assert late.read(4) == b"new!"
         early.read(4)
-    assert wait_until(lambda: mapped_head(path) == b"new!")
+    wait_until(lambda: mapped_head(path) == b"new!", what="a new mapping of the copied-up file")
 
 
 @pytest.mark.root
