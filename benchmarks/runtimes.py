@@ -61,7 +61,7 @@ class Runtime:
 
     def env(self, cgroup_parent: str) -> dict[str, str] | None:
         """lamina's environment: its cgroups under our own parent, its mount program."""
-        if not self.program.endswith("lamina"):
+        if self.program != str(LAMINA):
             return None
         env = {**os.environ, "LAMINA_CGROUP_PARENT": cgroup_parent}
         if self.mount_program is not None:
