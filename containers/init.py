@@ -13,7 +13,6 @@ import fcntl  # imported here: after setns or pivot_root the host's modules are 
 import json
 import os
 import signal
-import socket
 import stat
 import struct
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from containers.spec import CAPABILITY_NUMBERS, DEFAULT_PATH, ContainerSpec, cap
 
 TYPE_CHECKING = False  # typing costs milliseconds at every start; only mypy needs it
 if TYPE_CHECKING:
+    import socket  # at run time only with -t or --userns: the parent has imported it then
     from typing import NoReturn
 
 TIOCSCTTY = 0x540E
@@ -126,7 +126,7 @@ def container_main(spec: ContainerSpec, rootfs: Path, channels: Channels) -> NoR
     def isolate_network() -> None:
         if not spec.host_network:
             namespaces.bring_up_loopback()
-        socket.sethostname(spec.hostname)  # in the container's own UTS namespace
+        sc.sethostname(spec.hostname)  # in the container's own UTS namespace
 
     def make_root_readonly() -> None:
         if spec.read_only:
@@ -355,6 +355,8 @@ def open_pty_pair(pts_dir: str, channels: Channels, console: str | None) -> int:
         os.close(os.open(console, os.O_CREAT | os.O_WRONLY, 0o600))
         sc.mount(slave_path, console, None, sc.MS_BIND)
     assert channels.console is not None
+    import socket  # already imported: the parent made the console's socket pair
+
     socket.send_fds(channels.console, [b"pty"], [master])
     os.close(master)
     channels.console.close()

@@ -62,13 +62,15 @@ def close_all(fds: list[tuple[int, int]]) -> None:
 def bring_up_loopback() -> None:
     """ip link set lo up, without the ip command (the kernel then adds 127.0.0.1 itself)."""
     import fcntl
-    import socket
     import struct
 
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    sock = sc.datagram_socket()
+    try:
         request = struct.pack("16sH14x", b"lo", 0)
         flags = struct.unpack("16sH14x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
         fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP | IFF_RUNNING))
+    finally:
+        os.close(sock)
 
 
 class IdMap(Record, frozen=True):

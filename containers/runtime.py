@@ -754,6 +754,10 @@ def exec_in(record: ContainerRecord, process: init.Process, interactive: bool) -
         os.close(pid_ns)
     from containers import init  # before we enter the container's mounts, to fork there
 
+    if process.tty:
+        # Likewise for spawn's console socket pair (made once we are in those mounts).
+        __import__("socket")
+
     cgroup = open_cgroup(record.id)
     stdio = None
     if not process.tty:

@@ -91,12 +91,26 @@ def pivot_root(new_root: str | os.PathLike[str], put_old: str | os.PathLike[str]
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0) -> int:
+    # Every argument as a C type: libffi would pass a plain 0 as a 32-bit int, and prctl
+    # reads longs (an undefined upper half makes PR_SET_NO_NEW_PRIVS fail with EINVAL).
+    zero = ctypes.c_ulong(0)
     return _check(
-        _libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), 0, 0),
+        _libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), zero, zero),
         "prctl",
         option,
         arg2,
     )
+
+
+def sethostname(name: str) -> None:
+    """sethostname(2), without importing socket (6 ms of every container's start)."""
+    raw = name.encode()
+    _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname", name)
+
+
+def datagram_socket() -> int:
+    """An AF_INET datagram socket's descriptor, for interface ioctls (no socket module)."""
+    return _check(_libc.socket(ctypes.c_int(2), ctypes.c_int(2), ctypes.c_int(0)), "socket")
 
 
 class _CapHeader(ctypes.Structure):
