@@ -161,12 +161,20 @@ def _inside(child: str, parent: str) -> bool:
     return child == parent or child.startswith(parent.rstrip("/") + "/")
 
 
+def unescape_mountinfo(field: str) -> str:
+    """A path as /proc/self/mountinfo writes it: space, tab, newline and backslash as \\ooo
+    (octal). Every other character is itself, a non-ASCII one included."""
+    if "\\" not in field:
+        return field
+    first, *escaped = field.split("\\")
+    return first + "".join(chr(int(part[:3], 8)) + part[3:] for part in escaped)
+
+
 def _mounted_paths() -> set[str]:
     paths = set()
     with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
         for line in f:
-            raw = line.split()[4]
-            paths.add(raw.encode().decode("unicode_escape"))
+            paths.add(unescape_mountinfo(line.split()[4]))
     return paths
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import os
 import resource
-import signal
 import threading
 from collections.abc import Callable
 from types import FrameType
@@ -27,6 +26,14 @@ from unionfs.logger import get_logger
 from unionfs.passthrough import Passthrough
 from unionfs.stack import LayerStack
 from unionfs.workdir_lock import hold
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal as signals
+else:
+    # The C module that signal.py wraps: signal.py makes enums of the signal numbers as it
+    # is imported, and importing enum for them cost every mount ~3 ms of its start.
+    import _signal as signals
 
 log = get_logger(__name__)
 
@@ -90,8 +97,8 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
             adapter.passthrough = Passthrough(session.open_backing, session.close_backing)
         fs.invalidate_attrs = lambda ino: invalidate_attrs(session, ino)
         fs.spawn = in_background
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, stop)
+        for signum in (signals.SIGTERM, signals.SIGINT, signals.SIGHUP):
+            signals.signal(signum, stop)
         serve_until_stopped(session, adapter, stopped, ready)
     except BaseException:
         session.unmount()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import signal
 import time
 
 TYPE_CHECKING = False  # typing and pathlib cost milliseconds at every mount; only mypy needs them
@@ -45,6 +44,8 @@ def wait_released(workdir: str | bytes | Path, timeout: float = 60.0) -> bool:
     after the unmount, and a poll interval would be added to every wait (a container's
     `run --rm` waits here). Other threads cannot take signals, so they poll.
     """
+    import signal  # here: the daemon, which imports this module, never waits
+
     try:
         fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from tests.mounting import unmount
-from unionfs.config import ConfigError, parse_options, split_escaped, validate
+from unionfs.config import (
+    ConfigError,
+    parse_options,
+    split_escaped,
+    unescape_mountinfo,
+    validate,
+)
 
 
 def test_podman_style_options_with_an_empty_option_and_volatile_parse() -> None:
@@ -131,6 +137,26 @@ def test_a_mountpoint_that_is_already_a_mount_is_refused(
 ) -> None:
     problems = problems_for(f"lowerdir={dirs['lower']}", tmpfs)
     assert problems == [f"mountpoint {tmpfs} is already a mount (unmount it first)"]
+
+
+@pytest.mark.root
+def test_a_busy_mountpoint_with_a_space_and_a_non_ascii_name_is_refused(
+    dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    where = tmp_path / "busy dir é"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)], check=True)
+    try:
+        problems = problems_for(f"lowerdir={dirs['lower']}", where)
+    finally:
+        unmount(where)
+    assert problems == [f"mountpoint {where} is already a mount (unmount it first)"]
+
+
+def test_mountinfo_escapes_are_undone_and_other_characters_kept() -> None:
+    assert unescape_mountinfo("/plain/path") == "/plain/path"
+    assert unescape_mountinfo("/a\\040b\\011c\\012d\\134e") == "/a b\tc\nd\\e"
+    assert unescape_mountinfo("/caf\u00e9\\040x") == "/caf\u00e9 x"
 
 
 @pytest.mark.root
