@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 
+from unionfs.config import unescape_mountinfo
+
 
 def mounts_under(root: Path) -> list[Path]:
     """Mount points at or below root, deepest first (the order to unmount them in)."""
@@ -24,7 +26,7 @@ def mounts_under(root: Path) -> list[Path]:
     found: list[Path] = []
     with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as f:
         for line in f:
-            mnt = line.split()[1].encode().decode("unicode_escape")
+            mnt = unescape_mountinfo(line.split()[1])
             if mnt == target or mnt.startswith(target.rstrip("/") + "/"):
                 found.append(Path(mnt))
     return sorted(found, key=lambda p: len(p.parts), reverse=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unionfs import fuse_uring
+from unionfs.config import unescape_mountinfo
 from unionfs.workdir_lock import wait_released
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,7 +67,7 @@ def is_mountpoint(path: Path) -> bool:
     with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as f:
         for line in f:
             fields = line.split()
-            mnt = fields[1].encode().decode("unicode_escape")
+            mnt = unescape_mountinfo(fields[1])
             if mnt == target:
                 return True
     return False

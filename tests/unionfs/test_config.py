@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,6 +151,7 @@ def test_a_busy_mountpoint_with_a_space_and_a_non_ascii_name_is_refused(
         problems = problems_for(f"lowerdir={dirs['lower']}", where)
     finally:
         unmount(where)
+    assert not os.path.ismount(where)  # the helpers read such names right too
     assert problems == [f"mountpoint {where} is already a mount (unmount it first)"]
 
 
