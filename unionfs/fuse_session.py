@@ -16,6 +16,7 @@ import os
 import stat
 import struct
 import threading
+import time
 from collections.abc import Callable
 
 from unionfs import fuse_protocol as proto
@@ -45,6 +46,7 @@ def request_buffer() -> mmap.mmap:
     return mmap.mmap(-1, BUFFER_SIZE)
 
 
+FORGET_PAUSE = 0.001  # seconds
 THREADS = 8  # requests served at once; more only help while some wait in fsync or copy-up
 
 
@@ -91,6 +93,8 @@ class Session:
         self.spec = spec
         self.privileged = privileged
         self.io_uring = False  # agreed at INIT: requests come through per-CPU io_uring queues
+        # How long a /dev/fuse reader waits after a FORGET before it reads again (io_uring).
+        self.forget_pause = 0.0
         self.passthrough = False  # agreed at INIT: open files may read from backing files
 
     # -- mount, unmount ------------------------------------------------------------------
@@ -167,8 +171,20 @@ class Session:
         if self.io_uring:
             from unionfs import fuse_uring
 
+            def refused() -> None:
+                self.forget_pause = 0.0  # every request comes through /dev/fuse now
+
+            # Only FORGETs and INTERRUPTs (which we do not act on) come through /dev/fuse
+            # now, and nothing waits for them: a reader pauses after a FORGET so that those
+            # of a burst (each deleted file's inode is forgotten) reach us as one
+            # BATCH_FORGET. Read one by one, each woke a reader on the other CPU, whose
+            # turn at the GIL and the state lock held up the queue thread answering the next
+            # request: deleting 2,000 lower files took 166 µs a file, 100 µs with the pause.
+            self.forget_pause = FORGET_PAUSE
             per_queue = 2  # one to answer; one more while the first is in a slow call
-            workers += fuse_uring.start(self.fd, handle, MAX_PAGES * 4096, per_queue, self.unmount)
+            workers += fuse_uring.start(
+                self.fd, handle, MAX_PAGES * 4096, per_queue, self.unmount, refused
+            )
             threads = 2
         for i in range(threads):
             worker = threading.Thread(
@@ -202,6 +218,8 @@ class Session:
             body, error = answer(handle, opcode, nodeid, uid, gid, view[start:n])
             if opcode not in no_reply:
                 self._send(unique, error, body)
+            elif self.forget_pause and opcode != proto.INTERRUPT:
+                time.sleep(self.forget_pause)
 
     def _send(self, unique: int, error: int, body: bytes) -> None:
         try:

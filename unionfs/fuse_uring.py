@@ -209,7 +209,9 @@ class QueueWorker:
             self.iovecs, 0, base, proto.URING_HEADER_SIZE, base + _PAYLOAD_AT, payload_size
         )
 
-    def serve(self, handle: Handler, on_failure: Callable[[], None]) -> None:
+    def serve(
+        self, handle: Handler, on_failure: Callable[[], None], on_refused: Callable[[], None]
+    ) -> None:
         with contextlib.suppress(OSError):  # an offline CPU: its queue gets no requests
             os.sched_setaffinity(0, {self.qid})  # this thread only
         try:
@@ -221,11 +223,17 @@ class QueueWorker:
             on_failure()
             return
         try:
-            self._loop(ring, handle, on_failure)
+            self._loop(ring, handle, on_failure, on_refused)
         finally:
             ring.close()
 
-    def _loop(self, ring: Ring, handle: Handler, on_failure: Callable[[], None]) -> None:
+    def _loop(
+        self,
+        ring: Ring,
+        handle: Handler,
+        on_failure: Callable[[], None],
+        on_refused: Callable[[], None],
+    ) -> None:
         # Every request passes here: names are bound locally and the ring's entries are
         # copied from templates, a few microseconds a request less than building them.
         buffer, view = self.buffer, memoryview(self.buffer)
@@ -243,6 +251,7 @@ class QueueWorker:
         if result < 0 and -result not in _GONE:
             # The kernel has turned io_uring off for this mount: /dev/fuse serves it.
             log.warning("FUSE over io_uring refused (%s)", os.strerror(-result))
+            on_refused()
             return
         while True:
             if result < 0:
@@ -296,15 +305,25 @@ class QueueWorker:
 
 
 def start(
-    device: int, handle: Handler, payload_size: int, per_queue: int, on_failure: Callable[[], None]
+    device: int,
+    handle: Handler,
+    payload_size: int,
+    per_queue: int,
+    on_failure: Callable[[], None],
+    on_refused: Callable[[], None],
 ) -> list[threading.Thread]:
-    """Register per_queue entries on every CPU's queue, each served by its own thread."""
+    """Register per_queue entries on every CPU's queue, each served by its own thread.
+    on_failure: a queue cannot serve any more; on_refused: the kernel turned io_uring off
+    for this mount (/dev/fuse brings every request then)."""
     threads = []
     for qid in range(queue_count()):
         for i in range(per_queue):
             worker = QueueWorker(device, qid, payload_size)
             thread = threading.Thread(
-                target=worker.serve, args=(handle, on_failure), name=f"fuse-q{qid}-{i}", daemon=True
+                target=worker.serve,
+                args=(handle, on_failure, on_refused),
+                name=f"fuse-q{qid}-{i}",
+                daemon=True,
             )
             thread.start()
             threads.append(thread)
