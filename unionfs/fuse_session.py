@@ -179,7 +179,7 @@ class Session:
             # of a burst (each deleted file's inode is forgotten) reach us as one
             # BATCH_FORGET. Read one by one, each woke a reader on the other CPU, whose
             # turn at the GIL and the state lock held up the queue thread answering the next
-            # request: deleting 2,000 lower files took 166 µs a file, 100 µs with the pause.
+            # request: deleting 2,000 lower files took 178-200 µs a file, 112-117 with the pause.
             self.forget_pause = FORGET_PAUSE
             per_queue = 2  # one to answer; one more while the first is in a slow call
             workers += fuse_uring.start(

@@ -131,7 +131,8 @@ def io_uring_setup(entries: int, params: bytearray) -> int:
 
 
 class UringEnter:
-    """io_uring_enter(2) on one ring, as a FUSE queue calls it (twice a request).
+    """io_uring_enter(2) on one ring, as a FUSE queue calls it (twice a request; ctypes lets
+    go of the GIL while it waits).
 
     Every argument is a ready-made C long: through argtypes, converting Python ints made a
     call 1.4 µs, ready longs 0.75. (Plain ints with no argtypes would be 0.5, but libffi
