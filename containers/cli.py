@@ -8,18 +8,17 @@ as one `error: ...` line and a non-zero exit, never as a traceback.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+
+from containers.run_args import default_root, read_run
 
 TYPE_CHECKING = False  # typing costs milliseconds at every start; only mypy needs it
 if TYPE_CHECKING:
+    import argparse
     from typing import NoReturn
-
-DEFAULT_ROOT = Path("/var/lib/lamina")
 
 
 class UserError(Exception):
@@ -50,11 +49,14 @@ def _command_of(argv: Sequence[str]) -> str | None:
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    import argparse
+    from pathlib import Path
+
     parser = argparse.ArgumentParser(prog="lamina", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--root",
         type=Path,
-        default=Path(os.environ.get("LAMINA_ROOT", DEFAULT_ROOT)),
+        default=default_root(),
         help="state directory (default: $LAMINA_ROOT or /var/lib/lamina)",
     )
     # prog given: else argparse builds a help formatter now, and imports shutil for it.
@@ -86,8 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(argv: Sequence[str]) -> int:
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    args = _read_run(argv)
+    if args is None:
+        args = build_parser(argv).parse_args(argv)
     try:
         status: int = args.func(args)
     except UserError as exc:
@@ -98,6 +101,15 @@ def _run(argv: Sequence[str]) -> int:
     except KeyboardInterrupt:
         return 130
     return status
+
+
+def _read_run(argv: Sequence[str]) -> argparse.Namespace | None:
+    """`lamina run`'s usual command lines without argparse (see containers/run_args.py)."""
+    if _command_of(argv) != "run":
+        return None
+    from containers.commands_runtime import cmd_run
+
+    return read_run(argv, cmd_run)
 
 
 def exit_without_teardown(status: int) -> NoReturn:

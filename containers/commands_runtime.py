@@ -6,7 +6,6 @@ Imports of the heavier modules happen inside the commands, so `lamina run` start
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
@@ -18,6 +17,7 @@ from containers.cli import UserError
 
 TYPE_CHECKING = False  # typing costs milliseconds at every start; only mypy needs it
 if TYPE_CHECKING:
+    import argparse
     from typing import Any
 
     from containers.spec import ImageDefaults
@@ -49,6 +49,8 @@ def _register_logs(sub: Subparsers) -> None:
 
 
 def _register_exec(sub: Subparsers) -> None:
+    import argparse
+
     exe = sub.add_parser("exec", help="run a command in a running container")
     exe.add_argument("-i", "--interactive", action="store_true")
     exe.add_argument("-t", "--tty", action="store_true")
@@ -102,42 +104,28 @@ def _register_stats(sub: Subparsers) -> None:
 
 
 def _register_run(sub: Subparsers) -> None:
+    import argparse
+
+    from containers.run_args import APPEND, FLAG, RUN_OPTIONS
+
     run = sub.add_parser(
         "run",
         add_help=False,
         help="run a command in a new container",
         usage="lamina run [OPTIONS] IMAGE [COMMAND...] | lamina run --layer DIR... -- COMMAND",
     )
-    add = run.add_argument
-    add("--layer", action="append", type=Path, default=[], help="layer dir (first = topmost)")
-    add("--rootfs", type=Path, help="use DIR as the root filesystem, bind-mounted (no union)")
-    add("--name")
-    add("-h", "--hostname")
-    add("-e", "--env", action="append", default=[], help="KEY=VAL (or KEY from the host)")
-    add("--env-file", action="append", type=Path, default=[])
-    add("-w", "--workdir")
-    add("-u", "--user", help="USER[:GROUP] or UID[:GID]")
-    add("--entrypoint")
-    add("-i", "--interactive", action="store_true", help="keep stdin open")
-    add("-t", "--tty", action="store_true", help="allocate a pseudo-terminal")
-    add("-d", "--detach", action="store_true", help="run in the background, print the id")
-    add("--rm", action="store_true", help="remove the container when it exits")
-    add("--read-only", action="store_true", help="mount the root filesystem read-only")
-    add("-v", "--volume", action="append", default=[], help="HOST:CONTAINER[:ro]")
-    add("--tmpfs", action="append", default=[], help="PATH[:OPTIONS]")
-    add("--network", "--net", default="private", help="host, or none (default: only lo)")
-    add("--init", action="store_true", help="run a small init as PID 1 (signals, zombies)")
-    add("--privileged", action="store_true", help="all capabilities, no masked paths")
-    add("--userns", action="store_true", help="root inside is an unprivileged host uid range")
-    add("--cap-add", action="append", default=[])
-    add("--cap-drop", action="append", default=[])
-    add("-m", "--memory", help="memory limit, e.g. 64m")
-    add("--memory-swap", help="memory + swap limit, -1 for unlimited swap")
-    add("--cpus", help="CPU quota, e.g. 0.5")
-    add("--cpu-shares", type=int, help="relative CPU weight (default 1024)")
-    add("--pids-limit", type=int, help="maximum number of processes")
-    add("--cpuset-cpus", help="CPUs allowed, e.g. 0-1")
-    add("args", nargs=argparse.REMAINDER, metavar="IMAGE [COMMAND...]")
+    for option in RUN_OPTIONS:
+        if option.kind == FLAG:
+            run.add_argument(*option.names, action="store_true", help=option.help)
+        elif option.kind == APPEND:
+            run.add_argument(
+                *option.names, action="append", type=option.type, default=[], help=option.help
+            )
+        else:
+            run.add_argument(
+                *option.names, type=option.type, default=option.default, help=option.help
+            )
+    run.add_argument("args", nargs=argparse.REMAINDER, metavar="IMAGE [COMMAND...]")
     run.set_defaults(func=cmd_run)
     # -h is --hostname, like docker; keep --help.
     run.add_argument("--help", action="help", help="show this help")
