@@ -123,12 +123,10 @@ def read_run(argv: Sequence[str], func: Callable[[Namespace], int]) -> Namespace
                     return None
                 values[option.dest] = True
                 continue
-            if not equals:
-                if at == len(argv) or argv[at].startswith("-"):
-                    return None
-                inline, at = argv[at], at + 1
-            if not _store(values, option, inline):
+            taken = _value(argv, at, inline if equals else None)
+            if taken is None or not _store(values, option, taken[0]):
                 return None
+            at = taken[1]
             continue
         for index in range(1, len(word)):  # a cluster of short options: -it, -eKEY=VAL
             option = _BY_NAME.get("-" + word[index])
@@ -137,15 +135,22 @@ def read_run(argv: Sequence[str], func: Callable[[Namespace], int]) -> Namespace
             if option.kind == FLAG:
                 values[option.dest] = True
                 continue
-            value = word[index + 1 :]
-            if not value:
-                if at == len(argv) or argv[at].startswith("-"):
-                    return None
-                value, at = argv[at], at + 1
-            if not _store(values, option, value):
+            taken = _value(argv, at, word[index + 1 :] or None)
+            if taken is None or not _store(values, option, taken[0]):
                 return None
+            at = taken[1]
             break
     return Namespace(root=root, command="run", **values, args=list(argv[at:]), func=func)
+
+
+def _value(argv: Sequence[str], at: int, attached: str | None) -> tuple[str, int] | None:
+    """An option's value and where reading goes on: the text attached to the option, else
+    the next word; None if that word looks like an option (argparse must judge it)."""
+    if attached is not None:
+        return attached, at
+    if at == len(argv) or argv[at].startswith("-"):
+        return None
+    return argv[at], at + 1
 
 
 def _store(values: dict[str, object], option: RunOption, text: str) -> bool:

@@ -35,6 +35,7 @@ READ_ALIKE = [
     "run --rm -- busybox true",
     "run -te A=1 busybox true",  # a value option ends a cluster, its value the next word
     "run --pids-limit=010 busybox true",
+    "run --name= -e '' busybox true",  # empty values, attached and apart
 ]
 
 DECLINED = [
