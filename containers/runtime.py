@@ -756,7 +756,7 @@ def exec_in(record: ContainerRecord, process: init.Process, interactive: bool) -
 
     if process.tty:
         # Likewise for spawn's console socket pair (made once we are in those mounts).
-        __import__("socket")
+        import socket  # noqa: F401
 
     cgroup = open_cgroup(record.id)
     stdio = None

@@ -40,6 +40,8 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 _SYS_PIVOT_ROOT = 155  # x86_64
+_AF_INET = 2
+_SOCK_DGRAM = 2
 _SYS_CAPSET = 126
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
@@ -110,7 +112,9 @@ def sethostname(name: str) -> None:
 
 def datagram_socket() -> int:
     """An AF_INET datagram socket's descriptor, for interface ioctls (no socket module)."""
-    return _check(_libc.socket(ctypes.c_int(2), ctypes.c_int(2), ctypes.c_int(0)), "socket")
+    return _check(
+        _libc.socket(ctypes.c_int(_AF_INET), ctypes.c_int(_SOCK_DGRAM), ctypes.c_int(0)), "socket"
+    )
 
 
 class _CapHeader(ctypes.Structure):

@@ -168,7 +168,7 @@ class Ring:
     def submit(self) -> None:
         """Hand the queued entry to the kernel without waiting."""
         try:
-            self._enter(1, 0)
+            self._enter(self._queued, 0)
             self._queued = 0
         except InterruptedError:  # nothing was submitted
             pass
@@ -224,6 +224,11 @@ class QueueWorker:
             return
         try:
             self._loop(ring, handle, on_failure, on_refused)
+        except OSError as exc:
+            # io_uring_enter failing: this entry is gone from its queue, and the kernel
+            # would hold that CPU's requests for ever. The same answer as above.
+            log.error("FUSE io_uring queue %d: %s", self.qid, exc.strerror)
+            on_failure()
         finally:
             ring.close()
 

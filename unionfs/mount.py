@@ -87,10 +87,9 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
         session.unmount()
 
     try:
-        want = WANTED_FLAGS
-        if config.writeback:  # the kernel offers passthrough only without it
-            want = want & ~proto.PASSTHROUGH | proto.WRITEBACK_CACHE
-        if not config.passthrough:
+        want = WANTED_FLAGS | (proto.WRITEBACK_CACHE if config.writeback else 0)
+        # The kernel offers passthrough only without the writeback cache.
+        if config.writeback or not config.passthrough:
             want &= ~proto.PASSTHROUGH
         session.init(want if config.io_uring else want & ~proto.OVER_IO_URING)
         if session.passthrough:
