@@ -306,6 +306,7 @@ class UnionFilesystem:
             # A copy-up is no change of the parent: keep its times, as the kernel does.
             os.utime(parent_path, ns=(parent_st.st_atime_ns, parent_st.st_mtime_ns))
             self.inodes.set_upper(item, os.lstat(dst))
+            self._follow_copy_up(item)
             if item.merged:
                 self.invalidate_attrs(item.ino)  # a merged directory's link count is now 1
 
@@ -342,6 +343,7 @@ class UnionFilesystem:
             os.close(fd)
         node.open_count += 1  # the node must outlive a forget while its copy is pending
         self._pending.add(node)
+        self._follow_copy_up(node)
         if self.spawn is not None:
             self.spawn(self._copy_in_background, node)
 
@@ -359,6 +361,29 @@ class UnionFilesystem:
                         self._finalize(node)
             except OSError:
                 log.exception("background copy-up failed; retried on next use")
+
+    def _follow_copy_up(self, node: Node) -> None:
+        """Move the files open on node's lower file to its copy (the caller holds the lock).
+
+        As the kernel's overlayfs reopens its real file after a copy-up: a reader must see
+        what is written to the copy, and the page cache it fills is the writers' too. dup2
+        swaps the file under the same descriptor number, so a slow call still running on
+        it (outside the lock) keeps a valid descriptor.
+        """
+        for handle in self.handles.files_of(node.ino):
+            if not handle.lower:
+                continue
+            try:
+                fd = os.open(self._backing_path(node), handle.fd_flags)
+            except OSError as exc:
+                log.warning("a file open on a lower layer still reads it: %s", exc)
+                continue
+            try:
+                os.dup2(fd, handle.fd, inheritable=False)
+            finally:
+                os.close(fd)
+            handle.lower = False
+            handle.deferred = node.pending is not None
 
     def _complete(self, node: Node) -> None:
         """Finish a deferred copy-up now (the caller holds the lock)."""
@@ -792,6 +817,7 @@ class UnionFilesystem:
         node.open_count += 1
         handle = self.handles.add_file(fd, node, writable=bool(flags & WRITE_FLAGS))
         handle.fd_flags = flags
+        handle.lower = not node.in_upper and node.pending is None
         return handle
 
     def read(self, fh: int, offset: int, size: int) -> bytes:

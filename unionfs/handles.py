@@ -13,7 +13,7 @@ from unionfs.stack import Source
 class FileHandle:
     """An open file: our handle number, the host descriptor behind it."""
 
-    __slots__ = ("deferred", "fd", "fd_flags", "fh", "node", "writable")
+    __slots__ = ("deferred", "fd", "fd_flags", "fh", "lower", "node", "writable")
 
     def __init__(
         self,
@@ -31,6 +31,8 @@ class FileHandle:
         # The descriptor is the work file of a deferred copy-up: prepare ranges before I/O.
         self.deferred = deferred
         self.fd_flags = fd_flags
+        # The descriptor is a lower layer's file: a copy-up must move it to the copy.
+        self.lower = False
 
     @property
     def pending(self) -> PendingCopy | None:
@@ -83,6 +85,9 @@ class HandleTable:
         if not peers:
             del self._by_inode[handle.node.ino]
         return handle
+
+    def files_of(self, ino: int) -> list[FileHandle]:
+        return [self._files[fh] for fh in self._by_inode.get(ino, ())]
 
     def any_fd(self, ino: int) -> int | None:
         """A descriptor of an open file of this inode (stat of an unlinked open file)."""

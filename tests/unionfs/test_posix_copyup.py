@@ -446,3 +446,29 @@ def test_a_shared_mmap_of_a_large_lower_file_writes_through_to_the_copy(union: U
     assert (mnt / "d" / "large").read_bytes() == expected
     union.unmount()
     assert (union.upper / "d" / "large").read_bytes() == expected
+
+
+@pytest.mark.parametrize("size", [3 * 4096, LARGE], ids=["small", "large"])
+def test_a_descriptor_opened_before_the_copy_up_reads_the_copy(union: Union, size: int) -> None:
+    """A reader that opened the lower file sees what a writer wrote since (the kernel's
+    overlayfs reopens its real file after a copy-up); and the page it reads in is the one
+    the writer reads back its own write from."""
+    write(union.lower / "f", b"L" * size)
+    mnt = union.mount()
+    reader = os.open(mnt / "f", os.O_RDONLY)
+    try:
+        writer = os.open(mnt / "f", os.O_RDWR)
+        try:
+            os.pwrite(writer, b"W" * 100, 4096 + 100)  # part of a page not read yet
+            assert os.pread(reader, 4, 4096 + 100) == b"WWWW"
+            assert os.pread(writer, 4, 4096 + 100) == b"WWWW"
+            os.posix_fadvise(reader, 0, 0, os.POSIX_FADV_DONTNEED)
+            assert os.pread(reader, 8, 4096 + 96) == b"LLLLWWWW"
+            assert os.pread(reader, 4, size - 4) == b"LLLL"  # a chunk maybe not copied yet
+        finally:
+            os.close(writer)
+    finally:
+        os.close(reader)
+    union.unmount()
+    copied = (union.upper / "f").read_bytes()
+    assert copied == b"L" * (4096 + 100) + b"W" * 100 + b"L" * (size - 4096 - 200)
