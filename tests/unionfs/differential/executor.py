@@ -119,6 +119,51 @@ def open_rw(root: str, path: str) -> object:
     return _with_fd(root, path, os.O_RDWR)(lambda fd: None)
 
 
+# Descriptors kept open across ops, by (mount root, slot): what a file opened before a
+# copy-up, a rename, an unlink or a truncate reads and writes afterwards.
+_held: dict[tuple[str, int], int] = {}
+
+
+def hold(root: str, slot: int, path: str, writable: bool) -> object:
+    release(root, slot)
+    flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_NONBLOCK
+    _held[(root, slot)] = os.open(_at(root, path), flags)
+    return None
+
+
+def _held_fd(root: str, slot: int) -> int:
+    fd = _held.get((root, slot))
+    if fd is None:
+        raise OSError(errno.EBADF, "nothing held in this slot")
+    return fd
+
+
+def read_held(root: str, slot: int, offset: int, size: int) -> object:
+    """Read through a held descriptor, past the page cache: what the filesystem answers."""
+    fd = _held_fd(root, slot)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    return digest(os.pread(fd, size, offset)), os.fstat(fd).st_size
+
+
+def write_held(root: str, slot: int, offset: int, size: int, fill: int) -> object:
+    fd = _held_fd(root, slot)
+    return os.pwrite(fd, data_for(size, fill), offset), os.fstat(fd).st_size
+
+
+def release(root: str, slot: int) -> object:
+    fd = _held.pop((root, slot), None)
+    if fd is not None:
+        os.close(fd)
+    return None
+
+
+def release_all(root: str) -> None:
+    """Close every descriptor held under root (before an unmount)."""
+    for held_root, slot in list(_held):
+        if held_root == root:
+            release(root, slot)
+
+
 def unlink(root: str, path: str) -> object:
     os.unlink(_at(root, path))
     return None
@@ -215,6 +260,10 @@ OPERATIONS: dict[str, Callable[..., object]] = {
         truncate,
         read,
         open_rw,
+        hold,
+        read_held,
+        write_held,
+        release,
         unlink,
         mkdir,
         rmdir,

@@ -31,6 +31,7 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 XATTR_CREATE = 1
 XATTR_REPLACE = 2
+HELD_SLOTS = 3  # descriptors kept open across ops (executor.hold)
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,10 @@ WEIGHTS: dict[str, int] = {
     "truncate": 4,
     "read": 5,
     "open_rw": 2,
+    "hold": 3,
+    "read_held": 5,
+    "write_held": 2,
+    "release": 1,
     "unlink": 6,
     "mkdir": 5,
     "rmdir": 5,
@@ -179,6 +184,22 @@ class OpGenerator:
 
     def _open_rw(self, view: View) -> tuple[Arg, ...]:
         return (self.existing(view, "f"),)
+
+    def _hold(self, view: View) -> tuple[Arg, ...]:
+        return (self.slot(), self.existing(view, "f"), self.rng.random() < 0.3)
+
+    def _read_held(self, view: View) -> tuple[Arg, ...]:
+        return (self.slot(), self.rng.choice((0, 10, 4000, 70_000)), self.size() or 100)
+
+    def _write_held(self, view: View) -> tuple[Arg, ...]:
+        offset = self.rng.choice((0, self.rng.randint(0, 5000), 70_000))
+        return (self.slot(), offset, max(1, self.size()), self.fill())
+
+    def _release(self, view: View) -> tuple[Arg, ...]:
+        return (self.slot(),)
+
+    def slot(self) -> int:
+        return self.rng.randrange(HELD_SLOTS)
 
     def _unlink(self, view: View) -> tuple[Arg, ...]:
         return (self.existing(view, "flpc"),)

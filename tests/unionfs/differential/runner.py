@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.mounting import Layers, kernel_overlay, unionfs
-from tests.unionfs.differential.executor import execute
+from tests.unionfs.differential.executor import execute, release_all
 from tests.unionfs.differential.layers import build_layers
 from tests.unionfs.differential.ops import WEIGHTS, Op, OpGenerator, View
 from tests.unionfs.differential.snapshot import (
@@ -233,10 +233,13 @@ class _Session:
         with self.mounted(("kernel", "kernel")) as (mnt_a, mnt_b):
             weights = WEIGHTS | {"remount": 0}
             next_op = generated(self.scenario.seed, self.scenario.warmup, "warmup", weights)
-            while (op := next_op(view_of(mnt_a), len(self.ops))) is not None:
-                self.ops.append(op)
-                if execute(op, mnt_a) != execute(op, mnt_b):
-                    raise self.fail("warm-up (kernel against itself)", [f"  {op}"])
+            try:
+                while (op := next_op(view_of(mnt_a), len(self.ops))) is not None:
+                    self.ops.append(op)
+                    if execute(op, mnt_a) != execute(op, mnt_b):
+                        raise self.fail("warm-up (kernel against itself)", [f"  {op}"])
+            finally:
+                release_held(self.mounts)
         self.ops = []
         if self.scenario.stacked:
             self.layers = (stack_upper(self.layers[0]), stack_upper(self.layers[1]))
@@ -244,11 +247,13 @@ class _Session:
     def run_ops(self, next_op: NextOp, check_every: int) -> None:
         with contextlib.ExitStack() as mounts:
             mnt_a, mnt_b = mounts.enter_context(self.mounted(self.pair.names))
+            mounts.callback(release_held, self.mounts)  # before the unmounts
             while (op := next_op(view_of(mnt_a), len(self.ops))) is not None:
                 self.ops.append(op)
                 if op.name == "remount":  # what lives only in memory is gone after this
                     mounts.close()
                     mnt_a, mnt_b = mounts.enter_context(self.mounted(self.pair.names))
+                    mounts.callback(release_held, self.mounts)
                     self.compare_views(mnt_a, mnt_b)
                     continue
                 with self.deadline((mnt_a, mnt_b)):
@@ -297,6 +302,11 @@ class _Session:
 
     def lowers(self) -> list[Path]:
         return [*self.layers[0].lowers, *self.layers[1].lowers]
+
+
+def release_held(mountpoints: tuple[Path, Path]) -> None:
+    for mountpoint in mountpoints:
+        release_all(str(mountpoint))
 
 
 def run(
