@@ -307,8 +307,11 @@ class UnionFilesystem:
             os.utime(parent_path, ns=(parent_st.st_atime_ns, parent_st.st_mtime_ns))
             self.inodes.set_upper(item, os.lstat(dst))
             self._follow_copy_up(item)
-            if item.merged:
-                self.invalidate_attrs(item.ino)  # a merged directory's link count is now 1
+            # The copy's link count is 1: a merged directory's was its layers', a lower hard
+            # link's its lower's. The kernel must not keep the count it cached (a copy-up
+            # whose operation then fails, as a setxattr REPLACE may, changes no attributes).
+            if item.merged or st.st_nlink > 1:
+                self.invalidate_attrs(item.ino)
 
     # -- deferred copy-up ----------------------------------------------------------------
 
@@ -344,6 +347,8 @@ class UnionFilesystem:
         node.open_count += 1  # the node must outlive a forget while its copy is pending
         self._pending.add(node)
         self._follow_copy_up(node)
+        if st.st_nlink > 1:
+            self.invalidate_attrs(node.ino)  # as in _copy_up: the copy's link count is 1
         if self.spawn is not None:
             self.spawn(self._copy_in_background, node)
 

@@ -53,6 +53,19 @@ def test_xattr_create_and_replace_flags_are_honoured(union: Union) -> None:
     assert os.getxattr(mnt / "f", "user.a") == b"3"
 
 
+def test_a_failing_replace_on_a_lower_hard_link_still_copies_it_up(union: Union) -> None:
+    """The kernel copies up before it tries the change; the copy is a link count of its own."""
+    f = write(union.lower / "f", b"data")
+    os.link(f, union.lower / "g")
+    mnt = union.mount()
+    assert os.lstat(mnt / "f").st_nlink == 2
+    missing = errno_of(lambda: os.setxattr(mnt / "f", "user.b", b"2", os.XATTR_REPLACE))
+    assert missing == errno.ENODATA
+    assert (union.upper / "f").read_bytes() == b"data"
+    assert os.lstat(mnt / "f").st_nlink == 1
+    assert os.lstat(mnt / "g").st_nlink == 2
+
+
 def test_a_large_xattr_value_round_trips(union: Union) -> None:
     mnt = union.mount()
     value = os.urandom(3000)
