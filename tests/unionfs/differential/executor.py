@@ -142,7 +142,8 @@ def read_held(root: str, slot: int, offset: int, size: int) -> object:
     """Read through a held descriptor, past the page cache: what the filesystem answers."""
     fd = _held_fd(root, slot)
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    return digest(os.pread(fd, size, offset)), os.fstat(fd).st_size
+    st = os.fstat(fd)
+    return digest(os.pread(fd, size, offset)), st.st_size, st.st_nlink
 
 
 def write_held(root: str, slot: int, offset: int, size: int, fill: int) -> object:
