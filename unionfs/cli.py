@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import argparse
 
 EXIT_USAGE = 2
+SIGTERM = 15  # the signal module costs a mount ~3 ms to import (see unionfs/mount.py)
 
 
 class Arguments:
@@ -182,6 +183,7 @@ def run_foreground(config: MountConfig) -> int:
 def run_background(config: MountConfig) -> int:
     """Fork; the parent returns once the child reports the mount is ready (or failed)."""
     read_end, write_end = os.pipe()
+    parent = os.getpid()
     pid = os.fork()
     if pid:
         os.close(write_end)
@@ -199,10 +201,20 @@ def run_background(config: MountConfig) -> int:
     os.setsid()
     status = 1
     try:
+        from unionfs.syscalls import set_parent_death_signal, set_process_name
+
+        # Until the mount is ready, this command's end is ours: killed before it could say
+        # "mounted", it leaves no daemon to mount after whoever started it gave up. SIGTERM
+        # unmounts what is already mounted.
+        set_parent_death_signal(SIGTERM)
+        if os.getppid() != parent:
+            os._exit(1)  # gone already
+        set_process_name(b"unionfs")  # forked by lamina, our argv is lamina's
         setup_logging(config)
         from unionfs.mount import serve
 
         def ready() -> None:
+            set_parent_death_signal(0)
             os.write(write_end, b"ok")
             os.close(write_end)
             detach_stdio()

@@ -79,14 +79,21 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
         allow_other=config.allow_other,
         default_permissions=config.default_permissions,
     )
-    session = Session.mount(spec)
     stopped = threading.Event()
+    session: Session | None = None
 
     def stop(signum: int, frame: FrameType | None) -> None:
         stopped.set()
-        session.unmount()
+        if session is not None:
+            session.unmount()
 
+    # Before the mount: a signal from the moment it exists must take it away again.
+    for signum in (signals.SIGTERM, signals.SIGINT, signals.SIGHUP):
+        signals.signal(signum, stop)
+    session = Session.mount(spec)
     try:
+        if stopped.is_set():
+            raise InterruptedError("stopped while mounting")
         want = WANTED_FLAGS | (proto.WRITEBACK_CACHE if config.writeback else 0)
         # The kernel offers passthrough only without the writeback cache.
         if config.writeback or not config.passthrough:
@@ -96,8 +103,6 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
             adapter.passthrough = Passthrough(session.open_backing, session.close_backing)
         fs.invalidate_attrs = lambda ino: invalidate_attrs(session, ino)
         fs.spawn = in_background
-        for signum in (signals.SIGTERM, signals.SIGINT, signals.SIGHUP):
-            signals.signal(signum, stop)
         serve_until_stopped(session, adapter, stopped, ready)
     except BaseException:
         session.unmount()

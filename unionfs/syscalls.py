@@ -1,5 +1,5 @@
 """The kernel calls the filesystem needs that Python 3.11 lacks: renameat2, mount, umount2,
-sync_file_range, fallocate with a mode, linkat of a descriptor, io_uring.
+sync_file_range, fallocate with a mode, linkat of a descriptor, io_uring, prctl.
 
 This is the only module of `unionfs` that uses ctypes.
 """
@@ -25,7 +25,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 def _function(name: str, *argtypes: type) -> Any:
     """A libc function returning int, with its argument types."""
-    function = getattr(_libc, name)
+    function = _libc[name]  # a new object each time (attribute access shares one)
     function.argtypes = list(argtypes)
     function.restype = ctypes.c_int
     return function
@@ -65,6 +65,27 @@ def mount(source: bytes, target: bytes, fstype: bytes, flags: int, data: bytes) 
 
 def umount2(target: bytes, flags: int) -> None:
     _check(_umount2(target, flags), target)
+
+
+PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+_prctl = _function(
+    "prctl", ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong
+)
+# The same call with a string as its second argument.
+_prctl_string = _function(
+    "prctl", ctypes.c_int, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong
+)
+
+
+def set_parent_death_signal(signum: int) -> None:
+    """The signal this process gets when the thread that forked it ends (0: none)."""
+    _check(_prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0), "prctl")
+
+
+def set_process_name(name: bytes) -> None:
+    """What ps and top show as the command (at most 15 bytes), whatever the argv."""
+    _check(_prctl_string(PR_SET_NAME, name, 0, 0, 0), "prctl")
 
 
 SYNC_FILE_RANGE_WAIT_BEFORE = 1

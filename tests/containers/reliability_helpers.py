@@ -121,6 +121,40 @@ def processes_mentioning(text: str) -> list[int]:
     return found
 
 
+def processes_holding(directory: Path) -> list[int]:
+    """Pids with a descriptor of something under directory (a union daemon holds its
+    workdir; forked by lamina, its command line names no path of the container)."""
+    prefix = f"{directory}/"
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{entry}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{entry}/fd/{fd}").startswith(prefix):
+                        found.append(int(entry))
+                        break
+    return found
+
+
+def union_processes(root: Path) -> list[int]:
+    """The union mount programs and daemons of the lamina with this state root: named
+    `unionfs`, with a command line naming the root (lamina forks them: it is lamina's)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{entry}/comm", "rb") as f:
+                if f.read() != b"unionfs\n":
+                    continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if str(root).encode() in f.read():
+                    found.append(int(entry))
+    return found
+
+
 def cgroups_of(lamina: Lamina, container_id: str) -> list[Path]:
     parent = lamina.env["LAMINA_CGROUP_PARENT"]
     return [d / container_id for d in cgroup_parent_dirs(parent) if (d / container_id).exists()]
@@ -134,6 +168,11 @@ def leftovers(lamina: Lamina, container_id: str, pids: list[int]) -> list[str]:
     found += [
         f"process mentioning it: {pid} {_cmdline(pid)}"
         for pid in processes_mentioning(str(directory))
+    ]
+    found += [
+        f"process holding it: {pid} {_cmdline(pid)}"
+        for pid in processes_holding(directory)
+        if is_running(pid)
     ]
     found += [f"process still alive: {pid}" for pid in pids if is_running(pid)]
     if directory.exists():

@@ -28,6 +28,7 @@ from tests.containers.reliability_helpers import (
     is_running,
     leftovers,
     processes_mentioning,
+    union_processes,
 )
 from tests.containers.runtime_helpers import (  # noqa: F401 - fixtures
     Lamina,
@@ -193,7 +194,8 @@ def _cmdline(pid: int) -> bytes:
 MILESTONES: dict[str, Callable[[Lamina], bool]] = {
     "the state dir exists": lambda lamina: bool(_container_dirs(lamina)),
     "the mount program runs": lambda lamina: bool(
-        processes_mentioning(f"upperdir={lamina.root / 'containers'}")
+        union_processes(lamina.root)
+        or processes_mentioning(f"upperdir={lamina.root / 'containers'}")  # an exec'd one
     ),
     "the union is mounted": lambda lamina: bool(mounts_under(lamina.root / "containers")),
     "the cgroup exists": lambda lamina: any(

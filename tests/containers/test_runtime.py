@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from containers.spec import DEFAULT_CAPABILITIES, capability_mask
+from tests.containers.reliability_helpers import is_running, union_processes
 from tests.containers.runtime_helpers import (  # noqa: F401 - fixtures
     Lamina,
     busybox_rootfs,
@@ -293,6 +294,28 @@ def test_invalid_input_is_one_line_and_creates_nothing(
     assert result.returncode == 125
     assert result.stderr.startswith("lamina: error: ") and result.stderr.count("\n") == 1
     assert lamina.container_ids() == []
+
+
+def test_the_union_daemon_keeps_nothing_of_lamina(lamina: Lamina, busybox_rootfs: Path) -> None:
+    """lamina forks its union daemon: it must hold none of lamina's descriptors (a pipe of
+    a caller, a state lock) and none of its signal handling, as an exec'd one would."""
+    lamina.ok("run", "-d", "--name", "d", "--layer", str(busybox_rootfs), "--", "sleep", "600")
+    (container_id,) = lamina.container_ids()
+    container_dir = lamina.root / "containers" / container_id
+    (daemon,) = [pid for pid in union_processes(lamina.root) if is_running(pid)]
+    allowed = ("/dev/null", "/dev/fuse", "anon_inode:", str(busybox_rootfs),
+               f"{container_dir}/upper", f"{container_dir}/work")  # fmt: skip
+    held = [os.readlink(f"/proc/{daemon}/fd/{fd}") for fd in os.listdir(f"/proc/{daemon}/fd")]
+    assert [target for target in held if not target.startswith(allowed)] == []
+    status = dict(
+        line.split(":\t", 1) for line in Path(f"/proc/{daemon}/status").read_text().splitlines()
+    )
+    assert int(status["SigBlk"], 16) == 0
+    caught = int(status["SigCgt"], 16)
+    assert [
+        s for s in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT) if caught >> (s - 1) & 1
+    ] == []
+    lamina.ok("rm", "-f", "d")
 
 
 def test_a_failed_start_leaves_nothing_behind(lamina: Lamina, busybox_rootfs: Path) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from tests import mounting
 from tests.mounting import UNIONFS, Layers, is_mountpoint, make_layers, unmount
+from unionfs.workdir_lock import wait_released
 
 pytestmark = pytest.mark.root
 
@@ -142,6 +143,33 @@ def test_sigterm_in_the_foreground_unmounts_cleanly(layers: tuple[Layers, Path])
         if daemon.poll() is None:
             daemon.kill()
             daemon.wait()
+
+
+def test_killing_the_command_before_it_returns_leaves_a_working_mount_or_nothing(
+    layers: tuple[Layers, Path],
+) -> None:
+    """Killed at any moment before it said "mounted", the command's daemon either serves the
+    mount already (it had reported it) or ends and takes its mount with it: never a dead
+    mount, never a daemon left holding the workdir without one."""
+    union, mnt = layers
+    assert union.work is not None
+    outcomes = {"serving": 0, "nothing": 0}
+    for delay_ms in range(0, 80, 4):
+        argv = [str(UNIONFS), "-o", union.options(), str(mnt)]
+        command = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay_ms / 1000)
+        command.kill()
+        command.wait()
+        time.sleep(0.2)  # the daemon's own unmount, if it had one and must not keep it
+        if is_mountpoint(mnt):
+            assert (mnt / "hello").read_text() == "from the lower layer\n", delay_ms
+            outcomes["serving"] += 1
+            unmount(mnt)
+        else:
+            outcomes["nothing"] += 1
+        assert wait_released(union.work, timeout=10), f"a daemon lives on ({delay_ms} ms)"
+        assert not is_mountpoint(mnt)
+    assert outcomes["nothing"] > 0, outcomes  # some kills landed before the mount was ready
 
 
 def test_a_read_only_mount_refuses_writes(layers: tuple[Layers, Path]) -> None:
