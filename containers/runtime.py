@@ -242,8 +242,11 @@ class MountProgram:
 
     @classmethod
     def start(cls, record: ContainerRecord, layers: list[Path]) -> MountProgram:
-        lowers = ":".join(str(p) for p in layers)
-        options = f"lowerdir={lowers},upperdir={record.upper_dir},workdir={record.work_dir}"
+        from unionfs.config import escape_path  # the child imports it anyway
+
+        lowers = ":".join(escape_path(str(p)) for p in layers)
+        upper, work = escape_path(str(record.upper_dir)), escape_path(str(record.work_dir))
+        options = f"lowerdir={lowers},upperdir={upper},workdir={work}"
         argv = ["-o", options, str(record.mount_point)]
         if not os.environ.get(MOUNT_PROGRAM_ENV):
             return cls.fork_our_own(record, argv)
@@ -286,12 +289,20 @@ class MountProgram:
         sys.stdout.flush()  # what is buffered is ours to write, not the child's
         sys.stderr.flush()
         parent = os.getpid()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            for fd in (output, output_w, devnull):
+                os.close(fd)
+            raise UserError(f"cannot run the mount program: {exc.strerror}") from None
         if pid == 0:
             code = 1
             try:
                 code = _run_our_mount_program(parent, argv, devnull, output_w)
             finally:
+                with contextlib.suppress(Exception):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
                 os._exit(code)
         os.close(output_w)
         os.close(devnull)

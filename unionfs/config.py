@@ -82,8 +82,12 @@ def parse_size(text: str) -> int:
     return value
 
 
-def split_escaped(text: str, sep: str) -> list[str]:
-    """Split on sep, honouring backslash escapes (`\\:` is a colon inside a layer path)."""
+def split_escaped(text: str, sep: str, *, keep_escapes: bool = False) -> list[str]:
+    """Split on sep, honouring backslash escapes (`\\:` is a colon inside a layer path).
+
+    keep_escapes leaves every escape in the parts, for a second split: options are split
+    on commas first, then lowerdir on colons, as the kernel's overlayfs does.
+    """
     parts, current, escaped = [], [], False
     for char in text:
         if escaped:
@@ -91,6 +95,8 @@ def split_escaped(text: str, sep: str) -> list[str]:
             escaped = False
         elif char == "\\":
             escaped = True
+            if keep_escapes:
+                current.append(char)
         elif char == sep:
             parts.append("".join(current))
             current = []
@@ -100,6 +106,16 @@ def split_escaped(text: str, sep: str) -> list[str]:
     return parts
 
 
+def unescape(text: str) -> str:
+    """A path with its backslash escapes undone (`\\,` is a comma, `\\\\` a backslash)."""
+    return "".join(split_escaped(text, "\0"))
+
+
+def escape_path(path: str) -> str:
+    """A path as a value of lowerdir=, upperdir= or workdir= (what unescape undoes)."""
+    return path.replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
+
+
 def parse_options(option_strings: list[str], mountpoint: str) -> MountConfig:
     """-o strings (comma separated, possibly several) -> MountConfig; unknown ones refused."""
     values: dict[str, str] = {}
@@ -107,7 +123,7 @@ def parse_options(option_strings: list[str], mountpoint: str) -> MountConfig:
     unknown: list[str] = []
     ignored: list[str] = []
     for text in option_strings:
-        for option in split_escaped(text, ","):
+        for option in split_escaped(text, ",", keep_escapes=True):
             if not option:
                 continue  # podman passes an empty option (",,")
             key, has_value, value = option.partition("=")
@@ -138,8 +154,8 @@ def parse_options(option_strings: list[str], mountpoint: str) -> MountConfig:
     except ValueError:
         raise ConfigError([f"lazy_copyup={values['lazy_copyup']!r} is not a size"]) from None
     config = MountConfig(mountpoint, lowers)
-    config.upper = values.get("upperdir") or None
-    config.work = values.get("workdir") or None
+    config.upper = unescape(values.get("upperdir", "")) or None
+    config.work = unescape(values.get("workdir", "")) or None
     config.lazy_copyup = lazy_copyup
     config.writeback = "writeback" in flags and "nowriteback" not in flags
     config.io_uring = "noio_uring" not in flags

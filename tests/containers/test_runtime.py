@@ -8,6 +8,7 @@ parent; the `lamina` fixture fails the test if a mount or a cgroup is left behin
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -316,6 +317,16 @@ def test_the_union_daemon_keeps_nothing_of_lamina(lamina: Lamina, busybox_rootfs
         s for s in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT) if caught >> (s - 1) & 1
     ] == []
     lamina.ok("rm", "-f", "d")
+
+
+def test_a_layer_path_with_a_comma_a_colon_and_a_backslash_mounts(
+    lamina: Lamina, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    """They separate mount options and layers: lamina escapes them, unionfs undoes it."""
+    layer = tmp_path / "a,b:c\\d"
+    shutil.copytree(busybox_rootfs, layer, symlinks=True)
+    code, out, err = run(lamina, layer, command="echo written > /f && cat /f")
+    assert (code, out) == (0, "written\n"), err
 
 
 def test_a_failed_start_leaves_nothing_behind(lamina: Lamina, busybox_rootfs: Path) -> None:

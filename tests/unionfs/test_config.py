@@ -12,6 +12,7 @@ import pytest
 from tests.mounting import unmount
 from unionfs.config import (
     ConfigError,
+    escape_path,
     parse_options,
     split_escaped,
     unescape_mountinfo,
@@ -55,6 +56,18 @@ def test_userxattr_moves_the_markers_to_the_user_namespace() -> None:
 
 def test_a_colon_in_a_layer_path_is_escaped_with_a_backslash() -> None:
     assert split_escaped(r"/a\:b:/c", ":") == ["/a:b", "/c"]
+
+
+def test_escaped_commas_colons_and_backslashes_reach_the_paths() -> None:
+    """As the kernel's overlayfs reads them: options split on unescaped commas, lowerdir
+    then on unescaped colons, each path unescaped once."""
+    paths = ["/l,1", "/l:2", "/l\\3", "/u,p", "/w:k"]
+    lowers = ":".join(escape_path(p) for p in paths[:3])
+    text = f"lowerdir={lowers},upperdir={escape_path(paths[3])},workdir={escape_path(paths[4])}"
+    config = parse_options([text, "ro"], "/mnt")
+    assert (config.lowers, config.upper, config.work) == (paths[:3], paths[3], paths[4])
+    assert config.read_only
+    assert parse_options([r"lowerdir=/x\:y:/z"], "/m").lowers == ["/x:y", "/z"]
 
 
 def test_an_unknown_option_is_refused_by_name() -> None:
