@@ -605,7 +605,9 @@ def _end_unfinished_mount(record: ContainerRecord) -> None:
     """A start killed while an exec'd mount program ran leaves that program (and its daemon)
     mounting on its own: end them, so that nothing mounts after we have unmounted. (Our
     own, forked, dies with lamina and its daemon with it until the mount is ready.)"""
-    needle = f"upperdir={record.upper_dir},".encode()
+    from unionfs.config import escape_path
+
+    needle = f"upperdir={escape_path(str(record.upper_dir))},".encode()  # as start() wrote it
 
     def mounting() -> list[int]:
         found = []
