@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -327,6 +328,16 @@ def test_a_layer_path_with_a_comma_a_colon_and_a_backslash_mounts(
     shutil.copytree(busybox_rootfs, layer, symlinks=True)
     code, out, err = run(lamina, layer, command="echo written > /f && cat /f")
     assert (code, out) == (0, "written\n"), err
+
+
+def test_an_execd_mount_program_serves_the_container_too(
+    lamina: Lamina, busybox_rootfs: Path
+) -> None:
+    """$LAMINA_MOUNT_PROGRAM is exec'd (fuse-overlayfs, or our unionfs as a program)."""
+    lamina.env["LAMINA_MOUNT_PROGRAM"] = str(Path(sys.executable).parent / "unionfs")
+    code, out, err = run(lamina, busybox_rootfs, command="echo written > /f && cat /f")
+    assert (code, out) == (0, "written\n"), err
+    assert lamina.container_ids() == []
 
 
 def test_a_failed_start_leaves_nothing_behind(lamina: Lamina, busybox_rootfs: Path) -> None:
