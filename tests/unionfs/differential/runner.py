@@ -48,8 +48,8 @@ def mount_ours(layers: Layers, mountpoint: Path) -> AbstractContextManager[Path]
     return unionfs(layers, mountpoint)
 
 
-def mount_ours_without_writeback(layers: Layers, mountpoint: Path) -> AbstractContextManager[Path]:
-    return unionfs(layers, mountpoint, ("nowriteback",))
+def mount_ours_with_writeback(layers: Layers, mountpoint: Path) -> AbstractContextManager[Path]:
+    return unionfs(layers, mountpoint, ("writeback",))  # opt-in; the default has none
 
 
 def mount_fuse_overlayfs(layers: Layers, mountpoint: Path) -> AbstractContextManager[Path]:
@@ -59,7 +59,7 @@ def mount_fuse_overlayfs(layers: Layers, mountpoint: Path) -> AbstractContextMan
 IMPLEMENTATIONS: dict[str, Mounter] = {
     "kernel": mount_kernel,
     "unionfs": mount_ours,
-    "unionfs-nowriteback": mount_ours_without_writeback,
+    "unionfs-writeback": mount_ours_with_writeback,
     "fuse-overlayfs": mount_fuse_overlayfs,
 }
 
