@@ -245,8 +245,8 @@ class MountProgram:
         from unionfs.config import escape_path  # the child imports it anyway
 
         lowers = ":".join(escape_path(str(p)) for p in layers)
-        upper, work = escape_path(str(record.upper_dir)), escape_path(str(record.work_dir))
-        options = f"lowerdir={lowers},upperdir={upper},workdir={work}"
+        work = escape_path(str(record.work_dir))
+        options = f"lowerdir={lowers},{_upper_option(record)},workdir={work}"
         argv = ["-o", options, str(record.mount_point)]
         if not os.environ.get(MOUNT_PROGRAM_ENV):
             return cls.fork_our_own(record, argv)
@@ -367,14 +367,25 @@ class MountProgram:
         wait_released(self.record.work_dir, timeout=10)
 
 
+def _upper_option(record: ContainerRecord) -> str:
+    """The mount option naming the container's upper dir (its mount program's is found by
+    it, see _end_unfinished_mount)."""
+    from unionfs.config import escape_path
+
+    return f"upperdir={escape_path(str(record.upper_dir))}"
+
+
 def _run_our_mount_program(parent: int, argv: list[str], stdin: int, output: int) -> int:
     """In the forked child: become `unionfs ARGV` and return its exit status."""
     import gc
 
+    from unionfs.cli import main
+    from unionfs.syscalls import set_parent_death_signal, set_process_name
+
     # Objects of lamina's that the collector would finalize here could close descriptor
     # numbers that are the daemon's by then.
     gc.freeze()
-    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != parent:
         return 1
     for fd, target in ((stdin, 0), (output, 1), (output, 2)):
@@ -383,9 +394,6 @@ def _run_our_mount_program(parent: int, argv: list[str], stdin: int, output: int
     for sig in FORWARDED:
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())  # start() holds the forwarded ones
-    from unionfs.cli import main
-    from unionfs.syscalls import set_process_name
-
     set_process_name(b"unionfs")  # for ps and top: our argv is still lamina's
     return main(argv)
 
@@ -605,9 +613,7 @@ def _end_unfinished_mount(record: ContainerRecord) -> None:
     """A start killed while an exec'd mount program ran leaves that program (and its daemon)
     mounting on its own: end them, so that nothing mounts after we have unmounted. (Our
     own, forked, dies with lamina and its daemon with it until the mount is ready.)"""
-    from unionfs.config import escape_path
-
-    needle = f"upperdir={escape_path(str(record.upper_dir))},".encode()  # as start() wrote it
+    needle = f"{_upper_option(record)},".encode()
 
     def mounting() -> list[int]:
         found = []

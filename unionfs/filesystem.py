@@ -306,12 +306,7 @@ class UnionFilesystem:
             # A copy-up is no change of the parent: keep its times, as the kernel does.
             os.utime(parent_path, ns=(parent_st.st_atime_ns, parent_st.st_mtime_ns))
             self.inodes.set_upper(item, os.lstat(dst))
-            self._follow_copy_up(item)
-            # The copy's link count is 1: a merged directory's was its layers', a lower hard
-            # link's its lower's. The kernel must not keep the count it cached (a copy-up
-            # whose operation then fails, as a setxattr REPLACE may, changes no attributes).
-            if item.merged or st.st_nlink > 1:
-                self.invalidate_attrs(item.ino)
+            self._copied_up(item, st)
 
     # -- deferred copy-up ----------------------------------------------------------------
 
@@ -346,9 +341,7 @@ class UnionFilesystem:
             os.close(fd)
         node.open_count += 1  # the node must outlive a forget while its copy is pending
         self._pending.add(node)
-        self._follow_copy_up(node)
-        if st.st_nlink > 1:
-            self.invalidate_attrs(node.ino)  # as in _copy_up: the copy's link count is 1
+        self._copied_up(node, st)
         if self.spawn is not None:
             self.spawn(self._copy_in_background, node)
 
@@ -367,14 +360,20 @@ class UnionFilesystem:
             except OSError:
                 log.exception("background copy-up failed; retried on next use")
 
-    def _follow_copy_up(self, node: Node) -> None:
-        """Move the files open on node's lower file to its copy (the caller holds the lock).
+    def _copied_up(self, node: Node, lower_st: os.stat_result) -> None:
+        """What follows every copy-up, immediate or deferred (the caller holds the lock).
 
-        As the kernel's overlayfs reopens its real file after a copy-up: a reader must see
-        what is written to the copy, and the page cache it fills is the writers' too. dup2
-        swaps the file under the same descriptor number, so a slow call still running on
-        it (outside the lock) keeps a valid descriptor.
+        The files open on the lower file move to the copy, as the kernel's overlayfs
+        reopens its real file: a reader must see what is written to the copy, and the page
+        cache it fills is the writers' too. dup2 swaps the file under the same descriptor
+        number, so a slow call still running on it (outside the lock) keeps a valid one.
+
+        And the kernel forgets a link count that changed: every directory's (a merged one
+        counts 1) and a lower hard link's (its copy has one). A copy-up whose operation then
+        fails, as a setxattr REPLACE may, would otherwise leave the old count showing.
         """
+        if lower_st.st_nlink > 1:
+            self.invalidate_attrs(node.ino)
         for handle in self.handles.files_of(node.ino):
             if not handle.lower:
                 continue
@@ -822,7 +821,6 @@ class UnionFilesystem:
         node.open_count += 1
         handle = self.handles.add_file(fd, node, writable=bool(flags & WRITE_FLAGS))
         handle.fd_flags = flags
-        handle.lower = not node.in_upper and node.pending is None
         return handle
 
     def read(self, fh: int, offset: int, size: int) -> bytes:

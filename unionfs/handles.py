@@ -23,6 +23,7 @@ class FileHandle:
         writable: bool,
         deferred: bool = False,
         fd_flags: int = 0,
+        lower: bool = False,
     ) -> None:
         self.fh = fh
         self.fd = fd
@@ -32,7 +33,7 @@ class FileHandle:
         self.deferred = deferred
         self.fd_flags = fd_flags
         # The descriptor is a lower layer's file: a copy-up must move it to the copy.
-        self.lower = False
+        self.lower = lower
 
     @property
     def pending(self) -> PendingCopy | None:
@@ -66,7 +67,10 @@ class HandleTable:
         self._by_inode: dict[int, set[int]] = {}
 
     def add_file(self, fd: int, node: Node, *, writable: bool) -> FileHandle:
-        handle = FileHandle(next(self._numbers), fd, node, writable, node.pending is not None)
+        # Where the descriptor points, as the node's state at opening says.
+        deferred = node.pending is not None
+        lower = not node.in_upper and not deferred
+        handle = FileHandle(next(self._numbers), fd, node, writable, deferred, lower=lower)
         self._files[handle.fh] = handle
         self._by_inode.setdefault(node.ino, set()).add(handle.fh)
         return handle

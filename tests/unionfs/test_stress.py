@@ -325,10 +325,10 @@ def stress(scene: Scene, seconds: float) -> None:
     lowers_before = [tree_snapshot(d) for d in scene.layers.lowers]
     with mounting.unionfs(scene.layers, scene.mnt, [LAZY]) as mnt:
         pid = daemon_pid(mnt)
-        early = os.open(mnt / "shared.dat", os.O_RDONLY)  # inherited by the reader
         (mnt / "log").touch()
         for i in range(KEEP):
             (mnt / "listing" / f"ukeep-{i}").touch()
+        early = os.open(mnt / "shared.dat", os.O_RDONLY)  # inherited by the reader
         workers: list[tuple[Worker, Path]] = [
             (functools.partial(tar_worker, scene.tarball), mnt),
             (functools.partial(tar_worker, scene.tarball), mnt),
