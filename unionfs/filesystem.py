@@ -132,6 +132,10 @@ class UnionFilesystem:
         self.lazy_copyup = lazy_copyup  # files at least this large copy up in the background
         self.writeback = writeback  # the kernel caches writes (FUSE writeback cache)
         self._pending: set[Node] = set()
+        # Removed upper directories the kernel still holds (an open descriptor, a cwd): a
+        # descriptor of each, by node number, until the kernel forgets the node. Their
+        # attributes and xattrs live on there, as on the kernel overlayfs.
+        self._removed_dirs: dict[int, int] = {}
 
     # -- resolution ----------------------------------------------------------------------
 
@@ -145,15 +149,28 @@ class UnionFilesystem:
             return self.stack.upper_path(node.rel_path())
         return self.stack.lower_path(node.sources[0])
 
+    def _unlinked_fd(self, node: Node) -> int | None:
+        """A descriptor we hold of a node that has no name left: an open file's, or a
+        removed directory's (see _keep_removed_dir)."""
+        fd = self.handles.any_fd(node.ino)
+        return fd if fd is not None else self._removed_dirs.get(node.ino)
+
+    def _target(self, node: Node) -> int | bytes:
+        """What to read a node's attributes and xattrs through: its layer path, or for a
+        node with no name left, a descriptor we hold of it (a lower node without one still
+        has its layer's entry). A descriptor is never a symlink: follow_symlinks must be
+        True with one, False with a path."""
+        if not node.linked and node.pending is None:
+            fd = self._unlinked_fd(node)
+            if fd is not None:
+                return fd
+        return self._backing_path(node)
+
     def _stat(self, node: Node) -> os.stat_result:
         if node.pending is not None:
             return node.pending.stat()
-        if not node.linked:
-            fd = self.handles.any_fd(node.ino)
-            if fd is None:
-                raise errors.not_found()
-            return os.fstat(fd)
-        return os.lstat(self._backing_path(node))
+        target = self._target(node)
+        return os.fstat(target) if isinstance(target, int) else os.lstat(target)
 
     def _resolve_child(self, parent: Node, name: bytes) -> Answer | None:
         if not parent.is_dir:
@@ -191,6 +208,10 @@ class UnionFilesystem:
 
     def forget(self, ino: int, count: int) -> None:
         self.inodes.forget(ino, count)
+        if self._removed_dirs and ino not in self.inodes.nodes:
+            fd = self._removed_dirs.pop(ino, None)
+            if fd is not None:
+                os.close(fd)
 
     def getattr(self, ino: int) -> Answer:
         node = self._node(ino)
@@ -199,7 +220,7 @@ class UnionFilesystem:
     def setattr(self, ino: int, changes: AttrChanges, fh: int | None, caller: Caller) -> Answer:
         node = self._node(ino)
         with self.gate.mutating():
-            if not node.linked and not node.in_upper and changes.only_times:
+            if not node.linked and not node.in_upper and not node.is_dir and changes.only_times:
                 # An unlinked lower file open somewhere: the kernel's page cache still
                 # flushes its times, but there is nothing left in any layer to change.
                 return node, self._stat(node)
@@ -257,7 +278,7 @@ class UnionFilesystem:
         return self.setattr(ino, AttrChanges(mode=mode & ~drop), None, caller)[1]
 
     def _any_fd(self, node: Node) -> int:
-        fd = self.handles.any_fd(node.ino)
+        fd = self._unlinked_fd(node)
         if fd is None:
             raise errors.not_found()
         return fd
@@ -654,6 +675,8 @@ class UnionFilesystem:
         path = self.stack.upper_path(join(parent.rel_path(), name))
         if node.in_upper:
             if node.is_dir or needs_whiteout:
+                if node.is_dir:
+                    self._keep_removed_dir(node, path)
                 self.stack.forget_short_paths()
                 self._move_to_work(path, whiteout=needs_whiteout)
             else:
@@ -661,6 +684,15 @@ class UnionFilesystem:
         else:
             os.rename(self._new_whiteout(), path)
         self.inodes.remove_link(parent, name)
+
+    def _keep_removed_dir(self, node: Node, path: bytes) -> None:
+        """Before the upper directory at path goes: if the kernel holds its node, keep a
+        descriptor of it. A process may still have it open or as its cwd, and fstat,
+        fchmod, xattrs work on a removed directory (nlink 0, empty), as on any filesystem."""
+        if node.lookups <= 0 or node.ino in self._removed_dirs:
+            return
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        self._removed_dirs[node.ino] = os.open(path, flags)
 
     def _new_whiteout(self) -> bytes:
         """A whiteout made in work/: root-owned, as the kernel's, whatever the target dir's
@@ -730,6 +762,7 @@ class UnionFilesystem:
             if src.is_dir:
                 self._mark_moved_dir(src, old_path, old_parent, new_parent)
             if dst is not None and dst.is_dir and dst.in_upper:
+                self._keep_removed_dir(dst, new_path)
                 self._move_to_work(new_path, whiteout=False)  # drop its whiteouts with it
             leave_whiteout = self.stack.lower_positive(old_parent.sources, old_name)
             target = lstat_or_none(new_path)
@@ -817,7 +850,13 @@ class UnionFilesystem:
             flags &= ~os.O_APPEND
             if flags & os.O_ACCMODE == os.O_WRONLY:
                 flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
-        fd = os.open(self._backing_path(node), flags)
+        target = self._target(node)
+        if isinstance(target, int):
+            # A file with no name left, opened again through /proc/self/fd: a new open file
+            # of the same inode, as that path gives any process (a magic link, so followed).
+            fd = os.open(b"/proc/self/fd/%d" % target, flags & ~os.O_NOFOLLOW)
+        else:
+            fd = os.open(target, flags)
         node.open_count += 1
         handle = self.handles.add_file(fd, node, writable=bool(flags & WRITE_FLAGS))
         handle.fd_flags = flags
@@ -923,7 +962,7 @@ class UnionFilesystem:
         node = snapshot.node
         if offset == 0:  # the first read, or rewinddir: a fresh listing
             self._list_into(snapshot)
-        parent_rel = node.rel_path()  # once, not once an entry
+        parent_rel = node.rel_path() if node.linked else b""  # once, not once an entry
         for index in range(offset, len(snapshot.names)):
             name = snapshot.names[index]
             if name in DOT_ENTRIES:
@@ -967,9 +1006,13 @@ class UnionFilesystem:
 
     def _list_into(self, snapshot: DirSnapshot) -> None:
         node = snapshot.node
-        names, types, snapshot.files = self.stack.list_dir_with_files(
-            self._upper_rel(node), node.sources
-        )
+        names: list[bytes] = []  # a removed directory (still open) is empty, as rmdir left it
+        types: list[int] = []
+        snapshot.files = {}
+        if node.linked:
+            names, types, snapshot.files = self.stack.list_dir_with_files(
+                self._upper_rel(node), node.sources
+            )
         snapshot.names = [*DOT_ENTRIES, *names]
         snapshot.types = [stat.S_IFDIR, stat.S_IFDIR, *types]
 
@@ -1025,12 +1068,12 @@ class UnionFilesystem:
     def getxattr(self, ino: int, name: bytes) -> bytes:
         if self.markers.is_private(name):
             raise errors.no_data()
-        node = self._node(ino)
-        return os.getxattr(self._backing_path(node), name, follow_symlinks=False)
+        target = self._target(self._node(ino))
+        return os.getxattr(target, name, follow_symlinks=isinstance(target, int))
 
     def listxattr(self, ino: int) -> list[bytes]:
-        node = self._node(ino)
-        names = os.listxattr(self._backing_path(node), follow_symlinks=False)
+        target = self._target(self._node(ino))
+        names = os.listxattr(target, follow_symlinks=isinstance(target, int))
         encoded = (n.encode("utf-8", "surrogateescape") for n in names)
         return [n for n in encoded if not self.markers.is_private(n)]
 
@@ -1042,17 +1085,20 @@ class UnionFilesystem:
         with self.gate.mutating():
             node = self._node(ino)
             self._copy_up(node)
-            path = self.stack.upper_path(node.rel_path())
-            os.setxattr(path, name, value, flags, follow_symlinks=False)
+            target = self._target(node)
+            os.setxattr(target, name, value, flags, follow_symlinks=isinstance(target, int))
 
     def removexattr(self, ino: int, name: bytes) -> None:
         if self.markers.is_private(name):
             raise errors.no_data()
         with self.gate.mutating():
             node = self._node(ino)
-            os.getxattr(self._backing_path(node), name, follow_symlinks=False)  # ENODATA first
+            target = self._target(node)
+            follow = isinstance(target, int)
+            os.getxattr(target, name, follow_symlinks=follow)  # ENODATA first
             self._copy_up(node)
-            os.removexattr(self.stack.upper_path(node.rel_path()), name, follow_symlinks=False)
+            target = self._target(node)
+            os.removexattr(target, name, follow_symlinks=isinstance(target, int))
 
 
 def _set_owner(path: bytes, uid: int, gid: int, mode: int | None) -> None:

@@ -13,6 +13,7 @@ import itertools
 import os
 import stat
 
+from unionfs import errors
 from unionfs.deferred import PendingCopy
 from unionfs.stack import Entry, Source
 
@@ -87,12 +88,16 @@ class Node:
         return self.parent is not None or self.ino == ROOT_INO
 
     def rel_path(self) -> bytes:
-        """The node's path relative to every layer root (the upper's layout)."""
+        """The node's path relative to every layer root (the upper's layout). A node with no
+        name left (unlinked while open, a removed directory) has none: ENOENT, never the
+        root's path that an empty chain of names would spell."""
         parts: list[bytes] = []
         node: Node | None = self
         while node is not None and node.ino != ROOT_INO:
             parts.append(node.name)
             node = node.parent
+        if node is None:
+            raise errors.not_found()
         return b"/".join(reversed(parts))
 
     def entry(self, st: os.stat_result) -> Entry:

@@ -307,6 +307,26 @@ def test_a_million_lookups_leave_the_daemon_memory_and_descriptors_bounded(scene
     lookups_stay_bounded(scene, 1_000_000)
 
 
+def test_removed_directories_held_open_cost_a_descriptor_only_while_held(scene: Scene) -> None:
+    """The daemon keeps a descriptor of a removed directory that a process still holds (its
+    fstat and xattrs live there), and closes it once the kernel forgets the directory."""
+    with mounting.unionfs(scene.layers, scene.mnt) as mnt:
+        pid = daemon_pid(mnt)
+        baseline = open_fds(pid)
+        held = []
+        try:
+            for i in range(50):
+                (mnt / f"d{i}").mkdir()
+                held.append(os.open(mnt / f"d{i}", os.O_RDONLY | os.O_DIRECTORY))
+                os.rmdir(mnt / f"d{i}")
+            assert all(os.fstat(fd).st_nlink == 0 for fd in held)
+            assert open_fds(pid) >= baseline + 50
+        finally:
+            for fd in held:
+                os.close(fd)
+        wait_until(lambda: open_fds(pid) <= baseline, timeout=10, what="the descriptors to go")
+
+
 def test_thousands_of_files_open_at_once_read_and_write_correctly(scene: Scene) -> None:
     """3000 lower files open for reading and 1000 open for writing (each a copy-up) at once;
     once closed, the daemon is back to the descriptors it had."""

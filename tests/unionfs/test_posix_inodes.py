@@ -4,6 +4,7 @@ shared by hard links; open files outlive their names."""
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,124 @@ def test_an_unlinked_lower_file_stays_readable_through_an_open_descriptor(
     try:
         os.unlink(mnt / "f")
         assert os.pread(fd, 100, 0) == b"lower data"
+    finally:
+        os.close(fd)
+
+
+def test_an_unlinked_open_file_keeps_its_own_xattrs(union: Union) -> None:
+    """Through its descriptor, a file with no name left reads and writes its own xattrs
+    (ours once answered with, and wrote to, the upper root's: an empty chain of names)."""
+    mnt = union.mount()
+    os.setxattr(mnt, "user.root", b"R")
+    fd = os.open(mnt / "f", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.setxattr(fd, "user.file", b"F")
+        os.unlink(mnt / "f")
+        assert os.getxattr(fd, "user.file") == b"F"
+        os.setxattr(fd, "user.late", b"L")
+        assert sorted(os.listxattr(fd)) == ["user.file", "user.late"]
+        os.removexattr(fd, "user.late")
+        assert os.listxattr(fd) == ["user.file"]
+    finally:
+        os.close(fd)
+    assert os.listxattr(mnt) == ["user.root"]
+    union.unmount()
+    assert [n for n in os.listxattr(union.upper) if n.startswith("user.")] == ["user.root"]
+
+
+def test_an_unlinked_open_file_opens_again_through_proc(union: Union) -> None:
+    """open("/proc/self/fd/N") of a file with no name left: a new open file of that inode."""
+    mnt = union.mount()
+    fd = os.open(mnt / "f", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.write(fd, b"data")
+        os.unlink(mnt / "f")
+        writer = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY)
+        try:
+            os.pwrite(writer, b"X", 0)
+        finally:
+            os.close(writer)
+        reader = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)
+        try:
+            assert os.pread(reader, 10, 0) == b"Xata"
+        finally:
+            os.close(reader)
+    finally:
+        os.close(fd)
+
+
+def _removed_dirs(union: Union) -> dict[str, int]:
+    """A lower dir, a merged one and an upper one, each opened and then removed: name -> fd."""
+    (union.lower / "lower").mkdir()
+    (union.lower / "merged").mkdir()
+    (union.upper / "merged").mkdir()
+    mnt = union.mount()
+    (mnt / "upper").mkdir()
+    os.setxattr(mnt / "upper", "user.dir", b"D")
+    fds = {}
+    for name in ("lower", "merged", "upper"):
+        fds[name] = os.open(mnt / name, os.O_RDONLY | os.O_DIRECTORY)
+        os.rmdir(mnt / name)
+    return fds
+
+
+def test_a_removed_directory_still_open_answers_fstat_and_lists_empty(union: Union) -> None:
+    """fstat of a directory removed while open works, as on any filesystem: the upper one
+    with no link left, the merged one with the 1 of every merged dir, the lower one as the
+    layer still has it."""
+    fds = _removed_dirs(union)
+    try:
+        links = {}
+        for name, fd in fds.items():
+            st = os.fstat(fd)
+            assert stat.S_ISDIR(st.st_mode), name
+            links[name] = st.st_nlink
+            assert os.listdir(fd) == [], name
+        assert links == {"lower": 2, "merged": 1, "upper": 0}
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def test_a_removed_upper_directory_keeps_its_attributes_and_xattrs(union: Union) -> None:
+    fds = _removed_dirs(union)
+    try:
+        for name in ("merged", "upper"):
+            fd = fds[name]
+            os.fchmod(fd, 0o700)
+            os.utime(fd, ns=(10**18, 2 * 10**18))
+            st = os.fstat(fd)
+            assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (0o700, 2 * 10**18), name
+        assert os.listxattr(fds["upper"]) == ["user.dir"]
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def test_a_removed_directory_that_is_a_cwd_answers_stat(union: Union) -> None:
+    mnt = union.mount()
+    (mnt / "d").mkdir()
+    before = os.getcwd()
+    os.chdir(mnt / "d")
+    try:
+        os.rmdir(mnt / "d")
+        assert os.stat(".").st_nlink == 0
+        assert os.listdir(".") == []
+    finally:
+        os.chdir(before)
+
+
+def test_a_directory_replaced_by_rename_answers_fstat_through_its_descriptor(
+    union: Union,
+) -> None:
+    mnt = union.mount()
+    (mnt / "src").mkdir()
+    (mnt / "victim").mkdir()
+    fd = os.open(mnt / "victim", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.rename(mnt / "src", mnt / "victim")
+        assert os.fstat(fd).st_nlink == 0
+        assert os.listdir(fd) == []
     finally:
         os.close(fd)
 
