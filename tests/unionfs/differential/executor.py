@@ -151,6 +151,25 @@ def write_held(root: str, slot: int, offset: int, size: int, fill: int) -> objec
     return os.pwrite(fd, data_for(size, fill), offset), os.fstat(fd).st_size
 
 
+def xattrs_held(root: str, slot: int) -> object:
+    """The xattrs and mode of what a held descriptor holds, named or not any more: its own,
+    never another file's (an unlinked file once answered with the upper root's)."""
+    fd = _held_fd(root, slot)
+    names = sorted(os.listxattr(fd))
+    return [(name, os.getxattr(fd, name)) for name in names], oct(os.fstat(fd).st_mode)
+
+
+def reopen_held(root: str, slot: int, offset: int, size: int) -> object:
+    """open("/proc/self/fd/N") of a held descriptor, read-only: a new open file of the
+    same inode, whatever happened to its name."""
+    fd = os.open(f"/proc/self/fd/{_held_fd(root, slot)}", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        return digest(os.pread(fd, size, offset))
+    finally:
+        os.close(fd)
+
+
 def release(root: str, slot: int) -> object:
     fd = _held.pop((root, slot), None)
     if fd is not None:
@@ -264,6 +283,8 @@ OPERATIONS: dict[str, Callable[..., object]] = {
         hold,
         read_held,
         write_held,
+        xattrs_held,
+        reopen_held,
         release,
         unlink,
         mkdir,

@@ -81,6 +81,8 @@ WEIGHTS: dict[str, int] = {
     "hold": 3,
     "read_held": 5,
     "write_held": 2,
+    "xattrs_held": 2,
+    "reopen_held": 2,
     "release": 1,
     "unlink": 6,
     "mkdir": 5,
@@ -194,6 +196,12 @@ class OpGenerator:
     def _write_held(self, view: View) -> tuple[Arg, ...]:
         offset = self.rng.choice((0, self.rng.randint(0, 5000), 70_000))
         return (self.slot(), offset, max(1, self.size()), self.fill())
+
+    def _xattrs_held(self, view: View) -> tuple[Arg, ...]:
+        return (self.slot(),)
+
+    def _reopen_held(self, view: View) -> tuple[Arg, ...]:
+        return (self.slot(), self.rng.choice((0, 10, 4000, 70_000)), self.size() or 100)
 
     def _release(self, view: View) -> tuple[Arg, ...]:
         return (self.slot(),)
