@@ -500,28 +500,35 @@ class UnionFilesystem:
         uid, gid, _ = self._new_owner(parent, caller)
         rel = join(parent.rel_path(), name)
         path = self.stack.upper_path(rel)
-        existing = lstat_or_none(path)
-        if existing is not None and is_whiteout(existing):
+        try:
+            build(path)  # nothing visible is there: the name is free, or holds a whiteout
+        except FileExistsError:
+            existing = lstat_or_none(path)
+            if existing is None or not is_whiteout(existing):
+                raise
             assert self.work is not None
             temp = self.work.temp_name()
             build(temp)
             try:
                 _set_owner(temp, uid, gid, mode)
-                os.rename(temp, path)
+                os.rename(temp, path)  # a new ctime: stat it again
             except BaseException:
                 self.work.discard(temp)
                 raise
+            st = None
         else:
-            build(path)
             try:
-                _set_owner(path, uid, gid, mode)
+                st = _set_owner(path, uid, gid, mode)
             except BaseException:
                 os.unlink(path)
                 raise
-        return self._adopt(parent, name, rel)
+        return self._adopt(parent, name, rel, st)
 
-    def _adopt(self, parent: Node, name: bytes, rel: bytes) -> Answer:
-        st = os.lstat(self.stack.upper_path(rel))
+    def _adopt(
+        self, parent: Node, name: bytes, rel: bytes, st: os.stat_result | None = None
+    ) -> Answer:
+        if st is None:
+            st = os.lstat(self.stack.upper_path(rel))
         parent.children.pop(name, None)
         node = self.inodes.child(parent, name, Entry(rel, (), st))
         self.inodes.lookup(node)
@@ -544,16 +551,21 @@ class UnionFilesystem:
     def create(
         self, parent_ino: int, name: bytes, mode: int, flags: int, caller: Caller
     ) -> tuple[FileHandle, Node, os.stat_result]:
+        # The descriptor that creates the file is the handle's: opened with its flags.
+        fd_flags = self._backing_flags(flags & ~os.O_TRUNC)
         fds: list[int] = []
 
         def build(path: bytes) -> None:
-            fds.append(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, mode))
+            fds.append(os.open(path, fd_flags | os.O_CREAT | os.O_EXCL, mode))
 
-        with self.gate.mutating():
-            node, st = self._create_entry(parent_ino, name, caller, build, mode)
-        os.close(fds[0])
-        handle = self._open_backing(node, flags & ~os.O_TRUNC)
-        return handle, node, st
+        try:
+            with self.gate.mutating():
+                node, st = self._create_entry(parent_ino, name, caller, build, mode)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return self._new_handle(node, fds[-1], fd_flags), node, st
 
     def tmpfile(
         self, parent_ino: int, mode: int, flags: int, caller: Caller
@@ -842,7 +854,8 @@ class UnionFilesystem:
                         self._copy_up(node, length=0 if flags & os.O_TRUNC else None)
         return self._open_backing(node, flags)
 
-    def _open_backing(self, node: Node, flags: int) -> FileHandle:
+    def _backing_flags(self, flags: int) -> int:
+        """The flags of our descriptor for an open file that the kernel opened with flags."""
         flags = (flags & ~STRIPPED_OPEN_FLAGS) | os.O_NOFOLLOW | os.O_CLOEXEC
         if self.writeback:
             # The kernel's page cache writes whole pages at offsets it chose (appends
@@ -850,6 +863,10 @@ class UnionFilesystem:
             flags &= ~os.O_APPEND
             if flags & os.O_ACCMODE == os.O_WRONLY:
                 flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
+        return flags
+
+    def _open_backing(self, node: Node, flags: int) -> FileHandle:
+        flags = self._backing_flags(flags)
         target = self._target(node)
         if isinstance(target, int):
             # A file with no name left, opened again through /proc/self/fd: a new open file
@@ -857,6 +874,9 @@ class UnionFilesystem:
             fd = os.open(b"/proc/self/fd/%d" % target, flags & ~os.O_NOFOLLOW)
         else:
             fd = os.open(target, flags)
+        return self._new_handle(node, fd, flags)
+
+    def _new_handle(self, node: Node, fd: int, flags: int) -> FileHandle:
         node.open_count += 1
         handle = self.handles.add_file(fd, node, writable=bool(flags & WRITE_FLAGS))
         handle.fd_flags = flags
@@ -1101,7 +1121,16 @@ class UnionFilesystem:
             os.removexattr(target, name, follow_symlinks=isinstance(target, int))
 
 
-def _set_owner(path: bytes, uid: int, gid: int, mode: int | None) -> None:
-    os.chown(path, uid, gid, follow_symlinks=False)
-    if mode is not None:
+def _set_owner(path: bytes, uid: int, gid: int, mode: int | None) -> os.stat_result | None:
+    """Give a new entry its owner, then its mode (a chown clears set-id bits); each only if
+    it is not so already (each is a journal update; root making a file for root needs
+    neither). The entry's stat if that is still what it was, else None."""
+    st = os.lstat(path)
+    changed = False
+    if st.st_uid != uid or st.st_gid != gid:
+        os.chown(path, uid, gid, follow_symlinks=False)
+        changed = True
+    if mode is not None and (changed or stat.S_IMODE(st.st_mode) != stat.S_IMODE(mode)):
         os.chmod(path, stat.S_IMODE(mode))
+        changed = True
+    return None if changed else st
