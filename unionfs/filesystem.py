@@ -704,7 +704,10 @@ class UnionFilesystem:
         if node.lookups <= 0 or node.ino in self._removed_dirs:
             return
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-        self._removed_dirs[node.ino] = os.open(path, flags)
+        try:
+            self._removed_dirs[node.ino] = os.open(path, flags)
+        except OSError as exc:  # out of descriptors, say: the removal matters more
+            log.warning("removed directory %r answers ENOENT from now: %s", path, exc.strerror)
 
     def _new_whiteout(self) -> bytes:
         """A whiteout made in work/: root-owned, as the kernel's, whatever the target dir's
