@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -60,6 +61,31 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+RETIRE_KEEPS_BELOW = 1 << 20  # bytes: smaller files wait for the end of the run
+
+
+def retire(path: Path) -> None:
+    """Done with a sample's scratch: unmount what is below it and delete its large files
+    now (a 1 GiB copy-up's dirty pages then never reach the disk), the rest at the end of
+    the run (remove_tree of the whole work dir). Why not all now: ext4 without a journal,
+    as here, passes over every inode freed in the last 30 s (5.5 min while its table block
+    is dirty) at each allocation; deleting a sample's 2,000 new files made the next
+    system's 2,000 creates wait on that scan (425 µs a create instead of 9)."""
+    if not path.exists():
+        return
+    for mnt in mounts_under(path):
+        unmount(mnt)
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            file = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(file)
+                if stat.S_ISREG(st.st_mode) and st.st_size >= RETIRE_KEEPS_BELOW:
+                    os.unlink(file)
+            except OSError:
+                continue
 
 
 class Janitor:

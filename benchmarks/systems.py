@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.cleanup import is_mountpoint, remove_tree, unmount
+from benchmarks.cleanup import is_mountpoint, retire, unmount
 from benchmarks.dataset import Dataset
 
 OURS = Path(sys.executable).parent / "unionfs"
@@ -69,7 +69,7 @@ class FsSystem:
 
     @contextlib.contextmanager
     def mount(self, data: Dataset, scratch: Path, parts: Sequence[str]) -> Iterator[Mounted]:
-        """Mount a fresh union under scratch; unmount and delete it all on the way out."""
+        """Mount a fresh union under scratch; unmount and retire it on the way out."""
         scratch.mkdir(parents=True)
         try:
             if self.name == "native":
@@ -95,7 +95,7 @@ class FsSystem:
             finally:
                 unmount(mnt)
         finally:
-            remove_tree(scratch)
+            retire(scratch)
 
 
 def wait_mounted(mnt: Path, timeout: float = 10.0) -> None:

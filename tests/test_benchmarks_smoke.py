@@ -13,6 +13,7 @@ import pytest
 
 from benchmarks import report
 from benchmarks.__main__ import pick
+from benchmarks.cleanup import RETIRE_KEEPS_BELOW, retire
 from benchmarks.dataset import CHUNK, HEADER, chunk_header, write_big_file
 from benchmarks.runner import OK, Cell, Named, Suite, check_agreement, rotated
 from benchmarks.runtimes import disk_usage, memory_bytes
@@ -81,6 +82,19 @@ def test_disk_usage_counts_hard_links_once(tmp_path: Path) -> None:
     (tmp_path / "a").write_bytes(b"x" * 100_000)
     (tmp_path / "b").hardlink_to(tmp_path / "a")
     assert 100_000 <= disk_usage(tmp_path) < 200_000
+
+
+def test_a_retired_sample_loses_its_large_files_now_and_keeps_the_rest(tmp_path: Path) -> None:
+    """Small files wait for the end of the run (ext4 without a journal scans recently
+    freed inodes at every allocation); large ones go at once (their pages never hit disk)."""
+    (tmp_path / "upper" / "d").mkdir(parents=True)
+    big, small = tmp_path / "upper" / "big", tmp_path / "upper" / "d" / "small"
+    with open(big, "wb") as f:
+        f.truncate(RETIRE_KEEPS_BELOW)
+    small.write_bytes(b"x")
+    retire(tmp_path)
+    assert not big.exists()
+    assert small.read_bytes() == b"x"
 
 
 def test_memory_limits_parse_like_docker() -> None:
