@@ -169,6 +169,8 @@ class UnionFilesystem:
     def _stat(self, node: Node) -> os.stat_result:
         if node.pending is not None:
             return node.pending.stat()
+        if node.linked:  # nearly always: every lookup and getattr passes here
+            return os.lstat(self._backing_path(node))
         target = self._target(node)
         return os.fstat(target) if isinstance(target, int) else os.lstat(target)
 
