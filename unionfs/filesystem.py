@@ -132,10 +132,12 @@ class UnionFilesystem:
         self.lazy_copyup = lazy_copyup  # files at least this large copy up in the background
         self.writeback = writeback  # the kernel caches writes (FUSE writeback cache)
         self._pending: set[Node] = set()
-        # Removed upper directories the kernel still holds (an open descriptor, a cwd): a
-        # descriptor of each, by node number, until the kernel forgets the node. Their
-        # attributes and xattrs live on there, as on the kernel overlayfs.
-        self._removed_dirs: dict[int, int] = {}
+        # Removed upper entries other than regular files (directories, FIFOs, devices,
+        # sockets, symlinks) that the kernel still holds (an open descriptor, a cwd): an
+        # O_PATH descriptor of each, by node number, until the kernel forgets the node.
+        # Their attributes and xattrs live on there, as on the kernel overlayfs. (An open
+        # regular file has its handle's descriptor.)
+        self._removed: dict[int, int] = {}
 
     # -- resolution ----------------------------------------------------------------------
 
@@ -149,30 +151,33 @@ class UnionFilesystem:
             return self.stack.upper_path(node.rel_path())
         return self.stack.lower_path(node.sources[0])
 
-    def _unlinked_fd(self, node: Node) -> int | None:
-        """A descriptor we hold of a node that has no name left: an open file's, or a
-        removed directory's (see _keep_removed_dir)."""
+    def _unlinked_target(self, node: Node) -> int | bytes | None:
+        """What reaches a node that has no name left: an open file's descriptor, or the
+        /proc/self/fd path of a removed entry's O_PATH descriptor (see _keep_removed)."""
         fd = self.handles.any_fd(node.ino)
-        return fd if fd is not None else self._removed_dirs.get(node.ino)
+        if fd is not None:
+            return fd
+        kept = self._removed.get(node.ino)
+        return None if kept is None else b"/proc/self/fd/%d" % kept
 
-    def _target(self, node: Node) -> int | bytes:
-        """What to read a node's attributes and xattrs through: its layer path, or for a
-        node with no name left, a descriptor we hold of it (a lower node without one still
-        has its layer's entry). A descriptor is never a symlink: follow_symlinks must be
-        True with one, False with a path."""
+    def _target(self, node: Node) -> tuple[int | bytes, bool]:
+        """What to reach a node's attributes and xattrs through, and whether to follow
+        symlinks there: its layer path (never followed), or for a node with no name left
+        what we hold of it (a descriptor, or a /proc/self/fd link: followed to the inode).
+        A lower node without either still has its layer's entry."""
         if not node.linked and node.pending is None:
-            fd = self._unlinked_fd(node)
-            if fd is not None:
-                return fd
-        return self._backing_path(node)
+            target = self._unlinked_target(node)
+            if target is not None:
+                return target, True
+        return self._backing_path(node), False
 
     def _stat(self, node: Node) -> os.stat_result:
         if node.pending is not None:
             return node.pending.stat()
         if node.linked:  # nearly always: every lookup and getattr passes here
             return os.lstat(self._backing_path(node))
-        target = self._target(node)
-        return os.fstat(target) if isinstance(target, int) else os.lstat(target)
+        target, follow = self._target(node)
+        return os.stat(target, follow_symlinks=follow)
 
     def _resolve_child(self, parent: Node, name: bytes) -> Answer | None:
         if not parent.is_dir:
@@ -210,8 +215,8 @@ class UnionFilesystem:
 
     def forget(self, ino: int, count: int) -> None:
         self.inodes.forget(ino, count)
-        if self._removed_dirs and ino not in self.inodes.nodes:
-            fd = self._removed_dirs.pop(ino, None)
+        if self._removed and ino not in self.inodes.nodes:
+            fd = self._removed.pop(ino, None)
             if fd is not None:
                 os.close(fd)
 
@@ -239,15 +244,16 @@ class UnionFilesystem:
             else:
                 self._copy_up(node)
             handle = self.handles.file(fh) if fh is not None else None
-            path = self.stack.upper_path(node.rel_path()) if node.linked else None
-            target: int | bytes = (
-                handle.fd
-                if handle is not None and handle.writable
-                else (path if path is not None else self._any_fd(node))
-            )
+            target: int | bytes
+            if handle is not None and handle.writable:
+                target, follow = handle.fd, True  # follow_symlinks=False is refused for an fd
+            elif node.linked:
+                target, follow = self.stack.upper_path(node.rel_path()), False
+            else:
+                target, follow = self._target(node)
+                if not follow:  # no descriptor of it left
+                    raise errors.not_found()
             is_link = stat.S_ISLNK(node.mode)
-            # A descriptor is never a symlink; a path may be, and must not be followed.
-            follow = isinstance(target, int)  # follow_symlinks=False is refused for an fd
             if changes.size is not None:
                 os.truncate(target, changes.size)
             if changes.uid is not None or changes.gid is not None:
@@ -280,7 +286,7 @@ class UnionFilesystem:
         return self.setattr(ino, AttrChanges(mode=mode & ~drop), None, caller)[1]
 
     def _any_fd(self, node: Node) -> int:
-        fd = self._unlinked_fd(node)
+        fd = self.handles.any_fd(node.ino)
         if fd is None:
             raise errors.not_found()
         return fd
@@ -688,9 +694,8 @@ class UnionFilesystem:
         needs_whiteout = self.stack.lower_positive(parent.sources, name)
         path = self.stack.upper_path(join(parent.rel_path(), name))
         if node.in_upper:
+            self._keep_removed(node, path)
             if node.is_dir or needs_whiteout:
-                if node.is_dir:
-                    self._keep_removed_dir(node, path)
                 self.stack.forget_short_paths()
                 self._move_to_work(path, whiteout=needs_whiteout)
             else:
@@ -699,17 +704,18 @@ class UnionFilesystem:
             os.rename(self._new_whiteout(), path)
         self.inodes.remove_link(parent, name)
 
-    def _keep_removed_dir(self, node: Node, path: bytes) -> None:
-        """Before the upper directory at path goes: if the kernel holds its node, keep a
-        descriptor of it. A process may still have it open or as its cwd, and fstat,
-        fchmod, xattrs work on a removed directory (nlink 0, empty), as on any filesystem."""
-        if node.lookups <= 0 or node.ino in self._removed_dirs:
+    def _keep_removed(self, node: Node, path: bytes) -> None:
+        """Before the upper entry at path loses its name: if it is not a regular file (an
+        open one has its handle's descriptor) and the kernel holds its node, keep an O_PATH
+        descriptor of it. A process may still have a removed directory open or as its cwd,
+        a FIFO or device open, and fstat, fchmod and xattrs work on them (no link left),
+        as on any filesystem. O_PATH: opening a device or FIFO has no side effect then."""
+        if stat.S_ISREG(node.mode) or node.lookups <= 0 or node.ino in self._removed:
             return
-        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            self._removed_dirs[node.ino] = os.open(path, flags)
+            self._removed[node.ino] = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:  # out of descriptors, say: the removal matters more
-            log.warning("removed directory %r answers ENOENT from now: %s", path, exc.strerror)
+            log.warning("removed entry %r answers ENOENT from now: %s", path, exc.strerror)
 
     def _new_whiteout(self) -> bytes:
         """A whiteout made in work/: root-owned, as the kernel's, whatever the target dir's
@@ -778,8 +784,9 @@ class UnionFilesystem:
             new_path = self.stack.upper_path(join(new_parent.rel_path(), new_name))
             if src.is_dir:
                 self._mark_moved_dir(src, old_path, old_parent, new_parent)
+            if dst is not None and dst.in_upper:
+                self._keep_removed(dst, new_path)
             if dst is not None and dst.is_dir and dst.in_upper:
-                self._keep_removed_dir(dst, new_path)
                 self._move_to_work(new_path, whiteout=False)  # drop its whiteouts with it
             leave_whiteout = self.stack.lower_positive(old_parent.sources, old_name)
             target = lstat_or_none(new_path)
@@ -872,13 +879,11 @@ class UnionFilesystem:
 
     def _open_backing(self, node: Node, flags: int) -> FileHandle:
         flags = self._backing_flags(flags)
-        target = self._target(node)
-        if isinstance(target, int):
-            # A file with no name left, opened again through /proc/self/fd: a new open file
-            # of the same inode, as that path gives any process (a magic link, so followed).
-            fd = os.open(b"/proc/self/fd/%d" % target, flags & ~os.O_NOFOLLOW)
-        else:
-            fd = os.open(target, flags)
+        target, follow = self._target(node)
+        # A file with no name left is opened again through /proc/self/fd: a new open file
+        # of the same inode, as that path gives any process (a magic link, so followed).
+        path = b"/proc/self/fd/%d" % target if isinstance(target, int) else target
+        fd = os.open(path, flags & ~os.O_NOFOLLOW if follow else flags)
         return self._new_handle(node, fd, flags)
 
     def _new_handle(self, node: Node, fd: int, flags: int) -> FileHandle:
@@ -1093,12 +1098,12 @@ class UnionFilesystem:
     def getxattr(self, ino: int, name: bytes) -> bytes:
         if self.markers.is_private(name):
             raise errors.no_data()
-        target = self._target(self._node(ino))
-        return os.getxattr(target, name, follow_symlinks=isinstance(target, int))
+        target, follow = self._target(self._node(ino))
+        return os.getxattr(target, name, follow_symlinks=follow)
 
     def listxattr(self, ino: int) -> list[bytes]:
-        target = self._target(self._node(ino))
-        names = os.listxattr(target, follow_symlinks=isinstance(target, int))
+        target, follow = self._target(self._node(ino))
+        names = os.listxattr(target, follow_symlinks=follow)
         encoded = (n.encode("utf-8", "surrogateescape") for n in names)
         return [n for n in encoded if not self.markers.is_private(n)]
 
@@ -1110,20 +1115,19 @@ class UnionFilesystem:
         with self.gate.mutating():
             node = self._node(ino)
             self._copy_up(node)
-            target = self._target(node)
-            os.setxattr(target, name, value, flags, follow_symlinks=isinstance(target, int))
+            target, follow = self._target(node)
+            os.setxattr(target, name, value, flags, follow_symlinks=follow)
 
     def removexattr(self, ino: int, name: bytes) -> None:
         if self.markers.is_private(name):
             raise errors.no_data()
         with self.gate.mutating():
             node = self._node(ino)
-            target = self._target(node)
-            follow = isinstance(target, int)
+            target, follow = self._target(node)
             os.getxattr(target, name, follow_symlinks=follow)  # ENODATA first
             self._copy_up(node)
-            target = self._target(node)
-            os.removexattr(target, name, follow_symlinks=isinstance(target, int))
+            target, follow = self._target(node)
+            os.removexattr(target, name, follow_symlinks=follow)
 
 
 def _set_owner(path: bytes, uid: int, gid: int, mode: int | None) -> os.stat_result | None:

@@ -201,6 +201,25 @@ def test_a_removed_directory_that_is_a_cwd_answers_stat(union: Union) -> None:
         os.chdir(before)
 
 
+def test_a_fifo_removed_while_open_keeps_its_attributes_and_xattrs(union: Union) -> None:
+    """FIFO opens never reach a FUSE daemon: with no handle of ours, the daemon keeps the
+    removed FIFO itself (ours once answered ENOENT to every fstat of it)."""
+    mnt = union.mount()
+    os.mkfifo(mnt / "fifo", 0o640)
+    os.setxattr(mnt / "fifo", "trusted.f", b"F")  # user.* is for files and dirs only
+    fd = os.open(mnt / "fifo", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        os.unlink(mnt / "fifo")
+        st = os.fstat(fd)
+        assert (stat.S_ISFIFO(st.st_mode), st.st_nlink) == (True, 0)
+        assert os.listxattr(fd) == ["trusted.f"]
+        os.fchmod(fd, 0o600)
+        assert stat.S_IMODE(os.fstat(fd).st_mode) == 0o600
+    finally:
+        os.close(fd)
+    assert not os.path.lexists(mnt / "fifo")
+
+
 def test_a_directory_replaced_by_rename_answers_fstat_through_its_descriptor(
     union: Union,
 ) -> None:
