@@ -1080,8 +1080,8 @@ class UnionFilesystem:
 
     def fsyncdir(self, fh: int, datasync: bool) -> None:
         node = self.handles.directory(fh).node
-        if not self.sync or not node.in_upper:
-            return
+        if not self.sync or not node.in_upper or not node.linked:
+            return  # a removed directory has nothing left to make durable
         fd = os.open(self.stack.upper_path(node.rel_path()), os.O_RDONLY | os.O_DIRECTORY)
         try:
             self.gate.blocking(os.fsync, fd)
