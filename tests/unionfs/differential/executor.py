@@ -170,6 +170,12 @@ def reopen_held(root: str, slot: int, offset: int, size: int) -> object:
         os.close(fd)
 
 
+def fsync_held(root: str, slot: int) -> object:
+    """fsync through a held descriptor: a file's, a directory's (maybe removed since)."""
+    os.fsync(_held_fd(root, slot))
+    return None
+
+
 def release(root: str, slot: int) -> object:
     fd = _held.pop((root, slot), None)
     if fd is not None:
@@ -285,6 +291,7 @@ OPERATIONS: dict[str, Callable[..., object]] = {
         write_held,
         xattrs_held,
         reopen_held,
+        fsync_held,
         release,
         unlink,
         mkdir,

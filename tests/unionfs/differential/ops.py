@@ -83,6 +83,7 @@ WEIGHTS: dict[str, int] = {
     "write_held": 2,
     "xattrs_held": 2,
     "reopen_held": 2,
+    "fsync_held": 1,
     "release": 1,
     "unlink": 6,
     "mkdir": 5,
@@ -188,7 +189,8 @@ class OpGenerator:
         return (self.existing(view, "f"),)
 
     def _hold(self, view: View) -> tuple[Arg, ...]:
-        return (self.slot(), self.existing(view, "f"), self.rng.random() < 0.3)
+        kinds = "f" if self.rng.random() < 0.8 else "dp"  # directories and FIFOs too
+        return (self.slot(), self.existing(view, kinds), self.rng.random() < 0.3)
 
     def _read_held(self, view: View) -> tuple[Arg, ...]:
         return (self.slot(), self.rng.choice((0, 10, 4000, 70_000)), self.size() or 100)
@@ -202,6 +204,9 @@ class OpGenerator:
 
     def _reopen_held(self, view: View) -> tuple[Arg, ...]:
         return (self.slot(), self.rng.choice((0, 10, 4000, 70_000)), self.size() or 100)
+
+    def _fsync_held(self, view: View) -> tuple[Arg, ...]:
+        return (self.slot(),)
 
     def _release(self, view: View) -> tuple[Arg, ...]:
         return (self.slot(),)
