@@ -295,6 +295,9 @@ class UnionFilesystem:
         node = self._node(ino)
         if not stat.S_ISLNK(node.mode):
             raise errors.invalid()
+        kept = None if node.linked else self._removed.get(node.ino)
+        if kept is not None:  # a removed symlink held through an O_PATH descriptor
+            return os.readlink(b"", dir_fd=kept)
         return os.readlink(self._backing_path(node))
 
     # -- copy-up -------------------------------------------------------------------------

@@ -221,6 +221,18 @@ def test_a_fifo_removed_while_open_keeps_its_attributes_and_xattrs(union: Union)
     assert not os.path.lexists(mnt / "fifo")
 
 
+def test_a_symlink_removed_while_held_still_reads(union: Union) -> None:
+    mnt = union.mount()
+    os.symlink("target-x", mnt / "link")
+    fd = os.open(mnt / "link", os.O_PATH | os.O_NOFOLLOW)
+    try:
+        os.unlink(mnt / "link")
+        assert os.readlink("", dir_fd=fd) == "target-x"
+        assert os.fstat(fd).st_nlink == 0
+    finally:
+        os.close(fd)
+
+
 def test_a_directory_replaced_by_rename_answers_fstat_through_its_descriptor(
     union: Union,
 ) -> None:
