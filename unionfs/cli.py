@@ -201,7 +201,7 @@ def run_background(config: MountConfig) -> int:
     os.setsid()
     status = 1
     try:
-        from unionfs.syscalls import set_parent_death_signal, set_process_name
+        from unionfs.syscalls import set_parent_death_signal
 
         # Until the mount is ready, this command's end is ours: killed before it could say
         # "mounted", it leaves no daemon to mount after whoever started it gave up. SIGTERM
@@ -209,7 +209,6 @@ def run_background(config: MountConfig) -> int:
         set_parent_death_signal(SIGTERM)
         if os.getppid() != parent:
             os._exit(1)  # gone already
-        set_process_name(b"unionfs")  # forked by lamina, our argv is lamina's
         setup_logging(config)
         from unionfs.mount import serve
 
