@@ -151,24 +151,18 @@ class UnionFilesystem:
             return self.stack.upper_path(node.rel_path())
         return self.stack.lower_path(node.sources[0])
 
-    def _unlinked_target(self, node: Node) -> int | bytes | None:
-        """What reaches a node that has no name left: an open file's descriptor, or the
-        /proc/self/fd path of a removed entry's O_PATH descriptor (see _keep_removed)."""
-        fd = self.handles.any_fd(node.ino)
-        if fd is not None:
-            return fd
-        kept = self._removed.get(node.ino)
-        return None if kept is None else b"/proc/self/fd/%d" % kept
-
-    def _target(self, node: Node) -> tuple[int | bytes, bool]:
-        """What to reach a node's attributes and xattrs through, and whether to follow
-        symlinks there: its layer path (never followed), or for a node with no name left
-        what we hold of it (a descriptor, or a /proc/self/fd link: followed to the inode).
-        A lower node without either still has its layer's entry."""
+    def _target(self, node: Node) -> tuple[bytes, bool]:
+        """The path to reach a node through (attributes, xattrs, opening it again), and
+        whether to follow symlinks there: its layer path (never followed), or for a node
+        with no name left the /proc/self/fd link of a descriptor we hold of it, an open
+        file's or a removed entry's (see _before_name_goes): followed to the inode, as any
+        process may. A lower node without either still has its layer's entry."""
         if not node.linked and node.pending is None:
-            target = self._unlinked_target(node)
-            if target is not None:
-                return target, True
+            fd = self.handles.any_fd(node.ino)
+            if fd is None:
+                fd = self._removed.get(node.ino)
+            if fd is not None:
+                return b"/proc/self/fd/%d" % fd, True
         return self._backing_path(node), False
 
     def _stat(self, node: Node) -> os.stat_result:
@@ -247,12 +241,8 @@ class UnionFilesystem:
             target: int | bytes
             if handle is not None and handle.writable:
                 target, follow = handle.fd, True  # follow_symlinks=False is refused for an fd
-            elif node.linked:
-                target, follow = self.stack.upper_path(node.rel_path()), False
             else:
-                target, follow = self._target(node)
-                if not follow:  # no descriptor of it left
-                    raise errors.not_found()
+                target, follow = self._target(node)  # the upper copy now, named or not
             is_link = stat.S_ISLNK(node.mode)
             if changes.size is not None:
                 os.truncate(target, changes.size)
@@ -692,12 +682,10 @@ class UnionFilesystem:
     def _remove(self, parent: Node, name: bytes, node: Node) -> None:
         self._writable()
         self._ensure_upper_dir(parent)
-        if node.pending is not None:
-            self._complete(node)  # rare: simpler than unpicking a half copy
-        needs_whiteout = self.stack.lower_positive(parent.sources, name)
         path = self.stack.upper_path(join(parent.rel_path(), name))
+        self._before_name_goes(node, path)
+        needs_whiteout = self.stack.lower_positive(parent.sources, name)
         if node.in_upper:
-            self._keep_removed(node, path)
             if node.is_dir or needs_whiteout:
                 self.stack.forget_short_paths()
                 self._move_to_work(path, whiteout=needs_whiteout)
@@ -707,13 +695,24 @@ class UnionFilesystem:
             os.rename(self._new_whiteout(), path)
         self.inodes.remove_link(parent, name)
 
-    def _keep_removed(self, node: Node, path: bytes) -> None:
-        """Before the upper entry at path loses its name: if it is not a regular file (an
-        open one has its handle's descriptor) and the kernel holds its node, keep an O_PATH
-        descriptor of it. A process may still have a removed directory open or as its cwd,
-        a FIFO or device open, and fstat, fchmod and xattrs work on them (no link left),
-        as on any filesystem. O_PATH: opening a device or FIFO has no side effect then."""
-        if stat.S_ISREG(node.mode) or node.lookups <= 0 or node.ino in self._removed:
+    def _before_name_goes(self, node: Node, path: bytes) -> None:
+        """node's name at path (upper) is about to go: unlink, rmdir, rename over it.
+
+        A copy-up in progress is finished first (rare: simpler than unpicking a half copy,
+        and a finish after the name went would have nowhere to go). Then, if the entry is
+        in the upper, not a regular file (an open one has its handle's descriptor) and the
+        kernel holds its node, keep an O_PATH descriptor of it: a process may still have a
+        removed directory open or as its cwd, a FIFO or device open, and fstat, fchmod and
+        xattrs work on them (no link left), as on any filesystem. O_PATH: opening a device
+        or FIFO has no side effect then."""
+        if node.pending is not None:
+            self._complete(node)
+        if (
+            not node.in_upper
+            or stat.S_ISREG(node.mode)
+            or node.lookups <= 0
+            or node.ino in self._removed
+        ):
             return
         try:
             self._removed[node.ino] = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -787,10 +786,10 @@ class UnionFilesystem:
             new_path = self.stack.upper_path(join(new_parent.rel_path(), new_name))
             if src.is_dir:
                 self._mark_moved_dir(src, old_path, old_parent, new_parent)
-            if dst is not None and dst.in_upper:
-                self._keep_removed(dst, new_path)
-            if dst is not None and dst.is_dir and dst.in_upper:
-                self._move_to_work(new_path, whiteout=False)  # drop its whiteouts with it
+            if dst is not None:
+                self._before_name_goes(dst, new_path)
+                if dst.is_dir and dst.in_upper:
+                    self._move_to_work(new_path, whiteout=False)  # drop its whiteouts with it
             leave_whiteout = self.stack.lower_positive(old_parent.sources, old_name)
             target = lstat_or_none(new_path)
             if src.is_dir and target is not None and not stat.S_ISDIR(target.st_mode):
@@ -882,10 +881,7 @@ class UnionFilesystem:
 
     def _open_backing(self, node: Node, flags: int) -> FileHandle:
         flags = self._backing_flags(flags)
-        target, follow = self._target(node)
-        # A file with no name left is opened again through /proc/self/fd: a new open file
-        # of the same inode, as that path gives any process (a magic link, so followed).
-        path = b"/proc/self/fd/%d" % target if isinstance(target, int) else target
+        path, follow = self._target(node)  # followed: a new open file of a nameless inode
         fd = os.open(path, flags & ~os.O_NOFOLLOW if follow else flags)
         return self._new_handle(node, fd, flags)
 
@@ -995,7 +991,7 @@ class UnionFilesystem:
         node = snapshot.node
         if offset == 0:  # the first read, or rewinddir: a fresh listing
             self._list_into(snapshot)
-        parent_rel = node.rel_path() if node.linked else b""  # once, not once an entry
+        parent_rel = node.rel_path()  # once, not once an entry
         for index in range(offset, len(snapshot.names)):
             name = snapshot.names[index]
             if name in DOT_ENTRIES:
@@ -1039,13 +1035,9 @@ class UnionFilesystem:
 
     def _list_into(self, snapshot: DirSnapshot) -> None:
         node = snapshot.node
-        names: list[bytes] = []  # a removed directory (still open) is empty, as rmdir left it
-        types: list[int] = []
-        snapshot.files = {}
-        if node.linked:
-            names, types, snapshot.files = self.stack.list_dir_with_files(
-                self._upper_rel(node), node.sources
-            )
+        names, types, snapshot.files = self.stack.list_dir_with_files(
+            self._upper_rel(node), node.sources
+        )
         snapshot.names = [*DOT_ENTRIES, *names]
         snapshot.types = [stat.S_IFDIR, stat.S_IFDIR, *types]
 

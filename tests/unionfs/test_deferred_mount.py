@@ -125,6 +125,30 @@ def test_an_fsynced_write_survives_a_killed_daemon(union: tuple[Layers, Path, by
     assert upper_file(layers).read_bytes() == expected
 
 
+def test_a_file_renamed_over_a_copy_being_made_stays_after_a_killed_daemon(
+    union: tuple[Layers, Path, bytes],
+) -> None:
+    """A copy-up in progress whose name another file takes by rename must not come back:
+    not when it finishes, not when a mount finishes it after a crash (the record written
+    at the fsync names the path). The replaced file stays writable while open."""
+    layers, mnt, _ = union
+    with unionfs(layers, mnt):
+        fd = os.open(mnt / "dir" / "big", os.O_WRONLY)
+        try:
+            os.pwrite(fd, b"durable", 10 * MiB)
+            os.fsync(fd)
+            (mnt / "dir" / "new").write_bytes(b"the file that took the name")
+            os.rename(mnt / "dir" / "new", mnt / "dir" / "big")
+            os.pwrite(fd, b"late", 0)  # the replaced file is still open, and writable
+            kill_daemon(layers, mnt)
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    with unionfs(layers, mnt):
+        assert (mnt / "dir" / "big").read_bytes() == b"the file that took the name"
+    assert upper_file(layers).read_bytes() == b"the file that took the name"
+
+
 def test_an_unsynced_write_of_a_killed_daemon_leaves_the_file_wholly_old(
     union: tuple[Layers, Path, bytes], tmp_path: Path
 ) -> None:
