@@ -9,7 +9,7 @@ import mmap
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -108,17 +108,29 @@ def kill_daemon(layers: Layers, mnt: Path) -> None:
     assert not is_mountpoint(mnt)
 
 
-def test_an_fsynced_write_survives_a_killed_daemon(union: tuple[Layers, Path, bytes]) -> None:
-    layers, mnt, content = union
-    with unionfs(layers, mnt):
+def killed_while_open(
+    layers: Layers, mnt: Path, act: Callable[[int], object], options: Sequence[str] = ()
+) -> None:
+    """Mount, open the big file for writing, act(fd), kill the daemon; the descriptor is
+    closed whatever happened."""
+    with unionfs(layers, mnt, options):
         fd = os.open(mnt / "dir" / "big", os.O_WRONLY)
         try:
-            os.pwrite(fd, b"durable", 10 * MiB)
-            os.fsync(fd)
+            act(fd)
             kill_daemon(layers, mnt)
         finally:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def test_an_fsynced_write_survives_a_killed_daemon(union: tuple[Layers, Path, bytes]) -> None:
+    layers, mnt, content = union
+
+    def write_durably(fd: int) -> None:
+        os.pwrite(fd, b"durable", 10 * MiB)
+        os.fsync(fd)
+
+    killed_while_open(layers, mnt, write_durably)
     expected = content[: 10 * MiB] + b"durable" + content[10 * MiB + 7 :]
     with unionfs(layers, mnt):  # the mount completes the interrupted copy-up first
         assert (mnt / "dir" / "big").read_bytes() == expected
@@ -132,18 +144,15 @@ def test_a_file_renamed_over_a_copy_being_made_stays_after_a_killed_daemon(
     not when it finishes, not when a mount finishes it after a crash (the record written
     at the fsync names the path). The replaced file stays writable while open."""
     layers, mnt, _ = union
-    with unionfs(layers, mnt):
-        fd = os.open(mnt / "dir" / "big", os.O_WRONLY)
-        try:
-            os.pwrite(fd, b"durable", 10 * MiB)
-            os.fsync(fd)
-            (mnt / "dir" / "new").write_bytes(b"the file that took the name")
-            os.rename(mnt / "dir" / "new", mnt / "dir" / "big")
-            os.pwrite(fd, b"late", 0)  # the replaced file is still open, and writable
-            kill_daemon(layers, mnt)
-        finally:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+
+    def write_durably_then_replace(fd: int) -> None:
+        os.pwrite(fd, b"durable", 10 * MiB)
+        os.fsync(fd)
+        (mnt / "dir" / "new").write_bytes(b"the file that took the name")
+        os.rename(mnt / "dir" / "new", mnt / "dir" / "big")
+        os.pwrite(fd, b"late", 0)  # the replaced file is still open, and writable
+
+    killed_while_open(layers, mnt, write_durably_then_replace)
     with unionfs(layers, mnt):
         assert (mnt / "dir" / "big").read_bytes() == b"the file that took the name"
     assert upper_file(layers).read_bytes() == b"the file that took the name"
@@ -153,14 +162,7 @@ def test_an_unsynced_write_of_a_killed_daemon_leaves_the_file_wholly_old(
     union: tuple[Layers, Path, bytes], tmp_path: Path
 ) -> None:
     layers, mnt, content = union
-    with unionfs(layers, mnt, ["lazy_copyup=1M"]):
-        fd = os.open(mnt / "dir" / "big", os.O_WRONLY)
-        try:
-            os.pwrite(fd, b"lost", 0)
-            kill_daemon(layers, mnt)
-        finally:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+    killed_while_open(layers, mnt, lambda fd: os.pwrite(fd, b"lost", 0), ["lazy_copyup=1M"])
     with unionfs(layers, mnt):
         data = (mnt / "dir" / "big").read_bytes()
     # Wholly old, or wholly new if the background copy had already finished.
