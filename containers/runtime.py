@@ -22,7 +22,7 @@ from pathlib import Path
 
 from containers import namespaces, state
 from containers import syscalls as sc
-from containers.cgroups.base import Cgroup
+from containers.cgroups.base import Cgroup, Entrance
 from containers.cli import UserError
 from containers.records import Record
 from containers.spec import ContainerSpec
@@ -118,9 +118,13 @@ def start(
             raise UserError(f"cannot set up the cgroup: {exc.strerror or exc}") from None
         undo.callback(cgroup.destroy)
         record.cgroup = cgroup.name  # saved with the pid: rm finds the cgroup by the id
+        try:
+            entrance = cgroup.entrance()
+        except OSError as exc:
+            raise UserError(f"cannot join the cgroup: {exc.strerror or exc}") from None
+        undo.callback(entrance.close)
         pause_at("cgroup")
 
-        sc.unshare(sc.CLONE_NEWPID)  # our next child is PID 1 of a new PID namespace
         rootfs = record.mount_point
 
         def child(channels: init.Channels) -> NoReturn:
@@ -143,7 +147,8 @@ def start(
 
         pid, console = spawn(
             child,
-            cgroup,
+            entrance,
+            new_pid_namespace=True,
             tty=spec.tty,
             stdio=stdio,
             undo=undo,
@@ -151,6 +156,7 @@ def start(
             on_fork=note_pid,
             before_go=wait_mounted,
         )
+        entrance.close()
         pause_at("started")
         record.status = state.RUNNING
         record.mounted = mounting is not None
@@ -421,8 +427,9 @@ def unmount(mount_point: Path) -> None:
 
 def spawn(
     child_main: Callable[[init.Channels], NoReturn],
-    cgroup: Cgroup,
+    entrance: Entrance,
     *,
+    new_pid_namespace: bool = False,
     tty: bool,
     stdio: tuple[int, int, int] | None,
     undo: ExitStack,
@@ -430,9 +437,10 @@ def spawn(
     on_fork: Callable[[int], None] | None = None,
     before_go: Callable[[], None] | None = None,
 ) -> tuple[int, int | None]:
-    """Fork a child that runs child_main; put it in the cgroup; wait until it has exec'd.
+    """Fork a child (PID 1 of a new PID namespace, if asked) that joins the cgroup
+    through entrance, then runs child_main; wait until it has exec'd.
 
-    before_go runs once the child is in its cgroup, before the child is let go.
+    before_go runs before the child is let go.
 
     Returns (pid, pty master). A failure in the child comes back as a UserError carrying
     the child's message and exit status (127, 126 or 125), after the child was reaped.
@@ -443,7 +451,12 @@ def spawn(
         import socket
     parent_sock, child_sock = socket.socketpair() if tty else (None, None)
     userns_parent, userns_child = socket.socketpair() if id_map else (None, None)
-    pid = os.fork()
+    try:
+        pid, born_in_v2 = _fork_into(entrance, new_pid_namespace)
+    except OSError as exc:
+        for fd in (go_r, go_w, err_r, err_w):
+            os.close(fd)
+        raise UserError(f"cannot start the container's first process: {exc.strerror}") from None
     if pid == 0:
         try:
             os.close(go_w)
@@ -451,8 +464,13 @@ def spawn(
             for sock in (parent_sock, userns_parent):
                 if sock is not None:
                     sock.close()
+            try:
+                entrance.join(born_in_v2)
+            except OSError as exc:
+                raise _NoCgroup(exc.strerror or exc) from None
+            entrance.close()
             # The child's own set-up code is imported here, by the child, while the parent
-            # puts it in its cgroup (and waits for the union mount).
+            # waits for the union mount.
             from containers.init import Channels
 
             channels = Channels(
@@ -460,7 +478,8 @@ def spawn(
             )
             child_main(channels)
         except BaseException as exc:  # never back into the parent's code
-            line = {"message": f"starting the container: {exc}", "status": 125}
+            doing = "joining the cgroup" if isinstance(exc, _NoCgroup) else "starting the container"
+            line = {"message": f"{doing}: {exc}", "status": 125}
             with contextlib.suppress(OSError):
                 os.write(err_w, json.dumps(line).encode())
         finally:
@@ -474,13 +493,10 @@ def spawn(
     if on_fork is not None:
         on_fork(pid)
     pause_at("forked")
-    try:
-        cgroup.add(pid)
-    except OSError as exc:
-        raise UserError(f"cannot join the cgroup: {exc.strerror or exc}") from None
     if before_go is not None:
         before_go()
-    os.write(go_w, b"1")
+    with contextlib.suppress(BrokenPipeError):  # the child failed already: its report says why
+        os.write(go_w, b"1")
     os.close(go_w)
     console = None
     if parent_sock is not None:
@@ -503,6 +519,26 @@ def spawn(
         failure = json.loads(report)
         raise UserError(failure["message"], status=failure["status"])
     return pid, console
+
+
+class _NoCgroup(Exception):
+    """The new child could not join its cgroup."""
+
+
+def _fork_into(entrance: Entrance, new_pid_namespace: bool) -> tuple[int, bool]:
+    """os.fork(); the child is born in the cgroup's v2 part where the kernel can, and is
+    told so (True). Else (v1, Linux before 5.7, clone3 refused by a seccomp filter) it
+    joins the slow way."""
+    namespaces = sc.CLONE_NEWPID if new_pid_namespace else 0
+    if entrance.birthplace is not None:
+        # Whatever failed (the cgroup too), os.fork() below can still run: the new PID
+        # namespace is clone3's own, gone with its failure. (An unshared one would be
+        # dead: the kernel refuses more forks in a namespace whose first one failed.)
+        with contextlib.suppress(OSError):
+            return sc.fork_into_cgroup(entrance.birthplace, namespaces), True
+    if namespaces:
+        sc.unshare(namespaces)  # our next child is PID 1 of it
+    return os.fork(), False
 
 
 def _read_all(fd: int) -> bytes:
@@ -826,7 +862,10 @@ def exec_in(record: ContainerRecord, process: init.Process, interactive: bool) -
         # Likewise for spawn's console socket pair (made once we are in those mounts).
         import socket  # noqa: F401
 
-    cgroup = open_cgroup(record.id)
+    try:
+        entrance = open_cgroup(record.id).entrance()
+    except OSError as exc:
+        raise UserError(f"cannot join the cgroup of {record.name}: {exc.strerror or exc}") from None
     stdio = None
     if not process.tty:
         stdio = (0 if interactive else os.open(os.devnull, os.O_RDONLY), 1, 2)
@@ -834,10 +873,10 @@ def exec_in(record: ContainerRecord, process: init.Process, interactive: bool) -
     def child(channels: init.Channels) -> NoReturn:
         init.exec_main(process, ns_fds, channels)
 
-    with ExitStack() as forwarding:
+    with ExitStack() as forwarding, contextlib.closing(entrance):
         with signals_held(), ExitStack() as undo, forking_in_mounts_of(record.pid) as back:
             pid, console = spawn(
-                child, cgroup, tty=process.tty, stdio=stdio, undo=undo, on_fork=back
+                child, entrance, tty=process.tty, stdio=stdio, undo=undo, on_fork=back
             )
             namespaces.close_all(ns_fds)
             undo.pop_all()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from containers.cgroups.base import Cgroup, CgroupStats
+from containers.cgroups.base import Cgroup, CgroupStats, Entrance
 from containers.cgroups.resources import Resources
 from containers.cgroups.v1 import CONTROLLERS as V1_CONTROLLERS
 from containers.cgroups.v1 import V1Cgroup
@@ -71,9 +71,8 @@ class HybridCgroup:
             self.v1.destroy()
             raise
 
-    def add(self, pid: int) -> None:
-        self.v1.add(pid)
-        self.v2.add(pid)
+    def entrance(self) -> Entrance:
+        return Entrance(self.v2.dir, self.v1.paths())
 
     def pids(self) -> list[int]:
         return sorted(set(self.v1.pids()) | set(self.v2.pids()))

@@ -49,9 +49,8 @@ class V1Cgroup:
         root = self.mounts.get("memory")
         return root is not None and (root / "memory.memsw.limit_in_bytes").exists()
 
-    def add(self, pid: int) -> None:
-        for path in self.paths():
-            base.write(path / "cgroup.procs", str(pid))
+    def entrance(self) -> base.Entrance:
+        return base.Entrance(None, self.paths())
 
     def pids(self) -> list[int]:
         found: set[int] = set()

@@ -49,8 +49,8 @@ class V2Cgroup:
                     directory.rmdir()
             raise
 
-    def add(self, pid: int) -> None:
-        base.write(self.dir / "cgroup.procs", str(pid))
+    def entrance(self) -> base.Entrance:
+        return base.Entrance(self.dir, [])
 
     def pids(self) -> list[int]:
         return base.read_procs(self.dir)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from containers.cgroups.resources import (
 )
 from containers.cgroups.v1 import V1Cgroup
 from containers.cgroups.v2 import V2Cgroup
+from containers.syscalls import fork_into_cgroup
 
 MIB = 2**20
 
@@ -161,13 +161,33 @@ def host_layout() -> Layout:
 
 
 @contextlib.contextmanager
-def sleeper() -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(["sleep", "600"])
+def joined_sleeper(cgroup: Cgroup, clone3: bool) -> Iterator[int]:
+    """A `sleep` that joined the cgroup as a container's first process does: born in its
+    v2 part by clone3 (when asked and there is one), else forked and joining by writing."""
+    exec_r, exec_w = os.pipe()  # both close-on-exec: EOF once the child has exec'd
+    with contextlib.closing(cgroup.entrance()) as entrance:
+        born = clone3 and entrance.birthplace is not None
+        pid = fork_into_cgroup(entrance.birthplace) if born else os.fork()  # type: ignore[arg-type]
+        if pid == 0:
+            try:
+                entrance.join(born)
+                os.execvp("sleep", ["sleep", "600"])
+            finally:
+                os._exit(127)
+    os.close(exec_w)
+    os.read(exec_r, 1)
+    os.close(exec_r)
     try:
-        yield proc
+        yield pid
     finally:
-        proc.kill()
-        proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
+def exit_status(pid: int) -> int:
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 @contextlib.contextmanager
@@ -203,20 +223,37 @@ def make_driver(kind: str, name: str) -> Cgroup:
     return open_cgroup("c", layout, parent=name)
 
 
+def hierarchies_joined(pid: int | str, cgroup: Cgroup) -> int:
+    """In how many hierarchies pid is in cgroup (/proc/PID/cgroup: a line each)."""
+    lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    return sum(line.split(":", 2)[2] == f"/{cgroup.name}" for line in lines)
+
+
 @pytest.mark.root
+@pytest.mark.parametrize("clone3", [True, False], ids=["born-in-v2", "joined-by-write"])
 @pytest.mark.parametrize("kind", drivers_here())
-def test_every_driver_creates_joins_freezes_kills_and_removes(kind: str) -> None:
+def test_every_driver_creates_joins_freezes_kills_and_removes(kind: str, clone3: bool) -> None:
     """One contract for each driver this host can run (v2 for real on the unified tree)."""
     cgroup = make_driver(kind, f"lamina-test-{os.getpid()}-{kind}")
-    with created(cgroup, Resources()), sleeper() as proc:
-        cgroup.add(proc.pid)
-        assert cgroup.pids() == [proc.pid]
+    with created(cgroup, Resources()), joined_sleeper(cgroup, clone3) as pid:
+        assert cgroup.pids() == [pid]
+        assert hierarchies_joined(pid, cgroup) == len(cgroup.paths())  # a dir each
         assert cgroup.stats().pids == 1
         cgroup.freeze()
         cgroup.thaw()
         cgroup.kill()
-        assert proc.wait(timeout=10) == -9
+        assert exit_status(pid) == -9
         assert cgroup.pids() == []
+
+
+@pytest.mark.root
+def test_a_child_that_cannot_join_its_cgroup_says_so(tmp_path: Path) -> None:
+    cgroup = make_driver("host", f"lamina-test-{os.getpid()}-gone")
+    with created(cgroup, Resources()):
+        entrance = cgroup.entrance()
+    # Removed under it: the files it holds are dead, writing to them fails.
+    with contextlib.closing(entrance), pytest.raises(OSError, match="cannot write 0 to"):
+        entrance.join(born_in_v2=False)
 
 
 @pytest.mark.root
@@ -224,9 +261,8 @@ def test_the_host_driver_applies_limits_and_kills(tmp_path: Path) -> None:
     layout = host_layout()
     cgroup = open_cgroup("real", layout, parent=f"lamina-test-{os.getpid()}")
     res = build_resources(memory="64m", pids_limit=5, cpus="0.5", host_cpus=os.cpu_count() or 1)
-    with created(cgroup, res), sleeper() as proc:
-        cgroup.add(proc.pid)
-        assert proc.pid in cgroup.pids()
+    with created(cgroup, res), joined_sleeper(cgroup, clone3=True) as pid:
+        assert pid in cgroup.pids()
         if layout.kind in ("v1", "hybrid"):
             mem = layout.v1["memory"] / cgroup.name
             assert (mem / "memory.limit_in_bytes").read_text().strip() == str(64 * MIB)
@@ -237,10 +273,44 @@ def test_the_host_driver_applies_limits_and_kills(tmp_path: Path) -> None:
         cgroup.freeze()
         cgroup.thaw()
         cgroup.kill()
-        assert proc.wait(timeout=10) == -9
+        assert exit_status(pid) == -9
 
 
 def test_a_cgroup_removed_meanwhile_has_no_processes(tmp_path: Path) -> None:
     from containers.cgroups.base import read_procs
 
     assert read_procs(tmp_path / "gone") == []
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("clone3", [True, False], ids=["born-in-v2", "joined-by-write"])
+def test_a_first_process_is_pid_1_of_a_new_namespace_inside_the_cgroup(clone3: bool) -> None:
+    """runtime's fork for a container's first process, both ways: clone3 making the PID
+    namespace, or unshare then fork (v1 hosts, kernels without CLONE_INTO_CGROUP). Run in
+    a forked helper: the unshare would change this test process's next children."""
+    from containers.runtime import _fork_into
+
+    cgroup = make_driver("host", f"lamina-test-{os.getpid()}-pid1")
+    report_r, report_w = os.pipe()
+    with created(cgroup, Resources()), contextlib.closing(cgroup.entrance()) as way_in:
+        if not clone3 and way_in.birthplace is not None:  # as where clone3 is refused
+            os.close(way_in.birthplace)
+            way_in.birthplace = None
+        helper = os.fork()
+        if helper == 0:
+            try:
+                pid, born = _fork_into(way_in, new_pid_namespace=True)
+                if pid == 0:
+                    way_in.join(born)
+                    inside = hierarchies_joined("self", cgroup) == len(cgroup.paths())
+                    os.write(report_w, f"{os.getpid()} {born} {inside}".encode())
+                    os._exit(0)
+                os.waitpid(pid, 0)
+            finally:
+                os._exit(0)
+        os.close(report_w)
+        assert exit_status(helper) == 0
+        report = os.read(report_r, 100).decode()
+        os.close(report_r)
+    host_has_v2 = host_layout().v2 is not None
+    assert report == f"1 {clone3 and host_has_v2} True"

@@ -259,3 +259,35 @@ def test_lamina_killed_at_milestones_many_times(
 ) -> None:
     for _ in range(25):
         check_ps_and_rm_recover(lamina, kill_lamina_when(lamina, busybox_rootfs, milestone))
+
+
+def test_a_first_process_that_cannot_join_its_cgroup_fails_the_start_cleanly(
+    lamina: Lamina, busybox_rootfs: Path
+) -> None:
+    """The first process joins its cgroup itself: when it cannot (the cgroup removed under
+    it here, while lamina waits at the step after opening it), the start fails with the
+    reason, exit 125, and leaves nothing behind."""
+    argv = lamina.argv("run", "--name", "victim", "--layer", str(busybox_rootfs), "true")
+    run = subprocess.Popen(
+        argv,
+        env=dict(lamina.env, **{PAUSE_AT_ENV: "cgroup"}),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(lambda: stopped_monitor(lamina.root) == run.pid, what="lamina to pause")
+        container = find_container(lamina.root, "victim")
+        for directory in cgroups_of(lamina, container.id):
+            directory.rmdir()
+        os.kill(run.pid, signal.SIGCONT)
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            run.kill()
+        run.wait()
+    assert run.returncode == 125, stderr
+    assert stderr.decode().startswith("lamina: error: joining the cgroup: cannot write 0 to")
+    assert stderr.count(b"\n") == 1
+    assert leftovers(lamina, container.id, []) == []
+    assert lamina.ok("ps", "-a").splitlines()[1:] == []
