@@ -162,12 +162,27 @@ class Session:
         for worker in self.start(handle, threads):
             worker.join()
 
-    def start(self, handle: Handler, threads: int = THREADS) -> list[threading.Thread]:
+    def start(
+        self, handle: Handler, threads: int = THREADS, serving: Callable[[], None] | None = None
+    ) -> list[threading.Thread]:
         """Start answering requests in worker threads; each ends when the mount goes away.
+        serving() is called once the first one reads /dev/fuse: requests wait in the kernel
+        until a worker takes them, so a caller need not wait for the others to start (each
+        start is ~0.4 ms, 3 ms of a container's start for all).
 
         With io_uring agreed, /dev/fuse carries only FORGET and INTERRUPT (and the requests
-        of a mount whose queues the kernel refused): two readers do."""
+        of a mount whose queues the kernel refused, or sent before they are all
+        registered): two readers do."""
         workers = []
+        readers = 2 if self.io_uring else threads
+        for i in range(readers):
+            worker = threading.Thread(
+                target=self._worker, args=(handle,), name=f"fuse-{i}", daemon=True
+            )
+            worker.start()
+            workers.append(worker)
+            if i == 0 and serving is not None:
+                serving()
         if self.io_uring:
             from unionfs import fuse_uring
 
@@ -185,13 +200,6 @@ class Session:
             workers += fuse_uring.start(
                 self.fd, handle, MAX_PAGES * 4096, per_queue, self.unmount, refused
             )
-            threads = 2
-        for i in range(threads):
-            worker = threading.Thread(
-                target=self._worker, args=(handle,), name=f"fuse-{i}", daemon=True
-            )
-            worker.start()
-            workers.append(worker)
         return workers
 
     def _worker(self, handle: Handler) -> None:

@@ -119,12 +119,12 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
 def serve_until_stopped(
     session: Session, adapter: FuseAdapter, stopped: threading.Event, ready: Callable[[], None]
 ) -> None:
-    """Serve in worker threads, and only then say the mount is ready (its first caller must
-    not wait for our threads to start). The main thread waits for the mount to go away, or
-    for a signal (the mount is detached then, and we stop even if it is still busy)."""
+    """Serve in worker threads, and say the mount is ready once the first serves (its first
+    caller must not wait for our threads to start). The main thread waits for the mount to
+    go away, or for a signal (the mount is detached then, and we stop even if it is still
+    busy)."""
     tune_collector()
-    workers = session.start(adapter.handle)
-    ready()
+    workers = session.start(adapter.handle, serving=ready)
     for worker in workers:
         while worker.is_alive() and not stopped.is_set():
             worker.join(1.0)
