@@ -107,9 +107,19 @@ def _read_run(argv: Sequence[str]) -> argparse.Namespace | None:
     """`lamina run`'s usual command lines without argparse (see containers/run_args.py)."""
     if _command_of(argv) != "run":
         return None
+    args = read_run(argv, _cmd_run)
+    if args is not None and not args.detach and args.rootfs is None:
+        # It will mount (an image, or --layer): the mount program gets ready meanwhile.
+        from containers import mount_helper
+
+        mount_helper.fork_early()
+    return args
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
     from containers.commands_runtime import cmd_run
 
-    return read_run(argv, cmd_run)
+    return cmd_run(args)
 
 
 def exit_without_teardown(status: int) -> NoReturn:

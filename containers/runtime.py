@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
-from containers import namespaces, state
+from containers import mount_helper, namespaces, state
 from containers import syscalls as sc
 from containers.cgroups.base import Cgroup, Entrance
 from containers.cli import UserError
@@ -255,7 +255,14 @@ class MountProgram:
         options = f"lowerdir={lowers},{_upper_option(record)},workdir={work}"
         argv = ["-o", options, str(record.mount_point)]
         if not os.environ.get(MOUNT_PROGRAM_ENV):
-            return cls.fork_our_own(record, argv)
+            forked = mount_helper.take()
+            if forked is None:
+                try:
+                    forked = mount_helper.fork()
+                except OSError as exc:
+                    raise UserError(f"cannot run the mount program: {exc.strerror}") from None
+            forked.send(argv)
+            return cls(record, "unionfs", forked.pid, forked.output)
         program = mount_program()
         output, output_w = os.pipe()
         devnull = os.open(os.devnull, os.O_RDONLY)
@@ -283,36 +290,6 @@ class MountProgram:
             os.close(output_w)
             os.close(devnull)
         return cls(record, program, pid, output)
-
-    @classmethod
-    def fork_our_own(cls, record: ContainerRecord, argv: list[str]) -> MountProgram:
-        """Our `unionfs` command, run in a fork of this process: it skips an interpreter's
-        start and the imports lamina has made already (~7 ms of every start). The child
-        behaves as the exec'd command would: stdio to the pipe, no descriptor of ours, no
-        signal handler or mask of ours, and it dies with us until the mount is ready."""
-        output, output_w = os.pipe()
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        sys.stdout.flush()  # what is buffered is ours to write, not the child's
-        sys.stderr.flush()
-        parent = os.getpid()
-        try:
-            pid = os.fork()
-        except OSError as exc:
-            for fd in (output, output_w, devnull):
-                os.close(fd)
-            raise UserError(f"cannot run the mount program: {exc.strerror}") from None
-        if pid == 0:
-            code = 1
-            try:
-                code = _run_our_mount_program(parent, argv, devnull, output_w)
-            finally:
-                with contextlib.suppress(Exception):
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                os._exit(code)
-        os.close(output_w)
-        os.close(devnull)
-        return cls(record, "unionfs", pid, output)
 
     def wait(self) -> None:
         """Until the program exits; raise UserError unless it mounted the union."""
@@ -379,29 +356,6 @@ def _upper_option(record: ContainerRecord) -> str:
     from unionfs.config import escape_path
 
     return f"upperdir={escape_path(str(record.upper_dir))}"
-
-
-def _run_our_mount_program(parent: int, argv: list[str], stdin: int, output: int) -> int:
-    """In the forked child: become `unionfs ARGV` and return its exit status."""
-    import gc
-
-    from unionfs.cli import main
-    from unionfs.syscalls import set_parent_death_signal, set_process_name
-
-    # Objects of lamina's that the collector would finalize here could close descriptor
-    # numbers that are the daemon's by then.
-    gc.freeze()
-    set_parent_death_signal(signal.SIGKILL)
-    if os.getppid() != parent:
-        return 1
-    for fd, target in ((stdin, 0), (output, 1), (output, 2)):
-        os.dup2(fd, target)
-    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-    for sig in FORWARDED:
-        signal.signal(sig, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())  # start() holds the forwarded ones
-    set_process_name(b"unionfs")  # for ps and top: our argv is still lamina's
-    return main(argv)
 
 
 def _inheritable_fds() -> list[int]:

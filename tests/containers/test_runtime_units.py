@@ -4,14 +4,18 @@ run in the background, and waiting for its daemon to let go of the workdir."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from containers.cli import UserError
-from containers.runtime import MountProgram, signals_held
+from containers.runtime import MountProgram, signals_held, unmount
 from containers.state import ContainerRecord
+from tests.containers.reliability_helpers import is_running, processes_holding
+from unionfs.workdir_lock import wait_released
 
 
 def fake_mount_program(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str) -> Path:
@@ -109,3 +113,57 @@ def test_the_mount_program_gets_neither_our_descriptors_nor_our_held_signals(
         os.close(inherited_w)
     assert ours not in (tmp_path / "mount-program.fds").read_text()
     assert int((tmp_path / "mount-program.sig").read_text().split()[1], 16) == 0
+
+
+@pytest.mark.root
+def test_our_forked_mount_program_mounts_and_its_daemon_holds_none_of_our_descriptors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mount program forked from lamina (early, as `lamina run` does) mounts; its
+    daemon outlives lamina and must hold no descriptor of ours, nor block signals."""
+    from containers import mount_helper
+
+    monkeypatch.delenv("LAMINA_MOUNT_PROGRAM", raising=False)
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    (lower / "hello").write_text("hi")
+    record = record_in(tmp_path)
+    inherited_r, inherited_w = os.pipe()
+    os.set_inheritable(inherited_w, True)
+    ours = {f"pipe:[{os.fstat(fd).st_ino}]" for fd in (inherited_r, inherited_w)}
+    try:
+        mount_helper.fork_early()
+        with signals_held():
+            mounting = MountProgram.start(record, [lower])
+        mounting.wait()
+        try:
+            assert (record.mount_point / "hello").read_text() == "hi"
+            (daemon,) = processes_holding(record.dir)  # its workdir
+            fds = os.listdir(f"/proc/{daemon}/fd")
+            held = {os.readlink(f"/proc/{daemon}/fd/{fd}") for fd in fds}
+            assert not held & ours
+            lines = Path(f"/proc/{daemon}/status").read_text().splitlines()
+            blocked = next(line.split()[1] for line in lines if line.startswith("SigBlk:"))
+            assert int(blocked, 16) == 0
+        finally:
+            unmount(record.mount_point)
+            assert wait_released(record.work_dir, timeout=30)
+    finally:
+        os.close(inherited_r)
+        os.close(inherited_w)
+
+
+def test_a_mount_program_forked_early_and_never_used_ends_with_lamina() -> None:
+    """`lamina run` forks its mount program before it knows that the image exists: a
+    lamina that exits without mounting (an unknown image) leaves no program behind."""
+    code = (
+        "from containers import mount_helper; mount_helper.fork_early(); "
+        "print(mount_helper.take().pid)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    pid = int(done.stdout)
+    deadline = time.monotonic() + 30
+    while is_running(pid):
+        assert time.monotonic() < deadline, f"the mount program {pid} outlived lamina"
+        time.sleep(0.01)
