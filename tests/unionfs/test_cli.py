@@ -76,6 +76,30 @@ def test_requests_come_through_io_uring_queues_where_offered_unless_refused(
     assert rings >= 2 * len(os.sched_getaffinity(0)) if not option else rings == 0
 
 
+@pytest.mark.parametrize("io_uring", [True, False], ids=["io_uring", "dev-fuse"])
+def test_the_mount_reads_ahead_as_much_as_a_request_carries(
+    layers: tuple[Layers, Path], io_uring: bool
+) -> None:
+    """1 MiB (the kernel's default is 128 KiB), found for a mount point whose name
+    mountinfo escapes, and set before the first request (over io_uring a request to
+    ourselves would wait for queues not yet registered: the mount would hang)."""
+    if io_uring and not mounting.io_uring_supported():
+        pytest.skip("this kernel has no FUSE over io_uring")
+    union, plain = layers
+    mnt = plain.parent / "a mount\\point\twith\nescapes"
+    mnt.mkdir()
+    try:
+        with mounting.fuse_io_uring(io_uring):
+            result = unionfs("-o", union.options(), str(mnt))
+        assert result.returncode == 0, result.stderr
+        assert (mnt / "hello").read_text() == "from the lower layer\n"
+        dev = mnt.stat().st_dev
+        setting = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
+        assert setting.read_text().strip() == "1024"
+    finally:
+        unmount(mnt)
+
+
 def test_bad_input_is_one_line_and_nothing_is_mounted(
     layers: tuple[Layers, Path], tmp_path: Path
 ) -> None:
