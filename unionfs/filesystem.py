@@ -149,7 +149,7 @@ class UnionFilesystem:
             return node.pending.work_path
         if node.in_upper:
             return self.stack.upper_path(node.rel_path())
-        return self.stack.lower_path(node.sources[0])
+        return self.stack.lower_path(node.lower_file())
 
     def _target(self, node: Node) -> tuple[bytes, bool]:
         """The path to reach a node through (attributes, xattrs, opening it again), and
@@ -314,7 +314,7 @@ class UnionFilesystem:
             current = current.parent
         for item in reversed(chain):
             assert item.parent is not None
-            src = self.stack.lower_path(item.sources[0])
+            src = self.stack.lower_path(item.lower_file())
             st = os.lstat(src)
             rel = item.rel_path()
             dst = self.stack.upper_path(rel)
@@ -339,13 +339,13 @@ class UnionFilesystem:
             return False
         if len(node.rel_path()) >= LONG_PATH // 2:
             return False  # its recovery record must name real paths: copy it now instead
-        return os.lstat(self.stack.lower_path(node.sources[0])).st_size >= self.lazy_copyup
+        return os.lstat(self.stack.lower_path(node.lower_file())).st_size >= self.lazy_copyup
 
     def _start_deferred(self, node: Node) -> None:
         """Begin a background copy-up: a sparse work file with the lower file's metadata."""
         assert node.parent is not None and self.work is not None and self.copier is not None
         self._ensure_upper_dir(node.parent)
-        src = self.stack.lower_path(node.sources[0])
+        src = self.stack.lower_path(node.lower_file())
         st = os.lstat(src)
         temp = self.work.temp_name()
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)

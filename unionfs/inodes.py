@@ -15,7 +15,7 @@ import stat
 
 from unionfs import errors
 from unionfs.deferred import PendingCopy
-from unionfs.stack import Entry, Source
+from unionfs.stack import Entry, Source, join
 
 ROOT_INO = 1
 
@@ -43,9 +43,9 @@ class Node:
         "mode",
         "name",
         "open_count",
+        "origin",
         "parent",
         "pending",
-        "sources",
     )  # fmt: skip
 
     def __init__(
@@ -61,11 +61,11 @@ class Node:
         self.ino = ino
         self.mode = mode
         self.key = key
-        # lower sources: the backing lower file of a non-directory, or the merged lower dirs.
-        self.sources = sources
         self.in_upper = in_upper
         self.parent = parent
         self.name = name
+        # The lower sources (see `sources`), or where to find the one of a lower file.
+        self.origin: tuple[Source, ...] | int = _compact(sources, parent, name, mode)
         # Further names of an upper hard link; a tuple (rarely more than empty) to stay small.
         self.extra_links: tuple[tuple[Node, bytes], ...] = ()
         # Known names of a directory; every other node shares one empty, unwritable dict.
@@ -73,6 +73,32 @@ class Node:
         self.lookups = 0
         self.open_count = 0
         self.pending: PendingCopy | None = None  # a deferred copy-up in progress
+
+    @property
+    def sources(self) -> tuple[Source, ...]:
+        """The lower sources: the backing lower file of a non-directory, or the merged
+        lower dirs."""
+        origin = self.origin
+        return origin if isinstance(origin, tuple) else (self.lower_file(),)
+
+    @sources.setter
+    def sources(self, sources: tuple[Source, ...]) -> None:
+        self.origin = sources
+
+    def lower_file(self) -> Source:
+        """The lower file backing a non-directory not copied up (its one source)."""
+        origin = self.origin
+        if isinstance(origin, tuple):
+            return origin[0]
+        # The parent is a directory (its origin is its sources), and set: pinned before
+        # the name changes (pin_sources).
+        index, path = self.parent.origin[origin]  # type: ignore[union-attr,index]
+        return (index, path + b"/" + self.name if path else self.name)
+
+    def pin_sources(self) -> None:
+        """Keep the sources themselves, before the node's name or parent changes."""
+        if not isinstance(self.origin, tuple):
+            self.origin = self.sources
 
     @property
     def is_dir(self) -> bool:
@@ -102,6 +128,21 @@ class Node:
 
     def entry(self, st: os.stat_result) -> Entry:
         return Entry(self.rel_path() if self.in_upper else None, self.sources, st)
+
+
+def _compact(
+    sources: tuple[Source, ...], parent: Node | None, name: bytes, mode: int
+) -> tuple[Source, ...] | int:
+    """A lower file's source as the position of its layer's dir among its parent's sources,
+    when its path there is that dir's plus its name (as lookups and listings find it): a
+    path kept per lower file was a third of a node's memory."""
+    if len(sources) != 1 or parent is None or stat.S_ISDIR(mode):
+        return sources
+    index, path = sources[0]
+    for position, (parent_index, parent_path) in enumerate(parent.sources):
+        if parent_index == index:
+            return position if join(parent_path, name) == path else sources
+    return sources
 
 
 class InodeTable:
@@ -214,6 +255,7 @@ class InodeTable:
         node = parent.children.pop(name, None)
         if node is None:
             return None
+        node.pin_sources()
         if node.parent is parent and node.name == name:
             if node.extra_links:
                 (node.parent, node.name), node.extra_links = (
@@ -228,6 +270,7 @@ class InodeTable:
         return node
 
     def move_link(self, node: Node, old: tuple[Node, bytes], new: tuple[Node, bytes]) -> None:
+        node.pin_sources()
         if old[0].children.get(old[1]) is node:  # an exchange may have put the peer there
             del old[0].children[old[1]]
         new[0].children[new[1]] = node
@@ -262,6 +305,7 @@ class InodeTable:
             for parent, name in node.extra_links:
                 if parent.children.get(name) is node:
                     del parent.children[name]
+        node.pin_sources()
         node.parent, node.extra_links = None, ()
         self._remove(node)
 
