@@ -28,6 +28,7 @@ class _NoChildren(dict):  # type: ignore[type-arg]
 
 
 NO_CHILDREN: dict[bytes, Node] = _NoChildren()
+_MODES: dict[int, int] = {}
 
 
 class Node:
@@ -59,7 +60,8 @@ class Node:
         name: bytes = b"",
     ) -> None:
         self.ino = ino
-        self.mode = mode
+        # One int object per distinct mode, not one per node: 32 bytes of each.
+        self.mode = _MODES.setdefault(mode, mode)
         self.key = key
         self.in_upper = in_upper
         self.parent = parent
