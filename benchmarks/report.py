@@ -96,6 +96,8 @@ def time_cell(suite: Suite, workload: str, system: str, notes: Notes) -> str:
     extras = cell.summary()["extras"]
     if isinstance(extras, dict) and "disk_bytes" in extras:
         text += f"<br>disk {fmt_bytes(extras['disk_bytes'])}"
+    if isinstance(extras, dict) and "daemon_growth" in extras:
+        text += f"<br>daemon +{fmt_bytes(max(0.0, extras['daemon_growth']))}"
     landed = late_copy(extras, med)
     if landed is not None:
         text += f"<br>copy done after {fmt_seconds(landed)}"

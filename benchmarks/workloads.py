@@ -195,14 +195,47 @@ def stat_tree(first: bool) -> Callable[[Context], Measurement]:
         if not first:
             for p in paths:
                 os.lstat(p)
+        before = daemon_rss(ctx.root)
         start = perf_counter()
         total = sum(os.lstat(p).st_size for p in paths)
         seconds = perf_counter() - start
+        after = daemon_rss(ctx.root)
         expected = ctx.data.tree_total_size()
         check(total == expected, f"sizes add up to {total}, expected {expected}")
-        return Measurement(seconds, f"files={len(paths)} bytes={total}")
+        extra = {} if before is None or after is None else {"daemon_growth": after - before}
+        return Measurement(seconds, f"files={len(paths)} bytes={total}", extra)
 
     return run
+
+
+def daemon_rss(mnt: Path) -> float | None:
+    """The resident memory of the FUSE daemon serving mnt (bytes), or None if none does:
+    the process holding /dev/fuse whose command line names mnt."""
+    wanted = os.fsencode(mnt)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if wanted not in f.read().split(b"\0"):
+                    continue
+            fds = os.listdir(f"/proc/{entry}/fd")
+            if not any(_is_fuse_device(f"/proc/{entry}/fd/{fd}") for fd in fds):
+                continue
+            with open(f"/proc/{entry}/status", encoding="ascii") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return float(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return None
+
+
+def _is_fuse_device(fd_link: str) -> bool:
+    try:
+        return os.readlink(fd_link) == "/dev/fuse"
+    except OSError:
+        return False
 
 
 def walk_tree(ctx: Context) -> Measurement:

@@ -17,7 +17,8 @@ from benchmarks.cleanup import RETIRE_KEEPS_BELOW, retire
 from benchmarks.dataset import CHUNK, HEADER, chunk_header, write_big_file
 from benchmarks.runner import OK, Cell, Named, Suite, check_agreement, rotated
 from benchmarks.runtimes import disk_usage, memory_bytes
-from benchmarks.workloads import Measurement
+from benchmarks.workloads import Measurement, daemon_rss
+from tests.mounting import UNIONFS, make_layers, unmount
 
 REPO = Path(__file__).resolve().parent.parent
 STATUSES = {"ok", "unsupported", "failed", "wrong", "unavailable"}
@@ -173,3 +174,17 @@ def test_quick_run_writes_json_markdown_and_chart(tmp_path: Path) -> None:
     assert doc_path.with_suffix(".png").stat().st_size > 0
     assert not list(tmp_path.glob("lamina-bench-*")), "scratch directory left behind"
     assert str(tmp_path) not in Path("/proc/self/mounts").read_text(), "mount left behind"
+
+
+@pytest.mark.root
+def test_the_daemon_of_a_mount_is_found_for_its_memory(tmp_path: Path) -> None:
+    layers = make_layers(tmp_path, 1)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        subprocess.run([str(UNIONFS), "-o", layers.options(), str(mnt)], check=True)
+        rss = daemon_rss(mnt)
+        assert rss is not None and 5 * 2**20 < rss < 500 * 2**20
+        assert daemon_rss(tmp_path) is None  # no daemon names it
+    finally:
+        unmount(mnt)
