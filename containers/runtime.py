@@ -225,9 +225,24 @@ def _remove_record_files(root: Path, record: ContainerRecord) -> None:
 
 
 def _rmtree(directory: Path) -> None:
-    import shutil
-
-    shutil.rmtree(directory, ignore_errors=True)
+    """Remove what there is of a container's directory. Not shutil.rmtree: importing shutil
+    is 2-3 ms of every `run --rm`. fwalk works through descriptors and does not descend
+    into symlinks (the upper dir holds whatever the container made)."""
+    with contextlib.suppress(OSError):
+        for _, dirs, files, dir_fd in os.fwalk(directory, topdown=False):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=dir_fd)
+            for name in dirs:  # a symlink to a directory is listed here too
+                try:
+                    os.rmdir(name, dir_fd=dir_fd)
+                except NotADirectoryError:
+                    with contextlib.suppress(OSError):
+                        os.unlink(name, dir_fd=dir_fd)
+                except OSError:
+                    pass
+    with contextlib.suppress(OSError):
+        os.rmdir(directory)
 
 
 class MountProgram:

@@ -167,3 +167,25 @@ def test_a_mount_program_forked_early_and_never_used_ends_with_lamina() -> None:
     while is_running(pid):
         assert time.monotonic() < deadline, f"the mount program {pid} outlived lamina"
         time.sleep(0.01)
+
+
+def test_a_container_directory_is_removed_without_following_its_symlinks(tmp_path: Path) -> None:
+    """The upper dir holds whatever the container made: links out of it must go, not what
+    they point to."""
+    from containers.runtime import _rmtree
+
+    outside = tmp_path / "outside"
+    (outside / "keep").mkdir(parents=True)
+    (outside / "keep" / "file").write_text("mine")
+    container = tmp_path / "container"
+    deep = container / "upper" / "a" / "b"
+    deep.mkdir(parents=True)
+    (deep / "file").write_text("x")
+    (container / "upper" / "to-dir").symlink_to(outside / "keep")
+    (deep / "to-file").symlink_to(outside / "keep" / "file")
+    os.mkfifo(container / "upper" / "fifo")
+    (container / "rootfs").mkdir()
+    _rmtree(container)
+    assert not container.exists()
+    assert (outside / "keep" / "file").read_text() == "mine"
+    _rmtree(container)  # nothing left: nothing to do
