@@ -425,6 +425,9 @@ def spawn(
     except OSError as exc:
         for fd in (go_r, go_w, err_r, err_w):
             os.close(fd)
+        for sock in (parent_sock, child_sock, userns_parent, userns_child):
+            if sock is not None:
+                sock.close()
         raise UserError(f"cannot start the container's first process: {exc.strerror}") from None
     if pid == 0:
         try:

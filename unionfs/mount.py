@@ -91,6 +91,8 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
     # Before the mount: a signal from the moment it exists must take it away again.
     for signum in (signals.SIGTERM, signals.SIGINT, signals.SIGHUP):
         signals.signal(signum, stop)
+    # As mountinfo will name it; resolved now: once mounted, a stat of it is a request to us.
+    mounted_at = os.fsencode(os.path.realpath(config.mountpoint))
     session = Session.mount(spec)
     try:
         if stopped.is_set():
@@ -100,7 +102,7 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
         if config.writeback or not config.passthrough:
             want &= ~proto.PASSTHROUGH
         session.init(want if config.io_uring else want & ~proto.OVER_IO_URING)
-        raise_readahead(spec.mountpoint)  # after INIT: the kernel sets it there
+        raise_readahead(mounted_at)  # after INIT: the kernel sets it there
         if session.passthrough:
             adapter.passthrough = Passthrough(session.open_backing, session.close_backing)
         fs.invalidate_attrs = lambda ino: invalidate_attrs(session, ino)
@@ -131,25 +133,25 @@ def serve_until_stopped(
             worker.join(1.0)
 
 
-def raise_readahead(mountpoint: bytes) -> None:
+def raise_readahead(mounted_at: bytes) -> None:
     """Let the kernel read ahead as much as one request carries (1 MiB; its default is
     128 KiB): a cold sequential read, or an exec faulting its binary in, then takes a
     fifth of the READs (`busybox true`: 23 to 4). Best effort: a container's sysfs may be
     read-only."""
-    device = mounted_device(mountpoint)
-    if device is None:
-        return
     try:
-        with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as f:
-            f.write(str(MAX_PAGES * 4))
+        device = mounted_device(mounted_at)
+        if device is not None:
+            with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as f:
+                f.write(str(MAX_PAGES * 4))
     except OSError as exc:
         log.debug("read-ahead left at the kernel's default: %s", exc)
 
 
-def mounted_device(mountpoint: bytes) -> str | None:
-    """The MAJOR:MINOR of the FUSE mount made last at mountpoint, from mountinfo: a stat
-    would be a request to ourselves (and, over io_uring, wait for queues not yet there)."""
-    escaped = os.path.abspath(mountpoint)
+def mounted_device(mounted_at: bytes) -> str | None:
+    """The MAJOR:MINOR of the FUSE mount made last at mounted_at (a real path), from
+    mountinfo: a stat would be a request to ourselves (and, over io_uring, wait for queues
+    not yet there)."""
+    escaped = mounted_at
     for char in b"\\ \t\n":
         escaped = escaped.replace(bytes([char]), b"\\%03o" % char)
     found = None

@@ -81,16 +81,18 @@ def test_the_mount_reads_ahead_as_much_as_a_request_carries(
     layers: tuple[Layers, Path], io_uring: bool
 ) -> None:
     """1 MiB (the kernel's default is 128 KiB), found for a mount point whose name
-    mountinfo escapes, and set before the first request (over io_uring a request to
-    ourselves would wait for queues not yet registered: the mount would hang)."""
+    mountinfo escapes, given through a symlink, and set before the first request (over
+    io_uring a request to ourselves would wait for queues not yet registered: the mount
+    would hang)."""
     if io_uring and not mounting.io_uring_supported():
         pytest.skip("this kernel has no FUSE over io_uring")
     union, plain = layers
     mnt = plain.parent / "a mount\\point\twith\nescapes"
     mnt.mkdir()
+    (plain.parent / "link").symlink_to(plain.parent)
     try:
         with mounting.fuse_io_uring(io_uring):
-            result = unionfs("-o", union.options(), str(mnt))
+            result = unionfs("-o", union.options(), str(plain.parent / "link" / mnt.name))
         assert result.returncode == 0, result.stderr
         assert (mnt / "hello").read_text() == "from the lower layer\n"
         dev = mnt.stat().st_dev
