@@ -141,9 +141,11 @@ def _compact(
     if len(sources) != 1 or parent is None or stat.S_ISDIR(mode):
         return sources
     index, path = sources[0]
-    for position, (parent_index, parent_path) in enumerate(parent.sources):
+    position = 0
+    for parent_index, parent_path in parent.origin:  # type: ignore[union-attr]
         if parent_index == index:
             return position if join(parent_path, name) == path else sources
+        position += 1
     return sources
 
 
