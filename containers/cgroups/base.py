@@ -113,7 +113,7 @@ def write(path: Path, value: str) -> None:
         raise OSError(exc.errno, f"cannot write {value!r} to {path}: {exc.strerror}") from None
 
 
-def _read(path: Path) -> str | None:
+def read_text(path: Path) -> str | None:
     """A cgroup file's text; None when it is gone, or going (ENODEV: the cgroup is being
     removed, e.g. by the monitor while a stop or rm looks at it)."""
     try:
@@ -125,13 +125,13 @@ def _read(path: Path) -> str | None:
 
 
 def read_int(path: Path, default: int = 0) -> int:
-    text = (_read(path) or "").strip()
+    text = (read_text(path) or "").strip()
     return default if text in ("", "max") else int(text)
 
 
 def read_keyed(path: Path, key: str) -> int:
     """The value of key in a flat keyed file such as memory.events or cpu.stat."""
-    for line in (_read(path) or "").splitlines():
+    for line in (read_text(path) or "").splitlines():
         name, _, value = line.partition(" ")
         if name == key:
             return int(value)
@@ -139,7 +139,7 @@ def read_keyed(path: Path, key: str) -> int:
 
 
 def read_procs(directory: Path) -> list[int]:
-    return [int(line) for line in (_read(directory / "cgroup.procs") or "").split()]
+    return [int(line) for line in (read_text(directory / "cgroup.procs") or "").split()]
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:

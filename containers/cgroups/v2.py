@@ -34,11 +34,15 @@ class V2Cgroup:
             raise OSError(0, f"cgroup v2 controllers not available at {self.root}: {missing}")
         created = base.make_dirs(self.root, self.name)
         try:
-            # Each ancestor must delegate the controllers to its children.
+            # Each ancestor must delegate the controllers to its children. Only what is
+            # missing is written: a write, even of nothing new, waits for every dying
+            # cgroup below to go (the kernel drains them), and containers end all the time.
             parent = self.root
             for part in self.name.split("/"):
-                if needed:
-                    enable = " ".join(f"+{c}" for c in needed)
+                delegated = (base.read_text(parent / "cgroup.subtree_control") or "").split()
+                missing = [c for c in needed if c not in delegated]
+                if missing:
+                    enable = " ".join(f"+{c}" for c in missing)
                     base.write(parent / "cgroup.subtree_control", enable)
                 parent = parent / part
             for _, filename, value in settings:

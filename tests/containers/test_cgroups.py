@@ -125,6 +125,21 @@ def test_the_v2_driver_writes_its_limit_files(tmp_path: Path) -> None:
     assert (root / "lamina/cgroup.subtree_control").read_text() == "+cpu +memory +pids"
 
 
+def test_the_v2_driver_delegates_only_what_is_not_delegated_yet(tmp_path: Path) -> None:
+    """A subtree_control write, even of nothing new, makes the kernel wait for every dying
+    cgroup below: the second container under lamina/ writes none."""
+    root = fake_v2_tree(tmp_path / "cg")
+    (root / "cgroup.subtree_control").write_text("cpu memory\n")  # as the kernel shows it
+    V2Cgroup("lamina/a", root).create(build_resources(memory="64m", pids_limit=7, host_cpus=2))
+    assert (root / "cgroup.subtree_control").read_text() == "+pids"  # only the missing one
+    (root / "cgroup.subtree_control").write_text("cpu memory pids\n")
+    (root / "lamina/cgroup.subtree_control").write_text("memory pids\n")
+    V2Cgroup("lamina/b", root).create(build_resources(memory="64m", pids_limit=7, host_cpus=2))
+    assert (root / "cgroup.subtree_control").read_text() == "cpu memory pids\n"
+    assert (root / "lamina/cgroup.subtree_control").read_text() == "memory pids\n"
+    assert (root / "lamina/b/pids.max").read_text() == "7"
+
+
 def test_the_v2_driver_refuses_limits_without_their_controller(tmp_path: Path) -> None:
     root = fake_v2_tree(tmp_path / "cg", controllers="hugetlb")
     with pytest.raises(OSError, match=r"not available.*memory"):
