@@ -141,11 +141,9 @@ def _compact(
     if len(sources) != 1 or parent is None or stat.S_ISDIR(mode):
         return sources
     index, path = sources[0]
-    position = 0
-    for parent_index, parent_path in parent.origin:  # type: ignore[union-attr]
+    for position, (parent_index, parent_path) in enumerate(parent.origin):  # type: ignore[arg-type]
         if parent_index == index:
             return position if join(parent_path, name) == path else sources
-        position += 1
     return sources
 
 
