@@ -6,8 +6,10 @@ the image and creates the container: the program imports its own modules (~8 ms)
 lamina does that, and waits for its command line. Other starts (detached: the monitor
 mounts, not the front process) fork it when they mount.
 
-The child behaves as the exec'd command would: stdio to a pipe, no descriptor of ours, no
-signal handler or mask of ours, and it dies with us until the mount is ready.
+The child behaves as the exec'd command's daemon would: stdio to a pipe (let go once the
+mount is ready: lamina's signal), no descriptor of ours, no signal handler or mask of
+ours, a session of its own, and it dies with us until the mount is ready. It serves the
+mount itself: the command's second fork, whose exit lamina waited for, is gone.
 """
 
 from __future__ import annotations
@@ -101,11 +103,17 @@ def _child(parent: int, command: int, stdin: int, output: int) -> int:
             signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())  # a start holds the forwarded ones
     set_process_name(b"unionfs")  # for ps and top: our argv is still lamina's
-    from unionfs.cli import main
+    from unionfs.cli import fail, load_config, serve_as_daemon
     from unionfs.mount import serve  # noqa: F401 - the daemon's modules, imported once here
 
     argv = _read_command(3)
-    return 1 if argv is None else main(argv)
+    if argv is None:
+        return 1
+    config = load_config(argv)
+    if isinstance(config, int):
+        return config
+    # The daemon itself, no fork more: lamina sees the mount ready when our output closes.
+    return serve_as_daemon(config, parent, ready=lambda: None, failed=fail)
 
 
 def _read_command(fd: int) -> list[str] | None:

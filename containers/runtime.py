@@ -248,18 +248,23 @@ def _rmtree(directory: Path) -> None:
 class MountProgram:
     """The union mount program, started in the background; `wait` collects its verdict.
 
-    Like fuse-overlayfs, our `unionfs` exits once the mount is up (status 0) and leaves its
-    daemon serving it: its exit is the readiness signal, watched through a pidfd.
+    An exec'd program (fuse-overlayfs, our `unionfs` command) exits once the mount is up
+    (status 0) and leaves its daemon serving it: its exit is the readiness signal, watched
+    through a pidfd. Ours, forked, is the daemon itself (no second fork): it says the mount
+    is up by letting go of its output, and serves on.
     """
 
     TIMEOUT = 60.0
 
-    def __init__(self, record: ContainerRecord, program: str, pid: int, output: int) -> None:
+    def __init__(
+        self, record: ContainerRecord, program: str, pid: int, output: int, is_daemon: bool
+    ) -> None:
         self.record = record
         self.program = program
         self.pid = pid
         self.output = output  # the read end of its stdout and stderr
-        self.running = True
+        self.is_daemon = is_daemon
+        self.running = True  # mounting: ours to end if the start fails
 
     @classmethod
     def start(cls, record: ContainerRecord, layers: list[Path]) -> MountProgram:
@@ -277,7 +282,7 @@ class MountProgram:
                 except OSError as exc:
                     raise UserError(f"cannot run the mount program: {exc.strerror}") from None
             forked.send(argv)
-            return cls(record, "unionfs", forked.pid, forked.output)
+            return cls(record, "unionfs", forked.pid, forked.output, is_daemon=True)
         program = mount_program()
         output, output_w = os.pipe()
         devnull = os.open(os.devnull, os.O_RDONLY)
@@ -304,18 +309,19 @@ class MountProgram:
         finally:
             os.close(output_w)
             os.close(devnull)
-        return cls(record, program, pid, output)
+        return cls(record, program, pid, output, is_daemon=False)
 
     def wait(self) -> None:
-        """Until the program exits; raise UserError unless it mounted the union."""
+        """Until the program says the union is mounted; raise UserError if it fails to."""
         import select
 
         pidfd = os.pidfd_open(self.pid)
         chunks = []
+        done = self.output if self.is_daemon else pidfd
         try:
             watched = [pidfd, self.output]
             deadline = time.monotonic() + self.TIMEOUT
-            while pidfd in watched:
+            while done in watched:
                 remaining = deadline - time.monotonic()
                 ready = select.select(watched, [], [], remaining)[0] if remaining > 0 else []
                 if not ready:
@@ -333,6 +339,13 @@ class MountProgram:
                     watched.remove(pidfd)
         finally:
             os.close(pidfd)
+        if self.is_daemon and pidfd in watched:  # its output let go, and it lives
+            if os.path.ismount(self.record.mount_point):
+                os.close(self.output)
+                self.running = False  # serving now: the unmount ends it
+                return
+            with contextlib.suppress(ProcessLookupError):  # no mount: failing, or hung
+                os.kill(self.pid, signal.SIGKILL)
         _, status = os.waitpid(self.pid, 0)
         self.running = False
         os.set_blocking(self.output, False)

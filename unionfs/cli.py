@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from unionfs import __version__, logger
 from unionfs.config import ConfigError, MountConfig, parse_options, validate
@@ -102,6 +102,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["fsck"]:
         return fsck_main(argv[1:])
+    config = load_config(argv)
+    if isinstance(config, int):
+        return config
+    if config.foreground:
+        return run_foreground(config)
+    return run_background(config)
+
+
+def load_config(argv: list[str]) -> MountConfig | int:
+    """The mount the command line asks for, checked; or, its problems printed, the exit
+    status."""
     args = parse_arguments(argv)
     if len(args.paths) > 2:
         return fail("expected MOUNTPOINT (or SOURCE MOUNTPOINT), got more paths")
@@ -118,9 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in problems:
             fail(problem)
         return 1
-    if config.foreground:
-        return run_foreground(config)
-    return run_background(config)
+    return config
 
 
 def fsck_main(argv: list[str]) -> int:
@@ -198,35 +207,51 @@ def run_background(config: MountConfig) -> int:
         os.waitpid(pid, 0)
         return fail(message or "the filesystem daemon died before the mount was ready")
     os.close(read_end)
-    os.setsid()
-    status = 1
-    try:
-        from unionfs.syscalls import set_parent_death_signal
 
-        # Until the mount is ready, this command's end is ours: killed before it could say
-        # "mounted", it leaves no daemon to mount after whoever started it gave up. SIGTERM
-        # unmounts what is already mounted.
+    def ready() -> None:
+        os.write(write_end, b"ok")
+        os.close(write_end)
+
+    def failed(message: str) -> None:
+        os.write(write_end, message.encode())
+
+    os._exit(serve_as_daemon(config, parent, ready, failed))
+
+
+def serve_as_daemon(
+    config: MountConfig,
+    parent: int,
+    ready: Callable[[], None],
+    failed: Callable[[str], object],
+) -> int:
+    """The daemon's side, in a session of its own: mount, then ready() and stdio let go,
+    serve until unmounted; or failed(why). Until the mount is ready it dies with parent
+    (the command that forked it, or lamina): killed before it could say "mounted", it
+    leaves no daemon to mount after whoever started it gave up. SIGTERM unmounts what is
+    already mounted."""
+    from unionfs.syscalls import set_parent_death_signal
+
+    os.setsid()
+    try:
         set_parent_death_signal(SIGTERM)
         if os.getppid() != parent:
-            os._exit(1)  # gone already
+            return 1  # gone already
         setup_logging(config)
         from unionfs.mount import serve
 
-        def ready() -> None:
+        def mounted() -> None:
             set_parent_death_signal(0)
-            os.write(write_end, b"ok")
-            os.close(write_end)
+            ready()
             detach_stdio()
 
-        serve(config, ready)
-        status = 0
+        serve(config, mounted)
+        return 0
     except Exception as exc:
         try:
-            os.write(write_end, f"mount failed: {exc}".encode())
+            failed(f"mount failed: {exc}")
         except OSError:
             logger.get_logger(__name__).exception("daemon failed")
-    finally:
-        os._exit(status)
+        return 1
 
 
 def detach_stdio() -> None:

@@ -139,6 +139,7 @@ def test_our_forked_mount_program_mounts_and_its_daemon_holds_none_of_our_descri
         try:
             assert (record.mount_point / "hello").read_text() == "hi"
             (daemon,) = processes_holding(record.dir)  # its workdir
+            assert daemon == mounting.pid  # the program serves the mount itself
             fds = os.listdir(f"/proc/{daemon}/fd")
             held = {os.readlink(f"/proc/{daemon}/fd/{fd}") for fd in fds}
             assert not held & ours
@@ -148,6 +149,7 @@ def test_our_forked_mount_program_mounts_and_its_daemon_holds_none_of_our_descri
         finally:
             unmount(record.mount_point)
             assert wait_released(record.work_dir, timeout=30)
+            os.waitpid(mounting.pid, 0)  # our child: no zombie left in the test process
     finally:
         os.close(inherited_r)
         os.close(inherited_w)
