@@ -229,10 +229,10 @@ def serve_as_daemon(
     (the command that forked it, or lamina): killed before it could say "mounted", it
     leaves no daemon to mount after whoever started it gave up. SIGTERM unmounts what is
     already mounted."""
-    from unionfs.syscalls import set_parent_death_signal
-
-    os.setsid()
     try:
+        from unionfs.syscalls import set_parent_death_signal
+
+        os.setsid()
         set_parent_death_signal(SIGTERM)
         if os.getppid() != parent:
             return 1  # gone already
