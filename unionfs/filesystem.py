@@ -54,9 +54,7 @@ PLACEHOLDER_STAT = os.stat_result((stat.S_IFREG, 0, 0, 1, 0, 0, 0, 0, 0, 0) + (0
 # One copy_file_range request copies at most this much (it may fill chunks of a background
 # copy-up first, holding the other requests meanwhile).
 COPY_RANGE_MAX = 16 << 20
-STRIPPED_OPEN_FLAGS = (
-    os.O_CREAT | os.O_EXCL | os.O_NOCTTY | getattr(os, "O_DIRECT", 0) | 0x20  # __FMODE_EXEC
-)
+STRIPPED_OPEN_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | getattr(os, "O_DIRECT", 0)
 
 
 class Caller:

@@ -229,18 +229,10 @@ class FuseAdapter:
 
     def open(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
         flags, open_flags = proto.OPEN_IN.unpack_from(body)
-        if (
-            flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC)
-            and self.passthrough is not None
-            and self.passthrough.refuses_writers(nodeid)
-        ):
-            # A lower file being executed in passthrough: a writer's shared mmap would map
-            # the lower file. The kernel answers ETXTBSY itself; this is for one that would not.
-            raise OSError(errno.ETXTBSY, os.strerror(errno.ETXTBSY))
         handle = self.fs.open(nodeid, flags)
         if open_flags & proto.OPEN_KILL_SUIDGID:  # O_TRUNC by a caller without CAP_FSETID
             self._drop_set_ids(nodeid, Caller(uid, gid))
-        return self._opened(handle, executing=bool(flags & proto.OPEN_FOR_EXEC))
+        return self._opened(handle)
 
     def create(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
         flags, mode, umask, _ = proto.CREATE_IN.unpack_from(body)
@@ -253,19 +245,20 @@ class FuseAdapter:
         handle, node, st = self.fs.tmpfile(nodeid, mode, flags, Caller(uid, gid, umask))
         return self._entry(node, st) + self._opened(handle)
 
-    def _opened(self, handle: FileHandle, executing: bool = False) -> bytes:
+    def _opened(self, handle: FileHandle) -> bytes:
         """The fuse_open_out of a new handle: through the page cache, or passthrough."""
         if self.passthrough is None:
             return proto.OPEN_OUT.pack(handle.fh, proto.FOPEN_KEEP_CACHE, 0)
         # Only a file that writes may reach: a later writer's open must share the backing
         # file, and its shared mmap writes go there (see unionfs/passthrough.py). So an
-        # upper file, or any file of a read-only mount; a lower file that can still be
-        # copied up only while it is executed (no writer may open it then).
+        # upper file, or any file of a read-only mount; never a lower file that can still
+        # be copied up.
         node = handle.node
-        lower = not node.in_upper and not self.fs.read_only
-        backing_ok = not handle.writable and not handle.deferred and (not lower or executing)
+        backing_ok = (
+            not handle.writable and not handle.deferred and (node.in_upper or self.fs.read_only)
+        )
         flags, backing_id = self.passthrough.open(
-            node.ino, handle.fh, handle.fd, backing_ok=backing_ok, lower=lower
+            node.ino, handle.fh, handle.fd, backing_ok=backing_ok
         )
         return proto.OPEN_OUT.pack(handle.fh, flags, backing_id)
 

@@ -91,9 +91,6 @@ FOPEN_PASSTHROUGH = 1 << 7
 FATTR_KILL_SUIDGID = 1 << 11
 WRITE_KILL_SUIDGID = 1 << 2
 OPEN_KILL_SUIDGID = 1 << 0
-# In an OPEN's flags: the kernel opens the file to execute it (__FMODE_EXEC), and denies
-# write opens of it while it runs (ETXTBSY). Not an open(2) flag.
-OPEN_FOR_EXEC = 0x20
 FSYNC_FDATASYNC = 1
 NOTIFY_INVAL_INODE = 2
 

@@ -5,13 +5,11 @@ descriptor of the layer's file, registered with the kernel): its reads and mmaps
 never reach us. Writes keep coming to us: copy-up, set-id clearing and deferred copies
 stay ours.
 
-Which files: those of the upper layer, and every file of a read-only mount; a lower file
-of a writable mount only while it is executed. The kernel makes every open of an inode
-share the backing file while one is open in passthrough, and maps that backing file for
-all of them, writers included: a writer's shared mmap of a lower-backed inode would write
-into the lower layer (we saw it do so). An upper file is where a writer's bytes belong
-anyway; a running program admits no writer (the kernel answers ETXTBSY, and
-refuses_writers() makes the adapter answer it too while such a backing is in use).
+Which files: those of the upper layer, and every file of a read-only mount; never a lower
+file of a writable mount. The kernel makes every open of an inode share the backing file
+while one is open in passthrough, and maps that backing file for all of them, writers
+included: a writer's shared mmap of a lower-backed inode would write into the lower layer
+(we saw it do so). An upper file is where a writer's bytes belong anyway.
 
 The kernel holds an inode to one mode at a time (fs/fuse/iomode.c), and an open that
 breaks the rules fails with EIO in the caller:
@@ -46,13 +44,12 @@ STALE_LIMIT = 4096
 
 
 class _Backing:
-    __slots__ = ("backing_id", "files", "identity", "lower")
+    __slots__ = ("backing_id", "files", "identity")
 
-    def __init__(self, backing_id: int, identity: tuple[int, int], lower: bool) -> None:
+    def __init__(self, backing_id: int, identity: tuple[int, int]) -> None:
         self.backing_id = backing_id
         self.identity = identity  # (st_dev, st_ino) of the file the kernel reads
         self.files = 0  # open files we answered in passthrough mode
-        self.lower = lower  # a lower layer's file (one being executed): no writer beside it
 
 
 class Passthrough:
@@ -70,19 +67,10 @@ class Passthrough:
         self._stale: set[int] = set()
         self._all_stale = False
 
-    def refuses_writers(self, ino: int) -> bool:
-        """Files of ino are open in passthrough on a lower layer's file: no writer may open
-        it (its shared mmap would map that file)."""
-        backing = self._backings.get(ino)
-        return backing is not None and backing.lower
-
-    def open(
-        self, ino: int, fh: int, fd: int, *, backing_ok: bool, lower: bool = False
-    ) -> tuple[int, int]:
+    def open(self, ino: int, fh: int, fd: int, *, backing_ok: bool) -> tuple[int, int]:
         """(open_flags, backing_id) to answer an open of inode ino with; fd is the handle's
         descriptor. backing_ok: the kernel may read fd's file directly (a read-only open of
-        a file whose bytes are all there, not a deferred copy-up). lower: fd is a lower
-        layer's file (see refuses_writers)."""
+        a file whose bytes are all there, not a deferred copy-up)."""
         backing = self._backings.get(ino)
         if backing is not None:  # files of ino are open in passthrough: this one must be
             if not (backing_ok and _identity(fd) == backing.identity):
@@ -95,7 +83,7 @@ class Passthrough:
         if backing_ok and self.enabled and not self._cached.get(ino):
             backing_id = self._try_register(fd)
             if backing_id is not None:
-                backing = _Backing(backing_id, _identity(fd), lower)
+                backing = _Backing(backing_id, _identity(fd))
                 backing.files = 1
                 self._backings[ino] = backing
                 self._modes[fh] = (ino, True)

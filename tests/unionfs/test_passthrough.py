@@ -6,9 +6,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,25 +86,6 @@ def test_a_writer_among_passthrough_readers_goes_through_the_daemon(files: tuple
     assert pt.open(7, 5, fd, backing_ok=False) == (KEEP, 0)
 
 
-def test_a_lower_file_being_executed_refuses_writers_until_it_is_released(
-    files: tuple[int, int],
-) -> None:
-    kernel = FakeKernel()
-    pt = table(kernel)
-    lower, upper = files
-    assert not pt.refuses_writers(7)
-    assert pt.open(7, 1, lower, backing_ok=True, lower=True) == (PT, 1)  # exec'd
-    assert pt.refuses_writers(7)
-    assert pt.open(7, 2, lower, backing_ok=False, lower=True) == (PT | DIRECT, 1)  # a reader
-    assert not pt.refuses_writers(8)  # another inode
-    pt.release(1)
-    assert pt.refuses_writers(7)
-    pt.release(2)
-    assert not pt.refuses_writers(7)
-    assert pt.open(7, 3, upper, backing_ok=True) == (PT, 2)  # an upper backing: writers share it
-    assert not pt.refuses_writers(7)
-
-
 def test_no_passthrough_while_the_page_cache_is_in_use(files: tuple[int, int]) -> None:
     kernel = FakeKernel()
     pt = table(kernel)
@@ -182,40 +161,6 @@ def test_upper_files_are_read_by_the_kernel_and_lower_ones_by_us(
     # A lower file of a writable mount is never a backing file: a writer could map it.
     lower = (layers.lowers[0] / "data").read_bytes()
     assert read_through_daemon(mnt, "data", lower) >= SIZE
-
-
-@pytest.mark.root
-@pytest.mark.skipif(not mounting.passthrough_supported(), reason="no FUSE passthrough here")
-def test_a_lower_program_is_executed_by_the_kernel_and_its_layer_never_written(
-    tmp_path: Path,
-) -> None:
-    """Exec'ing a lower file reads it straight from its layer (no READ reaches us), and no
-    writer may open it meanwhile: its shared mmap would map the lower file."""
-    layers = make_layers(tmp_path, 1)
-    program = layers.lowers[0] / "sleeper"
-    program.write_bytes(Path("/bin/sleep").read_bytes())  # dynamic: ld.so maps it again
-    program.chmod(0o755)
-    before = program.read_bytes()
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    with mounting.unionfs(layers, mnt):
-        pid = daemon_pid(mnt)
-        read_before = daemon_read_bytes(pid)
-        running = subprocess.Popen([str(mnt / "sleeper"), "30"])
-        try:
-            wait_until(lambda: os.readlink(f"/proc/{running.pid}/exe").endswith("/sleeper"))
-            time.sleep(0.2)  # it has started: its pages are in
-            assert daemon_read_bytes(pid) - read_before < len(before) // 4
-            with pytest.raises(OSError) as refused:
-                os.open(mnt / "sleeper", os.O_RDWR)
-            assert refused.value.errno == errno.ETXTBSY
-        finally:
-            running.kill()
-            running.wait()
-        with open(mnt / "sleeper", "r+b") as writer:  # once it has ended: a copy-up
-            writer.write(b"\x7fELF")
-    assert program.read_bytes() == before
-    assert layers.upper is not None and (layers.upper / "sleeper").exists()
 
 
 @pytest.mark.root
