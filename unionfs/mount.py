@@ -16,7 +16,7 @@ from types import FrameType
 
 from unionfs import fuse_protocol as proto
 from unionfs.blocking import Gate
-from unionfs.config import MountConfig
+from unionfs.config import MountConfig, unescape_mountinfo
 from unionfs.copyup import WorkDir
 from unionfs.deferred import recover
 from unionfs.filesystem import UnionFilesystem
@@ -92,7 +92,7 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
     for signum in (signals.SIGTERM, signals.SIGINT, signals.SIGHUP):
         signals.signal(signum, stop)
     # As mountinfo will name it; resolved now: once mounted, a stat of it is a request to us.
-    mounted_at = os.fsencode(os.path.realpath(config.mountpoint))
+    mounted_at = os.path.realpath(config.mountpoint)
     session = Session.mount(spec)
     try:
         if stopped.is_set():
@@ -133,7 +133,7 @@ def serve_until_stopped(
             worker.join(1.0)
 
 
-def raise_readahead(mounted_at: bytes) -> None:
+def raise_readahead(mounted_at: str) -> None:
     """Let the kernel read ahead as much as one request carries (1 MiB; its default is
     128 KiB): a cold sequential read, or an exec faulting its binary in, then takes a
     fifth of the READs (`busybox true`: 23 to 4). Best effort: a container's sysfs may be
@@ -147,20 +147,17 @@ def raise_readahead(mounted_at: bytes) -> None:
         log.debug("read-ahead left at the kernel's default: %s", exc)
 
 
-def mounted_device(mounted_at: bytes) -> str | None:
+def mounted_device(mounted_at: str) -> str | None:
     """The MAJOR:MINOR of the FUSE mount made last at mounted_at (a real path), from
     mountinfo: a stat would be a request to ourselves (and, over io_uring, wait for queues
     not yet there)."""
-    escaped = mounted_at
-    for char in b"\\ \t\n":
-        escaped = escaped.replace(bytes([char]), b"\\%03o" % char)
     found = None
-    with open("/proc/self/mountinfo", "rb") as f:
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
         for line in f:
-            fields = line.split(b" ")
-            fstype = fields[fields.index(b"-") + 1]
-            if fields[4] == escaped and fstype.startswith(b"fuse"):
-                found = fields[2].decode()
+            fields = line.split(" ")
+            fstype = fields[fields.index("-") + 1]
+            if fstype.startswith("fuse") and unescape_mountinfo(fields[4]) == mounted_at:
+                found = fields[2]
     return found
 
 
