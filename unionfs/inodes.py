@@ -92,10 +92,14 @@ class Node:
         origin = self.origin
         if isinstance(origin, tuple):
             return origin[0]
-        # The parent is a directory (its origin is its sources), and set: pinned before
-        # the name changes (pin_sources).
-        index, path = self.parent.origin[origin]  # type: ignore[union-attr,index]
-        return (index, path + b"/" + self.name if path else self.name)
+        # The parent is a directory (its origin is its sources). A named node's sources
+        # are pinned before its name moves or goes (pin_sources): no parent left means a
+        # node the table has let go of.
+        parent = self.parent
+        if parent is None:
+            raise errors.not_found()
+        index, path = parent.origin[origin]  # type: ignore[index]
+        return (index, join(path, self.name))
 
     def pin_sources(self) -> None:
         """Keep the sources themselves, before the node's name or parent changes."""
@@ -307,7 +311,6 @@ class InodeTable:
             for parent, name in node.extra_links:
                 if parent.children.get(name) is node:
                     del parent.children[name]
-        node.pin_sources()
         node.parent, node.extra_links = None, ()
         self._remove(node)
 
