@@ -69,40 +69,40 @@ class Entrance:
 
     def __init__(self, v2_dir: Path | None, v1_dirs: list[Path]) -> None:
         self.birthplace: int | None = None  # the v2 directory, for clone3
-        self._files: list[tuple[int, Path]] = []  # v1 tasks files first, then cgroup.procs
+        self._tasks: list[tuple[int, Path]] = []  # each v1 hierarchy's tasks file
+        self._procs: list[tuple[int, Path]] = []  # the v2 cgroup.procs, if any
         try:
             for directory in v1_dirs:
-                self._open(directory / "tasks")
+                self._tasks.append(_open_for_writing(directory / "tasks"))
             if v2_dir is not None:
                 self.birthplace = os.open(v2_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                self._open(v2_dir / "cgroup.procs")
+                self._procs.append(_open_for_writing(v2_dir / "cgroup.procs"))
         except BaseException:
             self.close()
             raise
 
-    def _open(self, path: Path) -> None:
-        try:
-            self._files.append((os.open(path, os.O_WRONLY | os.O_CLOEXEC), path))
-        except OSError as exc:
-            raise OSError(exc.errno, f"cannot open {path}: {exc.strerror}") from None
-
     def join(self, born_in_v2: bool) -> None:
         """In the new child: join every hierarchy it was not born in."""
-        for fd, path in self._files:
-            if born_in_v2 and path.name == "cgroup.procs":
-                continue
+        for fd, path in self._tasks if born_in_v2 else self._tasks + self._procs:
             try:
                 os.write(fd, b"0")  # 0: the writer itself
             except OSError as exc:
                 raise OSError(exc.errno, f"cannot write 0 to {path}: {exc.strerror}") from None
 
     def close(self) -> None:
-        fds = [fd for fd, _ in self._files]
+        fds = [fd for fd, _ in self._tasks + self._procs]
         if self.birthplace is not None:
             fds.append(self.birthplace)
-        self._files, self.birthplace = [], None
+        self._tasks, self._procs, self.birthplace = [], [], None
         for fd in fds:
             os.close(fd)
+
+
+def _open_for_writing(path: Path) -> tuple[int, Path]:
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CLOEXEC), path
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot open {path}: {exc.strerror}") from None
 
 
 def write(path: Path, value: str) -> None:
