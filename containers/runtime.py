@@ -27,6 +27,7 @@ from containers.cli import UserError
 from containers.records import Record
 from containers.spec import ContainerSpec
 from containers.state import ContainerRecord
+from containers.trees import remove_tree
 
 TYPE_CHECKING = False  # typing costs milliseconds at every start; only mypy needs it
 if TYPE_CHECKING:
@@ -205,8 +206,8 @@ def _create_record(spec: ContainerSpec, root: Path) -> ContainerRecord:
         os.rename(scratch, directory)
         state.reserve_name(root, spec.name, spec.id)
     except BaseException:
-        _rmtree(scratch)
-        _rmtree(directory)
+        remove_tree(scratch)
+        remove_tree(directory)
         raise
     return record
 
@@ -216,33 +217,12 @@ def _sweep_dead_scratch(containers: Path) -> None:
     for entry in containers.glob(".new-*-*"):
         pid = entry.name.split("-")[1]
         if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
-            _rmtree(entry)
+            remove_tree(entry)
 
 
 def _remove_record_files(root: Path, record: ContainerRecord) -> None:
     state.release_name(root, record.name, record.id)
-    _rmtree(record.dir)
-
-
-def _rmtree(directory: Path) -> None:
-    """Remove what there is of a container's directory. Not shutil.rmtree: importing shutil
-    is 2-3 ms of every `run --rm`. fwalk works through descriptors and does not descend
-    into symlinks (the upper dir holds whatever the container made)."""
-    with contextlib.suppress(OSError):
-        for _, dirs, files, dir_fd in os.fwalk(directory, topdown=False):
-            for name in files:
-                with contextlib.suppress(OSError):
-                    os.unlink(name, dir_fd=dir_fd)
-            for name in dirs:  # a symlink to a directory is listed here too
-                try:
-                    os.rmdir(name, dir_fd=dir_fd)
-                except NotADirectoryError:
-                    with contextlib.suppress(OSError):
-                        os.unlink(name, dir_fd=dir_fd)
-                except OSError:
-                    pass
-    with contextlib.suppress(OSError):
-        os.rmdir(directory)
+    remove_tree(record.dir)
 
 
 class MountProgram:
@@ -656,7 +636,7 @@ def remove(root: Path, record: ContainerRecord) -> None:
     with state.locked(record.dir):
         teardown(record)
         state.release_name(root, record.name, record.id)
-        _rmtree(record.dir)
+        remove_tree(record.dir)
 
 
 # ---- terminal -----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from pathlib import Path
 from containers import oci
 from containers.cli import UserError
 from containers.records import Record
+from containers.trees import remove_tree
 
 TYPE_CHECKING = False  # typing costs milliseconds at every start; only mypy needs it
 if TYPE_CHECKING:
@@ -40,13 +41,6 @@ _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPO = re.compile(rf"(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _HEX = re.compile(r"[0-9a-f]+")
-
-
-def _rmtree(path: str | os.PathLike[str]) -> None:
-    """Remove what there is of a tree."""
-    import shutil  # 2-3 ms of every `lamina run`, which removes nothing here
-
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def parse_name(ref: str) -> str:
@@ -134,14 +128,14 @@ class LayerStore:
         try:
             yield path
         finally:
-            _rmtree(path)
+            remove_tree(path)
 
     def _sweep_dead_scratch(self) -> None:
         """Remove what a killed import left in tmp (its pid is in the name)."""
         for entry in os.scandir(self.tmp_dir):
             pid = entry.name.split("-")[1] if entry.name.startswith("work-") else ""
             if pid.isdigit() and not _pid_alive(int(pid)):
-                _rmtree(entry.path)
+                remove_tree(entry.path)
 
     # -- layers ---------------------------------------------------------------------------
 
@@ -214,7 +208,7 @@ class LayerStore:
             staged = work / f"layer-{key}"
             if not (staged / "layer.json").exists():
                 raise UserError(f"layer {key} was removed during the import", hint="retry")
-            _rmtree(self.layers_dir / key)  # a crashed removal
+            remove_tree(self.layers_dir / key)  # a crashed removal
             os.rename(staged, self.layers_dir / key)
 
     def remove_layer(self, key: str) -> None:
@@ -285,7 +279,7 @@ class LayerStore:
                     (staged / "config.json").write_bytes(config)
                     record = {"layers": layer_keys, "imported": time.time()}
                     _write_json(staged / "image.json", record)
-                    _rmtree(target)
+                    remove_tree(target)
                     os.rename(staged, target)
             tags = self.tags()
             for name in names:

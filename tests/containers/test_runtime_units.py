@@ -174,7 +174,7 @@ def test_a_mount_program_forked_early_and_never_used_ends_with_lamina() -> None:
 def test_a_container_directory_is_removed_without_following_its_symlinks(tmp_path: Path) -> None:
     """The upper dir holds whatever the container made: links out of it must go, not what
     they point to."""
-    from containers.runtime import _rmtree
+    from containers.trees import remove_tree
 
     outside = tmp_path / "outside"
     (outside / "keep").mkdir(parents=True)
@@ -187,7 +187,8 @@ def test_a_container_directory_is_removed_without_following_its_symlinks(tmp_pat
     (deep / "to-file").symlink_to(outside / "keep" / "file")
     os.mkfifo(container / "upper" / "fifo")
     (container / "rootfs").mkdir()
-    _rmtree(container)
+    remove_tree(container)
     assert not container.exists()
     assert (outside / "keep" / "file").read_text() == "mine"
-    _rmtree(container)  # nothing left: nothing to do
+    remove_tree(container)  # nothing left: nothing to do
+
