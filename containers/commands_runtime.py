@@ -152,6 +152,15 @@ def _image_defaults(root: Path, ref: str) -> ImageDefaults:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from containers import mount_helper
+
+    try:
+        return _run_container(args)
+    finally:
+        mount_helper.discard()  # forked early (see cli), and the start failed before a mount
+
+
+def _run_container(args: argparse.Namespace) -> int:
     from containers import runtime
     from containers.spec import RunOptions, build_spec
 

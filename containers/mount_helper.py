@@ -28,6 +28,13 @@ class ForkedMountProgram:
         self.output = output  # the read end of its stdout and stderr
         self._command = command  # the write end of the pipe its command line comes through
 
+    def cancel(self) -> None:
+        """Never mind: it sees its command pipe end, exits, and is reaped here."""
+        os.close(self._command)
+        os.close(self.output)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+
     def send(self, argv: list[str]) -> None:
         """Run `unionfs ARGV`. A program never sent anything exits, with its parent."""
         try:
@@ -53,6 +60,13 @@ def take() -> ForkedMountProgram | None:
     global _early
     early, _early = _early, None
     return early
+
+
+def discard() -> None:
+    """End the program fork_early() made if nothing took it (the start failed first)."""
+    early = take()
+    if early is not None:
+        early.cancel()
 
 
 def fork() -> ForkedMountProgram:

@@ -192,3 +192,27 @@ def test_a_container_directory_is_removed_without_following_its_symlinks(tmp_pat
     assert (outside / "keep" / "file").read_text() == "mine"
     remove_tree(container)  # nothing left: nothing to do
 
+
+def test_a_run_that_fails_before_mounting_leaves_no_mount_program(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`lamina run` forks its mount program before it knows the image: called in-process
+    (not a command that exits), a failed start must still end and reap it."""
+    from containers.cli import main
+
+    monkeypatch.delenv("LAMINA_MOUNT_PROGRAM", raising=False)
+
+    def our_children() -> list[int]:
+        found = []
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                data = Path(f"/proc/{entry}/stat").read_bytes()
+            except OSError:
+                continue
+            if int(data[data.rindex(b")") + 2 :].split()[1]) == os.getpid():
+                found.append(int(entry))
+        return found
+
+    before = our_children()
+    assert main(["--root", str(tmp_path), "run", "--rm", "no-such-image", "true"]) == 125
+    assert our_children() == before
