@@ -198,9 +198,10 @@ class Ring:
 class QueueWorker:
     """A thread's ring and entry on one CPU's queue, and its serve loop."""
 
-    def __init__(self, device: int, qid: int, payload_size: int) -> None:
+    def __init__(self, device: int, qid: int, payload_size: int, may_yield: bool) -> None:
         self.device = device
         self.qid = qid
+        self.may_yield = may_yield  # may_leave_sched_idle(): asked once for all queues
         self.buffer = mmap.mmap(-1, _PAYLOAD_AT + payload_size)
         self.iovecs = mmap.mmap(-1, _IOVECS.size)
         base = address_of(self.buffer)
@@ -250,7 +251,7 @@ class QueueWorker:
         header_size, out_size = proto.IN_HEADER.size, proto.OUT_HEADER.size
         commit = self._command(proto.URING_CMD_COMMIT_AND_FETCH)
         setscheduler, idle, normal = os.sched_setscheduler, os.SCHED_IDLE, os.SCHED_OTHER
-        yield_to_caller = may_leave_sched_idle()
+        yield_to_caller = self.may_yield
         ring.push(self._command(proto.URING_CMD_REGISTER), 0)
         result = ring.wait()
         if result < 0 and -result not in _GONE:
@@ -321,9 +322,10 @@ def start(
     on_failure: a queue cannot serve any more; on_refused: the kernel turned io_uring off
     for this mount (/dev/fuse brings every request then)."""
     threads = []
+    may_yield = may_leave_sched_idle()
     for qid in range(queue_count()):
         for i in range(per_queue):
-            worker = QueueWorker(device, qid, payload_size)
+            worker = QueueWorker(device, qid, payload_size, may_yield)
             thread = threading.Thread(
                 target=worker.serve,
                 args=(handle, on_failure, on_refused),
