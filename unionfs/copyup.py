@@ -1,9 +1,12 @@
 """Atomic copy-up and the work directory (no FUSE here).
 
 Everything new that must appear in the upper layer whole (a copied-up file, a directory
-that replaces a whiteout) is built under `workdir/work` with a temporary name and then
-renamed into place, so a crash never shows a half-copied file in the upper layer. The
-same `work` subdirectory is what the kernel overlayfs uses, so a workdir can be shared.
+that replaces a whiteout) is built under `workdir/work` and only then put in place, so a
+crash never shows a half-copied file in the upper layer. A regular file is built with no
+name at all (O_TMPFILE, as the kernel overlayfs does) and linked into place: a crash
+leaves nothing, and its fsync need not write a new name in work/ too. Everything else gets
+a temporary name there and is renamed into place. The same `work` subdirectory is what
+the kernel overlayfs uses, so a workdir can be shared.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import itertools
 import os
 import stat
 
-from unionfs.syscalls import RENAME_EXCHANGE, renameat2
+from unionfs.syscalls import RENAME_EXCHANGE, link_fd, renameat2
 from unionfs.whiteouts import XattrNames, make_whiteout
 
 COPY_CHUNK = 8 << 20
@@ -98,8 +101,9 @@ def remove_tree(path: bytes) -> None:
         os.unlink(path)
 
 
-def copy_xattrs(src: bytes, dst: bytes, markers: XattrNames) -> None:
-    """Copy every xattr but the overlay's own markers (never followed through symlinks)."""
+def copy_xattrs(src: bytes, dst: bytes | int, markers: XattrNames) -> None:
+    """Copy every xattr but the overlay's own markers to a path or an open file (never
+    followed through symlinks)."""
     try:
         names = os.listxattr(src, follow_symlinks=False)
     except OSError as exc:
@@ -115,7 +119,10 @@ def copy_xattrs(src: bytes, dst: bytes, markers: XattrNames) -> None:
             if exc.errno == errno.ENODATA:
                 continue
             raise
-        os.setxattr(dst, name, value, follow_symlinks=False)
+        if isinstance(dst, int):
+            os.setxattr(dst, name, value)
+        else:
+            os.setxattr(dst, name, value, follow_symlinks=False)
 
 
 def copy_data(src_fd: int, dst_fd: int, length: int) -> None:
@@ -171,6 +178,20 @@ def copy_metadata(
     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
+def copy_file_metadata(src: bytes, dst_fd: int, st: os.stat_result, markers: XattrNames) -> None:
+    """copy_metadata for a regular file open at dst_fd, in the same order."""
+    os.fchown(dst_fd, st.st_uid, st.st_gid)
+    copy_xattrs(src, dst_fd, markers)
+    os.fchmod(dst_fd, stat.S_IMODE(st.st_mode))
+    os.utime(dst_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+# open(2)'s answers for a filesystem (or kernel) without O_TMPFILE, and linkat(2)'s for a
+# process that may not link a descriptor (AT_EMPTY_PATH wants CAP_DAC_READ_SEARCH).
+_NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)
+_NO_LINK_FD = (errno.ENOENT, errno.EPERM, errno.EACCES)
+
+
 class CopyUp:
     """Builds upper copies of lower entries in the work dir and renames them into place."""
 
@@ -178,12 +199,17 @@ class CopyUp:
         self.work = work
         self.markers = markers
         self.sync = sync
+        self.unnamed = True  # build regular files as O_TMPFILE files, until that fails
 
     def copy(self, src: bytes, dst: bytes, st: os.stat_result, length: int | None = None) -> None:
         """Copy the lower entry at src to the upper path dst (whose parent exists).
 
         `length` limits the data copied (a copy-up for a truncate needs no more).
         """
+        if stat.S_ISREG(st.st_mode) and self.unnamed:
+            size = st.st_size if length is None else length
+            if self._copy_unnamed(src, dst, st, size):
+                return
         temp = self.work.temp_name()
         mode = st.st_mode
         try:
@@ -203,18 +229,53 @@ class CopyUp:
             remove_tree(temp)
             raise
 
+    def _copy_unnamed(self, src: bytes, dst: bytes, st: os.stat_result, length: int) -> bool:
+        """copy() of a regular file built with no name; False where this cannot be done
+        (then nothing was made, and the caller builds it under a temporary name)."""
+        try:
+            fd = os.open(self.work.path, os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno not in _NO_TMPFILE:
+                raise
+            self.unnamed = False
+            return False
+        try:
+            self._fill(src, fd, st, length)
+            try:
+                link_fd(fd, dst)
+            except FileExistsError:  # a stale upper entry: replaced, as a rename would
+                temp = self.work.temp_name()
+                link_fd(fd, temp)
+                try:
+                    os.rename(temp, dst)
+                except BaseException:
+                    remove_tree(temp)
+                    raise
+            except OSError as exc:
+                if exc.errno not in _NO_LINK_FD or not os.path.isdir(os.path.dirname(dst)):
+                    raise
+                self.unnamed = False  # this process may not link a descriptor
+                return False
+        finally:
+            os.close(fd)
+        return True
+
+    def _fill(self, src: bytes, dst_fd: int, st: os.stat_result, length: int) -> None:
+        """Data, then metadata, then (if asked) the fsync: everything before the name."""
+        if length:
+            src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                copy_data(src_fd, dst_fd, min(length, st.st_size))
+            finally:
+                os.close(src_fd)
+        copy_file_metadata(src, dst_fd, st, self.markers)
+        if self.sync:
+            os.fsync(dst_fd)
+
     def _build_file(self, src: bytes, temp: bytes, st: os.stat_result, length: int) -> None:
         dst_fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            if length:
-                src_fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                try:
-                    copy_data(src_fd, dst_fd, min(length, st.st_size))
-                finally:
-                    os.close(src_fd)
-            self._finish(src, temp, st)
-            if self.sync:
-                os.fsync(dst_fd)
+            self._fill(src, dst_fd, st, length)
         finally:
             os.close(dst_fd)
 

@@ -12,12 +12,16 @@ from unionfs.copyup import CopyUp, WorkDir, copy_data
 from unionfs.whiteouts import TRUSTED, make_whiteout
 
 
-@pytest.fixture
-def copier(tmp_path: Path) -> CopyUp:
+@pytest.fixture(params=["unnamed", "named"])
+def copier(tmp_path: Path, request: pytest.FixtureRequest) -> CopyUp:
+    """Both ways a regular file is built: with no name (O_TMPFILE, linked into place), and
+    under a temporary name in work/ (where O_TMPFILE or linking a descriptor is refused)."""
     (tmp_path / "work").mkdir()
     work = WorkDir(bytes(tmp_path / "work"))
     work.prepare()
-    return CopyUp(work, TRUSTED, sync=False)
+    copier = CopyUp(work, TRUSTED, sync=False)
+    copier.unnamed = request.param == "unnamed"
+    return copier
 
 
 def test_a_file_is_copied_with_data_mode_owner_times_and_xattrs(
@@ -38,6 +42,35 @@ def test_a_file_is_copied_with_data_mode_owner_times_and_xattrs(
     assert st.st_mtime_ns == 2_000_000_000
     assert os.getxattr(dst, "user.note") == b"kept"
     assert TRUSTED.opaque.decode() not in os.listxattr(dst)
+    assert os.listdir(copier.work.path) == []
+
+
+def test_a_file_never_has_a_name_in_work_where_the_kernel_allows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "work").mkdir()
+    work = WorkDir(bytes(tmp_path / "work"))
+    work.prepare()
+    copier = CopyUp(work, TRUSTED, sync=True)
+
+    def no_temp_name() -> bytes:
+        raise AssertionError("a regular file was built under a name")
+
+    monkeypatch.setattr(work, "temp_name", no_temp_name)
+    src = tmp_path / "src"
+    src.write_bytes(b"payload")
+    copier.copy(bytes(src), bytes(tmp_path / "dst"), os.lstat(src))
+    assert (tmp_path / "dst").read_bytes() == b"payload"
+    assert copier.unnamed
+
+
+def test_a_stale_upper_entry_is_replaced(tmp_path: Path, copier: CopyUp) -> None:
+    src = tmp_path / "src"
+    src.write_bytes(b"new")
+    dst = tmp_path / "dst"
+    dst.write_bytes(b"stale")
+    copier.copy(bytes(src), bytes(dst), os.lstat(src))
+    assert dst.read_bytes() == b"new"
     assert os.listdir(copier.work.path) == []
 
 
