@@ -16,7 +16,7 @@ from unionfs.filesystem import DOT_ENTRIES, AttrChanges, Caller, UnionFilesystem
 from unionfs.handles import FileHandle
 from unionfs.inodes import Node
 from unionfs.logger import get_logger
-from unionfs.passthrough import Passthrough
+from unionfs.passthrough import Passthrough, writes_may_pass
 
 log = get_logger(__name__)
 
@@ -232,21 +232,22 @@ class FuseAdapter:
         handle = self.fs.open(nodeid, flags)
         if open_flags & proto.OPEN_KILL_SUIDGID:  # O_TRUNC by a caller without CAP_FSETID
             self._drop_set_ids(nodeid, Caller(uid, gid))
-        return self._opened(handle)
+        return self._opened(handle, uid)
 
     def create(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
         flags, mode, umask, _ = proto.CREATE_IN.unpack_from(body)
         name = name_of(body, proto.CREATE_IN.size)
         handle, node, st = self.fs.create(nodeid, name, mode, flags, Caller(uid, gid, umask))
-        return self._entry(node, st) + self._opened(handle)
+        return self._entry(node, st) + self._opened(handle, uid, st.st_mode)
 
     def tmpfile(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
         flags, mode, umask, _ = proto.CREATE_IN.unpack_from(body)
         handle, node, st = self.fs.tmpfile(nodeid, mode, flags, Caller(uid, gid, umask))
-        return self._entry(node, st) + self._opened(handle)
+        return self._entry(node, st) + self._opened(handle, uid, st.st_mode)
 
-    def _opened(self, handle: FileHandle) -> bytes:
-        """The fuse_open_out of a new handle: through the page cache, or passthrough."""
+    def _opened(self, handle: FileHandle, uid: int, mode: int | None = None) -> bytes:
+        """The fuse_open_out of a new handle: through the page cache, or passthrough.
+        uid: the opener's; mode: the file's, where the caller knows it."""
         if self.passthrough is None:
             return proto.OPEN_OUT.pack(handle.fh, proto.FOPEN_KEEP_CACHE, 0)
         # Only a file that writes may reach: a later writer's open must share the backing
@@ -254,11 +255,13 @@ class FuseAdapter:
         # upper file, or any file of a read-only mount; never a lower file that can still
         # be copied up.
         node = handle.node
-        backing_ok = (
-            not handle.writable and not handle.deferred and (node.in_upper or self.fs.read_only)
-        )
+        backing_ok = not handle.deferred and (node.in_upper or self.fs.read_only)
+        if backing_ok and handle.writable:
+            if mode is None and uid == 0:
+                mode = os.fstat(handle.fd).st_mode
+            backing_ok = mode is not None and writes_may_pass(uid, mode)
         flags, backing_id = self.passthrough.open(
-            node.ino, handle.fh, handle.fd, backing_ok=backing_ok
+            node.ino, handle.fh, handle.fd, backing_ok=backing_ok, writes=handle.writable
         )
         return proto.OPEN_OUT.pack(handle.fh, flags, backing_id)
 

@@ -1,9 +1,10 @@
-"""FUSE passthrough (Linux 6.9+): the kernel reads an open file straight from its layer.
+"""FUSE passthrough (Linux 6.9+): the kernel reads and writes an open file straight in its layer.
 
-A file opened read-only is answered with FOPEN_PASSTHROUGH and a backing file (our own
-descriptor of the layer's file, registered with the kernel): its reads and mmaps then
-never reach us. Writes keep coming to us: copy-up, set-id clearing and deferred copies
-stay ours.
+A file is answered with FOPEN_PASSTHROUGH and a backing file (our own descriptor of the
+layer's file, registered with the kernel): its reads, mmaps and writes then never reach
+us. Copy-up happens at open, before that answer, and a deferred copy is never a backing
+file. A writer's open is passthrough only as `writes_may_pass` allows: the kernel writes
+a backing file with our credentials, and clears no set-id bit for the writer.
 
 Which files: those of the upper layer, and every file of a read-only mount; never a lower
 file of a writable mount. The kernel makes every open of an inode share the backing file
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Callable
 
 from unionfs import fuse_protocol as proto
@@ -67,15 +69,19 @@ class Passthrough:
         self._stale: set[int] = set()
         self._all_stale = False
 
-    def open(self, ino: int, fh: int, fd: int, *, backing_ok: bool) -> tuple[int, int]:
+    def open(
+        self, ino: int, fh: int, fd: int, *, backing_ok: bool, writes: bool = False
+    ) -> tuple[int, int]:
         """(open_flags, backing_id) to answer an open of inode ino with; fd is the handle's
-        descriptor. backing_ok: the kernel may read fd's file directly (a read-only open of
-        a file whose bytes are all there, not a deferred copy-up)."""
+        descriptor. backing_ok: the kernel may use fd's file directly (a file whose bytes
+        are all there, not a deferred copy-up); writes: the open may write."""
         backing = self._backings.get(ino)
         if backing is not None:  # files of ino are open in passthrough: this one must be
             if not (backing_ok and _identity(fd) == backing.identity):
                 backing_ok = False
                 self._mark_stale(ino)  # it may write, around the page cache
+            elif writes:
+                self._mark_stale(ino)  # the kernel writes the backing file, not its cache
             backing.files += 1
             self._modes[fh] = (ino, True)
             flags = proto.FOPEN_PASSTHROUGH | (0 if backing_ok else proto.FOPEN_DIRECT_IO)
@@ -85,6 +91,8 @@ class Passthrough:
             if backing_id is not None:
                 backing = _Backing(backing_id, _identity(fd))
                 backing.files = 1
+                if writes:
+                    self._mark_stale(ino)
                 self._backings[ino] = backing
                 self._modes[fh] = (ino, True)
                 return proto.FOPEN_PASSTHROUGH, backing_id
@@ -134,6 +142,15 @@ class Passthrough:
             self._unregister(backing_id)
         except OSError as exc:
             log.warning("cannot close passthrough backing %d: %s", backing_id, exc.strerror)
+
+
+def writes_may_pass(uid: int, mode: int) -> bool:
+    """Whether an open for writing may be passthrough. The kernel writes the backing file
+    with the daemon's credentials and leaves our inode's set-id bits alone, where the
+    writer's own write would clear them (one without CAP_FSETID): we saw a write by nobody
+    keep the set-uid bit. So only root's opens (whose writes keep them anyway) of a file
+    with no set-id bit; the layer's filesystem removes file capabilities itself."""
+    return uid == 0 and not mode & (stat.S_ISUID | stat.S_ISGID)
 
 
 def _identity(fd: int) -> tuple[int, int]:

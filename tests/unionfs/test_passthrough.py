@@ -16,7 +16,7 @@ from tests import mounting
 from tests.mounting import Layers, daemon_pid, make_layers
 from tests.unionfs.posix_helpers import wait_until
 from unionfs import fuse_protocol as proto
-from unionfs.passthrough import Passthrough
+from unionfs.passthrough import Passthrough, writes_may_pass
 
 PT, DIRECT, KEEP = proto.FOPEN_PASSTHROUGH, proto.FOPEN_DIRECT_IO, proto.FOPEN_KEEP_CACHE
 
@@ -86,6 +86,28 @@ def test_a_writer_among_passthrough_readers_goes_through_the_daemon(files: tuple
     assert pt.open(7, 5, fd, backing_ok=False) == (KEEP, 0)
 
 
+def test_a_writer_of_the_backing_file_joins_and_the_page_cache_goes_after(
+    files: tuple[int, int],
+) -> None:
+    kernel = FakeKernel()
+    pt = table(kernel)
+    fd, _ = files
+    assert pt.open(7, 1, fd, backing_ok=True, writes=True) == (PT, 1)
+    assert pt.open(7, 2, fd, backing_ok=True, writes=True) == (PT, 1)  # no direct io
+    pt.release(1)
+    pt.release(2)
+    # The kernel wrote the backing file: pages it cached before are stale.
+    assert pt.open(7, 3, fd, backing_ok=False) == (0, 0)
+    assert pt.open(8, 4, fd, backing_ok=True) == (PT, 2)  # another inode: untouched
+
+
+def test_only_root_writes_around_us_and_never_to_a_set_id_file() -> None:
+    assert writes_may_pass(0, 0o100644)
+    assert not writes_may_pass(1000, 0o100644)
+    assert not writes_may_pass(0, 0o104755)
+    assert not writes_may_pass(0, 0o102755)
+
+
 def test_no_passthrough_while_the_page_cache_is_in_use(files: tuple[int, int]) -> None:
     kernel = FakeKernel()
     pt = table(kernel)
@@ -134,11 +156,16 @@ def mapped_head(path: Path) -> bytes:
         return m[:4]
 
 
-def daemon_read_bytes(pid: int) -> int:
+def daemon_io(pid: int, field: str) -> int:
+    """rchar or wchar of /proc/PID/io: bytes the process read or wrote, any file."""
     for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-        if line.startswith("rchar:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
-    raise AssertionError("no rchar")
+    raise AssertionError(f"no {field}")
+
+
+def daemon_read_bytes(pid: int) -> int:
+    return daemon_io(pid, "rchar")
 
 
 def read_through_daemon(mnt: Path, name: str, expected: bytes) -> int:
@@ -161,6 +188,74 @@ def test_upper_files_are_read_by_the_kernel_and_lower_ones_by_us(
     # A lower file of a writable mount is never a backing file: a writer could map it.
     lower = (layers.lowers[0] / "data").read_bytes()
     assert read_through_daemon(mnt, "data", lower) >= SIZE
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not mounting.passthrough_supported(), reason="no FUSE passthrough here")
+def test_writes_to_upper_files_go_straight_to_the_layer(mounted: tuple[Layers, Path]) -> None:
+    layers, mnt = mounted
+    data = os.urandom(SIZE)
+    pid = daemon_pid(mnt)
+    before = daemon_io(pid, "wchar")
+    with open(mnt / "written", "wb") as f:  # created: an upper file from the start
+        f.write(data)
+    head = b"small lower file\n" * 1000  # copied up whole at the open (not deferred)
+    (layers.lowers[0] / "small").write_bytes(head)
+    with open(mnt / "small", "r+b") as f:  # then written around us
+        f.seek(len(head))
+        f.write(data)
+    assert daemon_io(pid, "wchar") - before < SIZE // 4
+    assert (layers.upper_dir / "written").read_bytes() == data
+    assert (mnt / "written").read_bytes() == data
+    assert (mnt / "small").read_bytes() == head + data
+    assert (mnt / "small").stat().st_size == len(head) + SIZE
+    assert (layers.upper_dir / "small").read_bytes() == head + data
+    assert (layers.lowers[0] / "small").read_bytes() == head
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("bits", [0o4777, 0o2777])
+def test_a_write_by_another_user_clears_set_id_bits(
+    mounted: tuple[Layers, Path], bits: int
+) -> None:
+    """The kernel's passthrough write would not clear them (it writes with our
+    credentials): a file with set-id bits is written through us even when root opens it,
+    since who writes is what counts (the child opens as root and writes as nobody)."""
+    layers, mnt = mounted
+    path = mnt / "set-id"
+    path.write_bytes(b"original")
+    os.chmod(path, bits)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            fd = os.open(path, os.O_WRONLY)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(fd, b"new")
+            os.close(fd)
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert path.read_bytes() == b"newginal"
+    assert os.stat(path).st_mode & 0o7777 == 0o777
+    assert os.stat(layers.upper_dir / "set-id").st_mode & 0o7777 == 0o777
+
+
+@pytest.mark.root
+def test_a_write_removes_file_capabilities(mounted: tuple[Layers, Path]) -> None:
+    layers, mnt = mounted
+    path = mnt / "capable"
+    path.write_bytes(b"\x7fELF")
+    # VFS_CAP_REVISION_2, effective: cap_net_raw (13) permitted.
+    capability = (0x02000001).to_bytes(4, "little") + (1 << 13).to_bytes(4, "little") + bytes(12)
+    os.setxattr(path, "security.capability", capability)
+    assert os.getxattr(path, "security.capability") == capability
+    with open(path, "r+b") as f:
+        f.write(b"\x7f")
+    for where in (path, layers.upper_dir / "capable"):
+        assert "security.capability" not in os.listxattr(where)
 
 
 @pytest.mark.root
