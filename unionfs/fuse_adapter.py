@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import time
 from collections.abc import Callable
 
@@ -15,6 +16,7 @@ from unionfs import fuse_protocol as proto
 from unionfs.filesystem import DOT_ENTRIES, AttrChanges, Caller, UnionFilesystem
 from unionfs.handles import FileHandle
 from unionfs.inodes import Node
+from unionfs.listing_advisor import ListingAdvisor
 from unionfs.logger import get_logger
 from unionfs.passthrough import Passthrough, writes_may_pass
 
@@ -63,6 +65,7 @@ class FuseAdapter:
         self.debug = debug
         self._state = fs.gate.state
         self.passthrough: Passthrough | None = None  # set once INIT agreed to it
+        self.listing = ListingAdvisor()  # READDIRPLUS with attributes, or names alone
         self.ops: dict[int, Op] = {
             proto.LOOKUP: self.lookup,
             proto.FORGET: self.forget,
@@ -327,6 +330,8 @@ class FuseAdapter:
 
     def readdirplus(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
         fh, offset, size = proto.READ_IN.unpack_from(body)[:3]
+        if not self.listing.choose(self.fs.inodes.listed_lookups):
+            return self._names_alone(fh, offset, size)
         parts: list[bytes] = []
         used = 0
         direntplus, nlink_of, timeout_of = proto.direntplus, self._nlink, self._timeout
@@ -341,6 +346,22 @@ class FuseAdapter:
             used += len(part)
             if not dot:
                 self.fs.inodes.lookup(node)
+        return b"".join(parts)
+
+    def _names_alone(self, fh: int, offset: int, size: int) -> bytes:
+        """A READDIRPLUS answer without attributes (see unionfs/listing_advisor.py)."""
+        parts: list[bytes] = []
+        used = files = 0
+        no_entry, dirent = proto.NO_ENTRY, proto.dirent
+        for name, ino, file_type, next_offset in self.fs.readdir_names(fh, offset):
+            part = no_entry + dirent(name, ino, file_type, next_offset)
+            if used + len(part) > size:
+                break
+            parts.append(part)
+            used += len(part)
+            if file_type != stat.S_IFDIR:
+                files += 1
+        self.listing.listed(files)
         return b"".join(parts)
 
     def readdir(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:

@@ -233,6 +233,9 @@ def dirent(name: bytes, ino: int, mode: int, next_offset: int) -> bytes:
 
 
 DIRENTPLUS = struct.Struct(ENTRY_OUT.format + "QQII")  # entry_out, then the dirent's head
+# A READDIRPLUS entry's entry_out with node id 0: the name alone, no attributes (the kernel
+# then looks the name up when it is used, as after READDIR).
+NO_ENTRY = bytes(ENTRY_OUT.size)
 _PADDING = tuple(b"\0" * n for n in range(8))
 
 

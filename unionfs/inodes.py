@@ -166,6 +166,9 @@ class InodeTable:
         # Numbers handed out by readdir for names not looked up yet, by directory number:
         # the lookup gives the name that number (d_ino == st_ino).
         self._reserved: dict[int, dict[bytes, int]] = {}
+        # Non-directories listed by name alone and then looked up, so far (a running
+        # count: the listing advisor reads it).
+        self.listed_lookups = 0
 
     def get(self, ino: int) -> Node:
         return self.nodes[ino]
@@ -202,6 +205,8 @@ class InodeTable:
         node = self._by_key.get(key) if key is not None else None
         reserved = self._reserved.get(parent.ino)
         number = reserved.pop(name, None) if reserved else None
+        if number is not None and not is_dir:
+            self.listed_lookups += 1
         if node is not None and node.linked:
             node.extra_links = (*node.extra_links, (parent, name))
         else:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import errno
 import os
 import random
+import stat
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -109,6 +111,42 @@ def test_readdir_reports_the_same_inode_numbers_as_stat(union: Union) -> None:
     mnt = union.mount()
     for entry in os.scandir(mnt / "d"):
         assert entry.inode() == os.lstat(entry.path).st_ino, entry.name
+
+
+def test_listings_by_name_alone_and_with_attributes_agree_with_stat(union: Union) -> None:
+    """The daemon lists names alone until lookups of listed files show a program wants
+    attributes (unionfs/listing_advisor.py): a walk that never stats, then one that stats
+    each entry as it goes (the advisor turns attributes on after its first directory),
+    both get the d_ino and d_type a later lstat agrees with."""
+    for phase in ("walk", "stat"):
+        for d in range(12):
+            for i in range(8):
+                write(union.lowers[i % 2] / phase / f"d{d}" / f"f{i}", b"x" * i)
+            (union.upper / phase / f"d{d}" / "sub").mkdir(parents=True)
+            os.symlink("f1", union.lower / phase / f"d{d}" / "link")
+    mnt = union.mount()
+
+    def listing(path: Path) -> dict[str, tuple[int, bool, bool]]:
+        return {
+            e.name: (e.inode(), e.is_dir(follow_symlinks=False), e.is_symlink())
+            for e in os.scandir(path)
+        }
+
+    walked = {d: listing(mnt / "walk" / f"d{d}") for d in range(12)}  # no stat in between
+    stated: dict[int, dict[str, tuple[int, bool, bool]]] = {}
+    for d in range(12):
+        stated[d] = listing(mnt / "stat" / f"d{d}")
+        for name in stated[d]:
+            os.lstat(mnt / "stat" / f"d{d}" / name)
+    for phase, listings in (("walk", walked), ("stat", stated)):
+        for d, entries in listings.items():
+            assert sorted(entries) == sorted([*(f"f{i}" for i in range(8)), "sub", "link"])
+            for name, (d_ino, is_dir, is_link) in entries.items():
+                st = os.lstat(mnt / phase / f"d{d}" / name)
+                assert d_ino == st.st_ino, (phase, d, name)
+                assert (is_dir, is_link) == (stat.S_ISDIR(st.st_mode), stat.S_ISLNK(st.st_mode))
+                if not (is_dir or is_link):
+                    assert st.st_size == int(name[1:])
 
 
 def _big_dir(union: Union, count: int) -> set[bytes]:
