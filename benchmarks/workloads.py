@@ -186,6 +186,35 @@ def sequential_read(cold: bool) -> Callable[[Context], Measurement]:
     return run
 
 
+def sequential_write(ctx: Context) -> Measurement:
+    """A new file of big_file bytes in read_block writes, closed (no fsync: what a write
+    costs the caller, not the disk's pace); each block starts with its own header."""
+    path = ctx.root / "create" / "written"
+    block = ctx.sizes.read_block
+    count = ctx.sizes.big_file // block
+    buf = bytearray(os.urandom(block))
+    start = perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        for i in range(count):
+            buf[:HEADER] = chunk_header("written", i)
+            view = memoryview(buf)
+            while view:
+                view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+    seconds = perf_counter() - start
+    size = count * block
+    check(os.stat(path).st_size == size, "the written file has the wrong size")
+    for i in (0, count // 2, count - 1):
+        check(pread_exact(path, i * block, HEADER) == chunk_header("written", i), "bad block")
+    if ctx.mounted.upper is not None:
+        landed = ctx.mounted.upper / "create" / "written"
+        check(landed.stat().st_size == size, "the file is not whole in the upper layer")
+    check(not os.listdir(ctx.data.lowers[1] / "create"), "a lower layer was written to")
+    return Measurement(seconds, f"bytes={size}", {"MiB/s": size / seconds / 2**20})
+
+
 # --- metadata -----------------------------------------------------------------------------
 
 
@@ -397,6 +426,9 @@ def fs_workloads(s: Sizes) -> tuple[FsWorkload, ...]:
         ),
         FsWorkload(
             "read-warm", f"read {big} in {blk} reads, warm", ("read",), sequential_read(False)
+        ),
+        FsWorkload(
+            "write", f"write {big} in {blk} writes, new file", ("create",), sequential_write
         ),
         FsWorkload(
             "stat-first",
