@@ -121,7 +121,7 @@ def test_quick_run_writes_json_markdown_and_chart(tmp_path: Path) -> None:
         "benchmarks",
         "--quick",
         "--rounds=1",
-        "--only=copyup-small,stat-warm,rename-dir,start-true",
+        "--only=copyup-small,write,stat-warm,rename-dir,start-true",
         "--systems=native,overlayfs,lamina-unionfs,unshare,lamina",
         f"--workdir={tmp_path}",
         f"--out={out}",
@@ -151,7 +151,7 @@ def test_quick_run_writes_json_markdown_and_chart(tmp_path: Path) -> None:
     assert {"kernel", "cpu", "load_average", "versions"} <= doc["machine"].keys()
     fs = doc["suites"]["filesystem"]
     containers = doc["suites"]["containers"]
-    assert set(fs["workloads"]) == {"copyup-small", "stat-warm", "rename-dir"}
+    assert set(fs["workloads"]) == {"copyup-small", "write", "stat-warm", "rename-dir"}
     assert set(fs["systems"]) == {"native", "overlayfs", "lamina-unionfs"}
     assert set(containers["workloads"]) == {"start-true"}
     for suite in (fs, containers):
@@ -166,6 +166,8 @@ def test_quick_run_writes_json_markdown_and_chart(tmp_path: Path) -> None:
     assert copyup["native"]["status"] == "ok"
     assert copyup["overlayfs"]["status"] == "ok"
     assert copyup["overlayfs"]["ratios"]["overlayfs"] == pytest.approx(1.0)
+    written = fs["workloads"]["write"]["results"]
+    assert {written[s]["status"] for s in ("native", "overlayfs", "lamina-unionfs")} == {"ok"}
     assert fs["workloads"]["rename-dir"]["results"]["overlayfs"]["status"] in {"ok", "unsupported"}
     assert containers["workloads"]["start-true"]["results"]["unshare"]["status"] == "ok"
 
