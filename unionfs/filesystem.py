@@ -1021,17 +1021,18 @@ class UnionFilesystem:
         node = snapshot.node
         if offset == 0:
             self._list_into(snapshot)
-        for index in range(offset, len(snapshot.names)):
-            name = snapshot.names[index]
-            if name in DOT_ENTRIES:
-                itself = node if name == b"." or node.parent is None else node.parent
-                yield name, itself.ino, stat.S_IFDIR, index + 1
-                continue
-            known = node.children.get(name)
+        names, types, children = snapshot.names, snapshot.types, node.children
+        reserve = self.inodes.reserver(node)
+        for index in range(offset, len(names)):
+            name = names[index]
+            known = children.get(name)
             if known is not None:
                 yield name, known.ino, stat.S_IFMT(known.mode), index + 1
+            elif name in DOT_ENTRIES:
+                itself = node if name == b"." or node.parent is None else node.parent
+                yield name, itself.ino, stat.S_IFDIR, index + 1
             else:
-                yield name, self.inodes.reserve(node, name), snapshot.types[index], index + 1
+                yield name, reserve(name), types[index], index + 1
 
     def _list_into(self, snapshot: DirSnapshot) -> None:
         node = snapshot.node

@@ -352,9 +352,9 @@ class FuseAdapter:
         """A READDIRPLUS answer without attributes (see unionfs/listing_advisor.py)."""
         parts: list[bytes] = []
         used = files = 0
-        no_entry, dirent = proto.NO_ENTRY, proto.dirent
+        entry = proto.direntplus_name_alone
         for name, ino, file_type, next_offset in self.fs.readdir_names(fh, offset):
-            part = no_entry + dirent(name, ino, file_type, next_offset)
+            part = entry(name, ino, file_type, next_offset)
             if used + len(part) > size:
                 break
             parts.append(part)

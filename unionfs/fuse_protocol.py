@@ -233,10 +233,16 @@ def dirent(name: bytes, ino: int, mode: int, next_offset: int) -> bytes:
 
 
 DIRENTPLUS = struct.Struct(ENTRY_OUT.format + "QQII")  # entry_out, then the dirent's head
-# A READDIRPLUS entry's entry_out with node id 0: the name alone, no attributes (the kernel
-# then looks the name up when it is used, as after READDIR).
-NO_ENTRY = bytes(ENTRY_OUT.size)
 _PADDING = tuple(b"\0" * n for n in range(8))
+# A READDIRPLUS entry whose entry_out is all zeros (node id 0): the name alone, no
+# attributes; the kernel looks the name up when it is used, as after READDIR.
+_NAME_ALONE = struct.Struct(f"<{ENTRY_OUT.size}xQQII")
+
+
+def direntplus_name_alone(name: bytes, ino: int, mode: int, next_offset: int) -> bytes:
+    """A READDIRPLUS entry without attributes, in one pack (a walk makes thousands)."""
+    head = _NAME_ALONE.pack(ino, next_offset, len(name), (mode & 0o170000) >> 12)
+    return head + name + _PADDING[-len(name) % 8]
 
 
 def direntplus(

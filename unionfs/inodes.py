@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import stat
+from collections.abc import Callable
 
 from unionfs import errors
 from unionfs.deferred import PendingCopy
@@ -229,11 +230,22 @@ class InodeTable:
 
     def reserve(self, parent: Node, name: bytes) -> int:
         """The number a listed name that is not looked up yet will get (see child)."""
-        names = self._reserved.setdefault(parent.ino, {})
-        number = names.get(name)
-        if number is None:
-            number = names[name] = next(self._numbers)
-        return number
+        return self.reserver(parent)(name)
+
+    def reserver(self, parent: Node) -> Callable[[bytes], int]:
+        """reserve() for the names of one listing of parent (its table fetched once)."""
+        names = self._reserved.get(parent.ino)
+        if names is None:
+            names = self._reserved[parent.ino] = {}
+        numbers = self._numbers
+
+        def reserve(name: bytes) -> int:
+            number = names.get(name)
+            if number is None:
+                number = names[name] = next(numbers)
+            return number
+
+        return reserve
 
     def unlinked(self, st: os.stat_result) -> Node:
         """A node for an upper file that has no name yet (O_TMPFILE)."""

@@ -302,11 +302,33 @@ class LayerStack:
         names: list[bytes] = []
         types: list[int] = []
         files: dict[bytes, Source | None] = {}
-        for name, where, file_type in self._merged_names(upper, sources):
-            names.append(name)
-            types.append(file_type)
-            if not isinstance(where, Directory):
-                files[name] = where
+        # _merged_names, unrolled: this runs for every entry of every listing.
+        add_name, add_type = names.append, types.append
+        regular, directory = stat.S_IFREG, stat.S_IFDIR
+        seen: set[bytes] = set()
+        for path, layer in self._layer_dirs(upper, sources):
+            layer_names = []
+            try:
+                with os.scandir(path) as it:
+                    for dirent in it:
+                        name = dirent.name
+                        if name in seen:
+                            continue
+                        layer_names.append(name)
+                        try:
+                            is_file = dirent.is_file(follow_symlinks=False)
+                        except OSError:
+                            is_file = False
+                        file_type = regular if is_file else _file_type(dirent)
+                        if file_type == WHITEOUT_TYPE:
+                            continue
+                        add_name(name)
+                        add_type(file_type)
+                        if file_type != directory and file_type != 0:
+                            files[name] = layer
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            seen.update(layer_names)
         return names, types, files
 
     def is_empty_dir(self, upper: bytes | None, sources: tuple[Source, ...]) -> bool:
@@ -314,17 +336,23 @@ class LayerStack:
         without listing it whole)."""
         return next(self._merged_names(upper, sources), None) is None
 
+    def _layer_dirs(
+        self, upper: bytes | None, sources: tuple[Source, ...]
+    ) -> list[tuple[bytes, Source | None]]:
+        """A merged directory's dirs in the layers, topmost first (None: the upper)."""
+        layers: list[tuple[bytes, Source | None]] = []
+        if upper is not None and self.upper_root is not None:
+            layers.append((self.upper_path(upper), None))
+        layers.extend((self.lower_path(source), source) for source in sources)
+        return layers
+
     def _merged_names(
         self, upper: bytes | None, sources: tuple[Source, ...]
     ) -> Iterator[tuple[bytes, Source | Directory | None, int]]:
         """(name, where, type): where is DIRECTORY for a directory (or an entry that cannot
         be typed), else None (upper) or the lower source the name's file lives in."""
         seen: set[bytes] = set()
-        layers: list[tuple[bytes, Source | None]] = []
-        if upper is not None and self.upper_root is not None:
-            layers.append((self.upper_path(upper), None))
-        layers.extend((self.lower_path(source), source) for source in sources)
-        for path, layer in layers:
+        for path, layer in self._layer_dirs(upper, sources):
             layer_names = []
             try:
                 with os.scandir(path) as it:
