@@ -211,8 +211,16 @@ def attr_fields(ino: int, st: os.stat_result, nlink: int) -> tuple[int, ...]:
 
 
 def entry_out(ino: int, st: os.stat_result, nlink: int, timeout: float) -> bytes:
+    """attr_fields written out in the one pack: every LOOKUP answers with this."""
     sec, nsec = split_seconds(timeout)
-    return ENTRY_OUT.pack(ino, 0, sec, sec, nsec, nsec, *attr_fields(ino, st, nlink))
+    atime, mtime, ctime = st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
+    return ENTRY_OUT.pack(
+        ino, 0, sec, sec, nsec, nsec,
+        ino, st.st_size, st.st_blocks,
+        atime // 10**9, mtime // 10**9, ctime // 10**9,
+        atime % 10**9, mtime % 10**9, ctime % 10**9,
+        st.st_mode, nlink, st.st_uid, st.st_gid, st.st_rdev & 0xFFFFFFFF, st.st_blksize, 0,
+    )  # fmt: skip
 
 
 def negative_entry(timeout: float) -> bytes:

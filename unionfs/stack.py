@@ -14,7 +14,7 @@ import os
 import stat
 from collections.abc import Iterable, Iterator, Sequence
 
-from unionfs.whiteouts import TRUSTED, XattrNames, is_whiteout
+from unionfs.whiteouts import TRUSTED, WHITEOUT_DEV, XattrNames, is_whiteout
 
 Source = tuple[int, bytes]
 
@@ -190,6 +190,24 @@ class LayerStack:
                 if markers.opaque:
                     return Entry(rel, (), st)
                 upper_rel, upper_st, redirect = rel, st, markers.redirect
+        if upper_st is None:
+            # Most lookups: no upper dir to merge with, no redirect. The first layer that
+            # has the name answers, a non-directory there at once; a directory, which may
+            # merge with layers below, takes the general way (its lstat made again).
+            for index, parent_path in parent_sources:
+                source = (index, parent_path + b"/" + name if parent_path else name)
+                try:
+                    st = os.lstat(self.lower_path(source))
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                mode = st.st_mode
+                if stat.S_ISDIR(mode):
+                    break
+                if stat.S_ISCHR(mode) and st.st_rdev == WHITEOUT_DEV:
+                    return None
+                return Entry(None, (source,), st)
+            else:
+                return None
         candidates = self.candidates(parent_sources, name, redirect, after=-1)
         # Once an absolute redirect is followed, paths no longer hang off the parent's
         # sources: a later relative redirect is relative to the path reached so far.

@@ -89,6 +89,20 @@ def test_a_direntplus_is_an_entry_then_a_padded_dirent(name: bytes) -> None:
     assert len(joined) % 8 == 0
 
 
+def test_an_entry_holds_the_same_attributes_as_an_attr_answer() -> None:
+    """entry_out packs the attributes itself (a hot path): they must stay attr_out's."""
+    for st in (stat_of(stat.S_IFREG | 0o4755), stat_of(stat.S_IFCHR, rdev=os.makedev(8, 1))):
+        entry = proto.ENTRY_OUT.unpack(proto.entry_out(5, st, 4, 2.5))
+        attr = proto.ATTR_OUT.unpack(proto.attr_out(5, st, 4, 2.5))
+        assert entry[6:] == attr[3:]
+
+
+@pytest.mark.parametrize("name", [b"a", b"seven77", b"eight888", b"x" * 255])
+def test_a_name_alone_direntplus_is_an_empty_entry_then_a_padded_dirent(name: bytes) -> None:
+    joined = proto.direntplus_name_alone(name, 9, stat.S_IFREG | 0o644, 42)
+    assert joined == bytes(proto.ENTRY_OUT.size) + proto.dirent(name, 9, stat.S_IFREG, 42)
+
+
 def test_setattr_joins_seconds_and_nanoseconds() -> None:
     valid = proto.FATTR_MODE | proto.FATTR_MTIME
     raw = proto.SETATTR_IN.pack(valid, 0, 3, 10, 0, 1, 2, 0, 5, 6, 0, 0o640, 0, 1, 2, 0)
