@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from unionfs.listing_advisor import PROBE_EVERY, SETTLE, ListingAdvisor
+import itertools
+
+from unionfs.listing_advisor import FIRST_PROBE, PROBE_EVERY, SETTLE, ListingAdvisor
 
 
 class Program:
@@ -26,18 +28,22 @@ class Program:
         return answers
 
 
-def test_a_walk_gets_names_alone_throughout() -> None:
+def test_a_walk_soon_gets_names_alone() -> None:
     program = Program()
-    assert program.list_dirs(200, looks=False) == [False] * 200
+    answers = program.list_dirs(200, looks=False)
+    assert answers[: FIRST_PROBE - 1] == [True] * (FIRST_PROBE - 1)  # as the kernel starts
+    assert answers[FIRST_PROBE - 1] is False  # the first probe
+    assert answers[FIRST_PROBE + SETTLE - 1 :] == [False] * (200 - FIRST_PROBE - SETTLE + 1)
 
 
-def test_a_program_that_looks_at_what_it_lists_gets_attributes_but_for_probes() -> None:
+def test_a_program_that_looks_at_what_it_lists_keeps_attributes_but_for_probes() -> None:
     program = Program()
-    answers = program.list_dirs(1 + 8 * PROBE_EVERY, looks=True)
-    assert answers[0] is False  # nothing known yet: names alone
-    assert answers[1] is True
-    rest = answers[1:]
-    assert rest.count(False) == len(rest) // PROBE_EVERY  # the probes, and no more
+    count = 1 + 8 * PROBE_EVERY
+    answers = program.list_dirs(count, looks=True)
+    probes = [i for i, with_attributes in enumerate(answers) if not with_attributes]
+    assert probes[0] == FIRST_PROBE - 1
+    assert all(b - a == PROBE_EVERY for a, b in itertools.pairwise(probes))
+    assert len(probes) == 1 + (count - FIRST_PROBE) // PROBE_EVERY
 
 
 def test_attributes_stop_a_few_listings_after_a_probe_left_alone() -> None:

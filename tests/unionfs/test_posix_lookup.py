@@ -114,10 +114,10 @@ def test_readdir_reports_the_same_inode_numbers_as_stat(union: Union) -> None:
 
 
 def test_listings_by_name_alone_and_with_attributes_agree_with_stat(union: Union) -> None:
-    """The daemon lists names alone until lookups of listed files show a program wants
-    attributes (unionfs/listing_advisor.py): a walk that never stats, then one that stats
-    each entry as it goes (the advisor turns attributes on after its first directory),
-    both get the d_ino and d_type a later lstat agrees with."""
+    """The daemon lists with attributes or names alone as the program seems to want
+    (unionfs/listing_advisor.py): a walk that never stats (its listings soon go out as
+    names alone), then one that stats each entry as it goes (attributes again), both get
+    the d_ino and d_type a later lstat agrees with."""
     for phase in ("walk", "stat"):
         for d in range(12):
             for i in range(8):
