@@ -147,9 +147,10 @@ class Passthrough:
 def writes_may_pass(uid: int, mode: int) -> bool:
     """Whether an open for writing may be passthrough. The kernel writes the backing file
     with the daemon's credentials and leaves our inode's set-id bits alone, where the
-    writer's own write would clear them (one without CAP_FSETID): we saw a write by nobody
-    keep the set-uid bit. So only root's opens (whose writes keep them anyway) of a file
-    with no set-id bit; the layer's filesystem removes file capabilities itself."""
+    writer's own write would clear them (one without CAP_FSETID): with
+    FUSE_HANDLE_KILLPRIV_V2 that is our WRITE's job, and no WRITE comes. We saw a write by
+    nobody keep the set-uid bit. So only root's opens (whose writes keep them anyway) of a
+    file with no set-id bit; the layer's filesystem removes file capabilities itself."""
     return uid == 0 and not mode & (stat.S_ISUID | stat.S_ISGID)
 
 
