@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 
 from unionfs.whiteouts import TRUSTED, WHITEOUT_DEV, XattrNames, is_whiteout
 
@@ -320,7 +320,37 @@ class LayerStack:
         names: list[bytes] = []
         types: list[int] = []
         files: dict[bytes, Source | None] = {}
-        # _merged_names, unrolled: this runs for every entry of every listing.
+        self._merge_into(upper, sources, names, types, files)
+        return names, types, files
+
+    def is_empty_dir(self, upper: bytes | None, sources: tuple[Source, ...]) -> bool:
+        """No merged name at all: stops at the first one (rmdir of a big tree is refused
+        without listing it whole)."""
+        return not self._merge_into(upper, sources, [], [], {}, first_only=True)
+
+    def _layer_dirs(
+        self, upper: bytes | None, sources: tuple[Source, ...]
+    ) -> list[tuple[bytes, Source | None]]:
+        """A merged directory's dirs in the layers, topmost first (None: the upper)."""
+        layers: list[tuple[bytes, Source | None]] = []
+        if upper is not None and self.upper_root is not None:
+            layers.append((self.upper_path(upper), None))
+        layers.extend((self.lower_path(source), source) for source in sources)
+        return layers
+
+    def _merge_into(
+        self,
+        upper: bytes | None,
+        sources: tuple[Source, ...],
+        names: list[bytes],
+        types: list[int],
+        files: dict[bytes, Source | None],
+        *,
+        first_only: bool = False,
+    ) -> bool:
+        """Append the merged names, their types and where each non-directory lives (see
+        list_dir_with_files); whether there was any. first_only: stop at the first name.
+        One loop, no generator: this runs for every entry of every listing."""
         add_name, add_type = names.append, types.append
         regular, directory = stat.S_IFREG, stat.S_IFDIR
         seen: set[bytes] = set()
@@ -340,6 +370,8 @@ class LayerStack:
                         file_type = regular if is_file else _file_type(dirent)
                         if file_type == WHITEOUT_TYPE:
                             continue
+                        if first_only:
+                            return True
                         add_name(name)
                         add_type(file_type)
                         if file_type != directory and file_type != 0:
@@ -347,46 +379,7 @@ class LayerStack:
             except (FileNotFoundError, NotADirectoryError):
                 continue
             seen.update(layer_names)
-        return names, types, files
-
-    def is_empty_dir(self, upper: bytes | None, sources: tuple[Source, ...]) -> bool:
-        """No merged name at all: stops at the first one (rmdir of a big tree is refused
-        without listing it whole)."""
-        return next(self._merged_names(upper, sources), None) is None
-
-    def _layer_dirs(
-        self, upper: bytes | None, sources: tuple[Source, ...]
-    ) -> list[tuple[bytes, Source | None]]:
-        """A merged directory's dirs in the layers, topmost first (None: the upper)."""
-        layers: list[tuple[bytes, Source | None]] = []
-        if upper is not None and self.upper_root is not None:
-            layers.append((self.upper_path(upper), None))
-        layers.extend((self.lower_path(source), source) for source in sources)
-        return layers
-
-    def _merged_names(
-        self, upper: bytes | None, sources: tuple[Source, ...]
-    ) -> Iterator[tuple[bytes, Source | Directory | None, int]]:
-        """(name, where, type): where is DIRECTORY for a directory (or an entry that cannot
-        be typed), else None (upper) or the lower source the name's file lives in."""
-        seen: set[bytes] = set()
-        for path, layer in self._layer_dirs(upper, sources):
-            layer_names = []
-            try:
-                with os.scandir(path) as it:
-                    for dirent in it:
-                        name = dirent.name
-                        if name in seen:
-                            continue
-                        layer_names.append(name)
-                        file_type = _file_type(dirent)
-                        if file_type == WHITEOUT_TYPE:
-                            continue
-                        where = DIRECTORY if file_type in (stat.S_IFDIR, 0) else layer
-                        yield name, where, file_type
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            seen.update(layer_names)
+        return bool(names)
 
 
 class Directory:
