@@ -132,4 +132,9 @@ def exit_without_teardown(status: int) -> NoReturn:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m containers.cli`: the rest of lamina imports containers.cli, whose error
+    # classes are not this __main__ module's, so run that module (`lamina` and `python -m
+    # containers` import it anyway).
+    from containers.cli import main as imported_main
+
+    sys.exit(imported_main())

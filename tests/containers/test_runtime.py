@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -278,6 +279,19 @@ def test_t_gives_a_tty(lamina: Lamina, busybox_rootfs: Path) -> None:
     code, out, err = run(lamina, busybox_rootfs, "-t", command="test -t 0 && test -t 1 && tty")
     assert code == 0, err
     assert out.replace("\r", "").strip() == "/dev/pts/0"
+
+
+@pytest.mark.parametrize("module", ["containers", "containers.cli"])
+def test_an_unknown_image_is_one_line_however_lamina_is_started(
+    tmp_path: Path, module: str
+) -> None:
+    """`lamina`, `python -m containers` and `python -m containers.cli` (once a traceback:
+    run as __main__, the CLI caught its own copy of the error class, not the one raised)."""
+    argv = [sys.executable, "-m", module, "--root", str(tmp_path), "run", "--rm", "nope", "true"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 125
+    assert result.stderr.startswith("lamina: error: no such image: nope\n")
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize(
