@@ -119,10 +119,7 @@ def copy_xattrs(src: bytes, dst: bytes | int, markers: XattrNames) -> None:
             if exc.errno == errno.ENODATA:
                 continue
             raise
-        if isinstance(dst, int):
-            os.setxattr(dst, name, value)
-        else:
-            os.setxattr(dst, name, value, follow_symlinks=False)
+        os.setxattr(dst, name, value, follow_symlinks=isinstance(dst, int))
 
 
 def copy_data(src_fd: int, dst_fd: int, length: int) -> None:
@@ -167,23 +164,22 @@ def copy_between(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, cou
 
 
 def copy_metadata(
-    src: bytes, dst: bytes, st: os.stat_result, markers: XattrNames, *, is_link: bool = False
+    src: bytes,
+    dst: bytes | int,
+    st: os.stat_result,
+    markers: XattrNames,
+    *,
+    is_link: bool = False,
 ) -> None:
     """Owner first (chown clears set-id bits and security.capability), then the xattrs,
-    then the mode, then the times (which every other change would touch)."""
-    os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
+    then the mode, then the times (which every other change would touch). dst: a path
+    (never followed) or an open file."""
+    follow = isinstance(dst, int)  # a path is never followed; a descriptor may not say so
+    os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=follow)
     copy_xattrs(src, dst, markers)
     if not is_link:
         os.chmod(dst, stat.S_IMODE(st.st_mode))
-    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-
-
-def copy_file_metadata(src: bytes, dst_fd: int, st: os.stat_result, markers: XattrNames) -> None:
-    """copy_metadata for a regular file open at dst_fd, in the same order."""
-    os.fchown(dst_fd, st.st_uid, st.st_gid)
-    copy_xattrs(src, dst_fd, markers)
-    os.fchmod(dst_fd, stat.S_IMODE(st.st_mode))
-    os.utime(dst_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=follow)
 
 
 # open(2)'s answers for a filesystem (or kernel) without O_TMPFILE, and linkat(2)'s for a
@@ -268,7 +264,7 @@ class CopyUp:
                 copy_data(src_fd, dst_fd, min(length, st.st_size))
             finally:
                 os.close(src_fd)
-        copy_file_metadata(src, dst_fd, st, self.markers)
+        copy_metadata(src, dst_fd, st, self.markers)
         if self.sync:
             os.fsync(dst_fd)
 

@@ -354,7 +354,7 @@ class UnionFilesystem:
             # Space for every data extent now: a full upper answers ENOSPC at open, as the
             # kernel's copy-up does, and never after an fsync that promised the file.
             reserve_like(src, fd, st.st_size)
-            copy_metadata(src, temp, st, self.markers)
+            copy_metadata(src, fd, st, self.markers)
             node.pending = PendingCopy(temp, src, st.st_size, st)
         except BaseException:
             self.work.discard(temp)
