@@ -350,9 +350,23 @@ class FuseAdapter:
 
     def _names_alone(self, fh: int, offset: int, size: int) -> bytes:
         """A READDIRPLUS answer without attributes (see unionfs/listing_advisor.py)."""
+        answer, files = self._names(fh, offset, size, proto.direntplus_name_alone)
+        self.listing.listed(files)
+        return answer
+
+    def readdir(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        # Names only (the kernel asks with attributes for a directory's first batch, and
+        # again once lookups show a program wants them: READDIRPLUS_AUTO).
+        fh, offset, size = proto.READ_IN.unpack_from(body)[:3]
+        return self._names(fh, offset, size, proto.dirent)[0]
+
+    def _names(
+        self, fh: int, offset: int, size: int, entry: Callable[[bytes, int, int, int], bytes]
+    ) -> tuple[bytes, int]:
+        """Entries of names alone from offset on, as many as size holds, each packed by
+        entry(name, ino, mode, next_offset); and how many of them are not directories."""
         parts: list[bytes] = []
         used = files = 0
-        entry = proto.direntplus_name_alone
         for name, ino, file_type, next_offset in self.fs.readdir_names(fh, offset):
             part = entry(name, ino, file_type, next_offset)
             if used + len(part) > size:
@@ -361,22 +375,7 @@ class FuseAdapter:
             used += len(part)
             if file_type != stat.S_IFDIR:
                 files += 1
-        self.listing.listed(files)
-        return b"".join(parts)
-
-    def readdir(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
-        # Names only (the kernel asks with attributes for a directory's first batch, and
-        # again once lookups show a program wants them: READDIRPLUS_AUTO).
-        fh, offset, size = proto.READ_IN.unpack_from(body)[:3]
-        parts: list[bytes] = []
-        used = 0
-        for name, ino, file_type, next_offset in self.fs.readdir_names(fh, offset):
-            part = proto.dirent(name, ino, file_type, next_offset)
-            if used + len(part) > size:
-                break
-            parts.append(part)
-            used += len(part)
-        return b"".join(parts)
+        return b"".join(parts), files
 
     def releasedir(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
         self.fs.releasedir(proto.RELEASE_IN.unpack_from(body)[0])

@@ -228,12 +228,9 @@ class InodeTable:
         parent.children[name] = node
         return node
 
-    def reserve(self, parent: Node, name: bytes) -> int:
-        """The number a listed name that is not looked up yet will get (see child)."""
-        return self.reserver(parent)(name)
-
     def reserver(self, parent: Node) -> Callable[[bytes], int]:
-        """reserve() for the names of one listing of parent (its table fetched once)."""
+        """For one listing of parent: the number a listed name that is not looked up yet
+        will get (see child), name by name (the directory's table fetched once)."""
         names = self._reserved.get(parent.ino)
         if names is None:
             names = self._reserved[parent.ino] = {}
