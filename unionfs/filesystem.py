@@ -19,7 +19,7 @@ from unionfs.blocking import Gate
 from unionfs.copyup import CopyUp, WorkDir, copy_between, copy_metadata
 from unionfs.deferred import CHUNK, PendingCopy, reserve_like
 from unionfs.handles import DirSnapshot, FileHandle, HandleTable
-from unionfs.inodes import InodeTable, Node
+from unionfs.inodes import InodeTable, Known, Leaf, Node
 from unionfs.logger import get_logger
 from unionfs.stack import (
     DIRECTORY,
@@ -101,6 +101,8 @@ class AttrChanges:
 
 
 Answer = tuple[Node, os.stat_result]
+# What a lookup or a listing answers: a lower file may stay a leaf (unionfs/leaves.py).
+Found = tuple[Known, os.stat_result]
 
 
 class UnionFilesystem:
@@ -176,7 +178,7 @@ class UnionFilesystem:
     def _resolve_child(self, parent: Node, name: bytes) -> Answer | None:
         if not parent.is_dir:
             raise errors.not_a_directory()
-        known = parent.children.get(name)
+        known = self.inodes.known(parent, name)
         if known is not None:
             try:
                 return known, self._stat(known)
@@ -187,6 +189,26 @@ class UnionFilesystem:
         if entry is None:
             return None
         return self.inodes.child(parent, name, entry), entry.st
+
+    def _find_child(self, parent: Node, name: bytes) -> Found | None:
+        """_resolve_child for a lookup or a listing: a lower file may stay a leaf."""
+        if not parent.is_dir:
+            raise errors.not_a_directory()
+        known = self.inodes.known_light(parent, name)
+        if known is not None:
+            try:
+                return known, self._stat_known(known)
+            except FileNotFoundError:
+                self.inodes.remove_link(parent, name)  # changed under the mount
+        entry = self.stack.lookup(self._upper_rel(parent), parent.sources, name)
+        if entry is None:
+            return None
+        return self.inodes.new_child(parent, name, entry), entry.st
+
+    def _stat_known(self, known: Known) -> os.stat_result:
+        if type(known) is Leaf:
+            return os.lstat(self.stack.lower_path(self.inodes.leaf_source(known)))
+        return self._stat(known)  # type: ignore[arg-type]
 
     def _existing_child(self, parent: Node, name: bytes) -> Answer:
         found = self._resolve_child(parent, name)
@@ -202,10 +224,12 @@ class UnionFilesystem:
 
     # -- lookup, attributes --------------------------------------------------------------
 
-    def lookup(self, parent_ino: int, name: bytes) -> Answer:
-        node, st = self._existing_child(self._node(parent_ino), name)
-        self.inodes.lookup(node)
-        return node, st
+    def lookup(self, parent_ino: int, name: bytes) -> Found:
+        found = self._find_child(self._node(parent_ino), name)
+        if found is None:
+            raise errors.not_found()
+        self.inodes.lookup(found[0])
+        return found
 
     def forget(self, ino: int, count: int) -> None:
         self.inodes.forget(ino, count)
@@ -214,7 +238,13 @@ class UnionFilesystem:
             if fd is not None:
                 os.close(fd)
 
-    def getattr(self, ino: int) -> Answer:
+    def getattr(self, ino: int) -> Found:
+        leaf = self.inodes.leaf(ino) if ino not in self.inodes.nodes else None
+        if leaf is not None:
+            try:
+                return leaf, self._stat_known(leaf)
+            except FileNotFoundError:
+                pass  # changed under the mount: the node answers as a lost name does
         node = self._node(ino)
         return node, self._stat(node)
 
@@ -530,7 +560,7 @@ class UnionFilesystem:
     ) -> Answer:
         if st is None:
             st = os.lstat(self.stack.upper_path(rel))
-        parent.children.pop(name, None)
+        self.inodes.drop_name(parent, name)
         node = self.inodes.child(parent, name, Entry(rel, (), st))
         self.inodes.lookup(node)
         return node, st
@@ -848,8 +878,8 @@ class UnionFilesystem:
             self._mark_moved_dir(dst, new_path, new_parent, old_parent)
         renameat2(old_path, new_path, RENAME_EXCHANGE)
         self.stack.forget_short_paths()
-        old_parent.children.pop(old_name, None)
-        new_parent.children.pop(new_name, None)
+        self.inodes.drop_name(old_parent, old_name)
+        self.inodes.drop_name(new_parent, new_name)
         self.inodes.move_link(src, (old_parent, old_name), (new_parent, new_name))
         self.inodes.move_link(dst, (new_parent, new_name), (old_parent, old_name))
 
@@ -982,7 +1012,7 @@ class UnionFilesystem:
             raise errors.not_a_directory()
         return self.handles.add_dir(DirSnapshot(node))  # listed at the first readdir
 
-    def readdir(self, fh: int, offset: int) -> Iterator[tuple[bytes, Node, os.stat_result, int]]:
+    def readdir(self, fh: int, offset: int) -> Iterator[tuple[bytes, Known, os.stat_result, int]]:
         """Entries from `offset` on, lazily: (name, node, stat, next offset).
 
         The caller counts a lookup for each entry it hands to the kernel.
@@ -1001,7 +1031,7 @@ class UnionFilesystem:
             try:
                 where = snapshot.files.get(name, DIRECTORY)
                 if isinstance(where, Directory) or name in node.children:
-                    found = self._resolve_child(node, name)
+                    found = self._find_child(node, name)
                 else:
                     found = self._resolve_listed_file(node, parent_rel, name, where)
             except OSError as exc:
@@ -1022,17 +1052,22 @@ class UnionFilesystem:
         if offset == 0:
             self._list_into(snapshot)
         names, types, children = snapshot.names, snapshot.types, node.children
+        files = snapshot.files
         reserve = self.inodes.reserver(node)
         for index in range(offset, len(names)):
             name = names[index]
             known = children.get(name)
             if known is not None:
-                yield name, known.ino, stat.S_IFMT(known.mode), index + 1
+                if type(known) is int:  # a leaf: a lower file, as listed
+                    yield name, known, types[index], index + 1
+                else:
+                    yield name, known.ino, stat.S_IFMT(known.mode), index + 1  # type: ignore[union-attr]
             elif name in DOT_ENTRIES:
                 itself = node if name == b"." or node.parent is None else node.parent
                 yield name, itself.ino, stat.S_IFDIR, index + 1
             else:
-                yield name, reserve(name), types[index], index + 1
+                kind = types[index]
+                yield name, reserve(name, files.get(name, DIRECTORY), kind), kind, index + 1
 
     def _list_into(self, snapshot: DirSnapshot) -> None:
         node = snapshot.node
@@ -1044,7 +1079,7 @@ class UnionFilesystem:
 
     def _resolve_listed_file(
         self, parent: Node, parent_rel: bytes, name: bytes, where: Source | None
-    ) -> Answer | None:
+    ) -> Found | None:
         """A name the listing found as a non-directory in one layer: one lstat there.
         (readdirplus calls this for every such entry: kept lean.)"""
         if where is None:
@@ -1056,10 +1091,10 @@ class UnionFilesystem:
         try:
             st = os.lstat(path)
         except (FileNotFoundError, NotADirectoryError):
-            return self._resolve_child(parent, name)  # changed since the listing
+            return self._find_child(parent, name)  # changed since the listing
         kind = stat.S_IFMT(st.st_mode)
         if kind == stat.S_IFDIR or (kind == stat.S_IFCHR and is_whiteout(st)):
-            return self._resolve_child(parent, name)
+            return self._find_child(parent, name)
         return self.inodes.file_child(parent, name, st, where is None, source), st
 
     def _placeholder(self, parent: Node, name: bytes) -> Answer:

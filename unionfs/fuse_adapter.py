@@ -15,7 +15,7 @@ from collections.abc import Callable
 from unionfs import fuse_protocol as proto
 from unionfs.filesystem import DOT_ENTRIES, AttrChanges, Caller, UnionFilesystem
 from unionfs.handles import FileHandle
-from unionfs.inodes import Node
+from unionfs.inodes import Known
 from unionfs.listing_advisor import ListingAdvisor
 from unionfs.logger import get_logger
 from unionfs.passthrough import Passthrough, writes_may_pass
@@ -123,14 +123,14 @@ class FuseAdapter:
         return self.timeout if st.st_ino else 0.0
 
     @staticmethod
-    def _nlink(node: Node, st: os.stat_result) -> int:
+    def _nlink(node: Known, st: os.stat_result) -> int:
         # Like the kernel overlayfs: a merged directory's link count is unknown, so 1.
         return 1 if node.merged else st.st_nlink
 
-    def _entry(self, node: Node, st: os.stat_result) -> bytes:
+    def _entry(self, node: Known, st: os.stat_result) -> bytes:
         return proto.entry_out(node.ino, st, self._nlink(node, st), self._timeout(st))
 
-    def _attr(self, node: Node, st: os.stat_result) -> bytes:
+    def _attr(self, node: Known, st: os.stat_result) -> bytes:
         return proto.attr_out(node.ino, st, self._nlink(node, st), self._timeout(st))
 
     # -- lookup, attributes --------------------------------------------------------------

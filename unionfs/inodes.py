@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from unionfs import errors
 from unionfs.deferred import PendingCopy
+from unionfs.leaves import LeafBlock, LeafStore
 from unionfs.stack import Entry, Source, join
 
 ROOT_INO = 1
@@ -28,7 +29,9 @@ class _NoChildren(dict):  # type: ignore[type-arg]
         raise TypeError("a non-directory has no children")
 
 
-NO_CHILDREN: dict[bytes, Node] = _NoChildren()
+# A directory's known names: a Node, or the number of a leaf (see unionfs/leaves.py).
+Children = dict[bytes, "Node | int"]
+NO_CHILDREN: Children = _NoChildren()
 _MODES: dict[int, int] = {}
 
 
@@ -72,7 +75,7 @@ class Node:
         # Further names of an upper hard link; a tuple (rarely more than empty) to stay small.
         self.extra_links: tuple[tuple[Node, bytes], ...] = ()
         # Known names of a directory; every other node shares one empty, unwritable dict.
-        self.children: dict[bytes, Node] = NO_CHILDREN
+        self.children: Children = NO_CHILDREN
         self.lookups = 0
         self.open_count = 0
         self.pending: PendingCopy | None = None  # a deferred copy-up in progress
@@ -137,6 +140,30 @@ class Node:
         return Entry(self.rel_path() if self.in_upper else None, self.sources, st)
 
 
+class Leaf:
+    """A leaf (a lower file kept light, see unionfs/leaves.py) as a lookup or a listing
+    hands it out: its number, and where its slot is. Never a merged directory."""
+
+    __slots__ = ("block", "ino", "slot")
+
+    merged = False
+    is_dir = False
+
+    def __init__(self, ino: int, block: LeafBlock, slot: int) -> None:
+        self.ino = ino
+        self.block = block
+        self.slot = slot
+
+    @property
+    def name(self) -> bytes:
+        name = self.block.names[self.slot]
+        assert name is not None
+        return name
+
+
+Known = Node | Leaf
+
+
 def _compact(
     sources: tuple[Source, ...], parent: Node | None, name: bytes, mode: int
 ) -> tuple[Source, ...] | int:
@@ -153,7 +180,11 @@ def _compact(
 
 
 class InodeTable:
-    """Every node the kernel may ask about, by number, plus upper hard-link sharing."""
+    """Every node the kernel may ask about, by number, plus upper hard-link sharing.
+
+    Lower files met by lookups and listings start as leaves (unionfs/leaves.py): the
+    methods that hand out Known take them as they are, every other way to a node (get,
+    known, child) makes a leaf a Node first."""
 
     def __init__(self, root_entry: Entry) -> None:
         self._numbers = itertools.count(ROOT_INO + 1)
@@ -163,32 +194,115 @@ class InodeTable:
         self.root.lookups = 1
         self.root.children = {}
         self.nodes: dict[int, Node] = {ROOT_INO: self.root}
+        self.leaves = LeafStore(self._take)
         self._by_key: dict[tuple[int, int], Node] = {}
         # Numbers handed out by readdir for names not looked up yet, by directory number:
-        # the lookup gives the name that number (d_ino == st_ino).
+        # the lookup gives the name that number (d_ino == st_ino). Lower files listed get a
+        # leaf instead.
         self._reserved: dict[int, dict[bytes, int]] = {}
         # Non-directories listed by name alone and then looked up, so far (a running
         # count: the listing advisor reads it).
         self.listed_lookups = 0
 
+    def _take(self, count: int) -> int:
+        first = next(self._numbers)
+        if count > 1:
+            self._numbers = itertools.count(first + count)
+        return first
+
+    # -- finding nodes -------------------------------------------------------------------
+
     def get(self, ino: int) -> Node:
-        return self.nodes[ino]
+        node = self.nodes.get(ino)
+        if node is not None:
+            return node
+        found = self.leaves.find(ino)
+        if found is None:
+            raise KeyError(ino)
+        return self._promote(*found)
+
+    def leaf(self, ino: int) -> Leaf | None:
+        """The leaf numbered ino, if a leaf has that number."""
+        found = self.leaves.find(ino)
+        return Leaf(ino, *found) if found is not None else None
+
+    def known(self, parent: Node, name: bytes) -> Node | None:
+        """The node of a name the table knows (a leaf becomes a Node)."""
+        known = parent.children.get(name)
+        if type(known) is not int:
+            return known  # type: ignore[return-value]
+        found = self.leaves.find(known)
+        if found is None:  # cannot be: a leaf's end removes its name (see _end_leaf)
+            del parent.children[name]
+            return None
+        return self._promote(*found)
+
+    def known_light(self, parent: Node, name: bytes) -> Known | None:
+        """The node or leaf of a name the table knows, as it is."""
+        known = parent.children.get(name)
+        if type(known) is not int:
+            return known  # type: ignore[return-value]
+        leaf = self.leaf(known)
+        if leaf is None:  # cannot be: a leaf's end removes its name (see _end_leaf)
+            del parent.children[name]
+        elif leaf.block.lookups[leaf.slot] == 0:
+            self.listed_lookups += 1  # listed by name alone (see reserver), looked up now
+        return leaf
+
+    def leaf_source(self, leaf: Leaf) -> Source:
+        """The lower file of a leaf."""
+        block, slot = leaf.block, leaf.slot
+        index, path = block.parent.origin[block.positions[slot]]  # type: ignore[index]
+        return (index, join(path, leaf.name))
+
+    # -- new names -----------------------------------------------------------------------
 
     def child(self, parent: Node, name: bytes, entry: Entry) -> Node:
         """The node for a name just resolved: the known one, a hard-link peer, or a new one."""
-        known = parent.children.get(name)
+        known = self.known(parent, name)
         if known is not None:
             return known
         return self._attach(parent, name, entry.st, entry.upper is not None, entry.sources)
 
-    def file_child(
-        self, parent: Node, name: bytes, st: os.stat_result, in_upper: bool, source: Source | None
-    ) -> Node:
-        """child() for a non-directory known to live in one layer (readdir's listed files)."""
-        known = parent.children.get(name)
+    def child_light(self, parent: Node, name: bytes, entry: Entry) -> Known:
+        """child() for a lookup: a new lower file becomes a leaf."""
+        known = self.known_light(parent, name)
         if known is not None:
             return known
-        return self._attach(parent, name, st, in_upper, () if source is None else (source,))
+        return self.new_child(parent, name, entry)
+
+    def new_child(self, parent: Node, name: bytes, entry: Entry) -> Known:
+        """child_light() for a name the table does not know (the caller just looked)."""
+        return self._new(parent, name, entry.st, entry.upper is not None, entry.sources)
+
+    def file_child(
+        self, parent: Node, name: bytes, st: os.stat_result, in_upper: bool, source: Source | None
+    ) -> Known:
+        """child_light() for a non-directory known to live in one layer (readdir's listed
+        files)."""
+        known = self.known_light(parent, name)
+        if known is not None:
+            return known
+        return self._new(parent, name, st, in_upper, () if source is None else (source,))
+
+    def _new(
+        self,
+        parent: Node,
+        name: bytes,
+        st: os.stat_result,
+        in_upper: bool,
+        sources: tuple[Source, ...],
+    ) -> Known:
+        """A leaf for a lower file whose source its parent's sources give, else a Node."""
+        if not in_upper and len(sources) == 1 and not stat.S_ISDIR(st.st_mode):
+            reserved = self._reserved.get(parent.ino)
+            if not reserved or name not in reserved:
+                position = _compact(sources, parent, name, st.st_mode)
+                if type(position) is int:
+                    block, slot = self.leaves.add(parent, name, st.st_mode, position)
+                    ino = parent.children[name] = block.base + slot
+                    return Leaf(ino, block, slot)
+        return self._attach(parent, name, st, in_upper, sources)
 
     def _attach(
         self,
@@ -228,18 +342,42 @@ class InodeTable:
         parent.children[name] = node
         return node
 
-    def reserver(self, parent: Node) -> Callable[[bytes], int]:
+    def _promote(self, block: LeafBlock, slot: int) -> Node:
+        """A leaf becomes a Node under its number (something more than a lookup needs it)."""
+        parent, name = block.parent, block.names[slot]
+        assert name is not None
+        node = Node(block.base + slot, block.kinds[slot] << 12, None, (), False, parent, name)
+        node.origin = block.positions[slot]
+        node.lookups = block.lookups[slot]
+        self.leaves.kill(block, slot)
+        self.nodes[node.ino] = node
+        parent.children[name] = node
+        return node
+
+    def reserver(self, parent: Node) -> Callable[[bytes, object, int], int]:
         """For one listing of parent: the number a listed name that is not looked up yet
-        will get (see child), name by name (the directory's table fetched once)."""
+        will get (see child), name by name. `where` is the listing's: the (lower index,
+        directory path) of a lower non-directory makes it a leaf (with no lookup yet)."""
         names = self._reserved.get(parent.ino)
         if names is None:
             names = self._reserved[parent.ino] = {}
-        numbers = self._numbers
+        positions: dict[object, int] = {source: at for at, source in enumerate(parent.sources)}
+        children, add = parent.children, self.leaves.add
 
-        def reserve(name: bytes) -> int:
+        def reserve(name: bytes, where: object, kind: int) -> int:
             number = names.get(name)
-            if number is None:
-                number = names[name] = next(numbers)
+            if number is not None:
+                return number
+            known = children.get(name)
+            if type(known) is int:
+                return known
+            # (a listing that could not tell the type, 0, gives a plain number)
+            position = positions.get(where) if kind and kind != stat.S_IFDIR else None
+            if position is not None:
+                block, slot = add(parent, name, kind, position)
+                number = children[name] = block.base + slot
+            else:
+                number = names[name] = next(self._numbers)
             return number
 
         return reserve
@@ -252,6 +390,8 @@ class InodeTable:
         self._by_key[key] = node
         return node
 
+    # -- changes -------------------------------------------------------------------------
+
     def set_upper(self, node: Node, st: os.stat_result) -> None:
         """The node now lives in the upper layer (copied up)."""
         node.in_upper = True
@@ -263,7 +403,16 @@ class InodeTable:
         node.key = (st.st_dev, st.st_ino)
         self._by_key[node.key] = node
 
+    def drop_name(self, parent: Node, name: bytes) -> None:
+        """Forget what the table knew of a name that now names something else."""
+        known = parent.children.pop(name, None)
+        if type(known) is int:
+            found = self.leaves.find(known)
+            if found is not None:
+                self.leaves.kill(*found)
+
     def add_link(self, node: Node, parent: Node, name: bytes) -> None:
+        self.drop_name(parent, name)
         parent.children[name] = node
         if node.parent is None:
             node.parent, node.name = parent, name
@@ -272,9 +421,10 @@ class InodeTable:
 
     def remove_link(self, parent: Node, name: bytes) -> Node | None:
         """Forget that `name` in parent names its node (after unlink/rmdir/rename away)."""
-        node = parent.children.pop(name, None)
+        node = self.known(parent, name)
         if node is None:
             return None
+        del parent.children[name]
         node.pin_sources()
         if node.parent is parent and node.name == name:
             if node.extra_links:
@@ -293,28 +443,53 @@ class InodeTable:
         node.pin_sources()
         if old[0].children.get(old[1]) is node:  # an exchange may have put the peer there
             del old[0].children[old[1]]
+        if new[0].children.get(new[1]) is not node:
+            self.drop_name(*new)
         new[0].children[new[1]] = node
         if node.parent is old[0] and node.name == old[1]:
             node.parent, node.name = new
         else:
             node.extra_links = tuple(new if link == old else link for link in node.extra_links)
 
-    def lookup(self, node: Node, count: int = 1) -> None:
-        node.lookups += count
+    # -- lookup counts -------------------------------------------------------------------
+
+    def lookup(self, node: Known, count: int = 1) -> None:
+        if isinstance(node, Leaf):
+            node.block.lookups[node.slot] += count
+        else:
+            node.lookups += count
 
     def forget(self, ino: int, count: int) -> None:
         node = self.nodes.get(ino)
         if node is None:
+            found = self.leaves.find(ino)
+            if found is not None:
+                block, slot = found
+                left = block.lookups[slot] - count
+                if left > 0:
+                    block.lookups[slot] = left
+                else:
+                    self._end_leaf(block, slot)
             return
         node.lookups -= count
         if node.lookups <= 0:
             node.lookups = 0
             self._detach_if_forgotten(node)
 
-    def discard_unreferenced(self, node: Node) -> None:
+    def discard_unreferenced(self, node: Known) -> None:
         """Drop a node made while resolving that the kernel never took a reference to."""
-        if node.lookups <= 0:
+        if isinstance(node, Leaf):
+            if node.block.lookups[node.slot] <= 0:
+                self._end_leaf(node.block, node.slot)
+        elif node.lookups <= 0:
             self._detach_if_forgotten(node)
+
+    def _end_leaf(self, block: LeafBlock, slot: int) -> None:
+        name = block.names[slot]
+        children = block.parent.children
+        if name is not None and children.get(name) == block.base + slot:
+            del children[name]
+        self.leaves.kill(block, slot)
 
     def _detach_if_forgotten(self, node: Node) -> None:
         if node.ino == ROOT_INO or node.lookups > 0 or node.open_count > 0:
@@ -340,6 +515,8 @@ class InodeTable:
 
     def _remove(self, node: Node) -> None:
         self.nodes.pop(node.ino, None)
-        self._reserved.pop(node.ino, None)
+        if node.children is not NO_CHILDREN:
+            self._reserved.pop(node.ino, None)
+            self.leaves.drop_dir(node.ino)
         if node.key is not None and self._by_key.get(node.key) is node:
             del self._by_key[node.key]
