@@ -477,11 +477,10 @@ class InodeTable:
             self._detach_if_forgotten(node)
 
     def discard_unreferenced(self, node: Known) -> None:
-        """Drop a node made while resolving that the kernel never took a reference to."""
-        if isinstance(node, Leaf):
-            if node.block.lookups[node.slot] <= 0:
-                self._end_leaf(node.block, node.slot)
-        elif node.lookups <= 0:
+        """Drop a node made while resolving that the kernel never took a reference to. A
+        leaf stays, as a name listed by readdir does: the number it was listed with (a
+        listing the kernel may have cached) stays the one its lookup gives."""
+        if not isinstance(node, Leaf) and node.lookups <= 0:
             self._detach_if_forgotten(node)
 
     def _end_leaf(self, block: LeafBlock, slot: int) -> None:
