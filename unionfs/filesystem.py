@@ -1052,8 +1052,7 @@ class UnionFilesystem:
         if offset == 0:
             self._list_into(snapshot)
         names, types, children = snapshot.names, snapshot.types, node.children
-        files = snapshot.files
-        reserve = self.inodes.reserver(node)
+        reserve = self.inodes.reserver(node, len(names) - offset)
         for index in range(offset, len(names)):
             name = names[index]
             known = children.get(name)
@@ -1066,8 +1065,7 @@ class UnionFilesystem:
                 itself = node if name == b"." or node.parent is None else node.parent
                 yield name, itself.ino, stat.S_IFDIR, index + 1
             else:
-                kind = types[index]
-                yield name, reserve(name, files.get(name, DIRECTORY), kind), kind, index + 1
+                yield name, reserve(name), types[index], index + 1
 
     def _list_into(self, snapshot: DirSnapshot) -> None:
         node = snapshot.node

@@ -12,11 +12,11 @@ from __future__ import annotations
 import itertools
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from unionfs import errors
 from unionfs.deferred import PendingCopy
-from unionfs.leaves import LeafBlock, LeafStore
+from unionfs.leaves import MAX_POSITION, LeafBlock, LeafStore
 from unionfs.stack import Entry, Source, join
 
 ROOT_INO = 1
@@ -245,14 +245,12 @@ class InodeTable:
         leaf = self.leaf(known)
         if leaf is None:  # cannot be: a leaf's end removes its name (see _end_leaf)
             del parent.children[name]
-        elif leaf.block.lookups[leaf.slot] == 0:
-            self.listed_lookups += 1  # listed by name alone (see reserver), looked up now
         return leaf
 
     def leaf_source(self, leaf: Leaf) -> Source:
         """The lower file of a leaf."""
         block, slot = leaf.block, leaf.slot
-        index, path = block.parent.origin[block.positions[slot]]  # type: ignore[index]
+        index, path = block.parent.origin[block.position(slot)]  # type: ignore[index]
         return (index, join(path, leaf.name))
 
     # -- new names -----------------------------------------------------------------------
@@ -295,13 +293,21 @@ class InodeTable:
     ) -> Known:
         """A leaf for a lower file whose source its parent's sources give, else a Node."""
         if not in_upper and len(sources) == 1 and not stat.S_ISDIR(st.st_mode):
-            reserved = self._reserved.get(parent.ino)
-            if not reserved or name not in reserved:
-                position = _compact(sources, parent, name, st.st_mode)
-                if type(position) is int:
+            position = _compact(sources, parent, name, st.st_mode)
+            if type(position) is int and position < MAX_POSITION:
+                reserved = self._reserved.get(parent.ino)
+                number = reserved.get(name) if reserved else None
+                if number is None:
                     block, slot = self.leaves.add(parent, name, st.st_mode, position)
-                    ino = parent.children[name] = block.base + slot
-                    return Leaf(ino, block, slot)
+                else:
+                    spot = self.leaves.fill(parent, number, name, st.st_mode, position)
+                    if spot is None:  # its block went: a Node keeps the number
+                        return self._attach(parent, name, st, in_upper, sources)
+                    block, slot = spot
+                    del reserved[name]  # type: ignore[union-attr]
+                    self.listed_lookups += 1
+                ino = parent.children[name] = block.base + slot
+                return Leaf(ino, block, slot)
         return self._attach(parent, name, st, in_upper, sources)
 
     def _attach(
@@ -346,38 +352,34 @@ class InodeTable:
         """A leaf becomes a Node under its number (something more than a lookup needs it)."""
         parent, name = block.parent, block.names[slot]
         assert name is not None
-        node = Node(block.base + slot, block.kinds[slot] << 12, None, (), False, parent, name)
-        node.origin = block.positions[slot]
+        node = Node(block.base + slot, block.kind(slot), None, (), False, parent, name)
+        node.origin = block.position(slot)
         node.lookups = block.lookups[slot]
         self.leaves.kill(block, slot)
         self.nodes[node.ino] = node
         parent.children[name] = node
         return node
 
-    def reserver(self, parent: Node) -> Callable[[bytes, object, int], int]:
-        """For one listing of parent: the number a listed name that is not looked up yet
-        will get (see child), name by name. `where` is the listing's: the (lower index,
-        directory path) of a lower non-directory makes it a leaf (with no lookup yet)."""
+    def reserver(self, parent: Node, listed: int) -> Callable[[bytes], int]:
+        """For one listing of parent, of `listed` names: the number a listed name the table
+        does not know yet will get (see child), name by name. Numbers come in blocks of the
+        parent's leaves (unionfs/leaves.py) for a lower file's lookup to take its slot: one
+        the size of the listing (at most LARGEST_LISTED), made when a name first needs it."""
         names = self._reserved.get(parent.ino)
         if names is None:
             names = self._reserved[parent.ino] = {}
-        positions: dict[object, int] = {source: at for at, source in enumerate(parent.sources)}
-        children, add = parent.children, self.leaves.add
+        numbers: Iterator[int] = iter(())
+        size = min(max(listed, 1), LeafStore.LARGEST_LISTED)
 
-        def reserve(name: bytes, where: object, kind: int) -> int:
+        def reserve(name: bytes) -> int:
+            nonlocal numbers
             number = names.get(name)
-            if number is not None:
-                return number
-            known = children.get(name)
-            if type(known) is int:
-                return known
-            # (a listing that could not tell the type, 0, gives a plain number)
-            position = positions.get(where) if kind and kind != stat.S_IFDIR else None
-            if position is not None:
-                block, slot = add(parent, name, kind, position)
-                number = children[name] = block.base + slot
-            else:
-                number = names[name] = next(self._numbers)
+            if number is None:
+                number = next(numbers, None)
+                if number is None:
+                    numbers = iter(self.leaves.reserve(parent, size))
+                    number = next(numbers)
+                names[name] = number
             return number
 
         return reserve

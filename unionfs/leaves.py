@@ -3,7 +3,7 @@
 Most names a program looks up are lower files it only stats, lists or reads. As a Node each
 cost about 300 bytes (the object, its number as a key of the table's index, the name and its
 entry among its directory's children): 300 MiB for a million looked up. A leaf is a slot in
-its directory's block (name, lookup count, file type, where its layer's directory is: 19
+its directory's block (name, lookup count, file type, where its layer's directory is: 18
 bytes) plus the name and its number among the children: about 140 bytes.
 
 Its inode number says where the slot is: a directory takes numbers for its leaves in blocks
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 class LeafBlock:
     """Numbers base .. base+capacity-1 for leaves of one directory; slot i is base+i."""
 
-    __slots__ = ("base", "capacity", "kinds", "live", "lookups", "names", "parent", "positions")
+    __slots__ = ("base", "capacity", "live", "lookups", "meta", "names", "parent")
 
     def __init__(self, base: int, capacity: int, parent: Node) -> None:
         self.base = base
@@ -36,47 +36,96 @@ class LeafBlock:
         self.parent = parent
         self.names: list[bytes | None] = []  # None: the slot's leaf is gone (forgotten, a Node)
         self.lookups = array("Q")
-        self.kinds = array("B")  # S_IFMT >> 12
-        self.positions = array("H")  # its layer's directory among the parent's sources
+        # The file type bits (S_IFMT) | where its layer's directory is among the parent's
+        # sources (below MAX_POSITION).
+        self.meta = array("H")
         self.live = 0
 
-    @property
-    def full(self) -> bool:
-        return len(self.names) >= self.capacity
+    def kind(self, slot: int) -> int:
+        return self.meta[slot] & 0xF000
+
+    def position(self, slot: int) -> int:
+        return self.meta[slot] & 0x0FFF
+
+
+MAX_POSITION = 0x0FFF
 
 
 class LeafStore:
     FIRST_BLOCK = 16  # small directories stay small; a block doubles up to
-    LARGEST_BLOCK = 256  # (an empty slot costs 19 bytes while its block lives)
+    LARGEST_BLOCK = 256  # (an empty slot costs 18 bytes while its block lives)
+    LARGEST_LISTED = 4096  # numbers for a listing's names, before their lookups
 
     def __init__(self, take: Callable[[int], int]) -> None:
         self._take = take  # the first of n fresh consecutive numbers
         self._starts = array("Q")
         self._blocks: list[LeafBlock] = []
         self._by_dir: dict[int, list[LeafBlock]] = {}
+        self._filling: LeafBlock | None = None  # the block fill() used last
 
     def __len__(self) -> int:
         """How many leaves there are (for tests and statistics)."""
         return sum(block.live for block in self._blocks)
 
     def add(self, parent: Node, name: bytes, kind: int, position: int) -> tuple[LeafBlock, int]:
-        """A new leaf in parent (no lookup counted yet): its block and slot."""
+        """A new leaf in parent (no lookup counted yet): its block and slot. position must
+        be below MAX_POSITION."""
+        blocks = self._by_dir.get(parent.ino)
+        if blocks is None or len(blocks[-1].names) >= blocks[-1].capacity:
+            block = self._new_block(parent, blocks)
+        else:
+            block = blocks[-1]
+        names = block.names
+        names.append(name)
+        block.lookups.append(0)
+        block.meta.append(kind & 0xF000 | position)
+        block.live += 1
+        return block, len(names) - 1
+
+    def reserve(self, parent: Node, count: int) -> range:
+        """count numbers for names a listing of parent hands out before their lookup: a
+        block of empty slots, which fill() gives a leaf when the name is looked up."""
+        block = LeafBlock(self._take(count), count, parent)
+        block.names.extend([None] * count)
+        block.lookups.frombytes(bytes(8 * count))
+        block.meta.frombytes(bytes(2 * count))
         blocks = self._by_dir.get(parent.ino)
         if blocks is None:
-            blocks = self._by_dir[parent.ino] = []
-        block = blocks[-1] if blocks else None
-        if block is None or block.full:
-            capacity = min(2 * block.capacity, self.LARGEST_BLOCK) if block else self.FIRST_BLOCK
-            block = LeafBlock(self._take(capacity), capacity, parent)
-            blocks.append(block)
-            self._starts.append(block.base)
-            self._blocks.append(block)
-        block.names.append(name)
-        block.lookups.append(0)
-        block.kinds.append(kind >> 12)
-        block.positions.append(position)
+            self._by_dir[parent.ino] = [block]
+        else:
+            blocks.insert(len(blocks) - 1, block)  # the last stays the one add() fills
+        self._starts.append(block.base)
+        self._blocks.append(block)
+        return range(block.base, block.base + count)
+
+    def fill(
+        self, parent: Node, number: int, name: bytes, kind: int, position: int
+    ) -> tuple[LeafBlock, int] | None:
+        """A leaf in the empty slot a reserved number names (see reserve), if its block is
+        still there: its block and slot."""
+        block = self._filling  # lookups after a listing take one block's slots in a row
+        if block is None or not 0 <= number - block.base < block.capacity:
+            at = bisect_right(self._starts, number) - 1
+            if at < 0:
+                return None
+            block = self._filling = self._blocks[at]
+        slot = number - block.base
+        if slot >= block.capacity or block.parent is not parent or block.names[slot] is not None:
+            return None
+        block.names[slot] = name
+        block.meta[slot] = kind & 0xF000 | position
         block.live += 1
-        return block, len(block.names) - 1
+        return block, slot
+
+    def _new_block(self, parent: Node, blocks: list[LeafBlock] | None) -> LeafBlock:
+        if blocks is None:
+            blocks = self._by_dir[parent.ino] = []
+        capacity = min(2 * blocks[-1].capacity, self.LARGEST_BLOCK) if blocks else self.FIRST_BLOCK
+        block = LeafBlock(self._take(capacity), capacity, parent)
+        blocks.append(block)
+        self._starts.append(block.base)
+        self._blocks.append(block)
+        return block
 
     def find(self, ino: int) -> tuple[LeafBlock, int] | None:
         """The block and slot of a living leaf numbered ino."""
@@ -95,7 +144,7 @@ class LeafStore:
         block.names[slot] = None
         block.lookups[slot] = 0
         block.live -= 1
-        if block.live == 0 and block.full:
+        if block.live == 0 and len(block.names) >= block.capacity:
             self._drop(block)
 
     def drop_dir(self, dir_ino: int) -> None:
@@ -111,6 +160,8 @@ class LeafStore:
         self._unindex(block)
 
     def _unindex(self, block: LeafBlock) -> None:
+        if self._filling is block:
+            self._filling = None
         at = bisect_right(self._starts, block.base) - 1
         del self._starts[at]
         del self._blocks[at]

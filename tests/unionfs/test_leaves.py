@@ -93,21 +93,35 @@ def test_a_listing_gives_lower_files_the_number_their_lookup_then_gives(
     table: InodeTable,
 ) -> None:
     d = merged_dir(table)
-    reserve = table.reserver(d)
-    numbers = {
-        b"f": reserve(b"f", (1, b"d"), stat.S_IFREG),
-        b"up": reserve(b"up", None, stat.S_IFREG),  # an upper file: a plain number
-        b"sub": reserve(b"sub", (0, b"d"), stat.S_IFDIR),
-    }
-    assert len(set(numbers.values())) == 3
-    assert reserve(b"f", (1, b"d"), stat.S_IFREG) == numbers[b"f"]
+    reserve = table.reserver(d, 16)
+    numbers = {name: reserve(name) for name in (b"f", b"g", b"up", b"sub")}
+    assert reserve(b"f") == numbers[b"f"]
+    assert len(set(numbers.values())) == 4
+    assert len(table.leaves) == 0  # numbers only, until a lookup
+
     before = table.listed_lookups
     leaf = table.child_light(d, b"f", lower_file(d, b"f", layer=1))
-    assert leaf.ino == numbers[b"f"] and isinstance(leaf, Leaf)
+    assert isinstance(leaf, Leaf) and leaf.ino == numbers[b"f"]
+    assert table.leaf_source(leaf) == (1, b"d/f")
     assert table.listed_lookups == before + 1  # looked up after a listing by name alone
+    link = table.child_light(d, b"g", lower_file(d, b"g", mode=LINK))
+    assert isinstance(link, Leaf) and table.get(link.ino).ino == numbers[b"g"]
     upper = table.child_light(d, b"up", Entry(b"d/up", (), st(FILE, ino=9)))
     sub = table.child_light(d, b"sub", Entry(None, ((0, b"d/sub"),), st(DIR)))
     assert (upper.ino, sub.ino) == (numbers[b"up"], numbers[b"sub"])
+    assert isinstance(upper, Node) and isinstance(sub, Node)
+    assert table.leaf(upper.ino) is None and table.get(upper.ino) is upper
+
+
+def test_a_reserved_number_whose_block_went_goes_to_a_node(table: InodeTable) -> None:
+    d = merged_dir(table)
+    reserve = table.reserver(d, 16)
+    first, later = reserve(b"first"), reserve(b"later")
+    leaf = table.child_light(d, b"first", lower_file(d, b"first"))
+    table.lookup(leaf)
+    table.forget(leaf.ino, 1)  # the block's only leaf: the block goes
+    node = table.child_light(d, b"later", lower_file(d, b"later"))
+    assert isinstance(node, Node) and node.ino == later != first
 
 
 def test_a_leaf_a_listing_could_not_hand_over_keeps_its_number(table: InodeTable) -> None:
@@ -144,9 +158,11 @@ def test_leaves_follow_their_directory_when_it_moves(table: InodeTable) -> None:
 def test_a_forgotten_directory_takes_its_leaves_with_it(table: InodeTable) -> None:
     d = merged_dir(table)
     table.lookup(d)
-    reserve = table.reserver(d)
-    listed = [reserve(b"f%d" % i, (0, b"d"), stat.S_IFREG) for i in range(40)]
-    assert len(table.leaves) == 40
+    reserve = table.reserver(d, 16)
+    listed = [reserve(b"f%d" % i) for i in range(40)]
+    for i in range(30):
+        table.child_light(d, b"f%d" % i, lower_file(d, b"f%d" % i))
+    assert len(table.leaves) == 30
     table.forget(d.ino, 1)
     assert len(table.leaves) == 0 and all(table.leaf(ino) is None for ino in listed)
 
