@@ -305,6 +305,8 @@ class InodeTable:
                         return self._attach(parent, name, st, in_upper, sources)
                     block, slot = spot
                     del reserved[name]  # type: ignore[union-attr]
+                    if not reserved:  # a dict keeps its size when emptied: let it go
+                        del self._reserved[parent.ino]
                     self.listed_lookups += 1
                 ino = parent.children[name] = block.base + slot
                 return Leaf(ino, block, slot)
@@ -326,8 +328,11 @@ class InodeTable:
         node = self._by_key.get(key) if key is not None else None
         reserved = self._reserved.get(parent.ino)
         number = reserved.pop(name, None) if reserved else None
-        if number is not None and not is_dir:
-            self.listed_lookups += 1
+        if number is not None:
+            if not reserved:
+                del self._reserved[parent.ino]
+            if not is_dir:
+                self.listed_lookups += 1
         if node is not None and node.linked:
             node.extra_links = (*node.extra_links, (parent, name))
         else:
