@@ -1,0 +1,30 @@
+"""`lamina run` and the union daemon start a fresh interpreter each time: every module they
+import is paid at every container start. These stay out of that path (typing alone cost the
+daemon 2 ms when a module imported it for annotations)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+START_PATH = (
+    "containers.cli",
+    "containers.commands_runtime",
+    "containers.runtime",
+    "containers.mount_helper",
+    "unionfs.cli",
+    "unionfs.mount",
+)
+NOT_AT_START = ("typing", "argparse", "subprocess", "tempfile", "shutil")
+
+
+def test_the_start_path_does_not_import_what_it_does_not_need() -> None:
+    program = (
+        "import sys\n"
+        + "".join(f"import {module}\n" for module in START_PATH)
+        + f"print(' '.join(m for m in {NOT_AT_START!r} if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.split() == [], f"imported at every start: {out.strip()}"
