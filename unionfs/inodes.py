@@ -13,13 +13,15 @@ import itertools
 import os
 import stat
 from collections.abc import Callable, Iterator
+from stat import S_IFDIR
 
 from unionfs import errors
 from unionfs.deferred import PendingCopy
-from unionfs.leaves import MAX_POSITION, LeafBlock, LeafStore
+from unionfs.leaves import MAX_POSITION, POSITION_BITS, LeafBlock, LeafStore
 from unionfs.stack import Entry, Source, join
 
 ROOT_INO = 1
+FILE_TYPE = 0o170000  # the S_IFMT bits of a mode
 
 
 class _NoChildren(dict):  # type: ignore[type-arg]
@@ -250,8 +252,10 @@ class InodeTable:
     def leaf_source(self, leaf: Leaf) -> Source:
         """The lower file of a leaf."""
         block, slot = leaf.block, leaf.slot
-        index, path = block.parent.origin[block.position(slot)]  # type: ignore[index]
-        return (index, join(path, leaf.name))
+        index, path = block.parent.origin[block.meta[slot] & POSITION_BITS]  # type: ignore[index]
+        name = block.names[slot]
+        assert name is not None
+        return (index, path + b"/" + name if path else name)
 
     # -- new names -----------------------------------------------------------------------
 
@@ -292,15 +296,16 @@ class InodeTable:
         sources: tuple[Source, ...],
     ) -> Known:
         """A leaf for a lower file whose source its parent's sources give, else a Node."""
-        if not in_upper and len(sources) == 1 and not stat.S_ISDIR(st.st_mode):
-            position = _compact(sources, parent, name, st.st_mode)
+        mode = st.st_mode
+        if not in_upper and len(sources) == 1 and mode & FILE_TYPE != S_IFDIR:
+            position = _compact(sources, parent, name, mode)
             if type(position) is int and position < MAX_POSITION:
                 reserved = self._reserved.get(parent.ino)
                 number = reserved.get(name) if reserved else None
                 if number is None:
-                    block, slot = self.leaves.add(parent, name, st.st_mode, position)
+                    block, slot = self.leaves.add(parent, name, mode, position)
                 else:
-                    spot = self.leaves.fill(parent, number, name, st.st_mode, position)
+                    spot = self.leaves.fill(parent, number, name, mode, position)
                     if spot is None:  # its block went: a Node keeps the number
                         return self._attach(parent, name, st, in_upper, sources)
                     block, slot = spot
@@ -355,10 +360,10 @@ class InodeTable:
 
     def _promote(self, block: LeafBlock, slot: int) -> Node:
         """A leaf becomes a Node under its number (something more than a lookup needs it)."""
-        parent, name = block.parent, block.names[slot]
+        parent, name, meta = block.parent, block.names[slot], block.meta[slot]
         assert name is not None
-        node = Node(block.base + slot, block.kind(slot), None, (), False, parent, name)
-        node.origin = block.position(slot)
+        node = Node(block.base + slot, meta & FILE_TYPE, None, (), False, parent, name)
+        node.origin = meta & POSITION_BITS
         node.lookups = block.lookups[slot]
         self.leaves.kill(block, slot)
         self.nodes[node.ino] = node

@@ -41,14 +41,9 @@ class LeafBlock:
         self.meta = array("H")
         self.live = 0
 
-    def kind(self, slot: int) -> int:
-        return self.meta[slot] & 0xF000
 
-    def position(self, slot: int) -> int:
-        return self.meta[slot] & 0x0FFF
-
-
-MAX_POSITION = 0x0FFF
+POSITION_BITS = 0x0FFF  # of a meta entry; the rest are the file type's (S_IFMT)
+MAX_POSITION = POSITION_BITS
 
 
 class LeafStore:
@@ -62,6 +57,7 @@ class LeafStore:
         self._blocks: list[LeafBlock] = []
         self._by_dir: dict[int, list[LeafBlock]] = {}
         self._filling: LeafBlock | None = None  # the block fill() used last
+        self._found: LeafBlock | None = None  # the block find() used last
 
     def __len__(self) -> int:
         """How many leaves there are (for tests and statistics)."""
@@ -78,7 +74,7 @@ class LeafStore:
         names = block.names
         names.append(name)
         block.lookups.append(0)
-        block.meta.append(kind & 0xF000 | position)
+        block.meta.append(kind & ~POSITION_BITS | position)
         block.live += 1
         return block, len(names) - 1
 
@@ -113,7 +109,7 @@ class LeafStore:
         if slot >= block.capacity or block.parent is not parent or block.names[slot] is not None:
             return None
         block.names[slot] = name
-        block.meta[slot] = kind & 0xF000 | position
+        block.meta[slot] = kind & ~POSITION_BITS | position
         block.live += 1
         return block, slot
 
@@ -129,10 +125,12 @@ class LeafStore:
 
     def find(self, ino: int) -> tuple[LeafBlock, int] | None:
         """The block and slot of a living leaf numbered ino."""
-        at = bisect_right(self._starts, ino) - 1
-        if at < 0:
-            return None
-        block = self._blocks[at]
+        block = self._found  # a program works through a directory: often the same block
+        if block is None or not 0 <= ino - block.base < block.capacity:
+            at = bisect_right(self._starts, ino) - 1
+            if at < 0:
+                return None
+            block = self._found = self._blocks[at]
         slot = ino - block.base
         if slot < len(block.names) and block.names[slot] is not None:
             return block, slot
@@ -162,6 +160,8 @@ class LeafStore:
     def _unindex(self, block: LeafBlock) -> None:
         if self._filling is block:
             self._filling = None
+        if self._found is block:
+            self._found = None
         at = bisect_right(self._starts, block.base) - 1
         del self._starts[at]
         del self._blocks[at]
