@@ -20,6 +20,7 @@ class Sizes:
     read_block: int  # sequential read size per read()
     tree_files: int  # stat / walk tree
     tree_dirs: int
+    held_files: int  # names stat'ed once and kept by the kernel: the daemon's memory a name
     create_files: int
     delete_files: int
     rename_files: int
@@ -42,6 +43,7 @@ FULL = Sizes(
     read_block=1 * MiB,
     tree_files=10_000,
     tree_dirs=100,
+    held_files=100_000,
     create_files=2_000,
     delete_files=1_000,
     rename_files=1_000,
@@ -61,6 +63,7 @@ QUICK = Sizes(
     read_block=1 * MiB,
     tree_files=500,
     tree_dirs=10,
+    held_files=2_000,
     create_files=200,
     delete_files=100,
     rename_files=100,

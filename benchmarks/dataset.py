@@ -30,7 +30,8 @@ from benchmarks.config import MiB, Sizes
 CHUNK = MiB
 HEADER = 16
 STDLIB_SKIP = {"site-packages", "__pycache__", "lib-dynload", "dist-packages"}
-ALL_PARTS = ("cow", "read", "tree", "del", "ren", "create", "stdlib", "busybox")
+ALL_PARTS = ("cow", "read", "tree", "held", "del", "ren", "create", "stdlib", "busybox")
+HELD_PER_DIR = 1_000
 
 
 def chunk_header(tag: str, index: int) -> bytes:
@@ -102,6 +103,10 @@ class Dataset:
         for i in range(self.sizes.tree_files):
             yield f"d{i // per_dir:04d}/f{i:06d}", i
 
+    def held_names(self) -> list[str]:
+        """Relative paths inside held/: empty files, HELD_PER_DIR a directory."""
+        return [f"h{i // HELD_PER_DIR:04d}/{i:07d}" for i in range(self.sizes.held_files)]
+
     def tree_total_size(self) -> int:
         return sum(len(tree_content(i)) for _, i in self.tree_names())
 
@@ -134,6 +139,14 @@ class Dataset:
             p = self._layer(i) / "tree" / rel
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_bytes(tree_content(i))
+
+    def _build_held(self) -> None:
+        top = self.lowers[1] / "held"
+        for rel in self.held_names():
+            p = top / rel
+            if not p.parent.exists():
+                p.parent.mkdir(parents=True)
+            os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o644))
 
     def _build_del(self) -> None:
         for lower in self.lowers:

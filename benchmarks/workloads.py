@@ -237,6 +237,22 @@ def stat_tree(first: bool) -> Callable[[Context], Measurement]:
     return run
 
 
+def hold_names(ctx: Context) -> Measurement:
+    """stat every file of held/ once: the kernel keeps them all (no memory pressure here),
+    so the daemon must know each until the kernel forgets it. What a name costs the daemon
+    is its growth over the pass."""
+    top = ctx.root / "held"
+    paths = [str(top / rel) for rel in ctx.data.held_names()]
+    before = daemon_rss(ctx.root)
+    start = perf_counter()
+    found = sum(1 for p in paths if os.lstat(p).st_size == 0)
+    seconds = perf_counter() - start
+    after = daemon_rss(ctx.root)
+    check(found == len(paths), f"{found} of {len(paths)} held files found empty")
+    extra = {} if before is None or after is None else {"daemon_growth": after - before}
+    return Measurement(seconds, f"files={found}", extra)
+
+
 def daemon_rss(mnt: Path) -> float | None:
     """The resident memory of the FUSE daemon serving mnt (bytes), or None if none does:
     the process holding /dev/fuse whose command line names mnt."""
@@ -437,6 +453,7 @@ def fs_workloads(s: Sizes) -> tuple[FsWorkload, ...]:
             stat_tree(True),
         ),
         FsWorkload("stat-warm", f"stat {s.tree_files:,} files, warm", ("tree",), stat_tree(False)),
+        FsWorkload("held", f"stat {s.held_files:,} files once, all kept", ("held",), hold_names),
         FsWorkload("walk", f"walk a {s.tree_files:,}-file tree", ("tree",), walk_tree),
         FsWorkload("create", f"create {s.create_files:,} files", ("create",), create_files),
         FsWorkload("delete", f"delete {s.delete_files:,} lower files", ("del",), delete_files),

@@ -121,7 +121,7 @@ def test_quick_run_writes_json_markdown_and_chart(tmp_path: Path) -> None:
         "benchmarks",
         "--quick",
         "--rounds=1",
-        "--only=copyup-small,write,stat-warm,rename-dir,start-true",
+        "--only=copyup-small,write,stat-warm,held,rename-dir,start-true",
         "--systems=native,overlayfs,lamina-unionfs,unshare,lamina",
         f"--workdir={tmp_path}",
         f"--out={out}",
@@ -151,7 +151,7 @@ def test_quick_run_writes_json_markdown_and_chart(tmp_path: Path) -> None:
     assert {"kernel", "cpu", "load_average", "versions"} <= doc["machine"].keys()
     fs = doc["suites"]["filesystem"]
     containers = doc["suites"]["containers"]
-    assert set(fs["workloads"]) == {"copyup-small", "write", "stat-warm", "rename-dir"}
+    assert set(fs["workloads"]) == {"copyup-small", "write", "stat-warm", "held", "rename-dir"}
     assert set(fs["systems"]) == {"native", "overlayfs", "lamina-unionfs"}
     assert set(containers["workloads"]) == {"start-true"}
     for suite in (fs, containers):
@@ -169,6 +169,9 @@ def test_quick_run_writes_json_markdown_and_chart(tmp_path: Path) -> None:
     written = fs["workloads"]["write"]["results"]
     assert {written[s]["status"] for s in ("native", "overlayfs", "lamina-unionfs")} == {"ok"}
     assert fs["workloads"]["rename-dir"]["results"]["overlayfs"]["status"] in {"ok", "unsupported"}
+    held = fs["workloads"]["held"]["results"]
+    assert held["lamina-unionfs"]["status"] == "ok"
+    assert "daemon_growth" in held["lamina-unionfs"]["extras"]  # a FUSE daemon's memory
     assert containers["workloads"]["start-true"]["results"]["unshare"]["status"] == "ok"
 
     markdown = doc_path.with_suffix(".md").read_text()
