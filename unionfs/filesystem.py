@@ -206,9 +206,9 @@ class UnionFilesystem:
         return self.inodes.new_child(parent, name, entry), entry.st
 
     def _stat_known(self, known: Known) -> os.stat_result:
-        if type(known) is Leaf:
+        if isinstance(known, Leaf):
             return os.lstat(self.stack.lower_path(self.inodes.leaf_source(known)))
-        return self._stat(known)  # type: ignore[arg-type]
+        return self._stat(known)
 
     def _existing_child(self, parent: Node, name: bytes) -> Answer:
         found = self._resolve_child(parent, name)

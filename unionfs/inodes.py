@@ -156,12 +156,6 @@ class Leaf:
         self.block = block
         self.slot = slot
 
-    @property
-    def name(self) -> bytes:
-        name = self.block.names[self.slot]
-        assert name is not None
-        return name
-
 
 Known = Node | Leaf
 
@@ -199,8 +193,8 @@ class InodeTable:
         self.leaves = LeafStore(self._take)
         self._by_key: dict[tuple[int, int], Node] = {}
         # Numbers handed out by readdir for names not looked up yet, by directory number:
-        # the lookup gives the name that number (d_ino == st_ino). Lower files listed get a
-        # leaf instead.
+        # the lookup gives the name that number (d_ino == st_ino). They are slots of leaf
+        # blocks (see reserver): a lower file's lookup fills its slot and stays a leaf.
         self._reserved: dict[int, dict[bytes, int]] = {}
         # Non-directories listed by name alone and then looked up, so far (a running
         # count: the listing advisor reads it).
