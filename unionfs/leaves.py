@@ -47,6 +47,8 @@ MAX_POSITION = POSITION_BITS
 
 
 class LeafStore:
+    """Every leaf, in blocks by directory; a number's block found by bisection."""
+
     FIRST_BLOCK = 16  # small directories stay small; a block doubles up to
     LARGEST_BLOCK = 256  # (an empty slot costs 18 bytes while its block lives)
     LARGEST_LISTED = 4096  # numbers for a listing's names, before their lookups
@@ -64,8 +66,8 @@ class LeafStore:
         return sum(block.live for block in self._blocks)
 
     def add(self, parent: Node, name: bytes, kind: int, position: int) -> tuple[LeafBlock, int]:
-        """A new leaf in parent (no lookup counted yet): its block and slot. position must
-        be below MAX_POSITION."""
+        """A new leaf in parent (no lookup counted yet): its block and slot. kind: its mode
+        (the file type bits are kept); position must be below MAX_POSITION."""
         blocks = self._by_dir.get(parent.ino)
         if blocks is None or len(blocks[-1].names) >= blocks[-1].capacity:
             block = self._new_block(parent, blocks)
@@ -151,7 +153,9 @@ class LeafStore:
             self._unindex(block)
 
     def _drop(self, block: LeafBlock) -> None:
-        blocks = self._by_dir[block.parent.ino]
+        blocks = self._by_dir.get(block.parent.ino)
+        if blocks is None or block not in blocks:
+            return  # its directory's blocks went already (drop_dir)
         blocks.remove(block)
         if not blocks:
             del self._by_dir[block.parent.ino]

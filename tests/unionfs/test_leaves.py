@@ -197,3 +197,13 @@ def test_blocks_grow_and_numbers_are_never_given_twice() -> None:
     more = [number(store.add(parent, b"m%d" % i, FILE, 0)) for i in range(300)]
     assert seen.isdisjoint(more)
     assert all(store.find(n) is not None for n in numbers[990:] + more)
+
+
+def test_a_leaf_that_ends_after_its_directory_went_is_no_error() -> None:
+    table = InodeTable(Entry(None, ((0, b""),), st(DIR)))
+    store = table.leaves
+    spots = [store.add(table.root, b"n%d" % i, FILE, 0) for i in range(16)]  # one full block
+    store.drop_dir(table.root.ino)
+    for spot in spots:
+        store.kill(*spot)
+    assert len(store) == 0 and store.find(number(spots[0])) is None
