@@ -58,8 +58,7 @@ class LeafStore:
         self._starts = array("Q")
         self._blocks: list[LeafBlock] = []
         self._by_dir: dict[int, list[LeafBlock]] = {}
-        self._filling: LeafBlock | None = None  # the block fill() used last
-        self._found: LeafBlock | None = None  # the block find() used last
+        self._last: LeafBlock | None = None  # the block _block_at() found last
 
     def __len__(self) -> int:
         """How many leaves there are (for tests and statistics)."""
@@ -101,14 +100,11 @@ class LeafStore:
     ) -> tuple[LeafBlock, int] | None:
         """A leaf in the empty slot a reserved number names (see reserve), if its block is
         still there: its block and slot."""
-        block = self._filling  # lookups after a listing take one block's slots in a row
-        if block is None or not 0 <= number - block.base < block.capacity:
-            at = bisect_right(self._starts, number) - 1
-            if at < 0:
-                return None
-            block = self._filling = self._blocks[at]
+        block = self._block_at(number)
+        if block is None or block.parent is not parent:
+            return None
         slot = number - block.base
-        if slot >= block.capacity or block.parent is not parent or block.names[slot] is not None:
+        if block.names[slot] is not None:
             return None
         block.names[slot] = name
         block.meta[slot] = kind & ~POSITION_BITS | position
@@ -127,16 +123,26 @@ class LeafStore:
 
     def find(self, ino: int) -> tuple[LeafBlock, int] | None:
         """The block and slot of a living leaf numbered ino."""
-        block = self._found  # a program works through a directory: often the same block
-        if block is None or not 0 <= ino - block.base < block.capacity:
-            at = bisect_right(self._starts, ino) - 1
-            if at < 0:
-                return None
-            block = self._found = self._blocks[at]
+        block = self._block_at(ino)
+        if block is None:
+            return None
         slot = ino - block.base
         if slot < len(block.names) and block.names[slot] is not None:
             return block, slot
         return None
+
+    def _block_at(self, number: int) -> LeafBlock | None:
+        """The block whose numbers hold number. The one found last is tried first: a
+        program works through a directory, and lookups after a listing fill its block."""
+        block = self._last
+        if block is None or not 0 <= number - block.base < block.capacity:
+            at = bisect_right(self._starts, number) - 1
+            if at < 0:
+                return None
+            block = self._last = self._blocks[at]
+            if not number - block.base < block.capacity:
+                return None
+        return block
 
     def kill(self, block: LeafBlock, slot: int) -> None:
         """The leaf is gone (forgotten, or now a Node). Its directory's children are the
@@ -162,10 +168,8 @@ class LeafStore:
         self._unindex(block)
 
     def _unindex(self, block: LeafBlock) -> None:
-        if self._filling is block:
-            self._filling = None
-        if self._found is block:
-            self._found = None
+        if self._last is block:
+            self._last = None
         at = bisect_right(self._starts, block.base) - 1
         del self._starts[at]
         del self._blocks[at]
