@@ -125,6 +125,7 @@ class UnionFilesystem:
         self.copier = CopyUp(work, markers, sync=sync) if work is not None else None
         self.read_only = stack.upper_root is None
         self.inodes = InodeTable(stack.root())
+        self.inodes.promoted = self._leaf_promoted
         self.handles = HandleTable()
         # Set by the adapter: tell the kernel to drop cached attributes (we changed them
         # behind its back). A no-op when the filesystem runs without a kernel.
@@ -886,8 +887,13 @@ class UnionFilesystem:
     # -- files ---------------------------------------------------------------------------
 
     def open(self, ino: int, flags: int) -> FileHandle:
+        writes = flags & WRITE_FLAGS or flags & os.O_TRUNC
+        if not writes and ino not in self.inodes.nodes:
+            leaf = self.inodes.leaf(ino)
+            if leaf is not None:  # read where it lies; it stays a leaf (see _leaf_promoted)
+                return self._open_leaf(leaf, flags)
         node = self._node(ino)
-        if flags & WRITE_FLAGS or flags & os.O_TRUNC:
+        if writes:
             if self.read_only:
                 raise errors.read_only()
             if not node.in_upper and node.pending is None:
@@ -914,6 +920,21 @@ class UnionFilesystem:
         path, follow = self._target(node)  # followed: a new open file of a nameless inode
         fd = os.open(path, flags & ~os.O_NOFOLLOW if follow else flags)
         return self._new_handle(node, fd, flags)
+
+    def _open_leaf(self, leaf: Leaf, flags: int) -> FileHandle:
+        flags = self._backing_flags(flags)
+        fd = os.open(self.stack.lower_path(self.inodes.leaf_source(leaf)), flags)
+        handle = self.handles.add_file(fd, leaf, writable=False)
+        handle.fd_flags = flags
+        return handle
+
+    def _leaf_promoted(self, node: Node) -> None:
+        """A leaf became a Node: its files opened as a leaf are the Node's now, so that a
+        copy-up moves them and the node outlives a forget while they are open."""
+        for handle in self.handles.files_of(node.ino):
+            if isinstance(handle.node, Leaf):
+                handle.node = node
+                node.open_count += 1
 
     def _new_handle(self, node: Node, fd: int, flags: int) -> FileHandle:
         node.open_count += 1
@@ -994,8 +1015,9 @@ class UnionFilesystem:
             # Durable means recoverable: the data, then the record of which chunks it holds.
             # Under the lock, so the copy cannot be finished (and its record removed) meanwhile.
             with self.gate.mutating():
-                if handle.node.pending is pending:
-                    self.gate.blocking(pending.persist, handle.node.rel_path())
+                node = handle.node
+                if node.pending is pending and isinstance(node, Node):
+                    self.gate.blocking(pending.persist, node.rel_path())
                     return
         self.gate.blocking(os.fdatasync if datasync else os.fsync, handle.fd)
 

@@ -6,7 +6,7 @@ import itertools
 
 from unionfs import errors
 from unionfs.deferred import PendingCopy
-from unionfs.inodes import Node
+from unionfs.inodes import Known, Node
 from unionfs.stack import Source
 
 
@@ -19,7 +19,7 @@ class FileHandle:
         self,
         fh: int,
         fd: int,
-        node: Node,
+        node: Known,
         writable: bool,
         deferred: bool = False,
         fd_flags: int = 0,
@@ -66,7 +66,7 @@ class HandleTable:
         self._dirs: dict[int, DirSnapshot] = {}
         self._by_inode: dict[int, set[int]] = {}
 
-    def add_file(self, fd: int, node: Node, *, writable: bool) -> FileHandle:
+    def add_file(self, fd: int, node: Known, *, writable: bool) -> FileHandle:
         # Where the descriptor points, as the node's state at opening says.
         deferred = node.pending is not None
         lower = not node.in_upper and not deferred

@@ -150,6 +150,8 @@ class Leaf:
 
     merged = False
     is_dir = False
+    in_upper = False
+    pending = None  # a leaf is never being copied up: that takes a Node
 
     def __init__(self, ino: int, block: LeafBlock, slot: int) -> None:
         self.ino = ino
@@ -199,6 +201,8 @@ class InodeTable:
         # Non-directories listed by name alone and then looked up, so far (a running
         # count: the listing advisor reads it).
         self.listed_lookups = 0
+        # Told of every leaf that becomes a Node (the filesystem moves its open files).
+        self.promoted: Callable[[Node], None] | None = None
 
     def _take(self, count: int) -> int:
         first = next(self._numbers)
@@ -362,6 +366,8 @@ class InodeTable:
         self.leaves.kill(block, slot)
         self.nodes[node.ino] = node
         parent.children[name] = node
+        if self.promoted is not None:
+            self.promoted(node)
         return node
 
     def reserver(self, parent: Node, listed: int) -> Callable[[bytes], int]:
@@ -512,8 +518,11 @@ class InodeTable:
         if not node.linked and node.lookups <= 0 and node.open_count <= 0:
             self._remove(node)
 
-    def release(self, node: Node) -> None:
-        """An open file was closed: an unlinked and forgotten node can go now."""
+    def release(self, node: Known) -> None:
+        """An open file was closed: an unlinked and forgotten node can go now. (A leaf
+        counts no open files: the kernel forgets no inode it has open.)"""
+        if isinstance(node, Leaf):
+            return
         node.open_count -= 1
         if node.lookups <= 0 and node.open_count <= 0:
             self._detach_if_forgotten(node)

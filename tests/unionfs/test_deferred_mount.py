@@ -59,6 +59,32 @@ def test_a_write_is_visible_at_once_and_the_upper_gets_the_whole_file(
     assert upper_file(layers).read_bytes() == bytes(expected)
 
 
+def test_a_reader_opened_before_the_copy_up_reads_what_a_full_copy_would_show(
+    union: tuple[Layers, Path, bytes],
+) -> None:
+    """Its descriptor moves to the copy being made: a read past the page cache must fill
+    the chunks the copy does not have yet (the file was opened as a leaf, unionfs/leaves.py,
+    and became a node at the writer's open)."""
+    layers, mnt, content = union
+    expected = bytearray(content)
+    expected[20 * MiB : 20 * MiB + 5] = b"hello"
+    with unionfs(layers, mnt):
+        reader = os.open(mnt / "dir" / "big", os.O_RDONLY)
+        try:
+            assert os.pread(reader, 4096, 0) == content[:4096]
+            with open(mnt / "dir" / "big", "r+b") as writer:
+                writer.seek(20 * MiB)
+                writer.write(b"hello")
+                writer.flush()
+                os.posix_fadvise(reader, 0, 0, os.POSIX_FADV_DONTNEED)  # ask the daemon
+                for offset in (0, 20 * MiB, 33 * MiB, SIZE - 4096):
+                    got = os.pread(reader, 4096, offset)
+                    assert got == bytes(expected[offset : offset + 4096]), offset
+        finally:
+            os.close(reader)
+    assert upper_file(layers).read_bytes() == bytes(expected)
+
+
 def test_appending_and_truncating_see_the_full_file(union: tuple[Layers, Path, bytes]) -> None:
     layers, mnt, content = union
     with unionfs(layers, mnt):

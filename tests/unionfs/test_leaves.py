@@ -207,3 +207,14 @@ def test_a_leaf_that_ends_after_its_directory_went_is_no_error() -> None:
     for spot in spots:
         store.kill(*spot)
     assert len(store) == 0 and store.find(number(spots[0])) is None
+
+
+def test_the_table_says_when_a_leaf_becomes_a_node(table: InodeTable) -> None:
+    d = merged_dir(table)
+    told: list[Node] = []
+    table.promoted = told.append
+    leaf = table.child_light(d, b"f", lower_file(d, b"f"))
+    assert isinstance(leaf, Leaf)
+    table.release(leaf)  # a file opened as a leaf: nothing counted, nothing to undo
+    node = table.get(leaf.ino)
+    assert told == [node]
