@@ -695,10 +695,20 @@ class UnionFilesystem:
     def unlink(self, parent_ino: int, name: bytes) -> None:
         with self.gate.mutating():
             parent = self._node(parent_ino)
-            node, _ = self._existing_child(parent, name)
-            if node.is_dir:
+            found = self._find_child(parent, name)
+            if found is None:
+                raise errors.not_found()
+            known = found[0]
+            if isinstance(known, Leaf):  # a lower file: a whiteout, and it stays a leaf
+                self._writable()
+                self._ensure_upper_dir(parent)
+                path = self.stack.upper_path(join(parent.rel_path(), name))
+                os.rename(self._new_whiteout(), path)
+                self.inodes.unlink_leaf(parent, name, known)
+                return
+            if known.is_dir:
                 raise errors.is_a_directory()
-            self._remove(parent, name, node)
+            self._remove(parent, name, known)
 
     def rmdir(self, parent_ino: int, name: bytes) -> None:
         with self.gate.mutating():

@@ -363,9 +363,13 @@ class InodeTable:
         node = Node(block.base + slot, meta & FILE_TYPE, None, (), False, parent, name)
         node.origin = meta & POSITION_BITS
         node.lookups = block.lookups[slot]
+        if parent.children.get(name) == node.ino:
+            parent.children[name] = node
+        else:  # unlinked as a leaf (see unlink_leaf): a node without a name
+            node.pin_sources()
+            node.parent, node.name = None, b""
         self.leaves.kill(block, slot)
         self.nodes[node.ino] = node
-        parent.children[name] = node
         if self.promoted is not None:
             self.promoted(node)
         return node
@@ -422,6 +426,15 @@ class InodeTable:
             found = self.leaves.find(known)
             if found is not None:
                 self.leaves.kill(*found)
+
+    def unlink_leaf(self, parent: Node, name: bytes, leaf: Leaf) -> None:
+        """The leaf's name is gone (a whiteout hides it). The kernel may still hold the
+        inode (an O_PATH descriptor, an open file): the leaf stays, nameless, until its
+        forget, and a stat of it still finds its lower file, as an unlinked node's does."""
+        if parent.children.get(name) == leaf.ino:
+            del parent.children[name]
+        if leaf.block.lookups[leaf.slot] <= 0 and leaf.block.names[leaf.slot] is not None:
+            self.leaves.kill(leaf.block, leaf.slot)  # the kernel holds none: nothing to wait for
 
     def add_link(self, node: Node, parent: Node, name: bytes) -> None:
         self.drop_name(parent, name)

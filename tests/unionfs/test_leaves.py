@@ -218,3 +218,26 @@ def test_the_table_says_when_a_leaf_becomes_a_node(table: InodeTable) -> None:
     table.release(leaf)  # a file opened as a leaf: nothing counted, nothing to undo
     node = table.get(leaf.ino)
     assert told == [node]
+
+
+def test_an_unlinked_leaf_stays_nameless_until_its_forget(table: InodeTable) -> None:
+    d = merged_dir(table)
+    leaf = table.child_light(d, b"f", lower_file(d, b"f", layer=1))
+    assert isinstance(leaf, Leaf)
+    table.lookup(leaf)
+    table.unlink_leaf(d, b"f", leaf)
+    assert b"f" not in d.children
+    assert table.leaf_source(leaf) == (1, b"d/f")  # a stat through a held descriptor
+    node = table.get(leaf.ino)  # made a node (an open of that descriptor for writing)
+    assert node.parent is None and not node.linked  # it does not get its name back
+    assert node.lower_file() == (1, b"d/f") and b"f" not in d.children
+    table.forget(node.ino, 1)
+    assert node.ino not in table.nodes
+
+
+def test_an_unlinked_leaf_the_kernel_never_held_goes_at_once(table: InodeTable) -> None:
+    d = merged_dir(table)
+    leaf = table.child_light(d, b"f", lower_file(d, b"f"))
+    assert isinstance(leaf, Leaf)
+    table.unlink_leaf(d, b"f", leaf)
+    assert table.leaf(leaf.ino) is None and len(table.leaves) == 0
