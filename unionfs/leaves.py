@@ -10,8 +10,8 @@ Its inode number says where the slot is: a directory takes numbers for its leave
 of consecutive numbers, and a number's block is found by bisection of the blocks' first
 numbers (blocks are made in increasing order of numbers). A number is never given twice: a
 forgotten leaf's slot stays empty until every slot of its block is, and then the block goes.
-A read-only open keeps a leaf one; anything else beyond a lookup, a listing or a stat makes
-it a Node (InodeTable.get), under the same number.
+A read-only open or an unlink keeps a leaf one; anything else beyond a lookup, a listing or
+a stat makes it a Node (InodeTable.get), under the same number.
 """
 
 from __future__ import annotations
