@@ -104,7 +104,7 @@ class ContainerBench:
         self._template: dict[str, object] | None = None
         self._limits_bite: set[str] = set()
         # lamina's cgroups go under a parent of the run's own, removed at the end (lamina
-        # leaves its parent in place, as docker does).
+        # removes a parent it made with its last container; this is for a run cut short).
         self.cgroup_parent = f"lamina-bench-{os.getpid()}"
         janitor.add("lamina's cgroup parent", self.remove_cgroup_parent)
 

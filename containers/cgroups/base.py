@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
@@ -170,15 +171,46 @@ def remove_dir(directory: Path, timeout: float = 5.0) -> None:
     wait_until(gone, timeout, f"cgroup {directory} to be removable")
 
 
+# Marks a parent level (`lamina`, or $LAMINA_CGROUP_PARENT's) that lamina made: it goes with
+# the last container under it. One made by someone else (who may have set limits on it for
+# every container below) is never removed.
+MADE_BY_LAMINA = b"trusted.lamina.made"
+
+
 def make_dirs(root: Path, name: str) -> list[Path]:
-    """Create root/name level by level; return the directories that were new (top first)."""
-    created = []
-    current = root
-    for part in name.split("/"):
-        current = current / part
+    """Create root/name level by level; return the directories that were new (top first).
+    The parent levels made are marked (see remove_parents). A parent removed meanwhile by
+    the end of the last container under it is made again."""
+    for _ in range(10):
+        created: list[Path] = []
+        current = root
+        parts = name.split("/")
         try:
-            current.mkdir()
-            created.append(current)
-        except FileExistsError:
-            pass
-    return created
+            for depth, part in enumerate(parts, 1):
+                current = current / part
+                try:
+                    current.mkdir()
+                except FileExistsError:
+                    continue
+                created.append(current)
+                if depth < len(parts):
+                    with contextlib.suppress(OSError):  # no xattrs here: it stays, unmarked
+                        os.setxattr(current, MADE_BY_LAMINA, b"1")
+            return created
+        except FileNotFoundError:
+            continue
+    raise OSError(errno.ENOENT, f"cannot create cgroup {root / name}: its parent keeps going")
+
+
+def remove_parents(root: Path, name: str) -> None:
+    """After root/name went: remove its parent levels that lamina made and nothing else uses
+    any more, deepest first (a cgroup with children answers EBUSY and stays)."""
+    parent = (root / name).parent
+    while parent != root:
+        try:
+            if os.getxattr(parent, MADE_BY_LAMINA) != b"1":
+                return
+            os.rmdir(parent)
+        except OSError:  # unmarked, in use (EBUSY), gone already
+            return
+        parent = parent.parent

@@ -108,6 +108,8 @@ class V1Cgroup:
             self.kill()
         for path in self.paths():
             base.remove_dir(path)
+        for root in set(self.mounts.values()):
+            base.remove_parents(root, self.name)
 
 
 def _inherit_cpuset(directory: Path) -> None:

@@ -93,3 +93,4 @@ class V2Cgroup:
         if self.dir.exists() and self.pids():
             self.kill()
         base.remove_dir(self.dir)
+        base.remove_parents(self.root, self.name)

@@ -262,6 +262,49 @@ def test_every_driver_creates_joins_freezes_kills_and_removes(kind: str, clone3:
 
 
 @pytest.mark.root
+@pytest.mark.parametrize("kind", drivers_here())
+def test_a_parent_lamina_made_goes_with_its_last_cgroup_and_one_it_found_stays(
+    kind: str,
+) -> None:
+    """No `lamina` dir is left behind in any hierarchy once its containers are gone, but a
+    parent someone else made (maybe with limits for every container below) is theirs."""
+    parent = f"lamina-test-{os.getpid()}-{kind}-parent"
+    cgroups = [make_driver(kind, parent), _sibling(kind, parent)]
+    parents = sorted({path.parent for c in cgroups for path in c.paths()})
+    try:
+        for cgroup in cgroups:
+            cgroup.create(Resources())
+        cgroups[0].destroy()
+        assert all(p.is_dir() for p in parents)  # the other one still uses them
+        cgroups[1].destroy()
+        assert not any(p.exists() for p in parents)
+
+        for p in parents:  # now made beforehand, as an admin would
+            p.mkdir()
+        cgroups[0].create(Resources())
+        cgroups[0].destroy()
+        assert all(p.is_dir() for p in parents)
+    finally:
+        for cgroup in cgroups:
+            with contextlib.suppress(OSError, TimeoutError):
+                cgroup.destroy()
+        for p in parents:
+            with contextlib.suppress(OSError):
+                p.rmdir()
+
+
+def _sibling(kind: str, name: str) -> Cgroup:
+    """make_driver's cgroup's sibling `d` under the same parent."""
+    layout = host_layout()
+    if kind == "v2":
+        assert layout.v2 is not None
+        return V2Cgroup(f"{name}/d", layout.v2)
+    if kind == "v1":
+        return V1Cgroup(f"{name}/d", layout.v1)
+    return open_cgroup("d", layout, parent=name)
+
+
+@pytest.mark.root
 def test_a_child_that_cannot_join_its_cgroup_says_so(tmp_path: Path) -> None:
     cgroup = make_driver("host", f"lamina-test-{os.getpid()}-gone")
     with created(cgroup, Resources()):
