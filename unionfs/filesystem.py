@@ -177,22 +177,18 @@ class UnionFilesystem:
         return os.stat(target, follow_symlinks=follow)
 
     def _resolve_child(self, parent: Node, name: bytes) -> Answer | None:
-        if not parent.is_dir:
-            raise errors.not_a_directory()
-        known = self.inodes.known(parent, name)
-        if known is not None:
-            try:
-                return known, self._stat(known)
-            except FileNotFoundError:
-                # Someone changed a layer under the mount; forget the stale name.
-                self.inodes.remove_link(parent, name)
-        entry = self.stack.lookup(self._upper_rel(parent), parent.sources, name)
-        if entry is None:
+        """_find_child for an operation that needs a node: a leaf found becomes one."""
+        found = self._find_child(parent, name)
+        if found is None:
             return None
-        return self.inodes.child(parent, name, entry), entry.st
+        known, st = found
+        if isinstance(known, Leaf):
+            known = self.inodes.get(known.ino)
+        return known, st
 
     def _find_child(self, parent: Node, name: bytes) -> Found | None:
-        """_resolve_child for a lookup or a listing: a lower file may stay a leaf."""
+        """The node or leaf of a name (a lower file the table did not know becomes a leaf);
+        None if the merged tree has no such name."""
         if not parent.is_dir:
             raise errors.not_a_directory()
         known = self.inodes.known_light(parent, name)
