@@ -228,14 +228,14 @@ def drivers_here() -> list[str]:
     return [*found, "host"]
 
 
-def make_driver(kind: str, name: str) -> Cgroup:
+def make_driver(kind: str, name: str, child: str = "c") -> Cgroup:
     layout = host_layout()
     if kind == "v2":
         assert layout.v2 is not None
-        return V2Cgroup(f"{name}/c", layout.v2)
+        return V2Cgroup(f"{name}/{child}", layout.v2)
     if kind == "v1":
-        return V1Cgroup(f"{name}/c", layout.v1)
-    return open_cgroup("c", layout, parent=name)
+        return V1Cgroup(f"{name}/{child}", layout.v1)
+    return open_cgroup(child, layout, parent=name)
 
 
 def hierarchies_joined(pid: int | str, cgroup: Cgroup) -> int:
@@ -269,7 +269,7 @@ def test_a_parent_lamina_made_goes_with_its_last_cgroup_and_one_it_found_stays(
     """No `lamina` dir is left behind in any hierarchy once its containers are gone, but a
     parent someone else made (maybe with limits for every container below) is theirs."""
     parent = f"lamina-test-{os.getpid()}-{kind}-parent"
-    cgroups = [make_driver(kind, parent), _sibling(kind, parent)]
+    cgroups = [make_driver(kind, parent), make_driver(kind, parent, child="d")]
     parents = sorted({path.parent for c in cgroups for path in c.paths()})
     try:
         for cgroup in cgroups:
@@ -291,17 +291,6 @@ def test_a_parent_lamina_made_goes_with_its_last_cgroup_and_one_it_found_stays(
         for p in parents:
             with contextlib.suppress(OSError):
                 p.rmdir()
-
-
-def _sibling(kind: str, name: str) -> Cgroup:
-    """make_driver's cgroup's sibling `d` under the same parent."""
-    layout = host_layout()
-    if kind == "v2":
-        assert layout.v2 is not None
-        return V2Cgroup(f"{name}/d", layout.v2)
-    if kind == "v1":
-        return V1Cgroup(f"{name}/d", layout.v1)
-    return open_cgroup("d", layout, parent=name)
 
 
 @pytest.mark.root
