@@ -114,10 +114,12 @@ def start(
             undo.callback(mounting.abandon)
         try:
             cgroup = open_cgroup(spec.id)
+            # Before create: one that fails half way (a v1 limit refused after its
+            # directories were made) must leave nothing either.
+            undo.callback(cgroup.destroy)
             cgroup.create(spec.resources)
         except OSError as exc:
             raise UserError(f"cannot set up the cgroup: {exc.strerror or exc}") from None
-        undo.callback(cgroup.destroy)
         record.cgroup = cgroup.name  # saved with the pid: rm finds the cgroup by the id
         try:
             entrance = cgroup.entrance()
