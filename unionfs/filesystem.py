@@ -1071,29 +1071,40 @@ class UnionFilesystem:
             if found is not None:
                 yield name, found[0], found[1], index + 1
 
-    def readdir_names(self, fh: int, offset: int) -> Iterator[tuple[bytes, int, int, int]]:
-        """Entries from `offset` on without resolving them: (name, inode number, file type
-        bits, next offset). A name not looked up yet gets the number its lookup will give,
-        so getdents' d_ino and stat's st_ino agree."""
+    def readdir_names(
+        self, fh: int, offset: int, most: int
+    ) -> tuple[list[bytes], list[int], list[int]]:
+        """At most `most` entries from `offset` on, without resolving them: their names,
+        inode numbers and file type bits. A name not looked up yet gets the number its
+        lookup will give, so getdents' d_ino and stat's st_ino agree: numbers reserved all
+        at once for the names of this answer alone (the rest may never be asked for)."""
         snapshot = self.handles.directory(fh)
         node = snapshot.node
         if offset == 0:
             self._list_into(snapshot)
-        names, types, children = snapshot.names, snapshot.types, node.children
-        reserve = self.inodes.reserver(node, len(names) - offset)
-        for index in range(offset, len(names)):
-            name = names[index]
+        names = snapshot.names[offset : offset + most]
+        types = snapshot.types[offset : offset + most]
+        children = node.children
+        inos: list[int] = []
+        unknown: list[bytes] = []
+        for index, name in enumerate(names):
             known = children.get(name)
-            if known is not None:
-                if type(known) is int:  # a leaf: a lower file, as listed
-                    yield name, known, types[index], index + 1
+            if known is None:
+                if name in DOT_ENTRIES:
+                    itself = node if name == b"." or node.parent is None else node.parent
+                    inos.append(itself.ino)
                 else:
-                    yield name, known.ino, stat.S_IFMT(known.mode), index + 1  # type: ignore[union-attr]
-            elif name in DOT_ENTRIES:
-                itself = node if name == b"." or node.parent is None else node.parent
-                yield name, itself.ino, stat.S_IFDIR, index + 1
+                    inos.append(0)  # numbered below
+                    unknown.append(name)
+            elif type(known) is int:  # a leaf: a lower file, as listed
+                inos.append(known)
             else:
-                yield name, reserve(name), types[index], index + 1
+                inos.append(known.ino)  # type: ignore[union-attr]
+                types[index] = stat.S_IFMT(known.mode)  # type: ignore[union-attr]
+        if unknown:
+            numbers = iter(self.inodes.reserve_names(node, unknown))
+            inos = [ino or next(numbers) for ino in inos]
+        return names, inos, types
 
     def _list_into(self, snapshot: DirSnapshot) -> None:
         node = snapshot.node

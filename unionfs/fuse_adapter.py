@@ -350,7 +350,7 @@ class FuseAdapter:
 
     def _names_alone(self, fh: int, offset: int, size: int) -> bytes:
         """A READDIRPLUS answer without attributes (see unionfs/listing_advisor.py)."""
-        answer, files = self._names(fh, offset, size, proto.direntplus_name_alone)
+        answer, files = self._names(fh, offset, size, plus=True)
         self.listing.listed(files)
         return answer
 
@@ -358,24 +358,14 @@ class FuseAdapter:
         # Names only (the kernel asks with attributes for a directory's first batch, and
         # again once lookups show a program wants them: READDIRPLUS_AUTO).
         fh, offset, size = proto.READ_IN.unpack_from(body)[:3]
-        return self._names(fh, offset, size, proto.dirent)[0]
+        return self._names(fh, offset, size, plus=False)[0]
 
-    def _names(
-        self, fh: int, offset: int, size: int, entry: Callable[[bytes, int, int, int], bytes]
-    ) -> tuple[bytes, int]:
-        """Entries of names alone from offset on, as many as size holds, each packed by
-        entry(name, ino, mode, next_offset); and how many of them are not directories."""
-        parts: list[bytes] = []
-        used = files = 0
-        for name, ino, file_type, next_offset in self.fs.readdir_names(fh, offset):
-            part = entry(name, ino, file_type, next_offset)
-            if used + len(part) > size:
-                break
-            parts.append(part)
-            used += len(part)
-            if file_type != stat.S_IFDIR:
-                files += 1
-        return b"".join(parts), files
+    def _names(self, fh: int, offset: int, size: int, *, plus: bool) -> tuple[bytes, int]:
+        """Entries of names alone from offset on, as many as size holds (READDIRPLUS's
+        without attributes if plus, else READDIR's); and how many are not directories."""
+        names, inos, types = self.fs.readdir_names(fh, offset, proto.most_names(plus, size))
+        answer, count = proto.name_entries(plus, names, inos, types, offset, size)
+        return answer, count - types[:count].count(stat.S_IFDIR)
 
     def releasedir(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
         self.fs.releasedir(proto.RELEASE_IN.unpack_from(body)[0])

@@ -247,10 +247,30 @@ _PADDING = tuple(b"\0" * n for n in range(8))
 _NAME_ALONE = struct.Struct(f"<{ENTRY_OUT.size}xQQII")
 
 
-def direntplus_name_alone(name: bytes, ino: int, mode: int, next_offset: int) -> bytes:
-    """A READDIRPLUS entry without attributes, in one pack (a walk makes thousands)."""
-    head = _NAME_ALONE.pack(ino, next_offset, len(name), (mode & 0o170000) >> 12)
-    return head + name + _PADDING[-len(name) % 8]
+def name_entries(
+    plus: bool, names: list[bytes], inos: list[int], types: list[int], first: int, size: int
+) -> tuple[bytes, int]:
+    """Entries of names alone, as many as `size` bytes hold: READDIR's, or READDIRPLUS's
+    without attributes (plus). names[i] has number inos[i], file type bits types[i] and
+    offset first + i. Returns the answer and how many names it holds. One loop, no call a
+    name: a walk packs tens of thousands."""
+    pack = (_NAME_ALONE if plus else DIRENT).pack
+    padding = _PADDING
+    parts: list[bytes] = []
+    used = 0
+    for i, name in enumerate(names):
+        length = len(name)
+        part = pack(inos[i], first + i + 1, length, types[i] >> 12) + name + padding[-length % 8]
+        used += len(part)
+        if used > size:
+            break
+        parts.append(part)
+    return b"".join(parts), len(parts)
+
+
+def most_names(plus: bool, size: int) -> int:
+    """At most how many entries of names alone `size` bytes hold."""
+    return size // ((_NAME_ALONE if plus else DIRENT).size + 8) + 1
 
 
 def direntplus(

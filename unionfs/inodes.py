@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from stat import S_IFDIR
 
 from unionfs import errors
@@ -374,29 +374,20 @@ class InodeTable:
             self.promoted(node)
         return node
 
-    def reserver(self, parent: Node, listed: int) -> Callable[[bytes], int]:
-        """For one listing of parent, of `listed` names: the number a listed name the table
-        does not know yet will get (see child), name by name. Numbers come in blocks of the
-        parent's leaves (unionfs/leaves.py) for a lower file's lookup to take its slot: one
-        the size of the listing (at most LARGEST_LISTED), made when a name first needs it."""
-        names = self._reserved.get(parent.ino)
-        if names is None:
-            names = self._reserved[parent.ino] = {}
-        numbers: Iterator[int] = iter(())
-        size = min(max(listed, 1), LeafStore.LARGEST_LISTED)
-
-        def reserve(name: bytes) -> int:
-            nonlocal numbers
-            number = names.get(name)
-            if number is None:
-                number = next(numbers, None)
-                if number is None:
-                    numbers = iter(self.leaves.reserve(parent, size))
-                    number = next(numbers)
-                names[name] = number
-            return number
-
-        return reserve
+    def reserve_names(self, parent: Node, names: list[bytes]) -> list[int]:
+        """The numbers listed names the table does not know yet will get (see child), in
+        the order of names; a name listed again keeps its number. New numbers are the slots
+        of a block of the parent's leaves (unionfs/leaves.py) made for them, for a lower
+        file's lookup to take: as many slots as names (at most LARGEST_LISTED a block)."""
+        reserved = self._reserved.get(parent.ino)
+        if reserved is None:
+            reserved = self._reserved[parent.ino] = {}
+        new = [name for name in names if name not in reserved]
+        largest = LeafStore.LARGEST_LISTED
+        for start in range(0, len(new), largest):
+            chunk = new[start : start + largest]
+            reserved.update(zip(chunk, self.leaves.reserve(parent, len(chunk)), strict=True))
+        return [reserved[name] for name in names]
 
     def unlinked(self, st: os.stat_result) -> Node:
         """A node for an upper file that has no name yet (O_TMPFILE)."""

@@ -97,10 +97,29 @@ def test_an_entry_holds_the_same_attributes_as_an_attr_answer() -> None:
         assert entry[6:] == attr[3:]
 
 
-@pytest.mark.parametrize("name", [b"a", b"seven77", b"eight888", b"x" * 255])
-def test_a_name_alone_direntplus_is_an_empty_entry_then_a_padded_dirent(name: bytes) -> None:
-    joined = proto.direntplus_name_alone(name, 9, stat.S_IFREG | 0o644, 42)
-    assert joined == bytes(proto.ENTRY_OUT.size) + proto.dirent(name, 9, stat.S_IFREG, 42)
+NAMES = [b"a", b"seven77", b"eight888", b"x" * 255]
+
+
+@pytest.mark.parametrize("plus", [False, True])
+def test_names_alone_are_dirents_after_an_empty_entry_for_readdirplus(plus: bool) -> None:
+    types = [stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFREG]
+    answer, count = proto.name_entries(plus, NAMES, [9, 10, 11, 12], types, 40, 1 << 16)
+    empty = bytes(proto.ENTRY_OUT.size) if plus else b""
+    one_by_one = [
+        empty + proto.dirent(name, 9 + i, types[i], 41 + i) for i, name in enumerate(NAMES)
+    ]
+    assert (answer, count) == (b"".join(one_by_one), 4)
+    assert count <= proto.most_names(plus, len(answer))
+
+
+@pytest.mark.parametrize("plus", [False, True])
+def test_names_alone_stop_before_the_entry_that_would_not_fit(plus: bool) -> None:
+    inos, types = [1, 2, 3, 4], [stat.S_IFREG] * 4
+    ends = [len(proto.name_entries(plus, NAMES[:k], inos, types, 0, 1 << 16)[0]) for k in range(5)]
+    for size in range(ends[-1] + 1):
+        answer, count = proto.name_entries(plus, NAMES, inos, types, 0, size)
+        assert len(answer) == ends[count] <= size
+        assert count == len(NAMES) or ends[count + 1] > size  # the next one did not fit
 
 
 def test_setattr_joins_seconds_and_nanoseconds() -> None:

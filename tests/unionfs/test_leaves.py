@@ -93,9 +93,9 @@ def test_a_listing_gives_lower_files_the_number_their_lookup_then_gives(
     table: InodeTable,
 ) -> None:
     d = merged_dir(table)
-    reserve = table.reserver(d, 16)
-    numbers = {name: reserve(name) for name in (b"f", b"g", b"up", b"sub")}
-    assert reserve(b"f") == numbers[b"f"]
+    names = [b"f", b"g", b"up", b"sub"]
+    numbers = dict(zip(names, table.reserve_names(d, names), strict=True))
+    assert table.reserve_names(d, [b"new", b"f"])[1] == numbers[b"f"]  # listed again
     assert len(set(numbers.values())) == 4
     assert len(table.leaves) == 0  # numbers only, until a lookup
 
@@ -115,8 +115,7 @@ def test_a_listing_gives_lower_files_the_number_their_lookup_then_gives(
 
 def test_a_reserved_number_whose_block_went_goes_to_a_node(table: InodeTable) -> None:
     d = merged_dir(table)
-    reserve = table.reserver(d, 16)
-    first, later = reserve(b"first"), reserve(b"later")
+    first, later = table.reserve_names(d, [b"first", b"later"])
     leaf = table.child_light(d, b"first", lower_file(d, b"first"))
     table.lookup(leaf)
     table.forget(leaf.ino, 1)  # the block's only leaf: the block goes
@@ -158,8 +157,7 @@ def test_leaves_follow_their_directory_when_it_moves(table: InodeTable) -> None:
 def test_a_forgotten_directory_takes_its_leaves_with_it(table: InodeTable) -> None:
     d = merged_dir(table)
     table.lookup(d)
-    reserve = table.reserver(d, 16)
-    listed = [reserve(b"f%d" % i) for i in range(40)]
+    listed = table.reserve_names(d, [b"f%d" % i for i in range(40)])
     for i in range(30):
         table.child_light(d, b"f%d" % i, lower_file(d, b"f%d" % i))
     assert len(table.leaves) == 30
