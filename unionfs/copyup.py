@@ -29,6 +29,13 @@ class WorkDir:
     def __init__(self, workdir: bytes) -> None:
         self.path = workdir + b"/work"
         self._counter = itertools.count(1)
+        self.lock: int | None = None  # the workdir's flock (unionfs/workdir_lock.py), held
+
+    def let_go(self) -> None:
+        """Release the workdir's lock: nothing more is written to the upper dir."""
+        if self.lock is not None:
+            os.close(self.lock)
+            self.lock = None
 
     def prepare(self) -> None:
         """Create work/ if needed and empty it: leftovers are half-done operations.

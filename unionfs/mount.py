@@ -43,8 +43,9 @@ def build_filesystem(config: MountConfig) -> UnionFilesystem:
     upper = os.fsencode(config.upper) if config.writable and config.upper is not None else None
     work = None
     if upper is not None and config.work is not None:
-        hold(config.work)  # kept for the life of the daemon
+        lock = hold(config.work)  # until the upper dir is final (serve's end)
         work = WorkDir(os.fsencode(config.work))
+        work.lock = lock
         if os.path.isdir(work.path):
             for line in recover(work.path, upper):
                 log.warning("%s", line)
@@ -117,6 +118,10 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
         fs.gate.state.acquire()
         fs.settle()
         session.close()
+        if fs.work is not None:
+            # Whoever waits for the workdir (a container's teardown) may go on now, not
+            # after this process's own teardown (~0.5 ms of every `run --rm`).
+            fs.work.let_go()
 
 
 def serve_until_stopped(
