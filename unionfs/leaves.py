@@ -64,6 +64,11 @@ class LeafStore:
         """How many leaves there are (for tests and statistics)."""
         return sum(block.live for block in self._blocks)
 
+    @property
+    def slots(self) -> int:
+        """How many slots the blocks hold, live or empty: what they cost (18 bytes each)."""
+        return sum(block.capacity for block in self._blocks)
+
     def add(self, parent: Node, name: bytes, kind: int, position: int) -> tuple[LeafBlock, int]:
         """A new leaf in parent (no lookup counted yet): its block and slot. kind: its mode
         (the file type bits are kept); position must be below MAX_POSITION."""

@@ -7,9 +7,11 @@ from __future__ import annotations
 import itertools
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
+from unionfs.config import parse_options
 from unionfs.inodes import InodeTable, Leaf, Node
 from unionfs.leaves import LeafBlock, LeafStore
 from unionfs.stack import Entry, Source
@@ -111,6 +113,33 @@ def test_a_listing_gives_lower_files_the_number_their_lookup_then_gives(
     assert (upper.ino, sub.ino) == (numbers[b"up"], numbers[b"sub"])
     assert isinstance(upper, Node) and isinstance(sub, Node)
     assert table.leaf(upper.ino) is None and table.get(upper.ino) is upper
+
+
+def test_a_listing_read_in_small_answers_reserves_one_slot_a_name(tmp_path: Path) -> None:
+    """Each answer numbers the names it hands out, no more: 2,000 lower files read 50 at a
+    time take 2,000 slots (when each answer took a block the size of the rest of the
+    listing, they took 41,000, and `ls -f` of 50,000 names four times what it used)."""
+    from unionfs.mount import build_filesystem  # the daemon's own composition, no mount
+
+    lower, upper, work = tmp_path / "lower", tmp_path / "upper", tmp_path / "work"
+    for directory in (lower / "d", upper, work):
+        directory.mkdir(parents=True)
+    for i in range(2000):
+        (lower / "d" / f"f{i:04d}").touch()
+    options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+    fs = build_filesystem(parse_options([options], str(tmp_path / "mnt")))
+    try:
+        d, _ = fs.lookup(fs.inodes.root.ino, b"d")
+        fh = fs.opendir(d.ino)
+        listed: list[bytes] = []
+        while names := fs.readdir_names(fh, len(listed), 50)[0]:
+            listed += names
+        assert sorted(listed) == sorted([b".", b"..", *(b"f%04d" % i for i in range(2000))])
+        assert fs.inodes.leaves.slots == 2000
+        fs.releasedir(fh)
+    finally:
+        assert fs.work is not None
+        fs.work.let_go()
 
 
 def test_a_reserved_number_whose_block_went_goes_to_a_node(table: InodeTable) -> None:
