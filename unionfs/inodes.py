@@ -307,13 +307,20 @@ class InodeTable:
                     if spot is None:  # its block went: a Node keeps the number
                         return self._attach(parent, name, st, in_upper, sources)
                     block, slot = spot
-                    del reserved[name]  # type: ignore[union-attr]
-                    if not reserved:  # a dict keeps its size when emptied: let it go
-                        del self._reserved[parent.ino]
+                    self._unreserve(parent, name)
                     self.listed_lookups += 1
                 ino = parent.children[name] = block.base + slot
                 return Leaf(ino, block, slot)
         return self._attach(parent, name, st, in_upper, sources)
+
+    def _unreserve(self, parent: Node, name: bytes) -> int | None:
+        """The number a listing reserved for name (see reserve_names), no longer reserved;
+        None if there was none."""
+        reserved = self._reserved.get(parent.ino)
+        number = reserved.pop(name, None) if reserved else None
+        if number is not None and not reserved:  # an emptied dict keeps its size: let it go
+            del self._reserved[parent.ino]
+        return number
 
     def _attach(
         self,
@@ -329,13 +336,9 @@ class InodeTable:
         # copy up that name alone (the kernel overlayfs breaks such links the same way).
         key = (st.st_dev, st.st_ino) if in_upper and not is_dir else None
         node = self._by_key.get(key) if key is not None else None
-        reserved = self._reserved.get(parent.ino)
-        number = reserved.pop(name, None) if reserved else None
-        if number is not None:
-            if not reserved:
-                del self._reserved[parent.ino]
-            if not is_dir:
-                self.listed_lookups += 1
+        number = self._unreserve(parent, name)
+        if number is not None and not is_dir:
+            self.listed_lookups += 1
         if node is not None and node.linked:
             node.extra_links = (*node.extra_links, (parent, name))
         else:
