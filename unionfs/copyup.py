@@ -26,10 +26,10 @@ COPY_CHUNK = 8 << 20
 class WorkDir:
     """`workdir/work`: a private scratch directory on the upper's filesystem."""
 
-    def __init__(self, workdir: bytes) -> None:
+    def __init__(self, workdir: bytes, lock: int | None = None) -> None:
         self.path = workdir + b"/work"
         self._counter = itertools.count(1)
-        self.lock: int | None = None  # the workdir's flock (unionfs/workdir_lock.py), held
+        self.lock = lock  # the descriptor holding the workdir's flock (workdir_lock.hold)
 
     def let_go(self) -> None:
         """Release the workdir's lock: nothing more is written to the upper dir."""

@@ -43,9 +43,8 @@ def build_filesystem(config: MountConfig) -> UnionFilesystem:
     upper = os.fsencode(config.upper) if config.writable and config.upper is not None else None
     work = None
     if upper is not None and config.work is not None:
-        lock = hold(config.work)  # until the upper dir is final (serve's end)
-        work = WorkDir(os.fsencode(config.work))
-        work.lock = lock
+        # Held until the upper dir is final (the end of serve).
+        work = WorkDir(os.fsencode(config.work), lock=hold(config.work))
         if os.path.isdir(work.path):
             for line in recover(work.path, upper):
                 log.warning("%s", line)
