@@ -50,12 +50,10 @@ def _command_of(argv: Sequence[str]) -> str | None:
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     import argparse
-    from pathlib import Path
 
     parser = argparse.ArgumentParser(prog="lamina", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--root",
-        type=Path,
         default=default_root(),
         help="state directory (default: $LAMINA_ROOT or /var/lib/lamina)",
     )

@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import datetime
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -250,12 +251,13 @@ def _containers_using(
     except ImportError:
         return [], []
     refs = {image_id, image_id.removeprefix("sha256:"), *tags}
-    users, layers = [], []
+    users: list[str] = []
+    layers: list[Path] = []
     for r in all_records(root):
         image = r.image or ""
         if image in refs or _name_of(image) in tags:
             users.append(r.name or r.id)
-        layers.extend(r.layers)
+        layers.extend(Path(p) for p in r.layers)
     return users, layers
 
 
@@ -339,6 +341,6 @@ def _find_container(args: argparse.Namespace) -> Any:
     from containers.state import find_container
 
     record = find_container(args.root, args.container)
-    if record.rootfs_dir is None and not record.upper_dir.is_dir():
+    if record.rootfs_dir is None and not os.path.isdir(record.upper_dir):
         raise UserError(f"container {args.container} has no upper dir (removed?)")
     return record

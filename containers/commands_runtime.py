@@ -7,11 +7,9 @@ Imports of the heavier modules happen inside the commands, so `lamina run` start
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from containers.cli import UserError
 
@@ -131,18 +129,20 @@ def _register_run(sub: Subparsers) -> None:
     run.add_argument("--help", action="help", help="show this help")
 
 
-def _image_defaults(root: Path, ref: str) -> ImageDefaults:
+def _image_defaults(root: str, ref: str) -> ImageDefaults:
     from containers.spec import ImageDefaults
 
     try:
-        from containers.store import LayerStore
+        from containers.image_index import ImageIndex
+        from containers.oci import ImageConfig
     except ImportError:
         raise UserError(f"unknown image {ref!r}: this build has no image store") from None
-    image = LayerStore(root).resolve_image(ref)
-    config = image.config
+    index = ImageIndex(root)
+    image = index.find_image(ref)
+    config = ImageConfig.from_oci(index.oci_config(image.id))
     return ImageDefaults(
-        name=image.name,
-        layers=tuple(image.layers),
+        name=index.name_for(ref, image),
+        layers=tuple(index.layer_dir(key) for key in reversed(image.layer_keys)),
         env=tuple(config.env),
         entrypoint=tuple(config.entrypoint) if config.entrypoint is not None else None,
         cmd=tuple(config.cmd) if config.cmd is not None else None,
@@ -174,8 +174,8 @@ def _run_container(args: argparse.Namespace) -> int:
         image = _image_defaults(args.root, rest.pop(0))
     options = RunOptions(
         command=tuple(rest),
-        layers=tuple(p.absolute() for p in args.layer),
-        rootfs=args.rootfs.absolute() if args.rootfs else None,
+        layers=tuple(os.path.abspath(p) for p in args.layer),
+        rootfs=os.path.abspath(args.rootfs) if args.rootfs else None,
         image=image,
         name=args.name,
         hostname=args.hostname,
@@ -205,7 +205,7 @@ def _run_container(args: argparse.Namespace) -> int:
         userns=args.userns,
     )
     spec = build_spec(options, runtime.new_container_id())
-    root: Path = args.root.absolute()
+    root: str = os.path.abspath(args.root)
     if spec.detach:
         return runtime.run_detached(spec, root)
     return runtime.run_foreground(spec, root)
@@ -354,6 +354,8 @@ def parse_signal(text: str) -> int:
         return int(text)
     name = text.upper()
     name = name if name.startswith("SIG") else f"SIG{name}"
+    import signal  # its enum of names; only here, off `run`'s path
+
     try:
         return int(signal.Signals[name])
     except KeyError:

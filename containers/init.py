@@ -10,15 +10,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl  # imported here: after setns or pivot_root the host's modules are out of reach
-import json
 import os
-import signal
 import stat
 import struct
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
-from containers import namespaces
+from containers import lean_json, namespaces
 from containers import syscalls as sc
 from containers.mount_plan import Device, Mask, Mount, ReadOnly, Step, Symlink, plan_mounts
 from containers.records import Record
@@ -26,8 +23,11 @@ from containers.spec import CAPABILITY_NUMBERS, DEFAULT_PATH, ContainerSpec, cap
 
 TYPE_CHECKING = False  # typing costs milliseconds at every start; only mypy needs it
 if TYPE_CHECKING:
+    import signal
     import socket  # at run time only with -t or --userns: the parent has imported it then
     from typing import NoReturn
+else:
+    import _signal as signal  # signal.py builds enums at import (enum costs ~4 ms a start)
 
 TIOCSCTTY = 0x540E
 TIOCGPTN = 0x80045430
@@ -42,7 +42,17 @@ _NOT_FORWARDED = {
     signal.SIGTTIN,
     signal.SIGTTOU,
 }
-FORWARDED_SIGNALS = tuple(s for s in signal.Signals if s not in _NOT_FORWARDED)
+# The named signals (signal.Signals without its enum), in number order.
+FORWARDED_SIGNALS = tuple(
+    sorted(
+        {
+            number
+            for name, number in vars(signal).items()
+            if name.startswith("SIG") and not name.startswith("SIG_") and name.isupper()
+        }
+        - _NOT_FORWARDED
+    )
+)
 
 
 class StartError(Exception):
@@ -82,7 +92,7 @@ def report_and_exit(channels: Channels, step: str, exc: BaseException) -> NoRetu
     else:
         message, status = f"{step}: {exc}", 125
     try:
-        os.write(channels.errors, json.dumps({"message": message, "status": status}).encode())
+        os.write(channels.errors, lean_json.dumps({"message": message, "status": status}).encode())
     finally:
         os._exit(status)
 
@@ -98,7 +108,7 @@ def run_steps(channels: Channels, steps: list[tuple[str, Callable[[], object]]])
     raise AssertionError("the last step execs")
 
 
-def container_main(spec: ContainerSpec, rootfs: Path, channels: Channels) -> NoReturn:
+def container_main(spec: ContainerSpec, rootfs: str, channels: Channels) -> NoReturn:
     """PID 1 of a new container: namespaces, mounts, pivot_root, privileges, exec."""
     root = str(rootfs)
     process = Process(
@@ -431,7 +441,8 @@ def drop_privileges(who: Identity, capabilities: Sequence[str], privileged: bool
     # --privileged asks for every capability; on a host that withholds some from us,
     # capset would refuse the set, so ask only for what we have.
     keep = capability_mask(list(capabilities)) & bounding_set()
-    last_cap = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last_cap = int(f.read())
     for cap in range(last_cap + 1):
         if not keep & (1 << cap) and cap in CAPABILITY_NUMBERS.values():
             sc.prctl(sc.PR_CAPBSET_DROP, cap)

@@ -16,8 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+else:
+    import _signal as signal  # signal.py builds enums at import (enum costs ~4 ms a start)
 
 
 class ForkedMountProgram:

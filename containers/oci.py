@@ -6,11 +6,10 @@ Everything read from an image is untrusted: a digest becomes a file name, so onl
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from collections.abc import Mapping
 
+from containers import lean_json
 from containers.records import Record, field
 
 TYPE_CHECKING = False  # typing costs milliseconds at every start; only mypy needs it
@@ -27,7 +26,7 @@ INDEX_MEDIA_TYPES = frozenset({MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST})
 MANIFEST_MEDIA_TYPES = frozenset({MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST})
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
 
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_HEX_DIGITS = frozenset("0123456789abcdef")
 _GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}
 
 
@@ -42,9 +41,20 @@ def sha256_digest(data: bytes) -> str:
 
 
 def check_digest(value: object, what: str) -> str:
-    if not isinstance(value, str) or not _DIGEST.fullmatch(value):
+    if not isinstance(value, str) or not is_sha256_digest(value):
         raise ImageFormatError(f"{what}: not a sha256 digest: {value!r}")
     return value
+
+
+def is_sha256_digest(text: str) -> bool:
+    """`sha256:` and 64 lowercase hex digits (checked by hand: importing `re` costs every
+    `lamina run` ~7 ms, see containers/lean_json.py)."""
+    return len(text) == 71 and text.startswith("sha256:") and is_hex(text[7:])
+
+
+def is_hex(text: str) -> bool:
+    """One or more lowercase hex digits."""
+    return bool(text) and all(c in _HEX_DIGITS for c in text)
 
 
 def digest_hex(digest: str) -> str:
@@ -53,9 +63,14 @@ def digest_hex(digest: str) -> str:
 
 def load_json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ImageFormatError(f"{what}: not valid JSON ({exc})") from None
+        obj = lean_json.loads(data.decode())
+    except ValueError:  # UnicodeDecodeError too: json reads UTF-16 and BOMs, and words errors
+        import json
+
+        try:
+            obj = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ImageFormatError(f"{what}: not valid JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise ImageFormatError(f"{what}: expected a JSON object")
     return obj
@@ -226,4 +241,6 @@ def image_platform(image: Mapping[str, Any]) -> Platform:
 
 def canonical_json(obj: object) -> bytes:
     """Stable bytes for a JSON document we write: same input, same digest."""
+    import json  # for imports and commits, not `lamina run`
+
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()

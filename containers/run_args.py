@@ -13,7 +13,6 @@ to argparse's reading.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 TYPE_CHECKING = False  # typing and argparse cost milliseconds at every start
 if TYPE_CHECKING:
@@ -48,14 +47,12 @@ class RunOption:
 
 
 RUN_OPTIONS = (
-    RunOption(("--layer",), APPEND, "layer dir (first = topmost)", Path),
-    RunOption(
-        ("--rootfs",), VALUE, "use DIR as the root filesystem, bind-mounted (no union)", Path
-    ),
+    RunOption(("--layer",), APPEND, "layer dir (first = topmost)"),
+    RunOption(("--rootfs",), VALUE, "use DIR as the root filesystem, bind-mounted (no union)"),
     RunOption(("--name",), VALUE),
     RunOption(("-h", "--hostname"), VALUE),
     RunOption(("-e", "--env"), APPEND, "KEY=VAL (or KEY from the host)"),
-    RunOption(("--env-file",), APPEND, type=Path),
+    RunOption(("--env-file",), APPEND),
     RunOption(("-w", "--workdir"), VALUE),
     RunOption(("-u", "--user"), VALUE, "USER[:GROUP] or UID[:GID]"),
     RunOption(("--entrypoint",), VALUE),
@@ -81,11 +78,11 @@ RUN_OPTIONS = (
 )
 _BY_NAME = {name: option for option in RUN_OPTIONS for name in option.names}
 
-DEFAULT_ROOT = Path("/var/lib/lamina")
+DEFAULT_ROOT = "/var/lib/lamina"
 
 
-def default_root() -> Path:
-    return Path(os.environ.get("LAMINA_ROOT", DEFAULT_ROOT))
+def default_root() -> str:
+    return os.environ.get("LAMINA_ROOT", DEFAULT_ROOT)
 
 
 def read_run(argv: Sequence[str], func: Callable[[Namespace], int]) -> Namespace | None:
@@ -96,9 +93,9 @@ def read_run(argv: Sequence[str], func: Callable[[Namespace], int]) -> Namespace
     while at < len(argv) and argv[at] != "run":
         word = argv[at]
         if word.startswith("--root="):
-            root, at = Path(word[len("--root=") :]), at + 1
+            root, at = word[len("--root=") :], at + 1
         elif word == "--root" and at + 1 < len(argv) and not argv[at + 1].startswith("-"):
-            root, at = Path(argv[at + 1]), at + 2
+            root, at = argv[at + 1], at + 2
         else:
             return None
     if at == len(argv):

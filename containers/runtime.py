@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from pathlib import Path
 
-from containers import mount_helper, namespaces, state
+from containers import lean_json, mount_helper, namespaces, state
 from containers import syscalls as sc
 from containers.cgroups.base import Cgroup, Entrance
 from containers.cli import UserError
@@ -31,11 +28,15 @@ from containers.trees import remove_tree
 
 TYPE_CHECKING = False  # typing costs milliseconds at every start; only mypy needs it
 if TYPE_CHECKING:
+    import signal
     from typing import NoReturn
 
     # Imported by the child (init) or only with -t and --userns (socket): not on the
     # parent's path of every start.
     from containers import init
+    from containers.state import StrPath
+else:
+    import _signal as signal  # signal.py builds enums at import (enum costs ~4 ms a start)
 
 MOUNT_PROGRAM_ENV = "LAMINA_MOUNT_PROGRAM"
 FORWARDED = (
@@ -49,7 +50,9 @@ FORWARDED = (
 
 
 def mount_program() -> str:
-    return os.environ.get(MOUNT_PROGRAM_ENV) or str(Path(sys.executable).parent / "unionfs")
+    return os.environ.get(MOUNT_PROGRAM_ENV) or os.path.join(
+        os.path.dirname(sys.executable), "unionfs"
+    )
 
 
 CGROUP_PARENT_ENV = "LAMINA_CGROUP_PARENT"
@@ -88,7 +91,7 @@ class Started(Record):
 
 def start(
     spec: ContainerSpec,
-    root: Path,
+    root: StrPath,
     stdio: tuple[int, int, int] | None,
     *,
     log_output: bool = False,
@@ -171,15 +174,15 @@ def start(
     return Started(record, cgroup, pid, console)
 
 
-def _create_record(spec: ContainerSpec, root: Path) -> ContainerRecord:
+def _create_record(spec: ContainerSpec, root: StrPath) -> ContainerRecord:
     """Publish the container's dir, record included, with one rename, then claim its name:
     killed at any moment, lamina leaves a hidden scratch dir (swept by a later start) or a
     record that ps shows and rm removes, never a dir or a name that nothing can remove."""
     containers = state.containers_dir(root)
-    containers.mkdir(parents=True, exist_ok=True)
+    os.makedirs(containers, exist_ok=True)
     _sweep_dead_scratch(containers)
-    directory = containers / spec.id
-    scratch = containers / f".new-{os.getpid()}-{spec.id}"
+    directory = os.path.join(containers, spec.id)
+    scratch = os.path.join(containers, f".new-{os.getpid()}-{spec.id}")
     record = ContainerRecord(
         id=spec.id,
         name=spec.name,
@@ -198,12 +201,12 @@ def _create_record(spec: ContainerSpec, root: Path) -> ContainerRecord:
         memory_limit=spec.resources.memory,
     )
     try:
-        scratch.mkdir()
+        os.mkdir(scratch)
         # Root only: the upper dir holds whatever the container made, setuid-root files too,
         # and no host user may reach them.
         os.chmod(scratch, 0o700)
         for sub in ("upper", "work", "rootfs"):
-            (scratch / sub).mkdir()
+            os.mkdir(os.path.join(scratch, sub))
         state.save(record, into=scratch)
         os.rename(scratch, directory)
         state.reserve_name(root, spec.name, spec.id)
@@ -214,15 +217,17 @@ def _create_record(spec: ContainerSpec, root: Path) -> ContainerRecord:
     return record
 
 
-def _sweep_dead_scratch(containers: Path) -> None:
+def _sweep_dead_scratch(containers: str) -> None:
     """Remove the scratch dirs of starts killed before they published (pid in the name)."""
-    for entry in containers.glob(".new-*-*"):
-        pid = entry.name.split("-")[1]
-        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
-            remove_tree(entry)
+    for entry in os.scandir(containers):
+        parts = entry.name.split("-")
+        if entry.name.startswith(".new-") and len(parts) >= 3:
+            pid = parts[1]
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                remove_tree(entry.path)
 
 
-def _remove_record_files(root: Path, record: ContainerRecord) -> None:
+def _remove_record_files(root: StrPath, record: ContainerRecord) -> None:
     state.release_name(root, record.name, record.id)
     remove_tree(record.dir)
 
@@ -249,7 +254,7 @@ class MountProgram:
         self.running = True  # mounting: ours to end if the start fails
 
     @classmethod
-    def start(cls, record: ContainerRecord, layers: list[Path]) -> MountProgram:
+    def start(cls, record: ContainerRecord, layers: list[str]) -> MountProgram:
         from unionfs.config import escape_path  # the child imports it anyway
 
         lowers = ":".join(escape_path(str(p)) for p in layers)
@@ -377,7 +382,7 @@ def _inheritable_fds() -> list[int]:
     return fds
 
 
-def unmount(mount_point: Path) -> None:
+def unmount(mount_point: StrPath) -> None:
     """Unmount, lazily if busy; a path that is not mounted is fine."""
     try:
         sc.umount2(mount_point)
@@ -448,7 +453,7 @@ def spawn(
             doing = "joining the cgroup" if isinstance(exc, _NoCgroup) else "starting the container"
             line = {"message": f"{doing}: {exc}", "status": 125}
             with contextlib.suppress(OSError):
-                os.write(err_w, json.dumps(line).encode())
+                os.write(err_w, lean_json.dumps(line).encode())
         finally:
             os._exit(125)
     os.close(go_r)
@@ -483,7 +488,7 @@ def spawn(
     report = _read_all(err_r)
     if report:
         _kill_and_reap(pid)
-        failure = json.loads(report)
+        failure = lean_json.loads(report)
         raise UserError(failure["message"], status=failure["status"])
     return pid, console
 
@@ -562,7 +567,7 @@ def wait_exit_code(pid: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def finish(started: Started, code: int, root: Path) -> int:
+def finish(started: Started, code: int, root: StrPath) -> int:
     """After the first process ended: record the result, tear down, report an OOM kill."""
     record, cgroup = started.record, started.cgroup
     oom_kills = 0
@@ -595,7 +600,7 @@ def finish(started: Started, code: int, root: Path) -> int:
 def teardown(record: ContainerRecord, cgroup: Cgroup | None = None) -> None:
     """Kill what is left, unmount the union, remove the cgroup; safe to repeat."""
     cgroup = cgroup if cgroup is not None else open_cgroup(record.id)
-    if any(p.exists() for p in cgroup.paths()):
+    if any(os.path.exists(p) for p in cgroup.paths()):
         cgroup.destroy()
     if not os.path.ismount(record.mount_point):
         _end_unfinished_mount(record)
@@ -634,7 +639,7 @@ def _end_unfinished_mount(record: ContainerRecord) -> None:
         time.sleep(0.01)
 
 
-def remove(root: Path, record: ContainerRecord) -> None:
+def remove(root: StrPath, record: ContainerRecord) -> None:
     with state.locked(record.dir):
         teardown(record)
         state.release_name(root, record.name, record.id)
@@ -732,7 +737,7 @@ def _write_all(fd: int, data: bytes) -> None:
 # ---- run ----------------------------------------------------------------------------------
 
 
-def run_foreground(spec: ContainerSpec, root: Path) -> int:
+def run_foreground(spec: ContainerSpec, root: StrPath) -> int:
     """`lamina run` without -d: this process is the monitor; returns the exit code."""
     stdio = None
     if not spec.tty:
@@ -748,7 +753,7 @@ def run_foreground(spec: ContainerSpec, root: Path) -> int:
     return finish(started, code, root)
 
 
-def run_detached(spec: ContainerSpec, root: Path) -> int:
+def run_detached(spec: ContainerSpec, root: StrPath) -> int:
     """`lamina run -d`: fork a monitor that starts the container, print its id, return."""
     report_r, report_w = os.pipe()
     monitor = os.fork()
@@ -759,7 +764,7 @@ def run_detached(spec: ContainerSpec, root: Path) -> int:
     report = _read_all(report_r)
     os.waitpid(monitor, 0)  # it forks again and exits, so it is no one's zombie
     if report.startswith(b"{"):
-        failure = json.loads(report)
+        failure = lean_json.loads(report)
         raise UserError(failure["message"], status=failure["status"])
     if report != b"ok":
         raise UserError("the container's monitor process died while starting it")
@@ -767,7 +772,7 @@ def run_detached(spec: ContainerSpec, root: Path) -> int:
     return 0
 
 
-def _monitor_main(spec: ContainerSpec, root: Path, report_w: int) -> NoReturn:
+def _monitor_main(spec: ContainerSpec, root: StrPath, report_w: int) -> NoReturn:
     status = 0
     try:
         os.setsid()
@@ -783,7 +788,8 @@ def _monitor_main(spec: ContainerSpec, root: Path, report_w: int) -> NoReturn:
                 started = start(spec, root, (devnull, devnull, devnull), log_output=True)
                 forwarding.enter_context(forwarding_signals(started.pid))
         except UserError as exc:
-            os.write(report_w, json.dumps({"message": str(exc), "status": exc.status}).encode())
+            failure = {"message": str(exc), "status": exc.status}
+            os.write(report_w, lean_json.dumps(failure).encode())
             os._exit(exc.status)
         os.write(report_w, b"ok")
         os.close(report_w)
@@ -799,13 +805,14 @@ def _monitor_main(spec: ContainerSpec, root: Path, report_w: int) -> NoReturn:
     os._exit(status)
 
 
-def _note_monitor_failure(root: Path, container_id: str) -> None:
+def _note_monitor_failure(root: StrPath, container_id: str) -> None:
     """A detached monitor has no terminal: leave its traceback next to the container."""
     import traceback
 
     with contextlib.suppress(OSError):
-        path = state.containers_dir(root) / container_id / "monitor.log"
-        path.write_text(traceback.format_exc())
+        path = os.path.join(state.containers_dir(root), container_id, "monitor.log")
+        with open(path, "w") as f:
+            f.write(traceback.format_exc())
 
 
 # ---- exec ---------------------------------------------------------------------------------

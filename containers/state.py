@@ -16,18 +16,21 @@ watched the container died.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
+from containers import lean_json
 from containers.cli import UserError
 from containers.records import Record, field
 
 TYPE_CHECKING = False  # typing costs milliseconds at every start; only mypy needs it
 if TYPE_CHECKING:
     from typing import Any
+
+    # A path as a string (what a start uses: pathlib costs it ~5 ms, see lean_json) or a
+    # Path (what the other commands and the tests have).
+    StrPath = str | os.PathLike[str]
 
 CREATED = "created"
 RUNNING = "running"
@@ -42,10 +45,10 @@ class ContainerRecord(Record):
 
     id: str
     name: str
-    dir: Path
+    dir: str
     image: str | None = None
-    layers: list[Path] = field(default_factory=list)  # topmost first
-    rootfs_dir: Path | None = None  # --rootfs DIR: bind-mounted, no union
+    layers: list[str] = field(default_factory=list)  # topmost first
+    rootfs_dir: str | None = None  # --rootfs DIR: bind-mounted, no union
     command: list[str] = field(default_factory=list)
     status: str = CREATED
     pid: int | None = None
@@ -69,63 +72,60 @@ class ContainerRecord(Record):
     memory_limit: int | None = None
 
     @property
-    def upper_dir(self) -> Path:
-        return self.dir / "upper"
+    def upper_dir(self) -> str:
+        return os.path.join(self.dir, "upper")
 
     @property
-    def work_dir(self) -> Path:
-        return self.dir / "work"
+    def work_dir(self) -> str:
+        return os.path.join(self.dir, "work")
 
     @property
-    def mount_point(self) -> Path:
-        return self.dir / "rootfs"
+    def mount_point(self) -> str:
+        return os.path.join(self.dir, "rootfs")
 
     @property
-    def log_path(self) -> Path:
-        return self.dir / "container.log"
+    def log_path(self) -> str:
+        return os.path.join(self.dir, "container.log")
 
     def to_json(self) -> dict[str, Any]:
         data = self.values()
-        data["dir"] = str(self.dir)
-        data["layers"] = [str(p) for p in self.layers]
-        data["rootfs_dir"] = str(self.rootfs_dir) if self.rootfs_dir else None
+        data["layers"] = list(self.layers)
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ContainerRecord:
         known = set(cls.field_names())
         values = {k: v for k, v in data.items() if k in known}
-        values["dir"] = Path(values["dir"])
-        values["layers"] = [Path(p) for p in values.get("layers", [])]
-        if values.get("rootfs_dir"):
-            values["rootfs_dir"] = Path(values["rootfs_dir"])
+        values["dir"] = str(values["dir"])
+        values["layers"] = [str(p) for p in values.get("layers", [])]
+        values["rootfs_dir"] = values.get("rootfs_dir") or None
         return cls(**values)
 
 
-def containers_dir(root: Path) -> Path:
-    return root / "containers"
+def containers_dir(root: StrPath) -> str:
+    return os.path.join(root, "containers")
 
 
-def names_dir(root: Path) -> Path:
-    return root / "names"
+def names_dir(root: StrPath) -> str:
+    return os.path.join(root, "names")
 
 
-def save(record: ContainerRecord, into: Path | None = None) -> None:
+def save(record: ContainerRecord, into: StrPath | None = None) -> None:
     """Write the record atomically: readers see the old or the new file, never half of one.
     `into` writes it in another dir than record.dir (one about to be renamed to it)."""
     directory = into or record.dir
-    tmp = directory / f".{STATE_FILE}.{os.getpid()}.tmp"
+    tmp = os.path.join(directory, f".{STATE_FILE}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(record.to_json(), f, indent=1)
-    os.replace(tmp, directory / STATE_FILE)
+        f.write(lean_json.dumps(record.to_json()))
+    os.replace(tmp, os.path.join(directory, STATE_FILE))
 
 
-def load(container_dir: Path) -> ContainerRecord:
-    with open(container_dir / STATE_FILE, encoding="utf-8") as f:
-        return ContainerRecord.from_json(json.load(f))
+def load(container_dir: StrPath) -> ContainerRecord:
+    with open(os.path.join(container_dir, STATE_FILE), encoding="utf-8") as f:
+        return ContainerRecord.from_json(lean_json.loads(f.read()))
 
 
-def all_records(root: Path) -> list[ContainerRecord]:
+def all_records(root: StrPath) -> list[ContainerRecord]:
     """Every container with a readable record, oldest first."""
     records = []
     with contextlib.suppress(FileNotFoundError):
@@ -133,21 +133,22 @@ def all_records(root: Path) -> list[ContainerRecord]:
             if entry.name.startswith("."):
                 continue  # a start's scratch dir, not published yet
             try:
-                records.append(load(Path(entry.path)))
+                records.append(load(entry.path))
             except (FileNotFoundError, NotADirectoryError, ValueError, KeyError, TypeError):
                 continue  # being created or removed right now, or not ours
     return sorted(records, key=lambda r: r.created_at)
 
 
-def find_container(root: Path, ref: str) -> ContainerRecord:
+def find_container(root: StrPath, ref: str) -> ContainerRecord:
     """The container named by ref: its full id, a unique id prefix, or its name."""
     if not ref:
         raise UserError("empty container reference")
     with contextlib.suppress(OSError):  # not a name (or a name whose container is gone)
-        return load(containers_dir(root) / os.readlink(names_dir(root) / ref))
+        target = os.readlink(os.path.join(names_dir(root), ref))
+        return load(os.path.join(containers_dir(root), target))
     if "/" not in ref:
         with contextlib.suppress(FileNotFoundError):
-            return load(containers_dir(root) / ref)
+            return load(os.path.join(containers_dir(root), ref))
     records = all_records(root)
     matches = [r for r in records if r.id.startswith(ref)]
     if len(matches) == 1:
@@ -161,11 +162,11 @@ def find_container(root: Path, ref: str) -> ContainerRecord:
     raise UserError(f"no such container: {ref}")
 
 
-def reserve_name(root: Path, name: str, container_id: str) -> None:
+def reserve_name(root: StrPath, name: str, container_id: str) -> None:
     """Claim name for container_id; fails if any container holds it (atomic: a symlink)."""
-    names_dir(root).mkdir(parents=True, exist_ok=True)
+    os.makedirs(names_dir(root), exist_ok=True)
     try:
-        os.symlink(container_id, names_dir(root) / name)
+        os.symlink(container_id, os.path.join(names_dir(root), name))
     except FileExistsError:
         raise UserError(
             f"the container name {name!r} is already in use",
@@ -173,11 +174,11 @@ def reserve_name(root: Path, name: str, container_id: str) -> None:
         ) from None
 
 
-def release_name(root: Path, name: str, container_id: str) -> None:
-    link = names_dir(root) / name
+def release_name(root: StrPath, name: str, container_id: str) -> None:
+    link = os.path.join(names_dir(root), name)
     with contextlib.suppress(FileNotFoundError):
         if os.readlink(link) == container_id:
-            link.unlink()
+            os.unlink(link)
 
 
 def process_start_time(pid: int) -> int | None:
@@ -217,11 +218,11 @@ def monitor_alive(record: ContainerRecord) -> bool:
 
 
 @contextlib.contextmanager
-def locked(record_dir: Path) -> Iterator[None]:
+def locked(record_dir: StrPath) -> Iterator[None]:
     """Serialize state changes of one container between the monitor, stop and rm."""
     import fcntl
 
-    fd = os.open(record_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(os.path.join(record_dir, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -20,13 +20,15 @@ import contextlib
 import fcntl
 import json
 import os
-import re
 import time
 from collections.abc import Collection, Iterator
 from pathlib import Path
 
 from containers import oci
 from containers.cli import UserError
+from containers.image_index import ImageIndex
+from containers.image_index import ImageRecord as ImageRecord  # the store's users name these
+from containers.image_index import parse_name as parse_name  # from here
 from containers.records import Record
 from containers.trees import remove_tree
 
@@ -35,26 +37,6 @@ if TYPE_CHECKING:
     from typing import Any, BinaryIO
 
 SPOOL_CHUNK = 1 << 20
-IMAGES_HINT = "`lamina images` lists the images; `lamina import` adds one"
-
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_REPO = re.compile(rf"(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*")
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-_HEX = re.compile(r"[0-9a-f]+")
-
-
-def parse_name(ref: str) -> str:
-    """`busybox` -> `busybox:latest`; refuse what docker would refuse as a name."""
-    repo, tag = ref, "latest"
-    slash, colon = ref.rfind("/"), ref.rfind(":")
-    if colon > slash:
-        repo, tag = ref[:colon], ref[colon + 1 :]
-    if not _REPO.fullmatch(repo) or not _TAG.fullmatch(tag) or len(repo) > 255:
-        raise UserError(
-            f"invalid image name {ref!r}",
-            hint="use lowercase NAME[:TAG], e.g. busybox:1.36 or my/app",
-        )
-    return f"{repo}:{tag}"
 
 
 class LayerInfo(Record, frozen=True):
@@ -62,13 +44,6 @@ class LayerInfo(Record, frozen=True):
     diff_id: str
     tar_size: int
     disk_size: int
-
-
-class ImageRecord(Record, frozen=True):
-    id: str  # sha256:<hex> of the config
-    layer_keys: tuple[str, ...]  # bottom first, as in the OCI config
-    tags: tuple[str, ...]
-    imported: float
 
 
 class ResolvedImage(Record, frozen=True):
@@ -92,11 +67,12 @@ class SpooledLayer(Record, frozen=True):
 
 
 class LayerStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
         self.layers_dir = self.root / "layers"
         self.images_dir = self.root / "images"
         self.tmp_dir = self.root / "tmp"
+        self.index = ImageIndex(str(self.root))  # finding images: what `lamina run` uses
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -221,48 +197,30 @@ class LayerStore:
 
     # -- images ---------------------------------------------------------------------------
 
-    def _tags_path(self) -> Path:
-        return self.images_dir / "tags.json"
-
     def tags(self) -> dict[str, str]:
-        try:
-            with open(self._tags_path(), encoding="utf-8") as f:
-                data = json.load(f)
-        except FileNotFoundError:
-            return {}
-        return {str(k): str(v) for k, v in data.items()}
+        return self.index.tags()
 
     def _write_tags(self, tags: dict[str, str]) -> None:
-        _write_json(self._tags_path(), dict(sorted(tags.items())))
+        _write_json(Path(self.index.tags_path), dict(sorted(tags.items())))
 
     def image_ids(self) -> list[str]:
-        with contextlib.suppress(FileNotFoundError):
-            return sorted(
-                "sha256:" + e.name
-                for e in os.scandir(self.images_dir)
-                if e.is_dir() and (Path(e.path) / "image.json").exists()
-            )
-        return []
+        return self.index.image_ids()
 
     def _image_dir(self, image_id: str) -> Path:
-        return self.images_dir / oci.digest_hex(image_id)
+        return Path(self.index.image_dir(image_id))
 
     def image(self, image_id: str, tags: dict[str, str] | None = None) -> ImageRecord:
-        with open(self._image_dir(image_id) / "image.json", encoding="utf-8") as f:
-            data = json.load(f)
-        all_tags = self.tags() if tags is None else tags
-        names = tuple(sorted(t for t, i in all_tags.items() if i == image_id))
-        return ImageRecord(image_id, tuple(data["layers"]), names, float(data["imported"]))
+        return self.index.image(image_id, tags)
 
     def images(self) -> list[ImageRecord]:
         tags = self.tags()
         return [self.image(i, tags) for i in self.image_ids()]
 
     def config_bytes(self, image_id: str) -> bytes:
-        return (self._image_dir(image_id) / "config.json").read_bytes()
+        return self.index.config_bytes(image_id)
 
     def oci_config(self, image_id: str) -> dict[str, Any]:
-        return oci.load_json_object(self.config_bytes(image_id), "image config")
+        return self.index.oci_config(image_id)
 
     def add_image(
         self, work: Path, config: bytes, layer_keys: list[str], names: list[str]
@@ -289,33 +247,13 @@ class LayerStore:
 
     def find_image(self, ref: str) -> ImageRecord:
         """An image by name[:tag], full id (sha256:...) or a unique id prefix."""
-        if not ref:
-            raise UserError("empty image reference", hint=IMAGES_HINT)
-        tags = self.tags()
-        with contextlib.suppress(UserError):
-            name = parse_name(ref)
-            if name in tags:
-                return self.image(tags[name], tags)
-        hex_part = ref.removeprefix("sha256:")
-        if _HEX.fullmatch(hex_part):
-            matches = [
-                i for i in self.image_ids() if i.removeprefix("sha256:").startswith(hex_part)
-            ]
-            if len(matches) == 1:
-                return self.image(matches[0], tags)
-            if len(matches) > 1:
-                raise UserError(f"image id prefix {ref!r} is ambiguous", hint="give more digits")
-        raise UserError(f"no such image: {ref}", hint=IMAGES_HINT)
+        return self.index.find_image(ref)
 
     def resolve_image(self, ref: str) -> ResolvedImage:
         record = self.find_image(ref)
         config = self.oci_config(record.id)
-        if parse_name_ok(ref) and parse_name(ref) in record.tags:
-            name = parse_name(ref)
-        else:
-            name = record.tags[0] if record.tags else record.id
         return ResolvedImage(
-            name=name,
+            name=self.index.name_for(ref, record),
             id=record.id,
             layers=[self.layer_path(k) for k in reversed(record.layer_keys)],
             config=oci.ImageConfig.from_oci(config),
@@ -362,14 +300,6 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
-
-
-def parse_name_ok(ref: str) -> bool:
-    try:
-        parse_name(ref)
-    except UserError:
-        return False
     return True
 
 

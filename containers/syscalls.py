@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import ctypes
 import os
-import signal
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+else:
+    import _signal as signal  # signal.py builds enums at import (enum costs ~4 ms a start)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 

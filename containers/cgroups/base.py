@@ -7,7 +7,6 @@ import errno
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from containers.cgroups.resources import Resources
 from containers.records import Record
@@ -54,7 +53,7 @@ class Cgroup(Protocol):
     def destroy(self) -> None:
         """Kill leftovers and remove the cgroup's directories; safe to call twice."""
 
-    def paths(self) -> list[Path]: ...
+    def paths(self) -> list[str]: ...
 
 
 class Entrance:
@@ -68,16 +67,16 @@ class Entrance:
     where the kernel cannot do that does it write cgroup.procs.
     """
 
-    def __init__(self, v2_dir: Path | None, v1_dirs: list[Path]) -> None:
+    def __init__(self, v2_dir: str | None, v1_dirs: list[str]) -> None:
         self.birthplace: int | None = None  # the v2 directory, for clone3
-        self._tasks: list[tuple[int, Path]] = []  # each v1 hierarchy's tasks file
-        self._procs: list[tuple[int, Path]] = []  # the v2 cgroup.procs, if any
+        self._tasks: list[tuple[int, str]] = []  # each v1 hierarchy's tasks file
+        self._procs: list[tuple[int, str]] = []  # the v2 cgroup.procs, if any
         try:
             for directory in v1_dirs:
-                self._tasks.append(_open_for_writing(directory / "tasks"))
+                self._tasks.append(_open_for_writing(os.path.join(directory, "tasks")))
             if v2_dir is not None:
                 self.birthplace = os.open(v2_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                self._procs.append(_open_for_writing(v2_dir / "cgroup.procs"))
+                self._procs.append(_open_for_writing(os.path.join(v2_dir, "cgroup.procs")))
         except BaseException:
             self.close()
             raise
@@ -99,14 +98,14 @@ class Entrance:
             os.close(fd)
 
 
-def _open_for_writing(path: Path) -> tuple[int, Path]:
+def _open_for_writing(path: str) -> tuple[int, str]:
     try:
         return os.open(path, os.O_WRONLY | os.O_CLOEXEC), path
     except OSError as exc:
         raise OSError(exc.errno, f"cannot open {path}: {exc.strerror}") from None
 
 
-def write(path: Path, value: str) -> None:
+def write(path: str, value: str) -> None:
     try:
         with open(path, "w") as f:
             f.write(value)
@@ -114,23 +113,29 @@ def write(path: Path, value: str) -> None:
         raise OSError(exc.errno, f"cannot write {value!r} to {path}: {exc.strerror}") from None
 
 
-def read_text(path: Path) -> str | None:
+def read(path: str) -> str:
+    """A file's text; every error is raised (read_text is the one that forgives)."""
+    with open(path) as f:
+        return f.read()
+
+
+def read_text(path: str) -> str | None:
     """A cgroup file's text; None when it is gone, or going (ENODEV: the cgroup is being
     removed, e.g. by the monitor while a stop or rm looks at it)."""
     try:
-        return path.read_text()
+        return read(path)
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.ENODEV):
             return None
         raise
 
 
-def read_int(path: Path, default: int = 0) -> int:
+def read_int(path: str, default: int = 0) -> int:
     text = (read_text(path) or "").strip()
     return default if text in ("", "max") else int(text)
 
 
-def read_keyed(path: Path, key: str) -> int:
+def read_keyed(path: str, key: str) -> int:
     """The value of key in a flat keyed file such as memory.events or cpu.stat."""
     for line in (read_text(path) or "").splitlines():
         name, _, value = line.partition(" ")
@@ -139,8 +144,9 @@ def read_keyed(path: Path, key: str) -> int:
     return 0
 
 
-def read_procs(directory: Path) -> list[int]:
-    return [int(line) for line in (read_text(directory / "cgroup.procs") or "").split()]
+def read_procs(directory: str) -> list[int]:
+    text = read_text(os.path.join(directory, "cgroup.procs")) or ""
+    return [int(line) for line in text.split()]
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -154,7 +160,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
         delay = min(delay * 2, 0.05)
 
 
-def remove_dir(directory: Path, timeout: float = 5.0) -> None:
+def remove_dir(directory: str, timeout: float = 5.0) -> None:
     """rmdir a cgroup; EBUSY means exiting processes are still being torn down: retry."""
 
     def gone() -> bool:
@@ -177,19 +183,31 @@ def remove_dir(directory: Path, timeout: float = 5.0) -> None:
 MADE_BY_LAMINA = b"trusted.lamina.made"
 
 
-def make_dirs(root: Path, name: str) -> list[Path]:
+def join(root: str, name: str) -> str:
+    """root/name spelled as pathlib spelled it: without empty or '.' parts (a parent given
+    as 'lamina/' or './lamina' names the same directories, and their names compare equal).
+    Unlike os.path.normpath, '..' stays: remove_parents climbs through it as it always did."""
+    path = os.path.join(root, name)
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    lead = ""
+    if path.startswith("/"):  # POSIX keeps exactly two leading slashes, so pathlib did too
+        lead = "//" if path.startswith("//") and not path.startswith("///") else "/"
+    return lead + "/".join(parts) or "."
+
+
+def make_dirs(root: str, name: str) -> list[str]:
     """Create root/name level by level; return the directories that were new (top first).
     The parent levels made are marked (see remove_parents). A parent removed meanwhile by
     the end of the last container under it is made again."""
     for _ in range(10):
-        created: list[Path] = []
+        created: list[str] = []
         current = root
         parts = name.split("/")
         try:
             for depth, part in enumerate(parts, 1):
-                current = current / part
+                current = join(current, part)
                 try:
-                    current.mkdir()
+                    os.mkdir(current)
                 except FileExistsError:
                     continue
                 created.append(current)
@@ -199,13 +217,14 @@ def make_dirs(root: Path, name: str) -> list[Path]:
             return created
         except FileNotFoundError:
             continue
-    raise OSError(errno.ENOENT, f"cannot create cgroup {root / name}: its parent keeps going")
+    raise OSError(errno.ENOENT, f"cannot create cgroup {join(root, name)}: its parent keeps going")
 
 
-def remove_parents(root: Path, name: str) -> None:
+def remove_parents(root: str, name: str) -> None:
     """After root/name went: remove its parent levels that lamina made and nothing else uses
     any more, deepest first (a cgroup with children answers EBUSY and stays)."""
-    parent = (root / name).parent
+    root = join(root, "")  # spelled as join spells the parents, so that the loop stops at it
+    parent = _parent(join(root, name))
     while parent != root:
         try:
             if os.getxattr(parent, MADE_BY_LAMINA) != b"1":
@@ -213,4 +232,9 @@ def remove_parents(root: Path, name: str) -> None:
             os.rmdir(parent)
         except OSError:  # unmarked, in use (EBUSY), gone already
             return
-        parent = parent.parent
+        parent = _parent(parent)
+
+
+def _parent(path: str) -> str:
+    """A join()-spelled path's parent, as pathlib's .parent: '/' is its own, 'a' has '.'."""
+    return os.path.dirname(path) or "."

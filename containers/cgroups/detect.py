@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from containers.cgroups.base import Cgroup, CgroupStats, Entrance
 from containers.cgroups.resources import Resources
 from containers.cgroups.v1 import CONTROLLERS as V1_CONTROLLERS
@@ -17,8 +15,8 @@ PARENT = "lamina"  # every container cgroup sits under <hierarchy>/lamina/<id>
 class Layout(Record, frozen=True):
     """Where the hierarchies are: v1 controller mounts and/or a cgroup2 mount."""
 
-    v1: dict[str, Path] = field(default_factory=dict)
-    v2: Path | None = None
+    v1: dict[str, str] = field(default_factory=dict)
+    v2: str | None = None
 
     @property
     def kind(self) -> str:
@@ -29,13 +27,14 @@ class Layout(Record, frozen=True):
 
 def parse_mounts(mounts_text: str) -> Layout:
     """Read /proc/self/mounts: cgroup (v1) mounts by controller, and the cgroup2 mount."""
-    v1: dict[str, Path] = {}
-    v2: Path | None = None
+    v1: dict[str, str] = {}
+    v2: str | None = None
     for line in mounts_text.splitlines():
         fields = line.split()
         if len(fields) < 4:
             continue
-        target, fstype, options = Path(fields[1]), fields[2], fields[3].split(",")
+        # The kernel writes mount points absolute and clean: used as they are.
+        target, fstype, options = fields[1], fields[2], fields[3].split(",")
         if fstype == "cgroup2" and v2 is None:
             v2 = target
         elif fstype == "cgroup":
@@ -60,7 +59,7 @@ class HybridCgroup:
         self.v1 = v1
         self.v2 = v2
 
-    def paths(self) -> list[Path]:
+    def paths(self) -> list[str]:
         return [*self.v1.paths(), *self.v2.paths()]
 
     def create(self, resources: Resources) -> None:

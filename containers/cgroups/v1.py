@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-from pathlib import Path
 
 from containers.cgroups import base
 from containers.cgroups.base import CgroupStats
 from containers.cgroups.resources import Resources, v1_settings
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+else:
+    import _signal as signal  # signal.py builds enums at import (enum costs ~4 ms of every start)
 
 # The hierarchies a container joins (those the host does not mount are skipped): the ones
 # lamina sets limits in, accounts with or freezes. Each one joined costs start-up time.
@@ -19,17 +23,19 @@ CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "cpuset", "freezer")
 class V1Cgroup:
     """A cgroup named `name` in every mounted v1 controller hierarchy."""
 
-    def __init__(self, name: str, mounts: dict[str, Path]) -> None:
+    def __init__(self, name: str, mounts: dict[str, str]) -> None:
         self.name = name
         self.mounts = {c: mounts[c] for c in CONTROLLERS if c in mounts}
 
-    def dir(self, controller: str) -> Path | None:
+    def dir(self, controller: str) -> str | None:
         root = self.mounts.get(controller)
-        return None if root is None else root / self.name
+        return None if root is None else base.join(root, self.name)
 
-    def paths(self) -> list[Path]:
+    def paths(self) -> list[str]:
         # Several controllers can share one hierarchy (cpu,cpuacct): list each dir once.
-        return sorted({root / self.name for root in self.mounts.values()})
+        # Sorted part by part, as pathlib sorted them ('a/b/c' before 'a/b-c').
+        dirs = {base.join(root, self.name) for root in self.mounts.values()}
+        return sorted(dirs, key=lambda path: path.split("/"))
 
     def create(self, resources: Resources) -> None:
         settings = v1_settings(resources, swap_accounting=self._has_swap_accounting())
@@ -43,11 +49,13 @@ class V1Cgroup:
         for controller, filename, value in settings:
             directory = self.dir(controller)
             assert directory is not None
-            base.write(directory / filename, value)
+            base.write(os.path.join(directory, filename), value)
 
     def _has_swap_accounting(self) -> bool:
         root = self.mounts.get("memory")
-        return root is not None and (root / "memory.memsw.limit_in_bytes").exists()
+        if root is None:
+            return False
+        return os.path.exists(os.path.join(root, "memory.memsw.limit_in_bytes"))
 
     def entrance(self) -> base.Entrance:
         return base.Entrance(None, self.paths())
@@ -83,25 +91,25 @@ class V1Cgroup:
         directory = self.dir("freezer")
         if directory is None:
             raise OSError(0, "the cgroup v1 freezer controller is not mounted")
-        base.write(directory / "freezer.state", state)
-        state_file = directory / "freezer.state"
-        base.wait_until(lambda: state_file.read_text().strip() == state, 10.0, state)
+        state_file = os.path.join(directory, "freezer.state")
+        base.write(state_file, state)
+        base.wait_until(lambda: base.read(state_file).strip() == state, 10.0, state)
 
     def stats(self) -> CgroupStats:
         mem = self.dir("memory")
-        limit = base.read_int(mem / "memory.limit_in_bytes") if mem else 0
+        limit = base.read_int(os.path.join(mem, "memory.limit_in_bytes")) if mem else 0
         acct = self.dir("cpuacct")
         pids = self.dir("pids")
         return CgroupStats(
-            memory_bytes=base.read_int(mem / "memory.usage_in_bytes") if mem else 0,
+            memory_bytes=base.read_int(os.path.join(mem, "memory.usage_in_bytes")) if mem else 0,
             memory_limit=limit if 0 < limit < 2**62 else None,
-            cpu_usage_ns=base.read_int(acct / "cpuacct.usage") if acct else 0,
-            pids=base.read_int(pids / "pids.current") if pids else len(self.pids()),
+            cpu_usage_ns=base.read_int(os.path.join(acct, "cpuacct.usage")) if acct else 0,
+            pids=base.read_int(os.path.join(pids, "pids.current")) if pids else len(self.pids()),
         )
 
     def oom_kills(self) -> int:
         mem = self.dir("memory")
-        return base.read_keyed(mem / "memory.oom_control", "oom_kill") if mem else 0
+        return base.read_keyed(os.path.join(mem, "memory.oom_control"), "oom_kill") if mem else 0
 
     def destroy(self) -> None:
         if self.pids():
@@ -112,8 +120,10 @@ class V1Cgroup:
             base.remove_parents(root, self.name)
 
 
-def _inherit_cpuset(directory: Path) -> None:
+def _inherit_cpuset(directory: str) -> None:
     """A new v1 cpuset starts empty and refuses tasks: copy cpus and mems from its parent."""
+    parent = os.path.dirname(directory)  # directory is spelled by base.join: no trailing '/'
     for filename in ("cpuset.cpus", "cpuset.mems"):
-        if not (directory / filename).read_text().strip():
-            base.write(directory / filename, (directory.parent / filename).read_text().strip())
+        path = os.path.join(directory, filename)
+        if not base.read(path).strip():
+            base.write(path, base.read(os.path.join(parent, filename)).strip())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
+import os
 
 from containers.cgroups import base
 from containers.cgroups.base import CgroupStats
@@ -13,17 +13,17 @@ from containers.cgroups.resources import Resources, controllers_needed, v2_setti
 class V2Cgroup:
     """The cgroup `root/name` in a cgroup2 hierarchy mounted at root."""
 
-    def __init__(self, name: str, root: Path) -> None:
+    def __init__(self, name: str, root: str) -> None:
         self.name = name
         self.root = root
-        self.dir = root / name
+        self.dir = base.join(root, name)
 
-    def paths(self) -> list[Path]:
+    def paths(self) -> list[str]:
         return [self.dir]
 
     def available_controllers(self) -> set[str]:
         with contextlib.suppress(FileNotFoundError):
-            return set((self.root / "cgroup.controllers").read_text().split())
+            return set(base.read(os.path.join(self.root, "cgroup.controllers")).split())
         return set()
 
     def create(self, resources: Resources) -> None:
@@ -39,18 +39,18 @@ class V2Cgroup:
             # cgroup below to go (the kernel drains them), and containers end all the time.
             parent = self.root
             for part in self.name.split("/"):
-                delegated = (base.read_text(parent / "cgroup.subtree_control") or "").split()
+                control = os.path.join(parent, "cgroup.subtree_control")
+                delegated = (base.read_text(control) or "").split()
                 missing = [c for c in needed if c not in delegated]
                 if missing:
-                    enable = " ".join(f"+{c}" for c in missing)
-                    base.write(parent / "cgroup.subtree_control", enable)
-                parent = parent / part
+                    base.write(control, " ".join(f"+{c}" for c in missing))
+                parent = base.join(parent, part)
             for _, filename, value in settings:
-                base.write(self.dir / filename, value)
+                base.write(os.path.join(self.dir, filename), value)
         except BaseException:
             for directory in reversed(created):
                 with contextlib.suppress(OSError):
-                    directory.rmdir()
+                    os.rmdir(directory)
             raise
 
     def entrance(self) -> base.Entrance:
@@ -63,7 +63,7 @@ class V2Cgroup:
         if not self.pids():
             return
         with contextlib.suppress(FileNotFoundError):  # emptied and removed meanwhile
-            base.write(self.dir / "cgroup.kill", "1")
+            base.write(os.path.join(self.dir, "cgroup.kill"), "1")
         base.wait_until(lambda: not self.pids(), 10.0, f"cgroup {self.name} to empty")
 
     def freeze(self) -> None:
@@ -73,24 +73,24 @@ class V2Cgroup:
         self._set_frozen(0)
 
     def _set_frozen(self, value: int) -> None:
-        base.write(self.dir / "cgroup.freeze", str(value))
-        events = self.dir / "cgroup.events"
+        base.write(os.path.join(self.dir, "cgroup.freeze"), str(value))
+        events = os.path.join(self.dir, "cgroup.events")
         base.wait_until(lambda: base.read_keyed(events, "frozen") == value, 10.0, "freezer")
 
     def stats(self) -> CgroupStats:
-        limit = base.read_int(self.dir / "memory.max")
+        limit = base.read_int(os.path.join(self.dir, "memory.max"))
         return CgroupStats(
-            memory_bytes=base.read_int(self.dir / "memory.current"),
+            memory_bytes=base.read_int(os.path.join(self.dir, "memory.current")),
             memory_limit=limit or None,
-            cpu_usage_ns=base.read_keyed(self.dir / "cpu.stat", "usage_usec") * 1000,
-            pids=base.read_int(self.dir / "pids.current", default=len(self.pids())),
+            cpu_usage_ns=base.read_keyed(os.path.join(self.dir, "cpu.stat"), "usage_usec") * 1000,
+            pids=base.read_int(os.path.join(self.dir, "pids.current"), default=len(self.pids())),
         )
 
     def oom_kills(self) -> int:
-        return base.read_keyed(self.dir / "memory.events", "oom_kill")
+        return base.read_keyed(os.path.join(self.dir, "memory.events"), "oom_kill")
 
     def destroy(self) -> None:
-        if self.dir.exists() and self.pids():
+        if os.path.exists(self.dir) and self.pids():
             self.kill()
         base.remove_dir(self.dir)
         base.remove_parents(self.root, self.name)

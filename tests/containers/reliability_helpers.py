@@ -121,7 +121,7 @@ def processes_mentioning(text: str) -> list[int]:
     return found
 
 
-def processes_holding(directory: Path) -> list[int]:
+def processes_holding(directory: str | Path) -> list[int]:
     """Pids with a descriptor of something under directory (a union daemon holds its
     workdir; forked by lamina, its command line names no path of the container)."""
     prefix = f"{directory}/"

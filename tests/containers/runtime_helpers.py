@@ -84,10 +84,10 @@ class Lamina:
 def cgroup_parent_dirs(parent: str) -> list[Path]:
     layout = detect_layout()
     roots = set(layout.v1.values()) | ({layout.v2} if layout.v2 else set())
-    return [root / parent for root in sorted(roots) if (root / parent).exists()]
+    return [Path(root) / parent for root in sorted(roots) if (Path(root) / parent).exists()]
 
 
-def mounts_under(path: Path) -> list[str]:
+def mounts_under(path: str | Path) -> list[str]:
     with open("/proc/self/mounts", encoding="utf-8") as f:
         return [line for line in f if str(path) in line]
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
+from containers.cgroups import base
 from containers.cgroups.base import Cgroup
 from containers.cgroups.detect import Layout, open_cgroup, parse_mounts
 from containers.cgroups.resources import (
@@ -90,16 +91,42 @@ def test_layouts_are_detected_from_the_mounts() -> None:
         "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n"
     )
     assert hybrid.kind == "hybrid"
-    assert hybrid.v1["cpu"] == hybrid.v1["cpuacct"] == Path("/sys/fs/cgroup/cpu,cpuacct")
-    assert hybrid.v2 == Path("/sys/fs/cgroup/unified")
+    assert hybrid.v1["cpu"] == hybrid.v1["cpuacct"] == "/sys/fs/cgroup/cpu,cpuacct"
+    assert hybrid.v2 == "/sys/fs/cgroup/unified"
     unified = parse_mounts("cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n")
-    assert unified.kind == "v2" and unified.v2 == Path("/sys/fs/cgroup")
+    assert unified.kind == "v2" and unified.v2 == "/sys/fs/cgroup"
     assert parse_mounts("cgroup /sys/fs/cgroup/pids cgroup rw,pids 0 0\n").kind == "v1"
     systemd_hybrid = parse_mounts(  # controllers all in v2; v1 only for systemd's bookkeeping
         "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n"
         "cgroup /sys/fs/cgroup/systemd cgroup rw,xattr,name=systemd 0 0\n"
     )
     assert systemd_hybrid.kind == "v2" and systemd_hybrid.v1 == {}
+
+
+ROOTS = ["/sys/fs/cgroup", "/sys/fs/cgroup/", "/", "//", "///x", "//x/", "/a/./b", "rel"]
+NAMES = ["lamina/abc", "lamina//abc", "./lamina/abc", "lamina/./abc", "lamina/", "/lamina/abc",
+         "lamina/../abc", "lamina/.", "", ".", "..", "a/b/c"]  # fmt: skip
+
+
+@pytest.mark.parametrize("root", ROOTS)
+@pytest.mark.parametrize("name", NAMES)
+def test_a_cgroup_path_is_spelled_as_pathlib_spelled_it(root: str, name: str) -> None:
+    """Whatever $LAMINA_CGROUP_PARENT holds: the same names, and parents, as with Path."""
+    joined = base.join(root, name)
+    assert joined == str(PurePosixPath(root) / name)
+    assert base._parent(joined) == str(PurePosixPath(joined).parent)
+
+
+@pytest.mark.parametrize("name", ["p/q/c", "p//q/./c", "./p/q/c"])
+def test_made_parents_are_removed_up_to_the_root_and_no_further(tmp_path: Path, name: str) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    os.setxattr(root, base.MADE_BY_LAMINA, b"1")  # were the climb to pass it, it would go
+    made = base.make_dirs(f"{root}/", name)  # a root spelled otherwise stops the climb too
+    assert made == [str(root / "p"), str(root / "p/q"), str(root / "p/q/c")]
+    os.rmdir(made[-1])
+    base.remove_parents(f"{root}/", name)
+    assert os.listdir(root) == []
 
 
 def fake_v2_tree(root: Path, controllers: str = "cpu memory pids cpuset") -> Path:
@@ -111,8 +138,9 @@ def fake_v2_tree(root: Path, controllers: str = "cpu memory pids cpuset") -> Pat
 
 def test_the_v2_driver_writes_its_limit_files(tmp_path: Path) -> None:
     root = fake_v2_tree(tmp_path / "cg")
-    cgroup = V2Cgroup("lamina/abc", root)
+    cgroup = V2Cgroup("lamina/abc", str(root))
     cgroup.create(build_resources(memory="64m", cpus="0.5", pids_limit=7, host_cpus=2))
+    assert cgroup.paths() == [str(root / "lamina/abc")]
     files = {p.name: p.read_text() for p in (root / "lamina/abc").iterdir()}
     assert files == {
         "memory.max": str(64 * MIB),
@@ -130,11 +158,11 @@ def test_the_v2_driver_delegates_only_what_is_not_delegated_yet(tmp_path: Path) 
     cgroup below: the second container under lamina/ writes none."""
     root = fake_v2_tree(tmp_path / "cg")
     (root / "cgroup.subtree_control").write_text("cpu memory\n")  # as the kernel shows it
-    V2Cgroup("lamina/a", root).create(build_resources(memory="64m", pids_limit=7, host_cpus=2))
+    V2Cgroup("lamina/a", str(root)).create(build_resources(memory="64m", pids_limit=7, host_cpus=2))
     assert (root / "cgroup.subtree_control").read_text() == "+pids"  # only the missing one
     (root / "cgroup.subtree_control").write_text("cpu memory pids\n")
     (root / "lamina/cgroup.subtree_control").write_text("memory pids\n")
-    V2Cgroup("lamina/b", root).create(build_resources(memory="64m", pids_limit=7, host_cpus=2))
+    V2Cgroup("lamina/b", str(root)).create(build_resources(memory="64m", pids_limit=7, host_cpus=2))
     assert (root / "cgroup.subtree_control").read_text() == "cpu memory pids\n"
     assert (root / "lamina/cgroup.subtree_control").read_text() == "memory pids\n"
     assert (root / "lamina/b/pids.max").read_text() == "7"
@@ -143,19 +171,20 @@ def test_the_v2_driver_delegates_only_what_is_not_delegated_yet(tmp_path: Path) 
 def test_the_v2_driver_refuses_limits_without_their_controller(tmp_path: Path) -> None:
     root = fake_v2_tree(tmp_path / "cg", controllers="hugetlb")
     with pytest.raises(OSError, match=r"not available.*memory"):
-        V2Cgroup("lamina/abc", root).create(build_resources(memory="64m"))
+        V2Cgroup("lamina/abc", str(root)).create(build_resources(memory="64m"))
     assert not (root / "lamina").exists()
 
 
 def test_the_v2_driver_reads_stats_and_oom_kills(tmp_path: Path) -> None:
     root = fake_v2_tree(tmp_path / "cg")
-    cgroup = V2Cgroup("lamina/abc", root)
+    cgroup = V2Cgroup("lamina/abc", str(root))
     cgroup.create(Resources())
-    (cgroup.dir / "memory.current").write_text("4096\n")
-    (cgroup.dir / "memory.max").write_text("max\n")
-    (cgroup.dir / "cpu.stat").write_text("usage_usec 1500\nuser_usec 1000\n")
-    (cgroup.dir / "pids.current").write_text("3\n")
-    (cgroup.dir / "memory.events").write_text("low 0\nhigh 0\nmax 4\noom 1\noom_kill 2\n")
+    directory = Path(cgroup.dir)
+    (directory / "memory.current").write_text("4096\n")
+    (directory / "memory.max").write_text("max\n")
+    (directory / "cpu.stat").write_text("usage_usec 1500\nuser_usec 1000\n")
+    (directory / "pids.current").write_text("3\n")
+    (directory / "memory.events").write_text("low 0\nhigh 0\nmax 4\noom 1\noom_kill 2\n")
     stats = cgroup.stats()
     assert (stats.memory_bytes, stats.memory_limit, stats.cpu_usage_ns, stats.pids) == (
         4096,
@@ -214,8 +243,8 @@ def created(cgroup: Cgroup, resources: Resources) -> Iterator[Cgroup]:
         cgroup.destroy()
         for path in cgroup.paths():
             with contextlib.suppress(OSError):
-                path.parent.rmdir()  # the per-test parent
-        assert not any(p.exists() for p in cgroup.paths())
+                os.rmdir(os.path.dirname(path))  # the per-test parent
+        assert not any(os.path.exists(p) for p in cgroup.paths())
 
 
 def drivers_here() -> list[str]:
@@ -270,27 +299,27 @@ def test_a_parent_lamina_made_goes_with_its_last_cgroup_and_one_it_found_stays(
     parent someone else made (maybe with limits for every container below) is theirs."""
     parent = f"lamina-test-{os.getpid()}-{kind}-parent"
     cgroups = [make_driver(kind, parent), make_driver(kind, parent, child="d")]
-    parents = sorted({path.parent for c in cgroups for path in c.paths()})
+    parents = sorted({os.path.dirname(path) for c in cgroups for path in c.paths()})
     try:
         for cgroup in cgroups:
             cgroup.create(Resources())
         cgroups[0].destroy()
-        assert all(p.is_dir() for p in parents)  # the other one still uses them
+        assert all(os.path.isdir(p) for p in parents)  # the other one still uses them
         cgroups[1].destroy()
-        assert not any(p.exists() for p in parents)
+        assert not any(os.path.exists(p) for p in parents)
 
         for p in parents:  # now made beforehand, as an admin would
-            p.mkdir()
+            os.mkdir(p)
         cgroups[0].create(Resources())
         cgroups[0].destroy()
-        assert all(p.is_dir() for p in parents)
+        assert all(os.path.isdir(p) for p in parents)
     finally:
         for cgroup in cgroups:
             with contextlib.suppress(OSError, TimeoutError):
                 cgroup.destroy()
         for p in parents:
             with contextlib.suppress(OSError):
-                p.rmdir()
+                os.rmdir(p)
 
 
 @pytest.mark.root
@@ -311,9 +340,9 @@ def test_the_host_driver_applies_limits_and_kills(tmp_path: Path) -> None:
     with created(cgroup, res), joined_sleeper(cgroup, clone3=True) as pid:
         assert pid in cgroup.pids()
         if layout.kind in ("v1", "hybrid"):
-            mem = layout.v1["memory"] / cgroup.name
+            mem = Path(layout.v1["memory"], cgroup.name)
             assert (mem / "memory.limit_in_bytes").read_text().strip() == str(64 * MIB)
-            assert (layout.v1["pids"] / cgroup.name / "pids.max").read_text().strip() == "5"
+            assert Path(layout.v1["pids"], cgroup.name, "pids.max").read_text().strip() == "5"
         stats = cgroup.stats()
         assert stats.pids == 1 and stats.memory_limit == 64 * MIB
         assert cgroup.oom_kills() == 0
@@ -326,7 +355,7 @@ def test_the_host_driver_applies_limits_and_kills(tmp_path: Path) -> None:
 def test_a_cgroup_removed_meanwhile_has_no_processes(tmp_path: Path) -> None:
     from containers.cgroups.base import read_procs
 
-    assert read_procs(tmp_path / "gone") == []
+    assert read_procs(str(tmp_path / "gone")) == []
 
 
 @pytest.mark.root

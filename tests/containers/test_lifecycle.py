@@ -116,7 +116,7 @@ def test_pause_freezes_every_process_and_unpause_thaws(
     layout = detect_layout()
     parent = lamina.env["LAMINA_CGROUP_PARENT"]
     if layout.v2 is not None:
-        events = (layout.v2 / parent / cid / "cgroup.events").read_text()
+        events = (Path(layout.v2) / parent / cid / "cgroup.events").read_text()
         assert "frozen 1" in events
     refused = lamina("exec", "p", "true")
     assert refused.returncode == 125 and "paused" in refused.stderr

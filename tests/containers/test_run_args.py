@@ -89,4 +89,4 @@ def test_values_get_their_types(tmp_path: Path) -> None:
     argv = ["run", "--layer", str(tmp_path), "--pids-limit", "7", "--", "true"]
     ours = read_run(argv, cmd_run)
     assert ours is not None
-    assert ours.layer == [tmp_path] and ours.pids_limit == 7 and ours.args == ["--", "true"]
+    assert ours.layer == [str(tmp_path)] and ours.pids_limit == 7 and ours.args == ["--", "true"]

@@ -83,7 +83,7 @@ def test_writes_land_in_the_upper_dir_and_never_in_the_layers(
     assert result.returncode == 0, result.stderr
     from containers.state import find_container
 
-    upper = find_container(lamina.root, "w").upper_dir
+    upper = Path(find_container(lamina.root, "w").upper_dir)
     assert (upper / "etc/new").read_text() == "hi\n"
     assert (upper / "etc/passwd").read_text() == before + "x\n"
     whiteout = os.lstat(upper / "etc/hostname")
@@ -397,3 +397,25 @@ def test_rootfs_is_bind_mounted_without_a_union(lamina: Lamina, tmp_path: Path) 
     result = lamina("run", "--rm", "--rootfs", str(rootfs), "--", "sh", "-c", "echo x > /made")
     assert result.returncode == 0, result.stderr
     assert (rootfs / "made").read_text() == "x\n"
+
+
+def test_a_start_from_an_image_imports_none_of_the_heavy_modules(
+    lamina: Lamina, busybox_rootfs: Path
+) -> None:
+    """tests/test_start_imports.py checks the modules; this follows a real `run --rm` of an
+    image through every function it calls: lamina and the container's first process
+    report their imports on stderr (the mount program's are in that test's list)."""
+    lamina.ok("import", "-q", str(busybox_rootfs), "lean")
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", *lamina.argv("run", "--rm", "lean", "true")[1:]],
+        capture_output=True,
+        text=True,
+        env=lamina.env,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    imported = {line.rsplit("|", 1)[1].strip() for line in lines if "|" in line}
+    assert "containers.runtime" in imported  # the report is there
+    heavy = {"pathlib", "json", "re", "enum", "signal", "typing", "argparse", "shutil"}
+    assert imported & heavy == set()

@@ -49,8 +49,8 @@ def test_privileged_drops_the_masks_and_sys_is_writable() -> None:
 def test_volumes_come_after_the_system_mounts(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     volumes = (
-        BindVolume(tmp_path, "/data", readonly=True),
-        BindVolume(tmp_path / "file", "/etc/conf", source_is_dir=False),
+        BindVolume(str(tmp_path), "/data", readonly=True),
+        BindVolume(str(tmp_path / "file"), "/etc/conf", source_is_dir=False),
         TmpfsVolume("/run", "size=1m"),
     )
     steps = plan_mounts(spec(volumes=volumes))

@@ -27,9 +27,9 @@ def fake_mount_program(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: 
 
 
 def record_in(tmp_path: Path) -> ContainerRecord:
-    record = ContainerRecord(id="c" * 64, name="c", dir=tmp_path / "c")
+    record = ContainerRecord(id="c" * 64, name="c", dir=str(tmp_path / "c"))
     for directory in (record.upper_dir, record.work_dir, record.mount_point):
-        directory.mkdir(parents=True)
+        os.makedirs(directory)
     return record
 
 
@@ -50,7 +50,7 @@ def test_a_mount_program_that_does_not_mount_fails_the_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str, reported: str
 ) -> None:
     fake_mount_program(tmp_path, monkeypatch, script)
-    mounting = MountProgram.start(record_in(tmp_path), [tmp_path])
+    mounting = MountProgram.start(record_in(tmp_path), [str(tmp_path)])
     with pytest.raises(UserError, match=reported):
         mounting.wait()
 
@@ -60,7 +60,7 @@ def test_a_missing_mount_program_is_reported(
 ) -> None:
     monkeypatch.setenv("LAMINA_MOUNT_PROGRAM", str(tmp_path / "nowhere"))
     with pytest.raises(UserError, match="cannot run the mount program"):
-        MountProgram.start(record_in(tmp_path), [tmp_path])
+        MountProgram.start(record_in(tmp_path), [str(tmp_path)])
 
 
 def test_a_hung_mount_program_is_killed_at_the_timeout(
@@ -68,7 +68,7 @@ def test_a_hung_mount_program_is_killed_at_the_timeout(
 ) -> None:
     fake_mount_program(tmp_path, monkeypatch, "echo $$ > $0.pid; exec sleep 600")
     monkeypatch.setattr(MountProgram, "TIMEOUT", 0.5)
-    mounting = MountProgram.start(record_in(tmp_path), [tmp_path])
+    mounting = MountProgram.start(record_in(tmp_path), [str(tmp_path)])
     with pytest.raises(UserError, match="no mount after"):
         mounting.wait()
     pid = int((tmp_path / "mount-program.pid").read_text())
@@ -79,7 +79,7 @@ def test_abandoning_a_start_ends_the_mount_program(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake_mount_program(tmp_path, monkeypatch, "echo $$ > $0.pid; exec sleep 600")
-    mounting = MountProgram.start(record_in(tmp_path), [tmp_path])
+    mounting = MountProgram.start(record_in(tmp_path), [str(tmp_path)])
     pid_file = tmp_path / "mount-program.pid"
     deadline = time.monotonic() + 30
     while not pid_file.exists() or not pid_file.read_text().strip():
@@ -105,7 +105,7 @@ def test_the_mount_program_gets_neither_our_descriptors_nor_our_held_signals(
     ours = f"pipe:[{os.fstat(inherited_w).st_ino}]"
     try:
         with signals_held():
-            mounting = MountProgram.start(record_in(tmp_path), [tmp_path])
+            mounting = MountProgram.start(record_in(tmp_path), [str(tmp_path)])
         with pytest.raises(UserError):
             mounting.wait()
     finally:
@@ -134,10 +134,10 @@ def test_our_forked_mount_program_mounts_and_its_daemon_holds_none_of_our_descri
     try:
         mount_helper.fork_early()
         with signals_held():
-            mounting = MountProgram.start(record, [lower])
+            mounting = MountProgram.start(record, [str(lower)])
         mounting.wait()
         try:
-            assert (record.mount_point / "hello").read_text() == "hi"
+            assert (Path(record.mount_point) / "hello").read_text() == "hi"
             (daemon,) = processes_holding(record.dir)  # its workdir
             assert daemon == mounting.pid  # the program serves the mount itself
             fds = os.listdir(f"/proc/{daemon}/fd")

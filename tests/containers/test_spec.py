@@ -29,12 +29,12 @@ CID = "0123456789abcdef" * 4
 def spec_of(tmp_path: Path, **options: Any) -> ContainerSpec:
     layer = tmp_path / "layer"
     layer.mkdir(exist_ok=True)
-    defaults: dict[str, Any] = {"layers": (layer,), "command": ("true",)}
+    defaults: dict[str, Any] = {"layers": (str(layer),), "command": ("true",)}
     return build_spec(RunOptions(**{**defaults, **options}), CID, host_cpus=2)
 
 
 def test_defaults_follow_docker(tmp_path: Path) -> None:
-    spec = build_spec(RunOptions(layers=(tmp_path,), command=("sh",)), CID, host_cpus=2)
+    spec = build_spec(RunOptions(layers=(str(tmp_path),), command=("sh",)), CID, host_cpus=2)
     assert spec.name == f"lamina_{CID[:12]}" and spec.hostname == CID[:12]
     assert spec.workdir == "/" and spec.user == ""
     assert spec.capabilities == tuple(
@@ -49,7 +49,7 @@ def test_defaults_follow_docker(tmp_path: Path) -> None:
 def test_the_image_gives_defaults_the_command_line_overrides(tmp_path: Path) -> None:
     image = ImageDefaults(
         name="app",
-        layers=(tmp_path,),
+        layers=(str(tmp_path),),
         env=("A=image", "B=image"),
         entrypoint=("/entry",),
         cmd=("default-arg",),
@@ -58,7 +58,7 @@ def test_the_image_gives_defaults_the_command_line_overrides(tmp_path: Path) -> 
     )
     spec = build_spec(RunOptions(image=image), CID, host_cpus=2)
     assert spec.command == ("/entry", "default-arg") and spec.workdir == "/srv"
-    assert spec.user == "nobody" and spec.image == "app" and spec.layers == (tmp_path,)
+    assert spec.user == "nobody" and spec.image == "app" and spec.layers == (str(tmp_path),)
     spec = build_spec(
         RunOptions(image=image, command=("x",), env=("B=flag",), workdir="/w", user="0"),
         CID,
@@ -119,16 +119,16 @@ def test_env_files_and_merging(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv("UNSET_HERE", raising=False)
     env_file = tmp_path / "env"
     env_file.write_text("# comment\n\nA=1\nFROM_HOST\nUNSET_HERE\nB=x=y\n")
-    assert parse_env_file(env_file) == ["A=1", "FROM_HOST=h", "B=x=y"]
+    assert parse_env_file(str(env_file)) == ["A=1", "FROM_HOST=h", "B=x=y"]
     assert merge_env(["A=1", "B=2"], ["B=3", "C=4"]) == ("A=1", "B=3", "C=4")
     with pytest.raises(UserError, match="cannot read env file"):
-        parse_env_file(tmp_path / "missing")
+        parse_env_file(str(tmp_path / "missing"))
 
 
 def test_volumes_parse_into_bind_and_tmpfs_values(tmp_path: Path) -> None:
     spec = spec_of(tmp_path, volumes=(f"{tmp_path}:/data/../data:ro",), tmpfs=("/run:size=1m",))
     assert spec.volumes == (
-        BindVolume(source=tmp_path, target="/data", readonly=True),
+        BindVolume(source=str(tmp_path), target="/data", readonly=True),
         TmpfsVolume(target="/run", options="size=1m"),
     )
 

@@ -12,9 +12,9 @@ from containers.cli import UserError
 
 
 def make_record(root: Path, cid: str, name: str) -> state.ContainerRecord:
-    d = state.containers_dir(root) / cid
-    d.mkdir(parents=True)
-    record = state.ContainerRecord(id=cid, name=name, dir=d, layers=[Path("/l1"), Path("/l2")])
+    d = os.path.join(state.containers_dir(root), cid)
+    os.makedirs(d)
+    record = state.ContainerRecord(id=cid, name=name, dir=d, layers=["/l1", "/l2"])
     state.save(record)
     state.reserve_name(root, name, cid)
     return record
@@ -23,8 +23,9 @@ def make_record(root: Path, cid: str, name: str) -> state.ContainerRecord:
 def test_a_saved_record_loads_back_equal(tmp_path: Path) -> None:
     record = make_record(tmp_path, "abc123", "web")
     assert state.load(record.dir) == record
-    assert record.upper_dir == record.dir / "upper"
-    assert list(record.dir.iterdir()) == [record.dir / "state.json"]
+    assert record.upper_dir == os.path.join(record.dir, "upper")
+    assert os.listdir(record.dir) == ["state.json"]
+    assert state.load(Path(record.dir)) == record  # a Path does as well
 
 
 def test_find_container_by_id_prefix_and_name(tmp_path: Path) -> None:

@@ -76,8 +76,8 @@ def test_rmi_refuses_an_image_a_container_uses(two_images: Path) -> None:
     cdir = two_images / "containers" / "c0ffee"
     cdir.mkdir(parents=True)
     layers = LayerStore(two_images).resolve_image("app-a:1").layers
-    record = state.ContainerRecord(id="c0ffee", name="web", dir=cdir, image="app-a:1")
-    record.layers = layers
+    record = state.ContainerRecord(id="c0ffee", name="web", dir=str(cdir), image="app-a:1")
+    record.layers = [str(p) for p in layers]
     state.save(record)
     assert lamina(two_images, "rmi", "app-a:1") == 1
     assert LayerStore(two_images).find_image("app-a:1")
