@@ -21,6 +21,7 @@ from containers import oci
 from containers.changes import apply_changes
 from containers.changes_diff import LowerView, merged_children, redirected_sources
 from containers.cli import UserError
+from containers.image_index import parse_name_ok
 from containers.importer import ANNOTATION_CONTAINERD_NAME, utc_now
 from containers.layer_pack import UnsupportedEntry, marker_info, pack_directory, tar_info
 from containers.store import ImageRecord, LayerStore, ResolvedImage, parse_name
@@ -103,7 +104,7 @@ def _merged(rel: bytes, sources: Sequence[bytes]) -> Iterator[tuple[tarfile.TarI
 def save_image(store: LayerStore, ref: str, output: Path, *, gzip_layers: bool = False) -> None:
     """Write the image as an OCI image layout tar (atomically: a temp file, then rename)."""
     record = store.find_image(ref)
-    names = [parse_name(ref)] if _is_name(ref) and parse_name(ref) in record.tags else []
+    names = [parse_name(ref)] if parse_name_ok(ref) and parse_name(ref) in record.tags else []
     names = names or list(record.tags)
     config = store.config_bytes(record.id)
     image = oci.load_json_object(config, "image config")
@@ -238,11 +239,3 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = _plain_info(name)
     info.size = len(data)
     tar.addfile(info, io.BytesIO(data))
-
-
-def _is_name(ref: str) -> bool:
-    try:
-        parse_name(ref)
-    except UserError:
-        return False
-    return True

@@ -25,6 +25,7 @@ import zstandard
 from containers import oci
 from containers.cli import UserError
 from containers.compression import ZSTD_MAGIC, open_decompressed
+from containers.image_index import parse_name_ok
 from containers.layer_pack import pack_directory
 from containers.layer_tar import UnsafeLayerError, split_member_name
 from containers.progress import CountingReader, Progress
@@ -287,7 +288,8 @@ class Importer:
             if "encrypted" in desc.media_type:
                 raise oci.ImageFormatError(f"encrypted layers are not supported: {desc.digest}")
             jobs.append(LayerJob(blob_path(desc.digest), diff_id, desc.digest, desc.size))
-        names = [parse_name(n) for n in _names_in(manifest_desc.annotations) if _name_ok(n)][:1]
+        annotated = _names_in(manifest_desc.annotations)
+        names = [parse_name(n) for n in annotated if parse_name_ok(n)][:1]
         return ImagePlan(config, jobs, names)
 
     def _pick_manifest(self, source: BlobSource, top: list[oci.Descriptor]) -> oci.Descriptor:
@@ -358,7 +360,7 @@ class Importer:
             for rel, diff_id in zip(layers, ids, strict=True)
         ]
         tags = entry.get("RepoTags") or []
-        names = [parse_name(t) for t in tags if isinstance(t, str) and _name_ok(t)]
+        names = [parse_name(t) for t in tags if isinstance(t, str) and parse_name_ok(t)]
         return ImagePlan(config, jobs, names)
 
     def _pick_docker_entry(self, entries: list[Any]) -> dict[str, Any]:
@@ -367,8 +369,8 @@ class Importer:
             return dicts[0]
         wanted = set(self.options.names) | ({self.options.ref} if self.options.ref else set())
         for e in dicts:
-            tags = {parse_name(t) for t in e.get("RepoTags") or [] if _name_ok(t)}
-            if tags & {parse_name(w) for w in wanted if _name_ok(w)}:
+            tags = {parse_name(t) for t in e.get("RepoTags") or [] if parse_name_ok(t)}
+            if tags & {parse_name(w) for w in wanted if parse_name_ok(w)}:
                 return e
         listed = ", ".join(str(e.get("RepoTags")) for e in dicts)
         raise oci.ImageFormatError(f"the archive holds several images ({listed}); use --ref")
@@ -440,14 +442,6 @@ def _names_in(annotations: Mapping[str, str]) -> list[str]:
     ref = annotations.get(oci.ANNOTATION_REF_NAME, "")
     full = [annotations.get(ANNOTATION_CONTAINERD_NAME, "")]
     return [n for n in [*full, ref if (":" in ref or "/" in ref) else ""] if n]
-
-
-def _name_ok(ref: str) -> bool:
-    try:
-        parse_name(ref)
-    except UserError:
-        return False
-    return True
 
 
 def _describe(exc: BaseException) -> str:
