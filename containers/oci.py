@@ -63,7 +63,7 @@ def digest_hex(digest: str) -> str:
 
 def load_json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
-        obj = lean_json.loads(data.decode())
+        obj = lean_json.loads(data)
     except ValueError:  # UnicodeDecodeError too: json reads UTF-16 and BOMs, and words errors
         import json
 

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from containers import lean_json
 from containers.cli import UserError
 from containers.records import Record, field
+from containers.trees import replace_file
 
 TYPE_CHECKING = False  # typing costs milliseconds at every start; only mypy needs it
 if TYPE_CHECKING:
@@ -87,19 +88,12 @@ class ContainerRecord(Record):
     def log_path(self) -> str:
         return os.path.join(self.dir, "container.log")
 
-    def to_json(self) -> dict[str, Any]:
-        data = self.values()
-        data["layers"] = list(self.layers)
-        return data
-
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ContainerRecord:
+        """The record saved as data (its fields are JSON's own types: paths are strings);
+        fields a later lamina added are left out."""
         known = set(cls.field_names())
-        values = {k: v for k, v in data.items() if k in known}
-        values["dir"] = str(values["dir"])
-        values["layers"] = [str(p) for p in values.get("layers", [])]
-        values["rootfs_dir"] = values.get("rootfs_dir") or None
-        return cls(**values)
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def containers_dir(root: StrPath) -> str:
@@ -113,11 +107,7 @@ def names_dir(root: StrPath) -> str:
 def save(record: ContainerRecord, into: StrPath | None = None) -> None:
     """Write the record atomically: readers see the old or the new file, never half of one.
     `into` writes it in another dir than record.dir (one about to be renamed to it)."""
-    directory = into or record.dir
-    tmp = os.path.join(directory, f".{STATE_FILE}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(lean_json.dumps(record.to_json()))
-    os.replace(tmp, os.path.join(directory, STATE_FILE))
+    replace_file(os.path.join(into or record.dir, STATE_FILE), lean_json.dumps(record.values()))
 
 
 def load(container_dir: StrPath) -> ContainerRecord:

@@ -30,7 +30,7 @@ from containers.image_index import ImageIndex
 from containers.image_index import ImageRecord as ImageRecord  # the store's users name these
 from containers.image_index import parse_name as parse_name  # from here
 from containers.records import Record
-from containers.trees import remove_tree
+from containers.trees import remove_tree, replace_file
 
 TYPE_CHECKING = False  # typing costs milliseconds at every start; only mypy needs it
 if TYPE_CHECKING:
@@ -318,9 +318,4 @@ def disk_usage(path: Path) -> int:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    """Write atomically: readers see the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    replace_file(path, json.dumps(data, indent=1) + "\n")

@@ -1,4 +1,5 @@
-"""Removing a directory tree that lamina made: a container's directory, a layer, scratch."""
+"""Files and trees lamina makes: a file replaced whole (a record, the tags), and removing a
+directory tree (a container's directory, a layer, scratch)."""
 
 from __future__ import annotations
 
@@ -25,3 +26,19 @@ def remove_tree(directory: str | os.PathLike[str]) -> None:
                     pass
     with contextlib.suppress(OSError):
         os.rmdir(directory)
+
+
+def replace_file(path: str | os.PathLike[str], text: str) -> None:
+    """Write path atomically: readers see the old file or the new one, never half of one,
+    and a failed write (a full disk) leaves no temporary file behind."""
+    path = os.fspath(path)
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

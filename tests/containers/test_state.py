@@ -9,6 +9,7 @@ import pytest
 
 from containers import state
 from containers.cli import UserError
+from containers.trees import replace_file
 
 
 def make_record(root: Path, cid: str, name: str) -> state.ContainerRecord:
@@ -55,3 +56,17 @@ def test_a_running_record_whose_process_is_gone_reads_as_exited(tmp_path: Path) 
     assert state.live_status(record) == state.RUNNING
     record.pid_start = (record.pid_start or 0) + 1  # the pid was reused by another process
     assert state.live_status(record) == state.EXITED
+
+
+def test_a_failed_save_keeps_the_old_record_and_leaves_no_temporary_file(
+    tmp_path: Path,
+) -> None:
+    record = make_record(tmp_path, "abc123", "web")
+    record.command = [object()]  # type: ignore[list-item]  # not JSON
+    with pytest.raises(TypeError):
+        state.save(record)
+    target = os.path.join(record.dir, "state.json")
+    with pytest.raises(UnicodeEncodeError):  # a write that fails half way
+        replace_file(target, "{}\ud800")
+    assert os.listdir(record.dir) == ["state.json"]
+    assert state.load(record.dir).command == []
