@@ -79,6 +79,10 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one lamina command; called without argv (as the `lamina` program), exit with it."""
+    if argv is None and _command_of(sys.argv[1:]) in ("run", "exec"):
+        from containers import collector
+
+        collector.pause()  # resumed once the container's process runs
     status = _run(sys.argv[1:] if argv is None else argv)
     if argv is None:
         exit_without_teardown(status)

@@ -15,7 +15,7 @@ import stat
 import struct
 from collections.abc import Callable, Sequence
 
-from containers import lean_json, namespaces
+from containers import collector, lean_json, namespaces
 from containers import syscalls as sc
 from containers.mount_plan import Device, Mask, Mount, ReadOnly, Step, Symlink, plan_mounts
 from containers.records import Record
@@ -508,6 +508,7 @@ def run_init(
             os.execve(executable, list(argv), _env_dict(env))
         finally:
             os._exit(127)
+    collector.resume()  # PID 1 for the container's life
     # Keep only stdio: any other fd (the error pipe, a pipe of `lamina run -d` waiting
     # for EOF) would otherwise stay open in this long-lived PID 1.
     for name in os.listdir("/proc/self/fd"):

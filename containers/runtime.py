@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 
-from containers import lean_json, mount_helper, namespaces, state
+from containers import collector, lean_json, mount_helper, namespaces, state
 from containers import syscalls as sc
 from containers.cgroups.base import Cgroup, Entrance
 from containers.cli import UserError
@@ -747,6 +747,7 @@ def run_foreground(spec: ContainerSpec, root: StrPath) -> int:
         with signals_held():
             started = start(spec, root, stdio)
             forwarding.enter_context(forwarding_signals(started.pid))
+        collector.resume()
         if started.console is not None:
             pump_terminal(started.console, 0 if spec.interactive else None, 1, started.pid)
         code = wait_exit_code(started.pid)
@@ -793,6 +794,7 @@ def _monitor_main(spec: ContainerSpec, root: StrPath, report_w: int) -> NoReturn
             os._exit(exc.status)
         os.write(report_w, b"ok")
         os.close(report_w)
+        collector.resume()
         with forwarding:
             if started.console is not None:
                 log = os.open(started.record.log_path, os.O_WRONLY | os.O_APPEND)
@@ -855,6 +857,7 @@ def exec_in(record: ContainerRecord, process: init.Process, interactive: bool) -
             namespaces.close_all(ns_fds)
             undo.pop_all()
             forwarding.enter_context(forwarding_signals(pid))
+        collector.resume()
         if console is not None:
             pump_terminal(console, 0 if interactive else None, 1, pid)
             os.close(console)

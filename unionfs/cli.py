@@ -8,6 +8,7 @@ The only module that prints: problems become `unionfs: error: ...` lines and exi
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -99,9 +100,14 @@ def fail(message: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    as_program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["fsck"]:
         return fsck_main(argv[1:])
+    if as_program:
+        # No collection while the daemon starts: it would find nothing to free (imports and
+        # the parsed options live as long as we do). Serving resumes it (tune_collector).
+        gc.disable()
     config = load_config(argv)
     if isinstance(config, int):
         return config

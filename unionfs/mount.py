@@ -171,9 +171,12 @@ def tune_collector() -> None:
     collect after every 700 new objects and rescan the whole table each time it has grown
     by a quarter: a quarter of a walk's time over 200,000 names (8.3 against 7.2 µs a
     name), half of building a million nodes. Collect young objects every 50,000 instead,
-    and never scan what start-up made (modules, functions, the parsed options)."""
+    and never scan what start-up made (modules, functions, the parsed options). Start-up
+    runs with the collector paused (unionfs.cli, and lamina's start before it forks us):
+    collection starts here."""
     gc.freeze()
     gc.set_threshold(50_000, 10, 10)
+    gc.enable()
 
 
 def invalidate_attrs(session: Session, ino: int) -> None:
