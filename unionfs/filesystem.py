@@ -955,6 +955,14 @@ class UnionFilesystem:
             pending.prepare(offset, size)
         return os.pread(handle.fd, size, offset)
 
+    def read_into(self, fh: int, offset: int, buffer: memoryview) -> int:
+        """read() into buffer (as many bytes as it holds); the count read."""
+        handle = self.handles.file(fh)
+        pending = handle.pending
+        if pending is not None:
+            pending.prepare(offset, len(buffer))
+        return os.preadv(handle.fd, (buffer,), offset)
+
     def write(self, fh: int, offset: int, data: bytes | memoryview) -> int:
         handle = self.handles.file(fh)
         pending = handle.pending

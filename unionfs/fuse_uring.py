@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 from unionfs import fuse_protocol as proto
-from unionfs.fuse_session import Handler, answer
+from unionfs.fuse_session import Handler, Reader, answer, answer_read
 from unionfs.logger import get_logger
 from unionfs.syscalls import UringEnter, address_of, io_uring_setup
 
@@ -211,7 +211,11 @@ class QueueWorker:
         )
 
     def serve(
-        self, handle: Handler, on_failure: Callable[[], None], on_refused: Callable[[], None]
+        self,
+        handle: Handler,
+        read_into: Reader | None,
+        on_failure: Callable[[], None],
+        on_refused: Callable[[], None],
     ) -> None:
         with contextlib.suppress(OSError):  # an offline CPU: its queue gets no requests
             os.sched_setaffinity(0, {self.qid})  # this thread only
@@ -224,7 +228,7 @@ class QueueWorker:
             on_failure()
             return
         try:
-            self._loop(ring, handle, on_failure, on_refused)
+            self._loop(ring, handle, read_into, on_failure, on_refused)
         except OSError as exc:
             # io_uring_enter failing: this entry is gone from its queue, and the kernel
             # would hold that CPU's requests for ever. The same answer as above.
@@ -237,6 +241,7 @@ class QueueWorker:
         self,
         ring: Ring,
         handle: Handler,
+        read_into: Reader | None,
         on_failure: Callable[[], None],
         on_refused: Callable[[], None],
     ) -> None:
@@ -249,6 +254,8 @@ class QueueWorker:
         op_in, entry_at, payload = proto.URING_OP_IN_AT, proto.URING_ENT_AT, _PAYLOAD_AT
         size_at = entry_at + _PAYLOAD_SIZE_AT
         header_size, out_size = proto.IN_HEADER.size, proto.OUT_HEADER.size
+        read_op = proto.READ if read_into is not None else -1
+        reply = view[payload:]  # a READ reads its data right here (fuse_adapter.read_into)
         commit = self._command(proto.URING_CMD_COMMIT_AND_FETCH)
         setscheduler, idle, normal = os.sched_setscheduler, os.SCHED_IDLE, os.SCHED_OTHER
         yield_to_caller = self.may_yield
@@ -271,12 +278,16 @@ class QueueWorker:
             if 0 <= fixed <= payload - op_in:
                 buffer[payload - fixed : payload] = buffer[op_in : op_in + fixed]
                 request = view[payload - fixed : payload + payload_size]
-                body, error = answer(handle, opcode, nodeid, uid, gid, request)
+                if opcode == read_op:  # a READ has no payload: the buffer is free for the data
+                    assert read_into is not None
+                    size, error = answer_read(read_into, nodeid, request, reply)
+                else:
+                    body, error = answer(handle, opcode, nodeid, uid, gid, request)
+                    size = len(body)
+                    if size:
+                        view[payload : payload + size] = body
             else:
-                body, error = b"", errno.EPROTO  # not a request we can read
-            size = len(body)
-            if size:
-                view[payload : payload + size] = body
+                size, error = 0, errno.EPROTO  # not a request we can read
             pack_out(buffer, 0, out_size + size, -error, unique)
             pack_size(buffer, size_at, size)  # the kernel reads only this of the entry
             ring.push(commit, commit_id)
@@ -313,6 +324,7 @@ class QueueWorker:
 def start(
     device: int,
     handle: Handler,
+    read_into: Reader | None,
     payload_size: int,
     per_queue: int,
     on_failure: Callable[[], None],
@@ -328,7 +340,7 @@ def start(
             worker = QueueWorker(device, qid, payload_size, may_yield)
             thread = threading.Thread(
                 target=worker.serve,
-                args=(handle, on_failure, on_refused),
+                args=(handle, read_into, on_failure, on_refused),
                 name=f"fuse-q{qid}-{i}",
                 daemon=True,
             )

@@ -131,7 +131,7 @@ def serve_until_stopped(
     go away, or for a signal (the mount is detached then, and we stop even if it is still
     busy)."""
     tune_collector()
-    workers = session.start(adapter.handle, serving=ready)
+    workers = session.start(adapter.handle, serving=ready, read_into=adapter.read_into)
     for worker in workers:
         while worker.is_alive() and not stopped.is_set():
             worker.join(1.0)

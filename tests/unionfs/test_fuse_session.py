@@ -209,7 +209,7 @@ def test_a_kernel_too_old_is_refused_with_a_clear_message(tmp_path: Path) -> Non
     os.write(write_end, header + proto.INIT_IN.pack(7, 20, 0, 0))
     replies_r, replies_w = os.pipe()
 
-    def send(unique: int, error: int, body: bytes) -> None:
+    def send(unique: int, error: int, body: bytes | memoryview) -> None:
         os.write(replies_w, bytes([error]))
 
     session._send = send  # type: ignore[method-assign]
