@@ -43,9 +43,9 @@ class V1Cgroup:
             if controller not in self.mounts:
                 raise OSError(0, f"the cgroup v1 {controller} controller is not mounted")
         for controller, root in self.mounts.items():
-            for new_dir in base.make_dirs(root, self.name):
-                if controller == "cpuset":
-                    _inherit_cpuset(new_dir)
+            base.make_dirs(root, self.name)
+            if controller == "cpuset":
+                _fill_cpusets(root, self.name)
         for controller, filename, value in settings:
             directory = self.dir(controller)
             assert directory is not None
@@ -120,10 +120,16 @@ class V1Cgroup:
             base.remove_parents(root, self.name)
 
 
-def _inherit_cpuset(directory: str) -> None:
-    """A new v1 cpuset starts empty and refuses tasks: copy cpus and mems from its parent."""
-    parent = os.path.dirname(directory)  # directory is spelled by base.join: no trailing '/'
-    for filename in ("cpuset.cpus", "cpuset.mems"):
-        path = os.path.join(directory, filename)
-        if not base.read(path).strip():
-            base.write(path, base.read(os.path.join(parent, filename)).strip())
+def _fill_cpusets(root: str, name: str) -> None:
+    """A new v1 cpuset starts with no cpus and mems, and refuses tasks (ENOSPC): give each
+    level of root/name that is still empty its parent's, top first (a child's must be part
+    of its parent's). Every level, not only those this start made: a parent made by a
+    concurrent start may not have its values yet (10 containers started at once: one of
+    them could not join, now and then), and one an admin made may have none."""
+    directory = root
+    for part in name.split("/"):
+        parent, directory = directory, base.join(directory, part)
+        for filename in ("cpuset.cpus", "cpuset.mems"):
+            path = os.path.join(directory, filename)
+            if not base.read(path).strip():
+                base.write(path, base.read(os.path.join(parent, filename)).strip())

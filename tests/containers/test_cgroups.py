@@ -323,6 +323,20 @@ def test_a_parent_lamina_made_goes_with_its_last_cgroup_and_one_it_found_stays(
 
 
 @pytest.mark.root
+def test_an_empty_v1_cpuset_parent_is_filled_so_that_its_child_can_hold_tasks() -> None:
+    """A parent cpuset another start has just made (its cpus and mems not written yet), or
+    an admin made: the child copied its emptiness, and no process could join it."""
+    layout = host_layout()
+    if "cpuset" not in layout.v1:
+        pytest.skip("no cgroup v1 cpuset hierarchy on this host")
+    parent = f"lamina-test-{os.getpid()}-cpuset"
+    os.mkdir(os.path.join(layout.v1["cpuset"], parent))  # empty, as mkdir leaves it
+    cgroup = V1Cgroup(f"{parent}/c", {"cpuset": layout.v1["cpuset"]})
+    with created(cgroup, Resources()), joined_sleeper(cgroup, clone3=False) as pid:
+        assert cgroup.pids() == [pid]
+
+
+@pytest.mark.root
 def test_a_child_that_cannot_join_its_cgroup_says_so(tmp_path: Path) -> None:
     cgroup = make_driver("host", f"lamina-test-{os.getpid()}-gone")
     with created(cgroup, Resources()):
