@@ -602,6 +602,11 @@ def teardown(record: ContainerRecord, cgroup: Cgroup | None = None) -> None:
     cgroup = cgroup if cgroup is not None else open_cgroup(record.id)
     if any(os.path.exists(p) for p in cgroup.paths()):
         cgroup.destroy()
+    if not record.layers:
+        # --rootfs: the directory was bound in the container's own mount namespace, gone
+        # with it; no union, no mount program (looking for one read every /proc/PID/cmdline
+        # of the host, ~1 ms of each such `run --rm` here, more on a busy host).
+        return
     if not os.path.ismount(record.mount_point):
         _end_unfinished_mount(record)
     unmount(record.mount_point)

@@ -216,3 +216,31 @@ def test_a_run_that_fails_before_mounting_leaves_no_mount_program(
     before = our_children()
     assert main(["--root", str(tmp_path), "run", "--rm", "no-such-image", "true"]) == 125
     assert our_children() == before
+
+
+@pytest.mark.parametrize("layers", [["/some/layer"], []], ids=["image", "rootfs"])
+def test_teardown_ends_a_mount_program_left_mounting_only_for_a_union(
+    tmp_path: Path, layers: list[str]
+) -> None:
+    """A start killed while an exec'd mount program ran leaves it mounting: teardown ends
+    it. A --rootfs container has no union and no mount program: nothing is looked for."""
+    from containers.runtime import _upper_option, teardown
+
+    record = record_in(tmp_path)
+    record.layers = layers
+    argv = ["-o", f"lowerdir=/x,{_upper_option(record)},workdir=/w", record.mount_point]
+    mounter = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *argv])
+    try:
+        cmdline = Path(f"/proc/{mounter.pid}/cmdline")
+        deadline = time.monotonic() + 10
+        while argv[1].encode() not in cmdline.read_bytes():  # until it has exec'd
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        teardown(record)
+        if layers:
+            assert mounter.wait(timeout=5) == -9
+        else:
+            assert mounter.poll() is None  # left alone
+    finally:
+        mounter.kill()
+        mounter.wait()
