@@ -278,7 +278,7 @@ class QueueWorker:
             if 0 <= fixed <= payload - op_in:
                 buffer[payload - fixed : payload] = buffer[op_in : op_in + fixed]
                 request = view[payload - fixed : payload + payload_size]
-                if opcode == read_op:  # a READ has no payload: the buffer is free for the data
+                if opcode == read_op:  # its request is read before its data is written here
                     assert read_into is not None
                     size, error = answer_read(read_into, nodeid, request, reply)
                 else:
