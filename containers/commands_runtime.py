@@ -142,7 +142,7 @@ def _image_defaults(root: str, ref: str) -> ImageDefaults:
     config = ImageConfig.from_oci(index.oci_config(image.id))
     return ImageDefaults(
         name=index.name_for(ref, image),
-        layers=tuple(index.layer_dir(key) for key in reversed(image.layer_keys)),
+        layers=tuple(index.layer_dirs(image)),
         env=tuple(config.env),
         entrypoint=tuple(config.entrypoint) if config.entrypoint is not None else None,
         cmd=tuple(config.cmd) if config.cmd is not None else None,

@@ -75,6 +75,11 @@ class ImageIndex:
         """Where a layer's files are: a lower dir of the union."""
         return os.path.join(self.layers_dir, key, "diff")
 
+    def layer_dirs(self, record: ImageRecord) -> list[str]:
+        """The image's lower dirs for the union, topmost first (its config lists them
+        bottom first)."""
+        return [self.layer_dir(key) for key in reversed(record.layer_keys)]
+
     def tags(self) -> dict[str, str]:
         try:
             with open(self.tags_path, encoding="utf-8") as f:

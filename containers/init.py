@@ -108,9 +108,8 @@ def run_steps(channels: Channels, steps: list[tuple[str, Callable[[], object]]])
     raise AssertionError("the last step execs")
 
 
-def container_main(spec: ContainerSpec, rootfs: str, channels: Channels) -> NoReturn:
+def container_main(spec: ContainerSpec, root: str, channels: Channels) -> NoReturn:
     """PID 1 of a new container: namespaces, mounts, pivot_root, privileges, exec."""
-    root = str(rootfs)
     process = Process(
         argv=spec.command,
         env=spec.env,
@@ -126,7 +125,7 @@ def container_main(spec: ContainerSpec, rootfs: str, channels: Channels) -> NoRe
     def bind_rootfs() -> None:
         sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)  # nothing leaks to the host
         if spec.rootfs_dir is not None:
-            sc.mount(str(spec.rootfs_dir), root, None, sc.MS_BIND | sc.MS_REC)
+            sc.mount(spec.rootfs_dir, root, None, sc.MS_BIND | sc.MS_REC)
         restrict_mount(root, sc.MS_NODEV)  # device nodes in the image or made inside stay shut
 
     def open_terminal() -> None:

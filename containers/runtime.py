@@ -257,10 +257,10 @@ class MountProgram:
     def start(cls, record: ContainerRecord, layers: list[str]) -> MountProgram:
         from unionfs.config import escape_path  # the child imports it anyway
 
-        lowers = ":".join(escape_path(str(p)) for p in layers)
-        work = escape_path(str(record.work_dir))
+        lowers = ":".join(escape_path(p) for p in layers)
+        work = escape_path(record.work_dir)
         options = f"lowerdir={lowers},{_upper_option(record)},workdir={work}"
-        argv = ["-o", options, str(record.mount_point)]
+        argv = ["-o", options, record.mount_point]
         if not os.environ.get(MOUNT_PROGRAM_ENV):
             forked = mount_helper.take()
             if forked is None:
@@ -370,7 +370,7 @@ def _upper_option(record: ContainerRecord) -> str:
     it, see _end_unfinished_mount)."""
     from unionfs.config import escape_path
 
-    return f"upperdir={escape_path(str(record.upper_dir))}"
+    return f"upperdir={escape_path(record.upper_dir)}"
 
 
 def _inheritable_fds() -> list[int]:

@@ -47,7 +47,9 @@ class LayerInfo(Record, frozen=True):
 
 
 class ResolvedImage(Record, frozen=True):
-    """What `lamina run` needs: layer dirs for the union (topmost first) and run defaults."""
+    """An image found by reference, as `commit` builds on it: its layer dirs for the union
+    (topmost first), its run defaults and its raw config. (`lamina run` reads the same from
+    ImageIndex, with string paths.)"""
 
     name: str
     id: str
@@ -69,10 +71,10 @@ class SpooledLayer(Record, frozen=True):
 class LayerStore:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
-        self.layers_dir = self.root / "layers"
-        self.images_dir = self.root / "images"
-        self.tmp_dir = self.root / "tmp"
         self.index = ImageIndex(str(self.root))  # finding images: what `lamina run` uses
+        self.layers_dir = Path(self.index.layers_dir)
+        self.images_dir = Path(self.index.images_dir)
+        self.tmp_dir = self.root / "tmp"
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -116,7 +118,7 @@ class LayerStore:
     # -- layers ---------------------------------------------------------------------------
 
     def layer_path(self, key: str) -> Path:
-        return self.layers_dir / key / "diff"
+        return Path(self.index.layer_dir(key))
 
     def tar_split_path(self, key: str) -> Path:
         return self.layers_dir / key / "tar-split.zst"
@@ -255,7 +257,7 @@ class LayerStore:
         return ResolvedImage(
             name=self.index.name_for(ref, record),
             id=record.id,
-            layers=[self.layer_path(k) for k in reversed(record.layer_keys)],
+            layers=[Path(p) for p in self.index.layer_dirs(record)],
             config=oci.ImageConfig.from_oci(config),
             layer_keys=record.layer_keys,
             oci_config=config,
