@@ -58,11 +58,8 @@ def answer(
     """The handler's answer and 0, or no answer and the errno it raised (EIO for a bug)."""
     try:
         return handle(opcode, nodeid, uid, gid, body), 0
-    except OSError as exc:
-        return b"", exc.errno or errno.EIO
-    except Exception:
-        log.exception("internal error in request %d", opcode)
-        return b"", errno.EIO
+    except Exception as exc:
+        return b"", _errno_of(exc, opcode)
 
 
 def answer_read(
@@ -71,11 +68,17 @@ def answer_read(
     """answer() for a READ read into reply: the bytes read and 0, or 0 and the errno."""
     try:
         return read_into(nodeid, body, reply), 0
-    except OSError as exc:
-        return 0, exc.errno or errno.EIO
-    except Exception:
-        log.exception("internal error in request %d", proto.READ)
-        return 0, errno.EIO
+    except Exception as exc:
+        return 0, _errno_of(exc, proto.READ)
+
+
+def _errno_of(exc: Exception, opcode: int) -> int:
+    """The errno a failed request answers (called while exc is being handled): an OSError's
+    own, EIO for a bug (logged with its traceback)."""
+    if isinstance(exc, OSError):
+        return exc.errno or errno.EIO
+    log.exception("internal error in request %d", opcode)
+    return errno.EIO
 
 
 class MountError(Exception):
