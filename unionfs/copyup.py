@@ -17,6 +17,7 @@ import itertools
 import os
 import stat
 
+from unionfs import acls
 from unionfs.syscalls import RENAME_EXCHANGE, link_fd, renameat2
 from unionfs.whiteouts import XattrNames, make_whiteout
 
@@ -287,21 +288,36 @@ class CopyUp:
     ) -> None:
         copy_metadata(src, temp, st, self.markers, is_link=is_link)
 
-    def new_dir(self, dst: bytes, mode: int, uid: int, gid: int, *, opaque: bool) -> None:
-        """Put a new directory, complete with owner and markers, at the free name dst."""
-        temp = self._build_dir(mode, uid, gid, opaque=opaque)
+    def new_dir(
+        self,
+        dst: bytes,
+        mode: int,
+        uid: int,
+        gid: int,
+        *,
+        opaque: bool,
+        inherited: acls.Inherited | None = None,
+    ) -> None:
+        """Put a new directory, complete with owner and markers, at the free name dst
+        (inherited: the ACLs and mode its parent's default ACL gives it)."""
+        temp = self._build_dir(mode, uid, gid, opaque=opaque, inherited=inherited)
         try:
             os.rename(temp, dst)
         except BaseException:
             remove_tree(temp)
             raise
 
-    def _build_dir(self, mode: int, uid: int, gid: int, *, opaque: bool) -> bytes:
+    def _build_dir(
+        self, mode: int, uid: int, gid: int, *, opaque: bool, inherited: acls.Inherited | None
+    ) -> bytes:
         temp = self.work.temp_name()
         os.mkdir(temp, 0o700)
         try:
             os.chown(temp, uid, gid)
-            os.chmod(temp, mode)
+            if inherited is None:
+                os.chmod(temp, mode)
+            else:
+                acls.give(temp, inherited)
             if opaque:
                 os.setxattr(temp, self.markers.opaque, b"y")
         except BaseException:
@@ -309,9 +325,18 @@ class CopyUp:
             raise
         return temp
 
-    def replace_with_dir(self, dst: bytes, mode: int, uid: int, gid: int, *, opaque: bool) -> None:
+    def replace_with_dir(
+        self,
+        dst: bytes,
+        mode: int,
+        uid: int,
+        gid: int,
+        *,
+        opaque: bool,
+        inherited: acls.Inherited | None = None,
+    ) -> None:
         """Put a new (opaque) directory where dst holds a whiteout, in one atomic exchange."""
-        temp = self._build_dir(mode, uid, gid, opaque=opaque)
+        temp = self._build_dir(mode, uid, gid, opaque=opaque, inherited=inherited)
         try:
             renameat2(temp, dst, RENAME_EXCHANGE)
         except BaseException:

@@ -14,7 +14,7 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 
-from unionfs import errors
+from unionfs import acls, errors
 from unionfs.blocking import Gate
 from unionfs.copyup import CopyUp, WorkDir, copy_between, copy_metadata
 from unionfs.deferred import CHUNK, PendingCopy, reserve_like
@@ -513,13 +513,14 @@ class UnionFilesystem:
         parent_ino: int,
         name: bytes,
         caller: Caller,
-        build: Callable[[bytes], None],
+        build: Callable[[bytes, int], None],
         mode: int | None,
     ) -> Answer:
-        """Create a new non-directory with `build(path)`, over a whiteout if there is one.
+        """Create a new non-directory with `build(path, mode)`, over a whiteout if there is
+        one. mode is the caller's (None for a symlink): the umask applies to it unless the
+        parent has a default ACL.
 
-        The owner is set after `build`, then the mode again (None for a symlink): a change
-        of owner clears the set-group-ID bit the caller asked for.
+        The owner is set after `build`, then the set-id bits again: a chown clears them.
         """
         parent = self._node(parent_ino)
         if self._resolve_child(parent, name) is not None:
@@ -528,16 +529,23 @@ class UnionFilesystem:
         uid, gid, _ = self._new_owner(parent, caller)
         rel = join(parent.rel_path(), name)
         path = self.stack.upper_path(rel)
+        inherited = None
+        if mode is not None:
+            inherited = acls.default_acl(self.stack.upper_path(parent.rel_path()))
+            mode = acls.creation_mode(mode, caller.umask, inherited)
         try:
-            build(path)  # nothing visible is there: the name is free, or holds a whiteout
+            build(path, mode or 0)  # the name is free, or holds a whiteout
         except FileExistsError:
             existing = lstat_or_none(path)
             if existing is None or not is_whiteout(existing):
                 raise
             assert self.work is not None
             temp = self.work.temp_name()
-            build(temp)
+            build(temp, mode or 0)
             try:
+                if inherited is not None and mode is not None:
+                    # Made in work/, it inherited nothing: give it what the parent would.
+                    acls.give(temp, acls.inherit(inherited, mode, is_dir=False))
                 _set_owner(temp, uid, gid, mode)
                 os.rename(temp, path)  # a new ctime: stat it again
             except BaseException:
@@ -567,13 +575,13 @@ class UnionFilesystem:
             raise errors.not_permitted()  # a whiteout cannot be made through the merged view
         with self.gate.mutating():
             return self._create_entry(
-                parent_ino, name, caller, lambda path: os.mknod(path, mode, rdev), mode
+                parent_ino, name, caller, lambda path, made: os.mknod(path, made, rdev), mode
             )
 
     def symlink(self, parent_ino: int, name: bytes, target: bytes, caller: Caller) -> Answer:
         with self.gate.mutating():
             return self._create_entry(
-                parent_ino, name, caller, lambda path: os.symlink(target, path), None
+                parent_ino, name, caller, lambda path, _: os.symlink(target, path), None
             )
 
     def create(
@@ -583,8 +591,8 @@ class UnionFilesystem:
         fd_flags = self._backing_flags(flags & ~os.O_TRUNC)
         fds: list[int] = []
 
-        def build(path: bytes) -> None:
-            fds.append(os.open(path, fd_flags | os.O_CREAT | os.O_EXCL, mode))
+        def build(path: bytes, made: int) -> None:
+            fds.append(os.open(path, fd_flags | os.O_CREAT | os.O_EXCL, made))
 
         try:
             with self.gate.mutating():
@@ -606,10 +614,13 @@ class UnionFilesystem:
             self._ensure_upper_dir(parent)
             uid, gid, _ = self._new_owner(parent, caller)
             directory = self.stack.upper_path(parent.rel_path())
-            fd = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            made = acls.creation_mode(mode, caller.umask, acls.default_acl(directory))
+            fd = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, made & 0o7777)
             try:
                 os.fchown(fd, uid, gid)
-                os.fchmod(fd, stat.S_IMODE(mode))  # after the owner: chown clears setgid
+                # After the owner (a chown clears set-id bits); the permission bits stay
+                # as the umask or the directory's default ACL made them.
+                os.fchmod(fd, os.fstat(fd).st_mode & 0o777 | made & 0o7000)
                 st = os.fstat(fd)
             except BaseException:
                 os.close(fd)
@@ -632,19 +643,25 @@ class UnionFilesystem:
                 mode |= stat.S_ISGID
             rel = join(parent.rel_path(), name)
             path = self.stack.upper_path(rel)
+            default = acls.default_acl(self.stack.upper_path(parent.rel_path()))
+            mode = acls.creation_mode(mode, caller.umask, default) & 0o7777
+            # Made in work/ first, a directory inherits nothing there: it is given then
+            # what its parent's default ACL gives.
+            inherited = None if default is None else acls.inherit(default, mode, is_dir=True)
             existing = lstat_or_none(path)
             if existing is not None and is_whiteout(existing):
                 # Over a whiteout the new directory must hide what lower layers still hold.
-                self._writable().replace_with_dir(path, mode & 0o7777, uid, gid, opaque=True)
+                self._writable().replace_with_dir(
+                    path, mode, uid, gid, opaque=True, inherited=inherited
+                )
             elif parent.sources:
                 # In a merged parent a new directory is opaque, as the kernel makes it: no
                 # lower layer can add to it (a lower whiteout may hide the name).
-                self._writable().new_dir(path, mode & 0o7777, uid, gid, opaque=True)
+                self._writable().new_dir(path, mode, uid, gid, opaque=True, inherited=inherited)
             else:
-                os.mkdir(path, 0o700)
+                os.mkdir(path, mode)
                 try:
-                    os.chown(path, uid, gid)
-                    os.chmod(path, mode & 0o7777)
+                    _set_owner(path, uid, gid, mode)
                 except BaseException:
                     os.rmdir(path)
                     raise
@@ -1175,7 +1192,14 @@ class UnionFilesystem:
         if self.markers.is_private(name):
             raise errors.no_data()
         target, follow = self._target(self._node(ino))
-        return os.getxattr(target, name, follow_symlinks=follow)
+        try:
+            return os.getxattr(target, name, follow_symlinks=follow)
+        except OSError as exc:
+            # A layer without ACLs has none: the kernel would fail the permission check
+            # that asked (EOPNOTSUPP), where it must fall back to the mode.
+            if exc.errno == errno.EOPNOTSUPP and name in (acls.ACCESS, acls.DEFAULT):
+                raise errors.no_data() from None
+            raise
 
     def listxattr(self, ino: int) -> list[bytes]:
         target, follow = self._target(self._node(ino))
@@ -1183,9 +1207,13 @@ class UnionFilesystem:
         encoded = (n.encode("utf-8", "surrogateescape") for n in names)
         return [n for n in encoded if not self.markers.is_private(n)]
 
-    def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+    def setxattr(
+        self, ino: int, name: bytes, value: bytes, flags: int = 0, *, kill_sgid: bool = False
+    ) -> None:
         """flags: XATTR_CREATE or XATTR_REPLACE; checked after the copy-up, as the kernel
-        overlayfs does (a failing REPLACE still copies the entry up)."""
+        overlayfs does (a failing REPLACE still copies the entry up). kill_sgid: the
+        kernel says the caller, setting an access ACL, is neither in the file's group nor
+        privileged; as root we would keep the set-group-ID bit it must lose."""
         if self.markers.is_private(name):
             raise errors.not_permitted()
         with self.gate.mutating():
@@ -1193,6 +1221,10 @@ class UnionFilesystem:
             self._copy_up(node)
             target, follow = self._target(node)
             os.setxattr(target, name, value, flags, follow_symlinks=follow)
+            if kill_sgid:
+                mode = os.lstat(target).st_mode
+                if mode & stat.S_ISGID:
+                    os.chmod(target, stat.S_IMODE(mode) & ~stat.S_ISGID)
 
     def removexattr(self, ino: int, name: bytes) -> None:
         if self.markers.is_private(name):
@@ -1207,15 +1239,19 @@ class UnionFilesystem:
 
 
 def _set_owner(path: bytes, uid: int, gid: int, mode: int | None) -> os.stat_result | None:
-    """Give a new entry its owner, then its mode (a chown clears set-id bits); each only if
-    it is not so already (each is a journal update; root making a file for root needs
-    neither). The entry's stat if that is still what it was, else None."""
+    """Give a new entry its owner, then the set-id and sticky bits of mode (None for a
+    symlink) that a chown cleared or the creating call ignored; each only if it is not so
+    already (each is a journal update; root making a file for root needs neither). The
+    permission bits stay as made: the umask or the parent's default ACL decided them. The
+    entry's stat if that is still what it was, else None."""
     st = os.lstat(path)
     changed = False
     if st.st_uid != uid or st.st_gid != gid:
         os.chown(path, uid, gid, follow_symlinks=False)
         changed = True
-    if mode is not None and (changed or stat.S_IMODE(st.st_mode) != stat.S_IMODE(mode)):
-        os.chmod(path, stat.S_IMODE(mode))
-        changed = True
+    if mode is not None:
+        wanted = st.st_mode & 0o777 | mode & 0o7000
+        if (changed and wanted & 0o6000) or stat.S_IMODE(st.st_mode) != wanted:
+            os.chmod(path, wanted)
+            changed = True
     return None if changed else st

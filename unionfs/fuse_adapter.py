@@ -28,6 +28,8 @@ WANTED_FLAGS = (
     proto.ASYNC_READ
     | proto.ATOMIC_O_TRUNC
     | proto.BIG_WRITES
+    | proto.DONT_MASK
+    | proto.POSIX_ACL
     | proto.DO_READDIRPLUS
     | proto.READDIRPLUS_AUTO
     | proto.ASYNC_DIO
@@ -36,6 +38,7 @@ WANTED_FLAGS = (
     | proto.CACHE_SYMLINKS
     | proto.OVER_IO_URING
     | proto.HANDLE_KILLPRIV_V2
+    | proto.SETXATTR_EXT
     | proto.PASSTHROUGH
 )
 
@@ -65,6 +68,7 @@ class FuseAdapter:
         self.debug = debug
         self._state = fs.gate.state
         self.passthrough: Passthrough | None = None  # set once INIT agreed to it
+        self.setxattr_ext = False  # set once INIT agreed to it
         self.listing = ListingAdvisor()  # READDIRPLUS with attributes, or names alone
         self.ops: dict[int, Op] = {
             proto.LOOKUP: self.lookup,
@@ -399,10 +403,16 @@ class FuseAdapter:
         return sized(b"".join(name + b"\0" for name in self.fs.listxattr(nodeid)), size)
 
     def setxattr(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
-        size, flags = proto.SETXATTR_IN.unpack_from(body)
-        name, value_start = proto.cstring(body, proto.SETXATTR_IN.size)
+        if self.setxattr_ext:
+            size, flags, ext_flags, _ = proto.SETXATTR_EXT_IN.unpack_from(body)
+            name, value_start = proto.cstring(body, proto.SETXATTR_EXT_IN.size)
+        else:
+            size, flags = proto.SETXATTR_IN.unpack_from(body)
+            name, value_start = proto.cstring(body, proto.SETXATTR_IN.size)
+            ext_flags = 0
         value = body[value_start : value_start + size].tobytes()
-        self.fs.setxattr(nodeid, name, value, flags)
+        kill_sgid = bool(ext_flags & proto.SETXATTR_ACL_KILL_SGID)
+        self.fs.setxattr(nodeid, name, value, flags, kill_sgid=kill_sgid)
         return EMPTY
 
     def removexattr(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:

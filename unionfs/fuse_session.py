@@ -114,6 +114,7 @@ class Session:
         # How long a /dev/fuse reader waits after a FORGET before it reads again (io_uring).
         self.forget_pause = 0.0
         self.passthrough = False  # agreed at INIT: open files may read from backing files
+        self.setxattr_ext = False  # agreed at INIT: SETXATTR has the longer header
 
     # -- mount, unmount ------------------------------------------------------------------
 
@@ -171,6 +172,7 @@ class Session:
         body = proto.init_reply(kernel_flags, want, max_readahead, MAX_PAGES)
         self.io_uring = bool(kernel_flags & want & proto.OVER_IO_URING)
         self.passthrough = bool(kernel_flags & want & proto.PASSTHROUGH)
+        self.setxattr_ext = bool(kernel_flags & want & proto.SETXATTR_EXT)
         self._send(unique, 0, body)
 
     # -- serving -------------------------------------------------------------------------

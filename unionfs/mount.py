@@ -67,7 +67,8 @@ def in_background(fn: Callable[[Node], None], node: Node) -> None:
 
 def serve(config: MountConfig, ready: Callable[[], None]) -> None:
     """Mount, call ready() once the kernel accepted the mount, serve until unmounted."""
-    os.umask(0)  # the kernel already applied the caller's umask to every mode we get
+    # Modes are the caller's: we apply its umask, or the parent's default ACL does.
+    os.umask(0)
     # One descriptor per open file of every user of the mount: take all the kernel allows.
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -103,6 +104,7 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
             want &= ~proto.PASSTHROUGH
         session.init(want if config.io_uring else want & ~proto.OVER_IO_URING)
         raise_readahead(mounted_at)  # after INIT: the kernel sets it there
+        adapter.setxattr_ext = session.setxattr_ext
         if session.passthrough:
             adapter.passthrough = Passthrough(session.open_backing, session.close_backing)
         fs.invalidate_attrs = lambda ino: invalidate_attrs(session, ino)
