@@ -24,7 +24,7 @@ HARMLESS_OPTIONS = frozenset(
         "redirect_dir=on", "redirect_dir=follow", "redirect_dir=off", "redirect_dir=nofollow",
         "index=off", "index=on", "xino=off", "xino=on", "xino=auto", "metacopy=off",
         "metacopy=on", "nfs_export=off", "uuid=on", "uuid=off", "uuid=null", "uuid=auto",
-        "noacl", "acl", "fast_ino=0", "fast_ino=1", "noxattrs=0", "threaded=0",
+        "fast_ino=0", "fast_ino=1", "noxattrs=0", "threaded=0",
         "threaded=1", "plugins=", "static_nlink", "squash_to_root=0",
     }
 )  # fmt: skip
@@ -58,6 +58,7 @@ class MountConfig:
         self.writeback = False
         self.io_uring = True  # used when the kernel offers it (fuse.enable_uring=Y)
         self.passthrough = True  # reads straight from the layer files, where the kernel can
+        self.acl = True  # the kernel checks POSIX ACLs (noacl: by the mode alone)
         self.debug = False
         self.foreground = False
         self.ignored: list[str] = []
@@ -132,7 +133,8 @@ def parse_options(option_strings: list[str], mountpoint: str) -> MountConfig:
                 values[key] = value
             elif key in ("userxattr", "ro", "volatile", "debug", "noallow_other",
                          "nodefault_permissions", "writeback", "nowriteback", "io_uring",
-                         "noio_uring", "passthrough", "nopassthrough"):  # fmt: skip
+                         "noio_uring", "passthrough", "nopassthrough", "acl",
+                         "noacl"):  # fmt: skip
                 flags.add(key)
             elif option in HARMLESS_OPTIONS or (has_value and f"{key}=" in HARMLESS_OPTIONS):
                 ignored.append(option)
@@ -160,6 +162,7 @@ def parse_options(option_strings: list[str], mountpoint: str) -> MountConfig:
     config.writeback = "writeback" in flags and "nowriteback" not in flags
     config.io_uring = "noio_uring" not in flags
     config.passthrough = "nopassthrough" not in flags
+    config.acl = "noacl" not in flags
     config.userxattr = "userxattr" in flags
     config.read_only = "ro" in flags
     config.volatile = "volatile" in flags

@@ -102,6 +102,10 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
         # The kernel offers passthrough only without the writeback cache.
         if config.writeback or not config.passthrough:
             want &= ~proto.PASSTHROUGH
+        # ACLs are checked only with the kernel's permission checks (FUSE_POSIX_ACL would
+        # turn those on); without them, the kernel applies the umask as it always did.
+        if not (config.acl and config.default_permissions):
+            want &= ~(proto.POSIX_ACL | proto.DONT_MASK)
         session.init(want if config.io_uring else want & ~proto.OVER_IO_URING)
         raise_readahead(mounted_at)  # after INIT: the kernel sets it there
         adapter.setxattr_ext = session.setxattr_ext

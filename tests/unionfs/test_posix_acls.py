@@ -262,3 +262,14 @@ def test_an_owner_outside_the_group_setting_an_acl_loses_setgid(union: Union) ->
     as_user(USER, OTHER_GROUP, os.chmod, mnt / "d" / "f", 0o2775)  # in the group: kept
     as_user(USER, OTHER_GROUP, os.setxattr, mnt / "d" / "f", ACCESS, acl)
     assert os.stat(mnt / "d" / "f").st_mode & 0o7777 == 0o2754
+
+
+def test_noacl_leaves_the_check_to_the_mode(union: Union) -> None:
+    """fuse-overlayfs's `noacl`: ACLs are kept and shown, but the kernel checks the mode
+    alone (the kernel overlayfs has no such option)."""
+    if union.is_kernel:
+        pytest.skip("a unionfs (and fuse-overlayfs) option")
+    lower_file(union, "d/f", 0o644, with_user(base(R | W, R, R), USER, 0, R))
+    mnt = union.mount(["noacl"])
+    assert read_as(USER, GROUP, mnt / "d" / "f") == b"secret\n"
+    assert acl_of(mnt / "d" / "f") is not None
