@@ -15,7 +15,7 @@ from unionfs.whiteouts import XattrNames
 # Mount options that make sense for any filesystem and need nothing from us.
 HARMLESS_OPTIONS = frozenset(
     {
-        "rw", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "atime", "noatime",
+        "rw", "atime", "noatime",
         "relatime", "norelatime", "strictatime", "lazytime", "nolazytime", "diratime",
         "nodiratime", "sync", "async", "dirsync", "auto", "noauto", "user", "nouser",
         "users", "nofail", "_netdev", "defaults", "silent", "loud", "mand", "nomand",
@@ -28,6 +28,14 @@ HARMLESS_OPTIONS = frozenset(
         "threaded=1", "plugins=", "static_nlink", "squash_to_root=0",
     }
 )  # fmt: skip
+
+
+# Options that set or clear a flag of the mount itself: option -> (flag, on).
+MOUNT_FLAG_OPTIONS = {
+    "nosuid": ("nosuid", True), "suid": ("nosuid", False),
+    "nodev": ("nodev", True), "dev": ("nodev", False),
+    "noexec": ("noexec", True), "exec": ("noexec", False),
+}  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -59,6 +67,11 @@ class MountConfig:
         self.io_uring = True  # used when the kernel offers it (fuse.enable_uring=Y)
         self.passthrough = True  # reads straight from the layer files, where the kernel can
         self.acl = True  # the kernel checks POSIX ACLs (noacl: by the mode alone)
+        # The mount's own flags; by default no set-id programs and no device nodes, as
+        # every FUSE mount (root may say suid, dev).
+        self.nosuid = True
+        self.nodev = True
+        self.noexec = False
         self.debug = False
         self.foreground = False
         self.ignored: list[str] = []
@@ -123,6 +136,7 @@ def parse_options(option_strings: list[str], mountpoint: str) -> MountConfig:
     flags: set[str] = set()
     unknown: list[str] = []
     ignored: list[str] = []
+    mount_flags = {"nosuid": True, "nodev": True, "noexec": False}
     for text in option_strings:
         for option in split_escaped(text, ",", keep_escapes=True):
             if not option:
@@ -136,6 +150,9 @@ def parse_options(option_strings: list[str], mountpoint: str) -> MountConfig:
                          "noio_uring", "passthrough", "nopassthrough", "acl",
                          "noacl"):  # fmt: skip
                 flags.add(key)
+            elif option in MOUNT_FLAG_OPTIONS:  # the last of a pair wins, as with mount(8)
+                name, on = MOUNT_FLAG_OPTIONS[option]
+                mount_flags[name] = on
             elif option in HARMLESS_OPTIONS or (has_value and f"{key}=" in HARMLESS_OPTIONS):
                 ignored.append(option)
             elif key in ("uidmapping", "gidmapping", "squash_to_uid", "squash_to_gid"):
@@ -163,6 +180,9 @@ def parse_options(option_strings: list[str], mountpoint: str) -> MountConfig:
     config.io_uring = "noio_uring" not in flags
     config.passthrough = "nopassthrough" not in flags
     config.acl = "noacl" not in flags
+    config.nosuid = mount_flags["nosuid"]
+    config.nodev = mount_flags["nodev"]
+    config.noexec = mount_flags["noexec"]
     config.userxattr = "userxattr" in flags
     config.read_only = "ro" in flags
     config.volatile = "volatile" in flags

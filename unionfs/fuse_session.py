@@ -21,7 +21,15 @@ from collections.abc import Callable
 
 from unionfs import fuse_protocol as proto
 from unionfs.logger import get_logger
-from unionfs.syscalls import MNT_DETACH, MS_NODEV, MS_NOSUID, MS_RDONLY, mount, umount2
+from unionfs.syscalls import (
+    MNT_DETACH,
+    MS_NODEV,
+    MS_NOEXEC,
+    MS_NOSUID,
+    MS_RDONLY,
+    mount,
+    umount2,
+)
 
 log = get_logger(__name__)
 
@@ -96,6 +104,9 @@ class MountSpec:
         read_only: bool = False,
         allow_other: bool = True,
         default_permissions: bool = True,
+        nosuid: bool = True,
+        nodev: bool = True,
+        noexec: bool = False,
     ) -> None:
         self.mountpoint = mountpoint
         self.fsname = fsname
@@ -103,6 +114,26 @@ class MountSpec:
         self.read_only = read_only
         self.allow_other = allow_other
         self.default_permissions = default_permissions
+        self.nosuid = nosuid
+        self.nodev = nodev
+        self.noexec = noexec
+
+    @property
+    def flags(self) -> int:
+        """The MS_* flags of mount(2)."""
+        return (
+            (MS_RDONLY if self.read_only else 0)
+            | (MS_NOSUID if self.nosuid else 0)
+            | (MS_NODEV if self.nodev else 0)
+            | (MS_NOEXEC if self.noexec else 0)
+        )
+
+    @property
+    def flag_words(self) -> list[str]:
+        """The same flags as fusermount3 takes them (it adds nosuid and nodev itself for
+        a user who is not root)."""
+        names = (("ro", self.read_only), ("nosuid", self.nosuid), ("nodev", self.nodev))
+        return [name for name, on in (*names, ("noexec", self.noexec)) if on]
 
 
 class Session:
@@ -297,13 +328,12 @@ def _mount_options(spec: MountSpec, fd: int | None) -> str:
 
 def _mount_directly(spec: MountSpec) -> int:
     fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
-    flags = MS_NOSUID | MS_NODEV | (MS_RDONLY if spec.read_only else 0)
     try:
         mount(
             spec.fsname.encode(),
             spec.mountpoint,
             f"fuse.{spec.subtype}".encode(),
-            flags,
+            spec.flags,
             _mount_options(spec, fd).encode(),
         )
     except BaseException:
@@ -319,8 +349,7 @@ def _mount_with_fusermount(spec: MountSpec) -> int:
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with ours, theirs:
-        options = f"fsname={spec.fsname},subtype={spec.subtype},nosuid,nodev"
-        options += ",ro" if spec.read_only else ""
+        options = ",".join([f"fsname={spec.fsname}", f"subtype={spec.subtype}", *spec.flag_words])
         extra = _mount_options(spec, None)
         options += f",{extra}" if extra else ""
         env = dict(os.environ, _FUSE_COMMFD=str(theirs.fileno()))

@@ -80,6 +80,9 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
         read_only=not config.writable,
         allow_other=config.allow_other,
         default_permissions=config.default_permissions,
+        nosuid=config.nosuid,
+        nodev=config.nodev,
+        noexec=config.noexec,
     )
     stopped = threading.Event()
     session: Session | None = None

@@ -51,6 +51,7 @@ def renameat2(old: bytes, new: bytes, flags: int) -> None:
 MS_RDONLY = 1
 MS_NOSUID = 2
 MS_NODEV = 4
+MS_NOEXEC = 8
 MNT_DETACH = 2
 
 _mount = _function(

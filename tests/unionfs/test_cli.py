@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -132,6 +133,37 @@ def test_mount_fuse3_style_source_then_mountpoint(layers: tuple[Layers, Path]) -
     result = unionfs("overlay", str(mnt), "-o", "rw,nodev," + union.options())
     assert result.returncode == 0, result.stderr
     assert (mnt / "hello").exists()
+
+
+def _mount_options(mnt: Path) -> set[str]:
+    line = next(x for x in Path("/proc/mounts").read_text().splitlines() if f" {mnt} " in x)
+    return set(line.split()[3].split(","))
+
+
+def test_nosuid_and_nodev_by_default_and_dev_suid_noexec_on_request(
+    layers: tuple[Layers, Path],
+) -> None:
+    """As every FUSE mount: no set-id programs and no device nodes unless root asks (as
+    with fuse-overlayfs); the last of a pair wins, as with mount(8)."""
+    union, mnt = layers
+    os.mknod(union.lowers[0] / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    program = union.lowers[0] / "program"
+    program.write_text("#!/bin/sh\nexit 0\n")
+    program.chmod(0o755)
+    assert unionfs("-o", union.options(), str(mnt)).returncode == 0
+    assert {"nosuid", "nodev"} <= _mount_options(mnt)
+    assert "noexec" not in _mount_options(mnt)
+    with pytest.raises(PermissionError):
+        (mnt / "null").open("rb")
+    assert subprocess.run([str(mnt / "program")], check=False).returncode == 0
+    unmount(mnt)
+    options = union.options() + ",noexec,dev,suid,nosuid"
+    assert unionfs("-o", options, str(mnt)).returncode == 0
+    assert {"nosuid", "noexec"} <= _mount_options(mnt)
+    assert "nodev" not in _mount_options(mnt)
+    assert (mnt / "null").read_bytes() == b""
+    with pytest.raises(PermissionError):
+        subprocess.run([str(mnt / "program")], check=False)
 
 
 def test_mount8_with_the_fuse_type_runs_us_as_a_helper(layers: tuple[Layers, Path]) -> None:

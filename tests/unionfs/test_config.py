@@ -34,6 +34,13 @@ def test_several_o_flags_add_up_and_harmless_mount_options_are_accepted() -> Non
     assert "noatime" in config.ignored
 
 
+def test_mount_flags_default_to_nosuid_nodev_and_the_last_of_a_pair_wins() -> None:
+    config = parse_options(["lowerdir=/a"], "/mnt")
+    assert (config.nosuid, config.nodev, config.noexec) == (True, True, False)
+    config = parse_options(["lowerdir=/a,suid,dev,noexec", "nosuid,exec"], "/mnt")
+    assert (config.nosuid, config.nodev, config.noexec) == (True, False, False)
+
+
 def test_without_upperdir_the_mount_is_read_only() -> None:
     config = parse_options(["lowerdir=/a"], "/mnt")
     assert not config.writable
