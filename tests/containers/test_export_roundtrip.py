@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import tarfile
 from pathlib import Path
 
 import pytest
 
 from containers.store import LayerStore
+from tests.archives import extract_trusted
 from tests.containers.image_helpers import build_umoci_layout, lamina, tree, umoci_bundle
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(not shutil.which("umoci"), reason="umoci")]
@@ -27,9 +27,7 @@ def _diff_ids(root: Path, ref: str) -> list[str]:
 
 
 def _unpack_layout(archive: Path, dest: Path) -> Path:
-    with tarfile.open(archive) as tar:
-        tar.extractall(dest, filter="data")  # our own output, in a test
-    return dest
+    return extract_trusted(archive, dest, "data")  # our own output
 
 
 def test_import_save_import_keeps_every_layer_digest(umoci_layout: Path, tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests import mounting
+from tests.archives import extract_trusted
 from tests.mounting import daemon_pid, is_alive
 from tests.unionfs.conftest import KERNEL_OPTIONS
 from tests.unionfs.posix_helpers import RENAME_NOREPLACE, renameat2, tree_snapshot, write
@@ -277,8 +278,7 @@ def scene() -> Iterator[Scene]:
         with tarfile.open(tarball, "w") as tar:
             tar.add(src, arcname=".")
         for seed in range(8):  # lower trees the tar workers remove and extract over
-            with tarfile.open(tarball) as tar:
-                tar.extractall(low / f"tree{seed}", filter="tar")
+            extract_trusted(tarball, low / f"tree{seed}")
         for n in range(STORM_FILES):
             write(low / "storm" / "a" / f"f{n}", token(n))
         for n in range(STORM_DIRS):
