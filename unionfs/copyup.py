@@ -297,19 +297,11 @@ class CopyUp:
         *,
         opaque: bool,
         inherited: acls.Inherited | None = None,
+        over_whiteout: bool = False,
     ) -> None:
-        """Put a new directory, complete with owner and markers, at the free name dst
-        (inherited: the ACLs and mode its parent's default ACL gives it)."""
-        temp = self._build_dir(mode, uid, gid, opaque=opaque, inherited=inherited)
-        try:
-            os.rename(temp, dst)
-        except BaseException:
-            remove_tree(temp)
-            raise
-
-    def _build_dir(
-        self, mode: int, uid: int, gid: int, *, opaque: bool, inherited: acls.Inherited | None
-    ) -> bytes:
+        """Put a new directory, complete with owner and markers, at dst: a free name, or
+        (over_whiteout) one holding a whiteout, exchanged in one step. inherited: the ACLs
+        and mode its parent's default ACL gives it."""
         temp = self.work.temp_name()
         os.mkdir(temp, 0o700)
         try:
@@ -320,24 +312,9 @@ class CopyUp:
                 acls.give(temp, inherited)
             if opaque:
                 os.setxattr(temp, self.markers.opaque, b"y")
-        except BaseException:
-            remove_tree(temp)
-            raise
-        return temp
-
-    def replace_with_dir(
-        self,
-        dst: bytes,
-        mode: int,
-        uid: int,
-        gid: int,
-        *,
-        opaque: bool,
-        inherited: acls.Inherited | None = None,
-    ) -> None:
-        """Put a new (opaque) directory where dst holds a whiteout, in one atomic exchange."""
-        temp = self._build_dir(mode, uid, gid, opaque=opaque, inherited=inherited)
-        try:
+            if not over_whiteout:
+                os.rename(temp, dst)
+                return
             renameat2(temp, dst, RENAME_EXCHANGE)
         except BaseException:
             remove_tree(temp)

@@ -651,8 +651,8 @@ class UnionFilesystem:
             existing = lstat_or_none(path)
             if existing is not None and is_whiteout(existing):
                 # Over a whiteout the new directory must hide what lower layers still hold.
-                self._writable().replace_with_dir(
-                    path, mode, uid, gid, opaque=True, inherited=inherited
+                self._writable().new_dir(
+                    path, mode, uid, gid, opaque=True, inherited=inherited, over_whiteout=True
                 )
             elif parent.sources:
                 # In a merged parent a new directory is opaque, as the kernel makes it: no

@@ -143,7 +143,7 @@ def test_prepare_empties_leftovers_of_a_crash(tmp_path: Path) -> None:
 def test_a_directory_replaces_a_whiteout_atomically(tmp_path: Path, copier: CopyUp) -> None:
     target = tmp_path / "d"
     make_whiteout(bytes(target))
-    copier.replace_with_dir(bytes(target), 0o750, 0, 0, opaque=True)
+    copier.new_dir(bytes(target), 0o750, 0, 0, opaque=True, over_whiteout=True)
     assert stat.S_ISDIR(os.lstat(target).st_mode)
     assert os.getxattr(target, TRUSTED.opaque) == b"y"
     assert os.listdir(copier.work.path) == []
