@@ -529,10 +529,10 @@ class UnionFilesystem:
         uid, gid, _ = self._new_owner(parent, caller)
         rel = join(parent.rel_path(), name)
         path = self.stack.upper_path(rel)
-        inherited = None
+        parent_default = None
         if mode is not None:
-            inherited = acls.default_acl(self.stack.upper_path(parent.rel_path()))
-            mode = acls.creation_mode(mode, caller.umask, inherited)
+            parent_default = acls.default_acl(self.stack.upper_path(parent.rel_path()))
+            mode = acls.creation_mode(mode, caller.umask, parent_default)
         try:
             build(path, mode or 0)  # the name is free, or holds a whiteout
         except FileExistsError:
@@ -543,9 +543,9 @@ class UnionFilesystem:
             temp = self.work.temp_name()
             build(temp, mode or 0)
             try:
-                if inherited is not None and mode is not None:
+                if parent_default is not None and mode is not None:
                     # Made in work/, it inherited nothing: give it what the parent would.
-                    acls.give(temp, acls.inherit(inherited, mode, is_dir=False))
+                    acls.give(temp, acls.inherit(parent_default, mode, is_dir=False))
                 _set_owner(temp, uid, gid, mode)
                 os.rename(temp, path)  # a new ctime: stat it again
             except BaseException:

@@ -132,8 +132,13 @@ class MountSpec:
     def flag_words(self) -> list[str]:
         """The same flags as fusermount3 takes them (it adds nosuid and nodev itself for
         a user who is not root)."""
-        names = (("ro", self.read_only), ("nosuid", self.nosuid), ("nodev", self.nodev))
-        return [name for name, on in (*names, ("noexec", self.noexec)) if on]
+        words = {
+            "ro": self.read_only,
+            "nosuid": self.nosuid,
+            "nodev": self.nodev,
+            "noexec": self.noexec,
+        }
+        return [word for word, on in words.items() if on]
 
 
 class Session:
