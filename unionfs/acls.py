@@ -35,9 +35,9 @@ def default_acl(directory: bytes) -> bytes | None:
         raise
 
 
-def creation_mode(mode: int, umask: int, inherited: bytes | None) -> int:
+def creation_mode(mode: int, umask: int, parent_default: bytes | None) -> int:
     """The mode to create with: the umask applies only where no default ACL does."""
-    return mode if inherited is not None else mode & ~umask
+    return mode if parent_default is not None else mode & ~umask
 
 
 class Inherited:

@@ -286,18 +286,23 @@ class UnionFilesystem:
                 os.utime(target, ns=(atime, mtime), follow_symlinks=follow)
             return node, self._stat(node)
 
-    def drop_set_ids(self, ino: int, caller: Caller) -> os.stat_result | None:
+    def drop_set_ids(
+        self, ino: int, caller: Caller, drop: int | None = None
+    ) -> os.stat_result | None:
         """What the kernel leaves to us (FUSE_HANDLE_KILLPRIV_V2) when a caller without
         CAP_FSETID writes, truncates or opens with O_TRUNC a set-id file: set-user-ID goes;
         set-group-ID goes with group execute, or when the caller is not in the file's group
-        (the VFS rule since Linux 6.2; we know the caller's primary group only). The new
+        (the VFS rule since Linux 6.2; we know the caller's primary group only). drop: the
+        bits to clear where the kernel has decided (set-group-ID, for an access ACL set by
+        a caller outside the group: we set it as root, which would keep the bit). The new
         attributes, or None if nothing changed."""
         node = self._node(ino)
         st = self._stat(node)
         mode = stat.S_IMODE(st.st_mode)
-        drop = stat.S_ISUID
-        if mode & stat.S_IXGRP or caller.gid != st.st_gid:
-            drop |= stat.S_ISGID
+        if drop is None:
+            drop = stat.S_ISUID
+            if mode & stat.S_IXGRP or caller.gid != st.st_gid:
+                drop |= stat.S_ISGID
         if not mode & drop:
             return None
         return self.setattr(ino, AttrChanges(mode=mode & ~drop), None, caller)[1]
@@ -645,19 +650,23 @@ class UnionFilesystem:
             path = self.stack.upper_path(rel)
             default = acls.default_acl(self.stack.upper_path(parent.rel_path()))
             mode = acls.creation_mode(mode, caller.umask, default) & 0o7777
-            # Made in work/ first, a directory inherits nothing there: it is given then
-            # what its parent's default ACL gives.
-            inherited = None if default is None else acls.inherit(default, mode, is_dir=True)
             existing = lstat_or_none(path)
-            if existing is not None and is_whiteout(existing):
-                # Over a whiteout the new directory must hide what lower layers still hold.
+            over_whiteout = existing is not None and is_whiteout(existing)
+            if over_whiteout or parent.sources:
+                # Opaque: over a whiteout it must hide what lower layers still hold; in a
+                # merged parent the kernel makes it so too (no lower layer can add to it, a
+                # lower whiteout may hide the name). Made in work/ first, it inherits
+                # nothing there: it is given what its parent's default ACL gives.
+                inherited = None if default is None else acls.inherit(default, mode, is_dir=True)
                 self._writable().new_dir(
-                    path, mode, uid, gid, opaque=True, inherited=inherited, over_whiteout=True
+                    path,
+                    mode,
+                    uid,
+                    gid,
+                    opaque=True,
+                    inherited=inherited,
+                    over_whiteout=over_whiteout,
                 )
-            elif parent.sources:
-                # In a merged parent a new directory is opaque, as the kernel makes it: no
-                # lower layer can add to it (a lower whiteout may hide the name).
-                self._writable().new_dir(path, mode, uid, gid, opaque=True, inherited=inherited)
             else:
                 os.mkdir(path, mode)
                 try:
@@ -1207,13 +1216,9 @@ class UnionFilesystem:
         encoded = (n.encode("utf-8", "surrogateescape") for n in names)
         return [n for n in encoded if not self.markers.is_private(n)]
 
-    def setxattr(
-        self, ino: int, name: bytes, value: bytes, flags: int = 0, *, kill_sgid: bool = False
-    ) -> None:
+    def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
         """flags: XATTR_CREATE or XATTR_REPLACE; checked after the copy-up, as the kernel
-        overlayfs does (a failing REPLACE still copies the entry up). kill_sgid: the
-        kernel says the caller, setting an access ACL, is neither in the file's group nor
-        privileged; as root we would keep the set-group-ID bit it must lose."""
+        overlayfs does (a failing REPLACE still copies the entry up)."""
         if self.markers.is_private(name):
             raise errors.not_permitted()
         with self.gate.mutating():
@@ -1221,10 +1226,6 @@ class UnionFilesystem:
             self._copy_up(node)
             target, follow = self._target(node)
             os.setxattr(target, name, value, flags, follow_symlinks=follow)
-            if kill_sgid:
-                mode = os.lstat(target).st_mode
-                if mode & stat.S_ISGID:
-                    os.chmod(target, stat.S_IMODE(mode) & ~stat.S_ISGID)
 
     def removexattr(self, ino: int, name: bytes) -> None:
         if self.markers.is_private(name):

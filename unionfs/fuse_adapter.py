@@ -403,16 +403,13 @@ class FuseAdapter:
         return sized(b"".join(name + b"\0" for name in self.fs.listxattr(nodeid)), size)
 
     def setxattr(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
-        if self.setxattr_ext:
-            size, flags, ext_flags, _ = proto.SETXATTR_EXT_IN.unpack_from(body)
-            name, value_start = proto.cstring(body, proto.SETXATTR_EXT_IN.size)
-        else:
-            size, flags = proto.SETXATTR_IN.unpack_from(body)
-            name, value_start = proto.cstring(body, proto.SETXATTR_IN.size)
-            ext_flags = 0
+        header = proto.SETXATTR_EXT_IN if self.setxattr_ext else proto.SETXATTR_IN
+        size, flags, *ext = header.unpack_from(body)  # ext: setxattr_flags, padding
+        name, value_start = proto.cstring(body, header.size)
         value = body[value_start : value_start + size].tobytes()
-        kill_sgid = bool(ext_flags & proto.SETXATTR_ACL_KILL_SGID)
-        self.fs.setxattr(nodeid, name, value, flags, kill_sgid=kill_sgid)
+        self.fs.setxattr(nodeid, name, value, flags)
+        if ext and ext[0] & proto.SETXATTR_ACL_KILL_SGID:  # the kernel drops its cached mode
+            self.fs.drop_set_ids(nodeid, Caller(uid, gid), drop=stat.S_ISGID)
         return EMPTY
 
     def removexattr(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
