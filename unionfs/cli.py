@@ -81,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "options: lowerdir=L1:L2 (topmost first), upperdir=DIR, workdir=DIR, ro, "
             "userxattr, volatile, fsname=NAME, timeout=SECONDS, noallow_other, "
-            "nodefault_permissions, noio_uring, nopassthrough; common mount options (rw, "
+            "nodefault_permissions, noio_uring, nopassthrough, noacl, uidmapping=, "
+            "gidmapping=, squash_to_root, squash_to_uid=, squash_to_gid=, static_nlink; "
+            "common mount options (rw, "
             "noatime, ...) are accepted"
         ),
     )

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import os
 
+from unionfs.idmap import MAX_ID, OVERFLOW_ID, IdRanges, Ownership
 from unionfs.whiteouts import XattrNames
 
 # Mount options that make sense for any filesystem and need nothing from us.
@@ -25,7 +26,7 @@ HARMLESS_OPTIONS = frozenset(
         "index=off", "index=on", "xino=off", "xino=on", "xino=auto", "metacopy=off",
         "metacopy=on", "nfs_export=off", "uuid=on", "uuid=off", "uuid=null", "uuid=auto",
         "fast_ino=0", "fast_ino=1", "noxattrs=0", "threaded=0",
-        "threaded=1", "plugins=", "static_nlink", "squash_to_root=0",
+        "threaded=1", "plugins=", "squash_to_root=0",
     }
 )  # fmt: skip
 
@@ -67,6 +68,9 @@ class MountConfig:
         self.io_uring = True  # used when the kernel offers it (fuse.enable_uring=Y)
         self.passthrough = True  # reads straight from the layer files, where the kernel can
         self.acl = True  # the kernel checks POSIX ACLs (noacl: by the mode alone)
+        # uidmapping=, gidmapping=, squash_to_*: owners shown other than as stored
+        self.ownership: Ownership | None = None
+        self.static_nlink = False  # every directory shows one link (fuse-overlayfs's option)
         # The mount's own flags; by default no set-id programs and no device nodes, as
         # every FUSE mount (root may say suid, dev).
         self.nosuid = True
@@ -142,21 +146,20 @@ def parse_options(option_strings: list[str], mountpoint: str) -> MountConfig:
             if not option:
                 continue  # podman passes an empty option (",,")
             key, has_value, value = option.partition("=")
-            if key in ("lowerdir", "upperdir", "workdir", "fsname", "timeout", "subtype",
-                       "lazy_copyup"):  # fmt: skip
+            if option in HARMLESS_OPTIONS or (has_value and f"{key}=" in HARMLESS_OPTIONS):
+                ignored.append(option)
+            elif key in ("lowerdir", "upperdir", "workdir", "fsname", "timeout", "subtype",
+                       "lazy_copyup", "uidmapping", "gidmapping", "squash_to_uid",
+                       "squash_to_gid"):  # fmt: skip
                 values[key] = value
             elif key in ("userxattr", "ro", "volatile", "debug", "noallow_other",
                          "nodefault_permissions", "writeback", "nowriteback", "io_uring",
                          "noio_uring", "passthrough", "nopassthrough", "acl",
-                         "noacl"):  # fmt: skip
+                         "noacl", "squash_to_root", "static_nlink"):  # fmt: skip
                 flags.add(key)
             elif option in MOUNT_FLAG_OPTIONS:  # the last of a pair wins, as with mount(8)
                 name, on = MOUNT_FLAG_OPTIONS[option]
                 mount_flags[name] = on
-            elif option in HARMLESS_OPTIONS or (has_value and f"{key}=" in HARMLESS_OPTIONS):
-                ignored.append(option)
-            elif key in ("uidmapping", "gidmapping", "squash_to_uid", "squash_to_gid"):
-                unknown.append(f"option {key!r} is not supported yet")
             else:
                 unknown.append(f"unknown mount option {option!r}")
     if unknown:
@@ -173,6 +176,8 @@ def parse_options(option_strings: list[str], mountpoint: str) -> MountConfig:
     except ValueError:
         raise ConfigError([f"lazy_copyup={values['lazy_copyup']!r} is not a size"]) from None
     config = MountConfig(mountpoint, lowers)
+    config.ownership = parse_ownership(values, "squash_to_root" in flags)
+    config.static_nlink = "static_nlink" in flags
     config.upper = unescape(values.get("upperdir", "")) or None
     config.work = unescape(values.get("workdir", "")) or None
     config.lazy_copyup = lazy_copyup
@@ -193,6 +198,47 @@ def parse_options(option_strings: list[str], mountpoint: str) -> MountConfig:
     config.debug = "debug" in flags
     config.ignored = ignored
     return config
+
+
+def parse_ownership(values: dict[str, str], squash_to_root: bool) -> Ownership | None:
+    """uidmapping=, gidmapping= and the squash options (squash_to_uid= and squash_to_gid=
+    over squash_to_root, as with fuse-overlayfs); None when none is given."""
+    problems = []
+    maps: dict[str, IdRanges] = {}
+    for key, kind in (("uidmapping", "uid"), ("gidmapping", "gid")):
+        if key in values:
+            try:
+                maps[key] = IdRanges.parse(values[key], overflow_id(kind))
+            except ValueError as exc:
+                problems.append(f"{key}={values[key]!r}: {exc}")
+    squash: dict[str, int] = {}
+    for key in ("squash_to_uid", "squash_to_gid"):
+        if key in values:
+            text = values[key]
+            if not text.isdigit() or int(text) >= MAX_ID:
+                problems.append(f"{key}={text!r} is not an id")
+            else:
+                squash[key] = int(text)
+    if problems:
+        raise ConfigError(problems)
+    if not maps and not squash and not squash_to_root:
+        return None
+    root = 0 if squash_to_root else None
+    return Ownership(
+        maps.get("uidmapping"),
+        maps.get("gidmapping"),
+        show_uid=squash.get("squash_to_uid", root),
+        show_gid=squash.get("squash_to_gid", root),
+    )
+
+
+def overflow_id(kind: str) -> int:
+    """The id the kernel shows for one it cannot map (/proc/sys/kernel/overflowuid)."""
+    try:
+        with open(f"/proc/sys/kernel/overflow{kind}") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return OVERFLOW_ID
 
 
 def _inside(child: str, parent: str) -> bool:

@@ -12,9 +12,11 @@ import stat
 import time
 from collections.abc import Callable
 
+from unionfs import acls
 from unionfs import fuse_protocol as proto
 from unionfs.filesystem import DOT_ENTRIES, AttrChanges, Caller, UnionFilesystem
 from unionfs.handles import FileHandle
+from unionfs.idmap import Ownership
 from unionfs.inodes import Known
 from unionfs.listing_advisor import ListingAdvisor
 from unionfs.logger import get_logger
@@ -62,10 +64,23 @@ def sized(data: bytes, size: int) -> bytes:
 
 
 class FuseAdapter:
-    def __init__(self, fs: UnionFilesystem, timeout: float, *, debug: bool = False) -> None:
+    def __init__(
+        self,
+        fs: UnionFilesystem,
+        timeout: float,
+        *,
+        debug: bool = False,
+        ownership: Ownership | None = None,
+        static_nlink: bool = False,
+    ) -> None:
         self.fs = fs
         self.timeout = timeout
         self.debug = debug
+        # Owners shown other than as stored (uidmapping= and the like): callers' ids and
+        # the owners they give are stored through it, what we answer is shown through it.
+        self.ownership = ownership
+        self._shown = ownership.shown if ownership is not None else None
+        self.static_nlink = static_nlink
         self._state = fs.gate.state
         self.passthrough: Passthrough | None = None  # set once INIT agreed to it
         self.setxattr_ext = False  # set once INIT agreed to it
@@ -126,16 +141,27 @@ class FuseAdapter:
         # A placeholder (st_ino 0) must be asked about again each time: it answers errors.
         return self.timeout if st.st_ino else 0.0
 
-    @staticmethod
-    def _nlink(node: Known, st: os.stat_result) -> int:
+    def _nlink(self, node: Known, st: os.stat_result) -> int:
         # Like the kernel overlayfs: a merged directory's link count is unknown, so 1.
-        return 1 if node.merged else st.st_nlink
+        # static_nlink says so of every directory.
+        if node.merged or (self.static_nlink and stat.S_ISDIR(st.st_mode)):
+            return 1
+        return st.st_nlink
 
     def _entry(self, node: Known, st: os.stat_result) -> bytes:
-        return proto.entry_out(node.ino, st, self._nlink(node, st), self._timeout(st))
+        nlink, timeout = self._nlink(node, st), self._timeout(st)
+        return proto.entry_out(node.ino, st, nlink, timeout, self._shown)
 
     def _attr(self, node: Known, st: os.stat_result) -> bytes:
-        return proto.attr_out(node.ino, st, self._nlink(node, st), self._timeout(st))
+        nlink, timeout = self._nlink(node, st), self._timeout(st)
+        return proto.attr_out(node.ino, st, nlink, timeout, self._shown)
+
+    def _caller(self, uid: int, gid: int, umask: int = 0) -> Caller:
+        """The caller of a request, with its ids as the layers store them."""
+        ownership = self.ownership
+        if ownership is None:
+            return Caller(uid, gid, umask)
+        return Caller(ownership.stored_uid(uid), ownership.stored_gid(gid), umask)
 
     # -- lookup, attributes --------------------------------------------------------------
 
@@ -172,20 +198,26 @@ class FuseAdapter:
             mtime = now if v & proto.FATTR_MTIME_NOW else a.mtime_ns
         changes = AttrChanges(
             mode=a.mode if v & proto.FATTR_MODE else None,
-            uid=a.uid if v & proto.FATTR_UID else None,
-            gid=a.gid if v & proto.FATTR_GID else None,
+            uid=self._stored_uid(a.uid) if v & proto.FATTR_UID else None,
+            gid=self._stored_gid(a.gid) if v & proto.FATTR_GID else None,
             size=a.size if v & proto.FATTR_SIZE else None,
             atime_ns=atime,
             mtime_ns=mtime,
         )
         fh = a.fh if v & proto.FATTR_FH else None
-        caller = Caller(uid, gid)
+        caller = self._caller(uid, gid)
         node, st = self.fs.setattr(nodeid, changes, fh, caller)
         # A chown of ours (as root) already clears what the VFS clears for it; a truncate
         # leaves that to us (the kernel says so only for callers without CAP_FSETID).
         if v & proto.FATTR_KILL_SUIDGID and not v & (proto.FATTR_UID | proto.FATTR_GID):
             st = self.fs.drop_set_ids(nodeid, caller) or st
         return self._attr(node, st)
+
+    def _stored_uid(self, uid: int) -> int:
+        return uid if self.ownership is None else self.ownership.stored_uid(uid)
+
+    def _stored_gid(self, gid: int) -> int:
+        return gid if self.ownership is None else self.ownership.stored_gid(gid)
 
     def readlink(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
         return self.fs.readlink(nodeid)
@@ -195,22 +227,22 @@ class FuseAdapter:
     def mknod(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
         mode, rdev, umask, _ = proto.MKNOD_IN.unpack_from(body)
         name = name_of(body, proto.MKNOD_IN.size)
-        caller = Caller(uid, gid, umask)
+        caller = self._caller(uid, gid, umask)
         return self._entry(*self.fs.mknod(nodeid, name, mode, decode_rdev(rdev), caller))
 
     def mkdir(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
         mode, umask = proto.MKDIR_IN.unpack_from(body)
         name = name_of(body, proto.MKDIR_IN.size)
-        return self._entry(*self.fs.mkdir(nodeid, name, mode, Caller(uid, gid, umask)))
+        return self._entry(*self.fs.mkdir(nodeid, name, mode, self._caller(uid, gid, umask)))
 
     def symlink(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
         name, target = proto.two_cstrings(body)
-        return self._entry(*self.fs.symlink(nodeid, name, target, Caller(uid, gid)))
+        return self._entry(*self.fs.symlink(nodeid, name, target, self._caller(uid, gid)))
 
     def link(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
         old = proto.LINK_IN.unpack_from(body)[0]
         name = name_of(body, proto.LINK_IN.size)
-        return self._entry(*self.fs.link(old, nodeid, name, Caller(uid, gid)))
+        return self._entry(*self.fs.link(old, nodeid, name, self._caller(uid, gid)))
 
     def unlink(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
         self.fs.unlink(nodeid, name_of(body))
@@ -238,18 +270,18 @@ class FuseAdapter:
         flags, open_flags = proto.OPEN_IN.unpack_from(body)
         handle = self.fs.open(nodeid, flags)
         if open_flags & proto.OPEN_KILL_SUIDGID:  # O_TRUNC by a caller without CAP_FSETID
-            self._drop_set_ids(nodeid, Caller(uid, gid))
+            self._drop_set_ids(nodeid, self._caller(uid, gid))
         return self._opened(handle, uid)
 
     def create(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
         flags, mode, umask, _ = proto.CREATE_IN.unpack_from(body)
         name = name_of(body, proto.CREATE_IN.size)
-        handle, node, st = self.fs.create(nodeid, name, mode, flags, Caller(uid, gid, umask))
+        handle, node, st = self.fs.create(nodeid, name, mode, flags, self._caller(uid, gid, umask))
         return self._entry(node, st) + self._opened(handle, uid, st.st_mode)
 
     def tmpfile(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
         flags, mode, umask, _ = proto.CREATE_IN.unpack_from(body)
-        handle, node, st = self.fs.tmpfile(nodeid, mode, flags, Caller(uid, gid, umask))
+        handle, node, st = self.fs.tmpfile(nodeid, mode, flags, self._caller(uid, gid, umask))
         return self._entry(node, st) + self._opened(handle, uid, st.st_mode)
 
     def _opened(self, handle: FileHandle, uid: int, mode: int | None = None) -> bytes:
@@ -293,7 +325,7 @@ class FuseAdapter:
         start = proto.WRITE_IN.size
         written = self.fs.write(fh, offset, body[start : start + size])
         if write_flags & proto.WRITE_KILL_SUIDGID:
-            self._drop_set_ids(nodeid, Caller(uid, gid))
+            self._drop_set_ids(nodeid, self._caller(uid, gid))
         return proto.WRITE_OUT.pack(written, 0)
 
     def _drop_set_ids(self, nodeid: int, caller: Caller) -> None:
@@ -351,9 +383,11 @@ class FuseAdapter:
         parts: list[bytes] = []
         used = 0
         direntplus, nlink_of, timeout_of = proto.direntplus, self._nlink, self._timeout
+        shown = self._shown
         for name, node, st, next_offset in self.fs.readdir(fh, offset):
             dot = name in DOT_ENTRIES  # the kernel takes no reference for . and ..
-            part = direntplus(node.ino, st, nlink_of(node, st), timeout_of(st), name, next_offset)
+            nlink, timeout = nlink_of(node, st), timeout_of(st)
+            part = direntplus(node.ino, st, nlink, timeout, name, next_offset, shown)
             if used + len(part) > size:
                 if not dot:
                     self.fs.inodes.discard_unreferenced(node)
@@ -396,7 +430,11 @@ class FuseAdapter:
 
     def getxattr(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
         size = proto.GETXATTR_IN.unpack_from(body)[0]
-        return sized(self.fs.getxattr(nodeid, name_of(body, proto.GETXATTR_IN.size)), size)
+        name = name_of(body, proto.GETXATTR_IN.size)
+        value = self.fs.getxattr(nodeid, name)
+        if self.ownership is not None and name in (acls.ACCESS, acls.DEFAULT):
+            value = self.ownership.acl_shown(value)  # the kernel checks it with shown ids
+        return sized(value, size)
 
     def listxattr(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
         size = proto.GETXATTR_IN.unpack_from(body)[0]
@@ -407,9 +445,11 @@ class FuseAdapter:
         size, flags, *ext = header.unpack_from(body)  # ext: setxattr_flags, padding
         name, value_start = proto.cstring(body, header.size)
         value = body[value_start : value_start + size].tobytes()
+        if self.ownership is not None and name in (acls.ACCESS, acls.DEFAULT):
+            value = self.ownership.acl_stored(value)
         self.fs.setxattr(nodeid, name, value, flags)
         if ext and ext[0] & proto.SETXATTR_ACL_KILL_SGID:  # the kernel drops its cached mode
-            self.fs.drop_set_ids(nodeid, Caller(uid, gid), drop=stat.S_ISGID)
+            self.fs.drop_set_ids(nodeid, self._caller(uid, gid), drop=stat.S_ISGID)
         return EMPTY
 
     def removexattr(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:

@@ -11,6 +11,7 @@ import functools
 import os
 import stat
 import struct
+from collections.abc import Callable
 
 KERNEL_MAJOR = 7
 KERNEL_MINOR = 31
@@ -193,8 +194,16 @@ def split_seconds(seconds: float) -> tuple[int, int]:
     return whole, int((seconds - whole) * 1e9)
 
 
-def attr_fields(ino: int, st: os.stat_result, nlink: int) -> tuple[int, ...]:
+# Stored owner -> shown owner, for a mount that shows owners other than as stored
+# (unionfs/idmap.py); None shows them as they are.
+Shown = Callable[[int, int], tuple[int, int]]
+
+
+def attr_fields(
+    ino: int, st: os.stat_result, nlink: int, shown: Shown | None = None
+) -> tuple[int, ...]:
     atime, mtime, ctime = st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
+    uid, gid = (st.st_uid, st.st_gid) if shown is None else shown(st.st_uid, st.st_gid)
     return (
         ino,
         st.st_size,
@@ -207,24 +216,27 @@ def attr_fields(ino: int, st: os.stat_result, nlink: int) -> tuple[int, ...]:
         ctime % 10**9,
         st.st_mode,
         nlink,
-        st.st_uid,
-        st.st_gid,
+        uid,
+        gid,
         st.st_rdev & 0xFFFFFFFF,  # glibc's dev_t encoding agrees with the kernel's in 32 bits
         st.st_blksize,
         0,
     )
 
 
-def entry_out(ino: int, st: os.stat_result, nlink: int, timeout: float) -> bytes:
+def entry_out(
+    ino: int, st: os.stat_result, nlink: int, timeout: float, shown: Shown | None = None
+) -> bytes:
     """attr_fields written out in the one pack: every LOOKUP answers with this."""
     sec, nsec = split_seconds(timeout)
     atime, mtime, ctime = st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
+    uid, gid = (st.st_uid, st.st_gid) if shown is None else shown(st.st_uid, st.st_gid)
     return ENTRY_OUT.pack(
         ino, 0, sec, sec, nsec, nsec,
         ino, st.st_size, st.st_blocks,
         atime // 10**9, mtime // 10**9, ctime // 10**9,
         atime % 10**9, mtime % 10**9, ctime % 10**9,
-        st.st_mode, nlink, st.st_uid, st.st_gid, st.st_rdev & 0xFFFFFFFF, st.st_blksize, 0,
+        st.st_mode, nlink, uid, gid, st.st_rdev & 0xFFFFFFFF, st.st_blksize, 0,
     )  # fmt: skip
 
 
@@ -234,9 +246,11 @@ def negative_entry(timeout: float) -> bytes:
     return ENTRY_OUT.pack(0, 0, sec, 0, nsec, 0, *(0,) * 16)
 
 
-def attr_out(ino: int, st: os.stat_result, nlink: int, timeout: float) -> bytes:
+def attr_out(
+    ino: int, st: os.stat_result, nlink: int, timeout: float, shown: Shown | None = None
+) -> bytes:
     sec, nsec = split_seconds(timeout)
-    return ATTR_OUT.pack(sec, nsec, 0, *attr_fields(ino, st, nlink))
+    return ATTR_OUT.pack(sec, nsec, 0, *attr_fields(ino, st, nlink, shown))
 
 
 def dirent(name: bytes, ino: int, mode: int, next_offset: int) -> bytes:
@@ -279,19 +293,26 @@ def most_names(plus: bool, size: int) -> int:
 
 
 def direntplus(
-    ino: int, st: os.stat_result, nlink: int, timeout: float, name: bytes, next_offset: int
+    ino: int,
+    st: os.stat_result,
+    nlink: int,
+    timeout: float,
+    name: bytes,
+    next_offset: int,
+    shown: Shown | None = None,
 ) -> bytes:
     """entry_out(...) + dirent(...) in one pack: a READDIRPLUS answer holds one per name, and
     a walk makes thousands (this is the hot loop of listing a directory)."""
     sec, nsec = split_seconds(timeout)
     atime, mtime, ctime = st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
     mode = st.st_mode
+    uid, gid = (st.st_uid, st.st_gid) if shown is None else shown(st.st_uid, st.st_gid)
     head = DIRENTPLUS.pack(
         ino, 0, sec, sec, nsec, nsec,
         ino, st.st_size, st.st_blocks,
         atime // 10**9, mtime // 10**9, ctime // 10**9,
         atime % 10**9, mtime % 10**9, ctime % 10**9,
-        mode, nlink, st.st_uid, st.st_gid, st.st_rdev & 0xFFFFFFFF, st.st_blksize, 0,
+        mode, nlink, uid, gid, st.st_rdev & 0xFFFFFFFF, st.st_blksize, 0,
         ino, next_offset, len(name), stat.S_IFMT(mode) >> 12,
     )  # fmt: skip
     return head + name + _PADDING[-len(name) % 8]

@@ -73,7 +73,13 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     fs = build_filesystem(config)
-    adapter = FuseAdapter(fs, config.timeout, debug=config.debug)
+    adapter = FuseAdapter(
+        fs,
+        config.timeout,
+        debug=config.debug,
+        ownership=config.ownership,
+        static_nlink=config.static_nlink,
+    )
     spec = MountSpec(
         os.fsencode(config.mountpoint),
         config.fsname,

@@ -82,6 +82,20 @@ def test_an_unknown_option_is_refused_by_name() -> None:
         parse_options(["lowerdirs=/a"], "/mnt")
 
 
+def test_owner_options_of_fuse_overlayfs_are_taken_and_checked() -> None:
+    config = parse_options(["lowerdir=/a,uidmapping=0:1000:1:1:100000:65536,static_nlink"], "/m")
+    assert config.ownership is not None and config.ownership.uids is not None
+    assert config.ownership.gids is None and config.static_nlink
+    config = parse_options(["lowerdir=/a,squash_to_root,squash_to_gid=5"], "/m")
+    assert config.ownership is not None
+    assert (config.ownership.show_uid, config.ownership.show_gid) == (0, 5)
+    assert parse_options(["lowerdir=/a,squash_to_root=0"], "/m").ownership is None
+    with pytest.raises(ConfigError) as info:
+        parse_options(["lowerdir=/a,uidmapping=0:1000,squash_to_uid=me"], "/m")
+    assert len(info.value.problems) == 2
+    assert "uidmapping='0:1000'" in info.value.problems[0]
+
+
 def test_lowerdir_is_required() -> None:
     with pytest.raises(ConfigError, match="lowerdir"):
         parse_options(["upperdir=/u,workdir=/w"], "/mnt")
