@@ -137,6 +137,13 @@ def container_main(spec: ContainerSpec, root: str, channels: Channels) -> NoRetu
             namespaces.bring_up_loopback()
         sc.sethostname(spec.hostname)  # in the container's own UTS namespace
 
+    def mount_plan() -> None:
+        # Under --userns, what we make for a mount point belongs to the container's root,
+        # as the image's own directories do (host root is outside the union's mapping).
+        userns = spec.userns if spec.layers else None
+        owner = (userns.uid_base, userns.gid_base) if userns is not None else None
+        execute_plan(root, plan_mounts(spec), owner)
+
     def make_root_readonly() -> None:
         if spec.read_only:
             remount_readonly("/")
@@ -151,7 +158,7 @@ def container_main(spec: ContainerSpec, root: str, channels: Channels) -> NoRetu
             ("wait for the cgroup", lambda: wait_for_parent(channels.go)),
             ("unshare namespaces", lambda: sc.unshare(namespaces.unshare_flags(spec.host_network))),
             ("mount the root filesystem", bind_rootfs),
-            ("mount /proc, /dev, /sys and volumes", lambda: execute_plan(root, plan_mounts(spec))),
+            ("mount /proc, /dev, /sys and volumes", mount_plan),
             ("bring up lo and set the hostname", isolate_network),
             ("open the terminal", open_terminal),
             ("pivot_root", lambda: pivot_into(root)),
@@ -267,16 +274,30 @@ def resolve_in_root(root: str, path: str) -> str:
     return os.path.join(root, *resolved)
 
 
-def execute_plan(root: str, steps: list[Step]) -> None:
+def make_missing(path: str, owner: tuple[int, int] | None, *, is_file: bool = False) -> None:
+    """makedirs(path), or its parents and an empty file; what it makes is given to owner
+    (uid, gid) where one is given."""
+    made = []
+    missing = path
+    while not os.path.lexists(missing):
+        made.append(missing)
+        missing = os.path.dirname(missing)
+    for i, new in enumerate(reversed(made)):
+        if is_file and i == len(made) - 1:
+            os.close(os.open(new, os.O_CREAT | os.O_WRONLY, 0o644))
+        else:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(new)
+        if owner is not None:
+            os.chown(new, *owner, follow_symlinks=False)
+
+
+def execute_plan(root: str, steps: list[Step], owner: tuple[int, int] | None = None) -> None:
+    """owner: who is given the mount points we make (None: whoever we are)."""
     for step in steps:
         if isinstance(step, Mount):
             target = resolve_in_root(root, step.target)
-            if step.target_is_file:
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                if not os.path.exists(target):
-                    os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o644))
-            else:
-                os.makedirs(target, exist_ok=True)
+            make_missing(target, owner, is_file=step.target_is_file)
             sc.mount(step.source, target, step.fstype, step.flags, step.data)
             if step.flags & sc.MS_BIND:  # a volume: no device nodes through it either
                 restrict_mount(target, sc.MS_NODEV | (sc.MS_RDONLY if step.readonly else 0))

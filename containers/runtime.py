@@ -113,7 +113,7 @@ def start(
         if spec.layers:
             # In the background: the cgroup and the fork below overlap with the daemon's
             # start-up; the first process is let go only once the union is mounted.
-            mounting = MountProgram.start(record, list(spec.layers))
+            mounting = MountProgram.start(record, list(spec.layers), spec.userns)
             undo.callback(mounting.abandon)
         try:
             cgroup = open_cgroup(spec.id)
@@ -254,12 +254,22 @@ class MountProgram:
         self.running = True  # mounting: ours to end if the start fails
 
     @classmethod
-    def start(cls, record: ContainerRecord, layers: list[str]) -> MountProgram:
+    def start(
+        cls, record: ContainerRecord, layers: list[str], id_map: namespaces.IdMap | None = None
+    ) -> MountProgram:
+        """id_map (--userns): the union shows the image's owners shifted into the
+        container's range, so its root owns what the image's root owns; the layers keep
+        them unshifted (diff and commit see the image's own ids)."""
         from unionfs.config import escape_path  # the child imports it anyway
 
         lowers = ":".join(escape_path(p) for p in layers)
         work = escape_path(record.work_dir)
         options = f"lowerdir={lowers},{_upper_option(record)},workdir={work}"
+        if id_map is not None:
+            options += (
+                f",uidmapping=0:{id_map.uid_base}:{id_map.size}"
+                f",gidmapping=0:{id_map.gid_base}:{id_map.size}"
+            )
         argv = ["-o", options, record.mount_point]
         if not os.environ.get(MOUNT_PROGRAM_ENV):
             forked = mount_helper.take()

@@ -254,24 +254,39 @@ def test_env_workdir_and_user(lamina: Lamina, busybox_rootfs: Path, tmp_path: Pa
     assert out.split() == ["1", "flag", "/work", "65534", "65534", "/nonexistent"]
 
 
-def test_userns_makes_root_inside_an_unprivileged_host_uid(
-    lamina: Lamina, busybox_rootfs: Path
+def test_userns_makes_root_inside_an_unprivileged_host_uid_owning_the_image(
+    lamina: Lamina, busybox_rootfs: Path, tmp_path: Path
 ) -> None:
+    """Root inside is host uid 100000 or so, and the union shows the image's files shifted
+    into that range: root inside owns what the image's root owns, and what it writes is
+    stored with the image's own ids (as diff and commit must see them)."""
     from containers.namespaces import host_id_map
     from containers.state import find_container
 
     id_map = host_id_map()
+    volume = tmp_path / "volume"
+    volume.mkdir()
     lamina.ok("run", "-d", "--userns", "--name", "u", "--layer", str(busybox_rootfs),
+              "-v", f"{volume}:/made/for/volume",
               "--", "sh", "-c", "echo x > /tmp/ok; sleep 600")  # fmt: skip
-    pid = find_container(lamina.root, "u").pid
-    status = Path(f"/proc/{pid}/status").read_text()
+    record = find_container(lamina.root, "u")
+    status = Path(f"/proc/{record.pid}/status").read_text()
     assert f"Uid:\t{id_map.uid_base}\t" in status  # seen from the host
     inside = lamina.ok("exec", "u", "sh", "-c", "id -u; cat /proc/self/uid_map; cat /tmp/ok")
     uid, *uid_map, written = inside.split()
     assert uid == "0" and uid_map == ["0", str(id_map.uid_base), str(id_map.size)]
     assert written == "x"
-    denied = lamina("exec", "u", "touch", "/etc/new")  # the image's files belong to host root
-    assert denied.returncode != 0 and "Permission denied" in denied.stderr
+    owners = lamina.ok("exec", "u", "stat", "-c", "%u:%g", "/bin/busybox", "/etc", "/made")
+    assert owners.split() == ["0:0"] * 3  # the image's, and the mount point made for -v
+    lamina.ok("exec", "u", "sh", "-c", "touch /etc/new && mkdir /data && chown 7:8 /data")
+    upper = Path(record.upper_dir)
+    stored = {p: os.lstat(upper / p) for p in ("etc/new", "data", "made/for")}
+    assert {p: (st.st_uid, st.st_gid) for p, st in stored.items()} == {
+        "etc/new": (0, 0),
+        "data": (7, 8),
+        "made/for": (0, 0),
+    }
+    assert "A /etc/new" in lamina.ok("diff", "u").splitlines()
     lamina.ok("rm", "-f", "u")
 
 
