@@ -25,7 +25,7 @@ HARMLESS_OPTIONS = frozenset(
         "redirect_dir=on", "redirect_dir=follow", "redirect_dir=off", "redirect_dir=nofollow",
         "index=off", "index=on", "xino=off", "xino=on", "xino=auto", "metacopy=off",
         "metacopy=on", "nfs_export=off", "uuid=on", "uuid=off", "uuid=null", "uuid=auto",
-        "fast_ino=0", "fast_ino=1", "noxattrs=0", "threaded=0",
+        "fast_ino=0", "fast_ino=1", "noxattrs=0", "fsync=1", "threaded=0",
         "threaded=1", "plugins=", "squash_to_root=0",
     }
 )  # fmt: skip
@@ -71,6 +71,7 @@ class MountConfig:
         # uidmapping=, gidmapping=, squash_to_*: owners shown other than as stored
         self.ownership: Ownership | None = None
         self.static_nlink = False  # every directory shows one link (fuse-overlayfs's option)
+        self.xattrs = True  # noxattrs=1: no extended attributes through the mount at all
         # The mount's own flags; by default no set-id programs and no device nodes, as
         # every FUSE mount (root may say suid, dev).
         self.nosuid = True
@@ -157,6 +158,8 @@ def parse_options(option_strings: list[str], mountpoint: str) -> MountConfig:
                          "noio_uring", "passthrough", "nopassthrough", "acl",
                          "noacl", "squash_to_root", "static_nlink"):  # fmt: skip
                 flags.add(key)
+            elif option in ("noxattrs=1", "fsync=0"):  # fuse-overlayfs's switches
+                flags.add(option)
             elif option in MOUNT_FLAG_OPTIONS:  # the last of a pair wins, as with mount(8)
                 name, on = MOUNT_FLAG_OPTIONS[option]
                 mount_flags[name] = on
@@ -190,7 +193,8 @@ def parse_options(option_strings: list[str], mountpoint: str) -> MountConfig:
     config.noexec = mount_flags["noexec"]
     config.userxattr = "userxattr" in flags
     config.read_only = "ro" in flags
-    config.volatile = "volatile" in flags
+    config.volatile = "volatile" in flags or "fsync=0" in flags
+    config.xattrs = "noxattrs=1" not in flags
     config.fsname = values.get("fsname", "unionfs")
     config.allow_other = "noallow_other" not in flags
     config.default_permissions = "nodefault_permissions" not in flags

@@ -72,6 +72,7 @@ class FuseAdapter:
         debug: bool = False,
         ownership: Ownership | None = None,
         static_nlink: bool = False,
+        xattrs: bool = True,
     ) -> None:
         self.fs = fs
         self.timeout = timeout
@@ -125,6 +126,9 @@ class FuseAdapter:
         }
         # FLUSH, ACCESS and everything else: ENOSYS, and the kernel stops sending them
         # (nothing to do at close(2); default_permissions checks access in the kernel).
+        if not xattrs:  # noxattrs=1: the kernel answers EOPNOTSUPP itself from then on
+            for opcode in (proto.SETXATTR, proto.GETXATTR, proto.LISTXATTR, proto.REMOVEXATTR):
+                del self.ops[opcode]
 
     def handle(self, opcode: int, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
         op = self.ops.get(opcode)

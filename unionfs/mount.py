@@ -79,6 +79,7 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
         debug=config.debug,
         ownership=config.ownership,
         static_nlink=config.static_nlink,
+        xattrs=config.xattrs,
     )
     spec = MountSpec(
         os.fsencode(config.mountpoint),
@@ -113,7 +114,7 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
             want &= ~proto.PASSTHROUGH
         # ACLs are checked only with the kernel's permission checks (FUSE_POSIX_ACL would
         # turn those on); without them, the kernel applies the umask as it always did.
-        if not (config.acl and config.default_permissions):
+        if not (config.acl and config.default_permissions and config.xattrs):
             want &= ~(proto.POSIX_ACL | proto.DONT_MASK)
         session.init(want if config.io_uring else want & ~proto.OVER_IO_URING)
         raise_readahead(mounted_at)  # after INIT: the kernel sets it there

@@ -1,7 +1,7 @@
-"""Owners shown other than as stored: uidmapping=, gidmapping=, squash_to_root,
-squash_to_uid=, squash_to_gid= and static_nlink, with fuse-overlayfs (whose options these
-are) as the reference: the same layers, the same calls, the same owners seen in the mount
-and left on disk.
+"""fuse-overlayfs's own options, with fuse-overlayfs as the reference: the same layers, the
+same calls, the same results seen in the mount and left on disk. Owners shown other than
+as stored (uidmapping=, gidmapping=, squash_to_root, squash_to_uid=, squash_to_gid=),
+static_nlink, noxattrs=1 and fsync=0.
 
 The one place we differ on purpose is POSIX ACLs: fuse-overlayfs shows their named users as
 stored, so the kernel checks them against the wrong ids; we map them (tested on ours alone).
@@ -9,11 +9,12 @@ stored, so the kernel checks them against the wrong ids; we map them (tested on 
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -226,3 +227,47 @@ def test_squash_shows_one_owner_and_stores_through_the_mapping() -> None:
     assert ownership.shown(3, 3) == (7, 3)
     assert ownership.stored_uid(1003) == 3
     assert ownership.stored_uid(0) == OVERFLOW
+
+
+def xattr_errors(program: Path, options: list[str], base: Path) -> dict[str, object]:
+    layers = mounting.make_layers(base, 1)
+    lower_file = layers.lowers[0] / "f"
+    lower_file.write_bytes(b"lower")
+    os.setxattr(lower_file, "user.kept", b"1")
+    mnt = base / "mnt"
+    mnt.mkdir()
+    seen: dict[str, object] = {}
+    calls: dict[str, Callable[[], object]] = {
+        "get": lambda: os.getxattr(mnt / "f", "user.kept"),
+        "list": lambda: os.listxattr(mnt / "f"),
+        "set": lambda: os.setxattr(mnt / "f", "user.new", b"2"),
+        "remove": lambda: os.removexattr(mnt / "f", "user.kept"),
+    }
+    with mounting.unionfs(layers, mnt, options, program=program):
+        for name, call in calls.items():
+            try:
+                seen[name] = call()
+            except OSError as exc:
+                seen[name] = errno.errorcode[exc.errno or 0]
+        seen["data"] = (mnt / "f").read_bytes()
+    return seen
+
+
+def test_noxattrs_turns_extended_attributes_off(bases: tuple[Path, Path]) -> None:
+    """fuse-overlayfs 1.10 still removes one (its removexattr does not check the option);
+    ours refuses that too."""
+    theirs, ours = bases
+    expected = xattr_errors(FUSE_OVERLAYFS, ["noxattrs=1"], theirs)
+    seen = xattr_errors(mounting.UNIONFS, ["noxattrs=1"], ours)
+    unsupported = errno.errorcode[errno.EOPNOTSUPP]
+    assert seen.pop("remove") == unsupported
+    expected.pop("remove")
+    assert seen == expected
+    assert expected["get"] == expected["set"] == expected["list"] == unsupported
+
+
+def test_fsync_0_skips_syncs_as_volatile_does() -> None:
+    from unionfs.config import parse_options
+
+    assert parse_options(["lowerdir=/a,fsync=0"], "/m").volatile
+    assert not parse_options(["lowerdir=/a,fsync=1"], "/m").volatile
