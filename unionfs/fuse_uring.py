@@ -21,12 +21,14 @@ import mmap
 import os
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 from unionfs import fuse_protocol as proto
 from unionfs.fuse_session import Handler, Reader, answer, answer_read
 from unionfs.logger import get_logger
 from unionfs.syscalls import UringEnter, address_of, io_uring_setup
+from unionfs.yield_advisor import YieldAdvisor
 
 log = get_logger(__name__)
 
@@ -198,10 +200,14 @@ class Ring:
 class QueueWorker:
     """A thread's ring and entry on one CPU's queue, and its serve loop."""
 
-    def __init__(self, device: int, qid: int, payload_size: int, may_yield: bool) -> None:
+    def __init__(
+        self, device: int, qid: int, payload_size: int, advisor: YieldAdvisor | None
+    ) -> None:
         self.device = device
         self.qid = qid
-        self.may_yield = may_yield  # may_leave_sched_idle(): asked once for all queues
+        # Whether to yield to the caller we answer (shared by every queue); None where we
+        # could not leave SCHED_IDLE again (may_leave_sched_idle(), asked once for all).
+        self.advisor = advisor
         self.buffer = mmap.mmap(-1, _PAYLOAD_AT + payload_size)
         self.iovecs = mmap.mmap(-1, _IOVECS.size)
         base = address_of(self.buffer)
@@ -258,7 +264,7 @@ class QueueWorker:
         reply = view[payload:]  # a READ reads its data right here (fuse_adapter.read_into)
         commit = self._command(proto.URING_CMD_COMMIT_AND_FETCH)
         setscheduler, idle, normal = os.sched_setscheduler, os.SCHED_IDLE, os.SCHED_OTHER
-        yield_to_caller = self.may_yield
+        advisor, monotonic_ns = self.advisor, time.monotonic_ns
         ring.push(self._command(proto.URING_CMD_REGISTER), 0)
         result = ring.wait()
         if result < 0 and -result not in _GONE:
@@ -272,7 +278,7 @@ class QueueWorker:
                     log.error("FUSE io_uring queue %d: %s", self.qid, os.strerror(-result))
                     on_failure()
                 return
-            length, opcode, unique, nodeid, uid, gid, _pid, _ext, _pad = unpack_header(buffer)
+            length, opcode, unique, nodeid, uid, gid, pid, _ext, _pad = unpack_header(buffer)
             _flags, commit_id, payload_size, _p, _r = unpack_entry(buffer, entry_at)
             fixed = length - header_size - payload_size  # the request's own struct
             if 0 <= fixed <= payload - op_in:
@@ -291,21 +297,25 @@ class QueueWorker:
             pack_out(buffer, 0, out_size + size, -error, unique)
             pack_size(buffer, size_at, size)  # the kernel reads only this of the entry
             ring.push(commit, commit_id)
-            if yield_to_caller and size + payload_size < _STREAMING_BYTES:
-                # Our answer wakes the caller, and the scheduler puts a woken task on an
+            if (
+                advisor is not None
+                and advisor.answering(pid, monotonic_ns())
+                and size + payload_size < _STREAMING_BYTES
+            ):
+                # Our answer wakes the caller, and a scheduler may put a woken task on an
                 # idle CPU rather than a busy one: ours, busy running us, would send the
                 # caller to the other CPU, and its next request to that CPU's queue, each
-                # request paying a cross-CPU wake-up and both caches (first stat of 10,000
-                # files: 250-690 ms from run to run). As SCHED_IDLE we count as idle: the
-                # caller stays, and takes the CPU from us at once (~290 ms, every run). We
-                # are back at the normal policy before we wait for the next request.
+                # request paying a cross-CPU wake-up and both caches. As SCHED_IDLE we
+                # count as idle: the caller stays, and takes the CPU from us at once. We
+                # are back at the normal policy before we wait for the next request. Where
+                # that costs more than it saves, the advisor says so (yield_advisor.py).
                 setscheduler(0, idle, _PARAM)
                 ring.submit()
                 try:
                     setscheduler(0, normal, _PARAM)
                 except OSError as exc:  # not expected: may_leave_sched_idle() said we could
                     log.error("FUSE io_uring queue %d stays SCHED_IDLE: %s", self.qid, exc)
-                    yield_to_caller = False
+                    advisor = None
             result = ring.wait()
 
     def _command(self, command: int) -> bytes:
@@ -334,10 +344,10 @@ def start(
     on_failure: a queue cannot serve any more; on_refused: the kernel turned io_uring off
     for this mount (/dev/fuse brings every request then)."""
     threads = []
-    may_yield = may_leave_sched_idle()
+    advisor = YieldAdvisor() if may_leave_sched_idle() else None
     for qid in range(queue_count()):
         for i in range(per_queue):
-            worker = QueueWorker(device, qid, payload_size, may_yield)
+            worker = QueueWorker(device, qid, payload_size, advisor)
             thread = threading.Thread(
                 target=worker.serve,
                 args=(handle, read_into, on_failure, on_refused),
