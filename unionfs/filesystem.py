@@ -10,6 +10,7 @@ fsync runs; lookups, attributes and data reads never wait for them.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -1226,6 +1227,39 @@ class UnionFilesystem:
             self._copy_up(node)
             target, follow = self._target(node)
             os.setxattr(target, name, value, flags, follow_symlinks=follow)
+
+    # -- inode attributes ----------------------------------------------------------------
+
+    def get_fileattr(self, ino: int, request: int, size: int) -> bytes:
+        """An inode attribute ioctl (FS_IOC_GETFLAGS, FS_IOC_FSGETXATTR) on the entry in its
+        layer: its answer, size bytes."""
+        fd = self._open_for_ioctl(self._node(ino))
+        try:
+            answer = bytearray(size)
+            fcntl.ioctl(fd, request, answer, True)
+            return bytes(answer)
+        finally:
+            os.close(fd)
+
+    def set_fileattr(self, ino: int, request: int, value: bytes) -> None:
+        """FS_IOC_SETFLAGS, FS_IOC_FSSETXATTR: on the upper copy, as the kernel overlayfs
+        does, and only once it is whole (an immutable or append-only flag would stop the
+        rest of a deferred copy)."""
+        with self.gate.mutating():
+            node = self._node(ino)
+            self._copy_up(node)
+            if node.pending is not None:
+                self._complete(node)
+            fd = self._open_for_ioctl(node)
+            try:
+                fcntl.ioctl(fd, request, value)
+            finally:
+                os.close(fd)
+
+    def _open_for_ioctl(self, node: Node) -> int:
+        target, follow = self._target(node)
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+        return os.open(target, flags)
 
     def removexattr(self, ino: int, name: bytes) -> None:
         if self.markers.is_private(name):

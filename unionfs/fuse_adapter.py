@@ -121,6 +121,7 @@ class FuseAdapter:
             proto.READDIRPLUS: self.readdirplus,
             proto.RELEASEDIR: self.releasedir,
             proto.FSYNCDIR: self.fsyncdir,
+            proto.IOCTL: self.ioctl,
             proto.INTERRUPT: self.ignore,  # we answer every request promptly anyway
             proto.DESTROY: self.ignore,
         }
@@ -459,6 +460,22 @@ class FuseAdapter:
     def removexattr(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
         self.fs.removexattr(nodeid, name_of(body))
         return EMPTY
+
+    # -- inode attributes (lsattr, chattr) -----------------------------------------------
+
+    def ioctl(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
+        # The kernel has checked the caller may (owner, CAP_LINUX_IMMUTABLE for i and a).
+        _fh, _flags, cmd, _arg, in_size, out_size = proto.IOCTL_IN.unpack_from(body)
+        known = proto.FILEATTR_IOCTLS.get(cmd)
+        if known is None:  # isatty() and the like: what a plain file answers
+            raise OSError(errno.ENOTTY, os.strerror(errno.ENOTTY))
+        reads, size = known
+        if reads:
+            attributes = self.fs.get_fileattr(nodeid, cmd, size)
+            return proto.IOCTL_OUT.pack(0, 0, 0, 0) + attributes[:out_size]
+        start = proto.IOCTL_IN.size
+        self.fs.set_fileattr(nodeid, cmd, body[start : start + in_size].tobytes())
+        return proto.IOCTL_OUT.pack(0, 0, 0, 0)
 
     def ignore(self, nodeid: int, uid: int, gid: int, body: memoryview) -> bytes:
         return EMPTY

@@ -47,6 +47,7 @@ FSYNCDIR = 30
 CREATE = 35
 INTERRUPT = 36
 DESTROY = 38
+IOCTL = 39
 BATCH_FORGET = 42
 FALLOCATE = 43
 READDIRPLUS = 44
@@ -139,6 +140,23 @@ LSEEK_IN = struct.Struct("<QQII")  # fh offset whence padding
 LSEEK_OUT = struct.Struct("<Q")  # offset
 COPY_FILE_RANGE_IN = struct.Struct("<QQQQQQQ")  # fh_in off_in nodeid_out fh_out off_out len
 # flags
+IOCTL_IN = struct.Struct("<QIIQII")  # fh flags cmd arg in_size out_size
+IOCTL_OUT = struct.Struct("<iIII")  # result flags in_iovs out_iovs
+
+# The inode attribute ioctls (what lsattr and chattr use): the kernel sends these to the
+# file system itself (fs/fuse/ioctl.c, fuse_fileattr_get/set), with the attributes in the
+# request or the answer: cmd -> (the kernel reads an answer, size). Any other ioctl on one
+# of our files is refused as a plain file's would be (ENOTTY).
+FS_IOC_GETFLAGS = 0x80086601  # _IOR('f', 1, long); the kernel passes an int
+FS_IOC_SETFLAGS = 0x40086602  # _IOW('f', 2, long)
+FS_IOC_FSGETXATTR = 0x801C581F  # _IOR('X', 31, struct fsxattr)
+FS_IOC_FSSETXATTR = 0x401C5820  # _IOW('X', 32, struct fsxattr)
+FILEATTR_IOCTLS = {
+    FS_IOC_GETFLAGS: (True, 4),
+    FS_IOC_SETFLAGS: (False, 4),
+    FS_IOC_FSGETXATTR: (True, 28),
+    FS_IOC_FSSETXATTR: (False, 28),
+}
 
 
 class SetattrIn:
