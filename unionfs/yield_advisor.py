@@ -22,6 +22,8 @@ choice holds for SETTLE windows, then a new trial.
 
 from __future__ import annotations
 
+import threading
+
 WINDOW = 128  # requests a window (5-10 ms of a busy caller)
 MIN_CYCLES = 32  # a window counts with at least this many caller-to-next-request times
 TRIAL_WINDOWS = 3  # counted windows of each kind a trial compares
@@ -31,10 +33,13 @@ MARGIN = 1.05  # the yield must make requests come this much faster to be kept
 
 class YieldAdvisor:
     """Chooses, window by window, whether to answer with a yield. Shared by the queue
-    threads of a mount (a caller that moves changes queue, so thread): each call is made
-    holding the GIL, and a count lost between two threads only blurs a window."""
+    threads of a mount (a caller that moves changes queue, so thread): counting is left to
+    the GIL (a count lost between two threads only blurs a window), the end of a window
+    is one thread's at a time (it must never fail: a queue thread that raised would leave
+    its queue unserved)."""
 
     def __init__(self) -> None:
+        self._ending = threading.Lock()
         self.yielding = False  # the choice outside trials
         self._mode = False  # this window's
         self._trying = True  # a trial first: the host decides
@@ -54,14 +59,22 @@ class YieldAdvisor:
             if last is not None:
                 self._cycles.append(now_ns - last)
         self._requests += 1
-        if self._requests >= WINDOW:
-            self._end_window()  # for the requests after this one
+        if self._requests >= WINDOW and self._ending.acquire(blocking=False):
+            try:
+                if self._requests >= WINDOW:  # not ended by another thread meanwhile
+                    self._end_window()  # for the requests after this one
+            finally:
+                self._ending.release()
         return mode
 
     def _end_window(self) -> None:
+        cycles = self._cycles  # other threads may still append to it: it is ours to read
+        self._cycles = []
+        self._requests = 0
+        self._last.clear()
         if self._trying:
-            if len(self._cycles) >= MIN_CYCLES:
-                self._trial[self._mode].append(_median(self._cycles))
+            if len(cycles) >= MIN_CYCLES:
+                self._trial[self._mode].append(_median(cycles))
             with_yield, without = self._trial[True], self._trial[False]
             if len(with_yield) >= TRIAL_WINDOWS and len(without) >= TRIAL_WINDOWS:
                 self.yielding = _median(with_yield) * MARGIN < _median(without)
@@ -76,9 +89,6 @@ class YieldAdvisor:
                 self._trying = True
                 self._trial = {True: [], False: []}
                 self._mode = not self.yielding
-        self._requests = 0
-        self._cycles = []
-        self._last.clear()
 
 
 def _median(values: list[int]) -> int:

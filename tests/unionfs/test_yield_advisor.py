@@ -4,6 +4,8 @@ hosts are simulated by what a request costs a caller with and without the yield.
 from __future__ import annotations
 
 import random
+import sys
+import threading
 
 from unionfs.yield_advisor import SETTLE, TRIAL_WINDOWS, WINDOW, YieldAdvisor
 
@@ -87,3 +89,32 @@ def test_windows_without_repeat_callers_decide_nothing() -> None:
         answers.append(advisor.answering(pid, now))
         now += 50 * US
     assert answers[::WINDOW] == [False, True] * 4
+
+
+def test_queue_threads_share_one_advisor_without_an_error() -> None:
+    """Several queue threads end windows at once: an error would stop a queue's thread."""
+    advisor = YieldAdvisor()
+    errors: list[BaseException] = []
+    answers: set[bool] = set()
+
+    def serve(pid: int) -> None:
+        now = 0
+        try:
+            for _ in range(WINDOW * 200):
+                now += 50 * US
+                answers.add(advisor.answering(pid, now))
+        except BaseException as exc:  # any error is the failure
+            errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        threads = [threading.Thread(target=serve, args=(pid,)) for pid in (1, 2, 3, 4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
+    assert answers == {True, False}  # windows were ended, and the trial went both ways
