@@ -26,7 +26,9 @@ HARMLESS_OPTIONS = frozenset(
         "index=off", "index=on", "xino=off", "xino=on", "xino=auto", "metacopy=off",
         "metacopy=on", "nfs_export=off", "uuid=on", "uuid=off", "uuid=null", "uuid=auto",
         "fast_ino=0", "fast_ino=1", "noxattrs=0", "fsync=1", "threaded=0",
-        "threaded=1", "plugins=", "squash_to_root=0",
+        "threaded=1", "plugins=", "squash_to_root=0", "xattr_permissions=0",
+        # libfuse's threads and request size, which fuse-overlayfs takes: ours are our own
+        "clone_fd", "max_threads=", "max_idle_threads=", "max_read=",
     }
 )  # fmt: skip
 
@@ -160,6 +162,8 @@ def parse_options(option_strings: list[str], mountpoint: str) -> MountConfig:
                 flags.add(key)
             elif option in ("noxattrs=1", "fsync=0"):  # fuse-overlayfs's switches
                 flags.add(option)
+            elif key == "xattr_permissions":  # owners and modes kept in xattrs
+                unknown.append(f"option {option!r} is not supported (only xattr_permissions=0)")
             elif option in MOUNT_FLAG_OPTIONS:  # the last of a pair wins, as with mount(8)
                 name, on = MOUNT_FLAG_OPTIONS[option]
                 mount_flags[name] = on

@@ -96,6 +96,14 @@ def test_owner_options_of_fuse_overlayfs_are_taken_and_checked() -> None:
     assert "uidmapping='0:1000'" in info.value.problems[0]
 
 
+def test_libfuse_threading_options_fuse_overlayfs_takes_are_accepted() -> None:
+    options = "clone_fd,max_threads=4,max_idle_threads=2,max_read=131072,xattr_permissions=0"
+    config = parse_options([f"lowerdir=/a,{options}"], "/m")
+    assert config.ignored == options.split(",")
+    with pytest.raises(ConfigError, match="xattr_permissions=1"):
+        parse_options(["lowerdir=/a,xattr_permissions=1"], "/m")
+
+
 def test_lowerdir_is_required() -> None:
     with pytest.raises(ConfigError, match="lowerdir"):
         parse_options(["upperdir=/u,workdir=/w"], "/mnt")
