@@ -7,6 +7,9 @@ to us (FUSE_DONT_MASK, because POSIX says a default ACL replaces it), and an ent
 the workdir and renamed into place (over a whiteout, a new opaque directory) inherits
 from the workdir, so we give it what the parent would have: the same computation as the
 kernel's posix_acl_create(), done on the xattr form (linux/posix_acl_xattr.h).
+
+The same form's named users and groups are what a mount that shows owners other than as
+stored maps (uidmapping=, see idmap.py): map_named_ids.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import errno
 import os
 import stat
 import struct
+from collections.abc import Callable
 
 ACCESS = b"system.posix_acl_access"
 DEFAULT = b"system.posix_acl_default"
@@ -91,6 +95,24 @@ def inherit(parent_default: bytes, mode: int, is_dir: bool) -> Inherited:
         access,
         parent_default if is_dir else None,
     )
+
+
+def map_named_ids(
+    value: bytes, map_uid: Callable[[int], int] | None, map_gid: Callable[[int], int] | None
+) -> bytes:
+    """An ACL (xattr form) with the ids of its named users and groups mapped (None: left
+    as they are); what is not an ACL the kernel would take is left for the layer to refuse."""
+    header = _HEADER.size
+    if len(value) < header or (len(value) - header) % _ENTRY.size:
+        return value
+    entries = []
+    for tag, perm, ident in _ENTRY.iter_unpack(value[header:]):
+        if tag == NAMED_USER and map_uid is not None:
+            ident = map_uid(ident)
+        elif tag == NAMED_GROUP and map_gid is not None:
+            ident = map_gid(ident)
+        entries.append(_ENTRY.pack(tag, perm, ident))
+    return value[:header] + b"".join(entries)
 
 
 def give(path: bytes, inherited: Inherited) -> None:

@@ -11,20 +11,17 @@ POSIX ACLs name users and groups too, and the kernel checks them against the ids
 so their named entries are mapped the same way, both ways (fuse-overlayfs leaves them as
 stored, which makes a named entry refer to someone else).
 
-Pure functions of numbers and bytes: no FUSE, no filesystem.
+Pure functions of numbers and bytes: no FUSE, no filesystem (the ACL format is acls.py's).
 """
 
 from __future__ import annotations
 
 import itertools
-import struct
+
+from unionfs import acls
 
 OVERFLOW_ID = 65534  # the kernel's default overflowuid and overflowgid
 MAX_ID = (1 << 32) - 1  # (uid_t)-1 means "no change" to chown: never an owner
-
-_ACL_HEADER = struct.Struct("<I")
-_ACL_ENTRY = struct.Struct("<HHI")  # tag perm id
-_NAMED_USER, _NAMED_GROUP = 2, 8
 
 
 class IdRanges:
@@ -110,23 +107,12 @@ class Ownership:
 
     def acl_shown(self, value: bytes) -> bytes:
         """A stored ACL (xattr form) with its named users and groups as shown."""
-        return self._map_acl(value, to_shown=True)
+        return acls.map_named_ids(
+            value, self.uids.shown if self.uids else None, self.gids.shown if self.gids else None
+        )
 
     def acl_stored(self, value: bytes) -> bytes:
         """An ACL a caller sets, with its named users and groups as stored."""
-        return self._map_acl(value, to_shown=False)
-
-    def _map_acl(self, value: bytes, *, to_shown: bool) -> bytes:
-        header = _ACL_HEADER.size
-        if (self.uids is None and self.gids is None) or len(value) < header:
-            return value
-        body = value[header:]
-        if len(body) % _ACL_ENTRY.size:
-            return value  # not an ACL the kernel would take: the layer refuses it
-        entries = []
-        for tag, perm, ident in _ACL_ENTRY.iter_unpack(body):
-            ranges = self.uids if tag == _NAMED_USER else self.gids if tag == _NAMED_GROUP else None
-            if ranges is not None:
-                ident = ranges.shown(ident) if to_shown else ranges.stored(ident)
-            entries.append(_ACL_ENTRY.pack(tag, perm, ident))
-        return value[:header] + b"".join(entries)
+        return acls.map_named_ids(
+            value, self.uids.stored if self.uids else None, self.gids.stored if self.gids else None
+        )

@@ -12,6 +12,7 @@ import hashlib
 import os
 import pickle
 import stat
+import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,24 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 
 OVERLAY_PREFIX = b"trusted.overlay."
+
+# POSIX ACLs in xattr form (linux/posix_acl_xattr.h): a version, then (tag, perm, id)
+# entries sorted by tag and id.
+_ACL_VERSION = struct.Struct("<I")
+_ACL_ENTRY = struct.Struct("<HHI")
+USER_OBJ, NAMED_USER, GROUP_OBJ, NAMED_GROUP, MASK, OTHER = 1, 2, 4, 8, 0x10, 0x20
+NO_ID = 0xFFFFFFFF
+
+Acl = list[tuple[int, int, int]]  # (tag, perm, id)
+
+
+def encode_acl(entries: Acl) -> bytes:
+    return _ACL_VERSION.pack(2) + b"".join(_ACL_ENTRY.pack(*e) for e in sorted(entries))
+
+
+def decode_acl(value: bytes) -> Acl:
+    entries = range(_ACL_VERSION.size, len(value), _ACL_ENTRY.size)
+    return [_ACL_ENTRY.unpack_from(value, at) for at in entries]
 
 
 # --- building layers ----------------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import struct
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +19,18 @@ from pathlib import Path
 import pytest
 
 from tests import mounting
-from tests.unionfs.posix_helpers import as_user
+from tests.unionfs.posix_helpers import (
+    GROUP_OBJ,
+    MASK,
+    NAMED_GROUP,
+    NAMED_USER,
+    NO_ID,
+    OTHER,
+    USER_OBJ,
+    as_user,
+    decode_acl,
+    encode_acl,
+)
 from unionfs.idmap import IdRanges, Ownership
 
 pytestmark = pytest.mark.root
@@ -137,19 +147,9 @@ def test_static_nlink_shows_one_link_for_every_directory(bases: tuple[Path, Path
     assert observe(mounting.UNIONFS, ["static_nlink"], bases[1])["nlink dir"] == 1
 
 
-# linux/posix_acl_xattr.h
-_VERSION, _ENTRY = struct.Struct("<I"), struct.Struct("<HHI")
-USER_OBJ, NAMED_USER, GROUP_OBJ, NAMED_GROUP, MASK, OTHER = 1, 2, 4, 8, 0x10, 0x20
-NO_ID = 0xFFFFFFFF
-
-
-def acl(*entries: tuple[int, int, int]) -> bytes:
-    return _VERSION.pack(2) + b"".join(_ENTRY.pack(*e) for e in sorted(entries))
-
-
 def named(value: bytes) -> set[tuple[int, int]]:
     """The (tag, id) of an ACL's named entries."""
-    entries = _ENTRY.iter_unpack(value[_VERSION.size :])
+    entries = decode_acl(value)
     return {(tag, ident) for tag, _, ident in entries if tag in (NAMED_USER, NAMED_GROUP)}
 
 
@@ -168,8 +168,8 @@ def test_acls_name_users_as_the_mount_shows_them(scratch: Path) -> None:
     os.setxattr(
         secret,
         "system.posix_acl_access",
-        acl((USER_OBJ, 6, NO_ID), (NAMED_USER, 4, 5), (GROUP_OBJ, 0, NO_ID),
-            (NAMED_GROUP, 4, 6), (MASK, 4, NO_ID), (OTHER, 0, NO_ID)),
+        encode_acl([(USER_OBJ, 6, NO_ID), (NAMED_USER, 4, 5), (GROUP_OBJ, 0, NO_ID),
+            (NAMED_GROUP, 4, 6), (MASK, 4, NO_ID), (OTHER, 0, NO_ID)]),
     )  # fmt: skip
     mnt = base / "mnt"
     mnt.mkdir()
@@ -184,8 +184,8 @@ def test_acls_name_users_as_the_mount_shows_them(scratch: Path) -> None:
         os.setxattr(
             mnt / "secret",
             "system.posix_acl_access",
-            acl((USER_OBJ, 6, NO_ID), (NAMED_USER, 6, 1010), (GROUP_OBJ, 0, NO_ID),
-                (MASK, 6, NO_ID), (OTHER, 0, NO_ID)),
+            encode_acl([(USER_OBJ, 6, NO_ID), (NAMED_USER, 6, 1010), (GROUP_OBJ, 0, NO_ID),
+                (MASK, 6, NO_ID), (OTHER, 0, NO_ID)]),
         )  # fmt: skip
         assert as_user(1010, 3000, _read, mnt / "secret") == b"for user 5 alone"
     stored = os.getxattr(layers.upper_dir / "secret", "system.posix_acl_access")
@@ -215,10 +215,10 @@ def test_malformed_ranges_are_refused(text: str) -> None:
 
 def test_an_acl_without_named_entries_or_not_an_acl_passes_unchanged() -> None:
     ownership = Ownership(IdRanges.parse("0:1000:100"))
-    plain = acl((USER_OBJ, 6, NO_ID), (GROUP_OBJ, 4, NO_ID), (OTHER, 0, NO_ID))
+    plain = encode_acl([(USER_OBJ, 6, NO_ID), (GROUP_OBJ, 4, NO_ID), (OTHER, 0, NO_ID)])
     assert ownership.acl_shown(plain) == plain
     assert ownership.acl_stored(b"\x02\x00\x00\x00junk") == b"\x02\x00\x00\x00junk"
-    with_group = acl((USER_OBJ, 6, NO_ID), (NAMED_GROUP, 4, 3), (MASK, 4, NO_ID))
+    with_group = encode_acl([(USER_OBJ, 6, NO_ID), (NAMED_GROUP, 4, 3), (MASK, 4, NO_ID)])
     assert named(ownership.acl_shown(with_group)) == {(NAMED_GROUP, 3)}  # no gid mapping
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
-import struct
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -17,34 +16,35 @@ from pathlib import Path
 import pytest
 
 from tests.unionfs.conftest import Union
-from tests.unionfs.posix_helpers import GROUP, OTHER_GROUP, OTHER_USER, USER, as_user, whiteout
+from tests.unionfs.posix_helpers import (
+    GROUP,
+    GROUP_OBJ,
+    MASK,
+    NAMED_USER,
+    NO_ID,
+    OTHER,
+    OTHER_GROUP,
+    OTHER_USER,
+    USER,
+    USER_OBJ,
+    Acl,
+    as_user,
+    decode_acl,
+    encode_acl,
+    whiteout,
+)
 
 pytestmark = pytest.mark.root
 
 ACCESS = "system.posix_acl_access"
 DEFAULT = "system.posix_acl_default"
 
-# linux/posix_acl_xattr.h: a version, then (tag, perm, id) entries sorted by tag and id.
-_VERSION = struct.Struct("<I")
-_ENTRY = struct.Struct("<HHI")
-USER_OBJ, NAMED_USER, GROUP_OBJ, NAMED_GROUP, MASK, OTHER = 1, 2, 4, 8, 0x10, 0x20
-NO_ID = 0xFFFFFFFF
 R, W, X = 4, 2, 1
-
-Acl = list[tuple[int, int, int]]  # (tag, perm, id)
-
-
-def encode(entries: Acl) -> bytes:
-    return _VERSION.pack(2) + b"".join(_ENTRY.pack(*e) for e in sorted(entries))
-
-
-def decode(value: bytes) -> Acl:
-    return [_ENTRY.unpack_from(value, at) for at in range(_VERSION.size, len(value), _ENTRY.size)]
 
 
 def acl_of(path: Path, name: str = ACCESS) -> Acl | None:
     try:
-        return decode(os.getxattr(path, name))
+        return decode_acl(os.getxattr(path, name))
     except OSError as exc:
         if exc.errno == errno.ENODATA:
             return None
@@ -83,7 +83,7 @@ def lower_file(union: Union, rel: str, mode: int, acl: Acl | None = None) -> Pat
     path.write_bytes(b"secret\n")
     os.chmod(path, mode)
     if acl is not None:
-        os.setxattr(path, ACCESS, encode(acl))
+        os.setxattr(path, ACCESS, encode_acl(acl))
     return path
 
 
@@ -106,7 +106,7 @@ def test_an_acl_set_through_the_mount_copies_up_and_is_enforced(union: Union) ->
     mnt = union.mount()
     assert errno_reading_as(USER, GROUP, mnt / "d" / "f") == errno.EACCES
     acl = with_user(base(R | W, 0, 0), USER, R, R)
-    os.setxattr(mnt / "d" / "f", ACCESS, encode(acl))
+    os.setxattr(mnt / "d" / "f", ACCESS, encode_acl(acl))
     assert read_as(USER, GROUP, mnt / "d" / "f") == b"secret\n"
     assert acl_of(mnt / "d" / "f") == sorted(acl)
     assert acl_of(union.upper / "d" / "f") == sorted(acl)
@@ -147,7 +147,7 @@ def shared_dir(union: Union, rel: str = "shared") -> Path:
     d = union.lower / rel
     d.mkdir(parents=True)
     os.chmod(d, 0o755)
-    os.setxattr(d, DEFAULT, encode(INHERITED))
+    os.setxattr(d, DEFAULT, encode_acl(INHERITED))
     return d
 
 
@@ -179,7 +179,7 @@ def test_a_new_file_inherits_the_default_acl(union: Union, where: str) -> None:
     if where == "over-whiteout":
         (union.lower / "shared" / "f").write_bytes(b"old")
         whiteout(union.upper / "shared" / "f")
-        os.setxattr(union.upper / "shared", DEFAULT, encode(INHERITED))
+        os.setxattr(union.upper / "shared", DEFAULT, encode_acl(INHERITED))
     mnt = union.mount()
     if where == "upper":
         os.setxattr(mnt / "shared", "user.touch", b"1")  # the directory is copied up first
@@ -197,7 +197,7 @@ def test_a_new_directory_inherits_the_default_acl(union: Union, where: str) -> N
     if where == "over-whiteout":
         (union.lower / "shared" / "sub").mkdir()
         whiteout(union.upper / "shared" / "sub")
-        os.setxattr(union.upper / "shared", DEFAULT, encode(INHERITED))
+        os.setxattr(union.upper / "shared", DEFAULT, encode_acl(INHERITED))
     mnt = union.mount()
     if where == "upper":
         os.setxattr(mnt / "shared", "user.touch", b"1")
@@ -255,7 +255,7 @@ def test_an_owner_outside_the_group_setting_an_acl_loses_setgid(union: Union) ->
     os.chown(f, USER, OTHER_GROUP)
     os.chmod(f, 0o2775)
     mnt = union.mount()
-    acl = encode(with_user(base(R | W | X, R | X, R), OTHER_USER, R, R | X))
+    acl = encode_acl(with_user(base(R | W | X, R | X, R), OTHER_USER, R, R | X))
     as_user(USER, GROUP, os.setxattr, mnt / "d" / "f", ACCESS, acl)
     assert os.stat(mnt / "d" / "f").st_mode & 0o7777 == 0o754
     assert os.stat(union.upper / "d" / "f").st_mode & 0o7777 == 0o754
