@@ -55,6 +55,8 @@ PLACEHOLDER_STAT = os.stat_result((stat.S_IFREG, 0, 0, 1, 0, 0, 0, 0, 0, 0) + (0
 # One copy_file_range request copies at most this much (it may fill chunks of a background
 # copy-up first, holding the other requests meanwhile).
 COPY_RANGE_MAX = 16 << 20
+# How we open an entry for its inode flags: read-only, and never waiting on the open.
+_IOCTL_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
 STRIPPED_OPEN_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | getattr(os, "O_DIRECT", 0)
 
 
@@ -950,9 +952,13 @@ class UnionFilesystem:
 
     def _open_backing(self, node: Node, flags: int) -> FileHandle:
         flags = self._backing_flags(flags)
-        path, follow = self._target(node)  # followed: a new open file of a nameless inode
-        fd = os.open(path, flags & ~os.O_NOFOLLOW if follow else flags)
-        return self._new_handle(node, fd, flags)
+        return self._new_handle(node, self._open_target(node, flags), flags)
+
+    def _open_target(self, node: Node, flags: int) -> int:
+        """A descriptor of node's file, reached by _target: never through a symlink in a
+        layer, followed to the inode of a nameless one (a new open file of it)."""
+        path, follow = self._target(node)
+        return os.open(path, flags & ~os.O_NOFOLLOW if follow else flags | os.O_NOFOLLOW)
 
     def _open_leaf(self, leaf: Leaf, flags: int) -> FileHandle:
         flags = self._backing_flags(flags)
@@ -1233,7 +1239,7 @@ class UnionFilesystem:
     def get_fileattr(self, ino: int, request: int, size: int) -> bytes:
         """An inode attribute ioctl (FS_IOC_GETFLAGS, FS_IOC_FSGETXATTR) on the entry in its
         layer: its answer, size bytes."""
-        fd = self._open_for_ioctl(self._node(ino))
+        fd = self._open_target(self._node(ino), _IOCTL_FLAGS)
         try:
             answer = bytearray(size)
             fcntl.ioctl(fd, request, answer, True)
@@ -1250,16 +1256,11 @@ class UnionFilesystem:
             self._copy_up(node)
             if node.pending is not None:
                 self._complete(node)
-            fd = self._open_for_ioctl(node)
+            fd = self._open_target(node, _IOCTL_FLAGS)
             try:
                 fcntl.ioctl(fd, request, value)
             finally:
                 os.close(fd)
-
-    def _open_for_ioctl(self, node: Node) -> int:
-        target, follow = self._target(node)
-        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
-        return os.open(target, flags)
 
     def removexattr(self, ino: int, name: bytes) -> None:
         if self.markers.is_private(name):

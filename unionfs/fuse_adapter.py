@@ -163,10 +163,7 @@ class FuseAdapter:
 
     def _caller(self, uid: int, gid: int, umask: int = 0) -> Caller:
         """The caller of a request, with its ids as the layers store them."""
-        ownership = self.ownership
-        if ownership is None:
-            return Caller(uid, gid, umask)
-        return Caller(ownership.stored_uid(uid), ownership.stored_gid(gid), umask)
+        return Caller(self._stored_uid(uid), self._stored_gid(gid), umask)
 
     # -- lookup, attributes --------------------------------------------------------------
 
