@@ -21,7 +21,6 @@ import mmap
 import os
 import struct
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 from unionfs import fuse_protocol as proto
@@ -264,7 +263,7 @@ class QueueWorker:
         reply = view[payload:]  # a READ reads its data right here (fuse_adapter.read_into)
         commit = self._command(proto.URING_CMD_COMMIT_AND_FETCH)
         setscheduler, idle, normal = os.sched_setscheduler, os.SCHED_IDLE, os.SCHED_OTHER
-        advisor, monotonic_ns = self.advisor, time.monotonic_ns
+        advisor = self.advisor
         ring.push(self._command(proto.URING_CMD_REGISTER), 0)
         result = ring.wait()
         if result < 0 and -result not in _GONE:
@@ -299,7 +298,7 @@ class QueueWorker:
             ring.push(commit, commit_id)
             if (
                 advisor is not None
-                and advisor.answering(pid, monotonic_ns())
+                and advisor.answering(pid)
                 and size + payload_size < _STREAMING_BYTES
             ):
                 # Our answer wakes the caller, and a scheduler may put a woken task on an

@@ -23,6 +23,8 @@ choice holds for SETTLE windows, then a new trial.
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 
 WINDOW = 128  # requests a window (5-10 ms of a busy caller)
 MIN_CYCLES = 32  # a window counts with at least this many caller-to-next-request times
@@ -38,7 +40,8 @@ class YieldAdvisor:
     is one thread's at a time (it must never fail: a queue thread that raised would leave
     its queue unserved)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], int] = time.monotonic_ns) -> None:
+        self._clock = clock  # nanoseconds, read only during trials
         self._ending = threading.Lock()
         self.yielding = False  # the choice outside trials
         self._mode = False  # this window's
@@ -49,15 +52,16 @@ class YieldAdvisor:
         self._requests = 0  # this window's
         self._settled = 0  # windows since the last trial
 
-    def answering(self, pid: int, now_ns: int) -> bool:
-        """A request of caller pid (0: the kernel's own) came at now_ns: whether to yield
-        as we answer it."""
+    def answering(self, pid: int) -> bool:
+        """A request of caller pid (0: the kernel's own) is being answered: whether to
+        yield as we do. Between trials, this only counts (it runs at every request)."""
         mode = self._mode
-        if pid:
+        if pid and self._trying:
+            now = self._clock()
             last = self._last.get(pid)
-            self._last[pid] = now_ns
+            self._last[pid] = now
             if last is not None:
-                self._cycles.append(now_ns - last)
+                self._cycles.append(now - last)
         self._requests += 1
         if self._requests >= WINDOW and self._ending.acquire(blocking=False):
             try:

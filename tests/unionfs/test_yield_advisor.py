@@ -3,6 +3,7 @@ hosts are simulated by what a request costs a caller with and without the yield.
 
 from __future__ import annotations
 
+import itertools
 import random
 import sys
 import threading
@@ -17,7 +18,7 @@ class Host:
     every `yielded` µs with it, give or take `noise` µs."""
 
     def __init__(self, plain: float, yielded: float, callers: int = 1, noise: float = 3) -> None:
-        self.advisor = YieldAdvisor()
+        self.advisor = YieldAdvisor(clock=lambda: self.now)
         self.costs = {False: plain, True: yielded}
         self.callers = list(range(100, 100 + callers))
         self.noise = noise
@@ -29,7 +30,7 @@ class Host:
         answers = []
         for i in range(count):
             pid = self.callers[i % len(self.callers)]
-            yielded = self.advisor.answering(pid, self.now)
+            yielded = self.advisor.answering(pid)
             answers.append(yielded)
             cost = self.costs[yielded] + self.random.uniform(-self.noise, self.noise)
             self.now += int(cost * US / len(self.callers))
@@ -81,28 +82,24 @@ def test_several_callers_are_timed_each_from_its_own_last_request() -> None:
 def test_windows_without_repeat_callers_decide_nothing() -> None:
     """Every request from a new caller, or from the kernel itself (pid 0): no time from a
     caller's request to its next, so the trial goes on alternating."""
-    advisor = YieldAdvisor()
-    now = 0
+    advisor = YieldAdvisor(clock=itertools.count(0, 50 * US).__next__)
     answers = []
     callers = [*range(1000, 1000 + WINDOW * 4), *[0] * (WINDOW * 4)]
     for pid in callers:
-        answers.append(advisor.answering(pid, now))
-        now += 50 * US
+        answers.append(advisor.answering(pid))
     assert answers[::WINDOW] == [False, True] * 4
 
 
 def test_queue_threads_share_one_advisor_without_an_error() -> None:
     """Several queue threads end windows at once: an error would stop a queue's thread."""
-    advisor = YieldAdvisor()
+    advisor = YieldAdvisor(clock=itertools.count(0, 50 * US).__next__)
     errors: list[BaseException] = []
     answers: set[bool] = set()
 
     def serve(pid: int) -> None:
-        now = 0
         try:
             for _ in range(WINDOW * 200):
-                now += 50 * US
-                answers.add(advisor.answering(pid, now))
+                answers.add(advisor.answering(pid))
         except BaseException as exc:  # any error is the failure
             errors.append(exc)
 
