@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 from unionfs import fuse_protocol as proto
 from unionfs.logger import get_logger
+from unionfs.reader_turns import ReaderTurns
 from unionfs.syscalls import (
     MNT_DETACH,
     MS_NODEV,
@@ -253,18 +254,25 @@ class Session:
             workers += fuse_uring.start(
                 self.fd, handle, read_into, MAX_PAGES * 4096, per_queue, self.unmount, refused
             )
+        # Over /dev/fuse one worker reads at a time, the others stand by for a slow
+        # request (reader_turns.py); the two io_uring side readers just read.
+        turns = None if self.io_uring else ReaderTurns()
         readers = 2 if self.io_uring else threads
         for i in range(readers):
             worker = threading.Thread(
-                target=self._worker, args=(handle, read_into), name=f"fuse-{i}", daemon=True
+                target=self._worker, args=(handle, read_into, turns), name=f"fuse-{i}", daemon=True
             )
             worker.start()
             workers.append(worker)
             if i == 0 and serving is not None:
                 serving()
+        if turns is not None:
+            watcher = threading.Thread(target=turns.watch, name="fuse-turns", daemon=True)
+            watcher.start()
+            workers.append(watcher)
         return workers
 
-    def _worker(self, handle: Handler, read_into: Reader | None) -> None:
+    def _worker(self, handle: Handler, read_into: Reader | None, turns: ReaderTurns | None) -> None:
         fd = self.fd
         buf = request_buffer()
         view = memoryview(buf)
@@ -273,29 +281,36 @@ class Session:
         no_reply = proto.NO_REPLY
         # A READ's data goes out from the page after its request, in the same buffer.
         reply = view[BUFFER_SIZE - MAX_PAGES * 4096 :]
+        if turns is not None:
+            turns.first_turn()
         while True:
             try:
                 n = os.readv(fd, (buf,))
             except OSError as exc:
-                if exc.errno == errno.ENODEV:  # unmounted: the connection is gone
-                    return
                 if exc.errno in (errno.EINTR, errno.ENOENT, errno.EAGAIN):
                     continue  # interrupted, or a request withdrawn before we read it
-                # We cannot serve any more: detach the mount rather than leave its users
-                # hanging on a daemon that no longer reads.
-                log.error("reading /dev/fuse: %s", exc)
-                self.unmount()
+                if exc.errno != errno.ENODEV:  # ENODEV: unmounted, the connection is gone
+                    # We cannot serve any more: detach the mount rather than leave its
+                    # users hanging on a daemon that no longer reads.
+                    log.error("reading /dev/fuse: %s", exc)
+                    self.unmount()
+                if turns is not None:
+                    turns.close()  # the workers on standby read too, and leave
                 return
+            if turns is not None:
+                turns.took()
             _len, opcode, unique, nodeid, uid, gid, _pid, _ext, _pad = unpack(buf)
             if opcode == proto.READ and read_into is not None:
                 size, error = answer_read(read_into, nodeid, view[start:n], reply)
                 self._send(unique, error, reply[:size])
-                continue
-            body, error = answer(handle, opcode, nodeid, uid, gid, view[start:n])
-            if opcode not in no_reply:
-                self._send(unique, error, body)
-            elif self.forget_pause and opcode != proto.INTERRUPT:
-                time.sleep(self.forget_pause)
+            else:
+                body, error = answer(handle, opcode, nodeid, uid, gid, view[start:n])
+                if opcode not in no_reply:
+                    self._send(unique, error, body)
+                elif self.forget_pause and opcode != proto.INTERRUPT:
+                    time.sleep(self.forget_pause)
+            if turns is not None:
+                turns.answered()
 
     def _send(self, unique: int, error: int, body: bytes | memoryview) -> None:
         try:
