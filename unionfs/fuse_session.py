@@ -1,9 +1,10 @@
 """/dev/fuse: mount, the INIT handshake, the request loop, unmount.
 
 Knows the wire, not the filesystem: each request goes to one `handle(opcode, nodeid, uid,
-gid, body)` call, whose bytes (or OSError) become the reply. A few threads read the device
-at once, each answering its own requests synchronously, so a request costs one read and
-one write of the device and no event-loop round. (pyfuse3 and trio cost about 26 µs of CPU
+gid, body)` call, whose bytes (or OSError) become the reply. One worker thread reads the
+device at a time and answers each request synchronously, more while a request is slow
+(reader_turns.py), so a request costs one read and one write of the device and no
+event-loop round. (pyfuse3 and trio cost about 26 µs of CPU
 per request on top of that, and their import 240 ms at every mount.)
 """
 
