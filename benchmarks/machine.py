@@ -118,21 +118,9 @@ def describe(workdir: Path) -> dict[str, object]:
 
 @contextlib.contextmanager
 def fuse_io_uring() -> Iterator[str]:
-    """Offer FUSE over io_uring to the run's mounts (the libfuse of fuse-overlayfs here
-    does not ask), and put the kernel's setting back afterwards. Ours take it where this
-    boot's verdict says it is faster (unionfs/transport_choice.py): made now if there is
-    none, and reported."""
-    from unionfs import fuse_uring, transport_choice, transport_trial
+    """Offer FUSE over io_uring to the run's mounts (ours use it; the libfuse of
+    fuse-overlayfs here does not ask), and put the kernel's setting back afterwards."""
+    from unionfs import fuse_uring
 
     with fuse_uring.offered(True) as present:
-        if not present:
-            yield "not in this kernel"
-            return
-        choice = transport_choice.choose(transport_trial.measure)
-        try:
-            with open(transport_choice.CHOICE_FILE) as verdict:
-                why = verdict.read().splitlines()[1].lstrip("# ").split("; kernel")[0]
-        except (OSError, IndexError):
-            why = "no verdict written"
-        taken = "io_uring" if choice == transport_choice.IO_URING else "/dev/fuse"
-        yield f"offered (fuse.enable_uring=Y for the run); ours take {taken} here ({why})"
+        yield "on (fuse.enable_uring=Y for the run)" if present else "not in this kernel"

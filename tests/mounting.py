@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from unionfs import fuse_uring, transport_choice
+from unionfs import fuse_uring
 from unionfs.config import unescape_mountinfo
 from unionfs.workdir_lock import wait_released
 
@@ -171,17 +171,12 @@ def io_uring_supported() -> bool:
 
 @contextlib.contextmanager
 def fuse_io_uring(enabled: bool) -> Iterator[None]:
-    """Offer FUSE over io_uring to mounts made meanwhile, and have ours take it rather than
-    measure which transport is faster here (or offer it not); put both settings back."""
+    """Offer FUSE over io_uring to mounts made meanwhile (or not); put the setting back."""
     if not io_uring_supported():
         yield
         return
     with fuse_uring.offered(enabled):
-        if not enabled:
-            yield
-            return
-        with transport_choice.chosen(transport_choice.IO_URING):
-            yield
+        yield
 
 
 def io_uring_fds(pid: int) -> int:

@@ -67,9 +67,7 @@ class MountConfig:
         self.timeout = 3600.0
         self.lazy_copyup = 1 << 20
         self.writeback = False
-        # Where the kernel offers FUSE over io_uring (fuse.enable_uring=Y): "on" (-o io_uring),
-        # "off" (-o noio_uring), or "auto": as measured on this host (transport_choice.py).
-        self.io_uring = "auto"
+        self.io_uring = True  # used when the kernel offers it (fuse.enable_uring=Y)
         self.passthrough = True  # reads straight from the layer files, where the kernel can
         self.acl = True  # the kernel checks POSIX ACLs (noacl: by the mode alone)
         # uidmapping=, gidmapping=, squash_to_*: owners shown other than as stored
@@ -191,7 +189,7 @@ def parse_options(option_strings: list[str], mountpoint: str) -> MountConfig:
     config.work = unescape(values.get("workdir", "")) or None
     config.lazy_copyup = lazy_copyup
     config.writeback = "writeback" in flags and "nowriteback" not in flags
-    config.io_uring = "off" if "noio_uring" in flags else "on" if "io_uring" in flags else "auto"
+    config.io_uring = "noio_uring" not in flags
     config.passthrough = "nopassthrough" not in flags
     config.acl = "noacl" not in flags
     config.nosuid = mount_flags["nosuid"]

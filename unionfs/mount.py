@@ -15,7 +15,6 @@ from collections.abc import Callable
 from types import FrameType
 
 from unionfs import fuse_protocol as proto
-from unionfs import transport_choice
 from unionfs.blocking import Gate
 from unionfs.config import MountConfig, unescape_mountinfo
 from unionfs.copyup import WorkDir
@@ -105,7 +104,6 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
         signals.signal(signum, stop)
     # As mountinfo will name it; resolved now: once mounted, a stat of it is a request to us.
     mounted_at = os.path.realpath(config.mountpoint)
-    io_uring = takes_io_uring(config.io_uring)  # before the mount: it may measure
     session = Session.mount(spec)
     try:
         if stopped.is_set():
@@ -118,7 +116,7 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
         # turn those on); without them, the kernel applies the umask as it always did.
         if not (config.acl and config.default_permissions and config.xattrs):
             want &= ~(proto.POSIX_ACL | proto.DONT_MASK)
-        session.init(want if io_uring else want & ~proto.OVER_IO_URING)
+        session.init(want if config.io_uring else want & ~proto.OVER_IO_URING)
         raise_readahead(mounted_at)  # after INIT: the kernel sets it there
         adapter.setxattr_ext = session.setxattr_ext
         if session.passthrough:
@@ -139,17 +137,6 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
             # Whoever waits for the workdir (a container's teardown) may go on now, not
             # after this process's own teardown (~0.3 ms of every `run --rm`).
             fs.work.let_go()
-
-
-def takes_io_uring(setting: str) -> bool:
-    """Whether to agree to FUSE over io_uring if the kernel offers it (config.io_uring)."""
-    if setting != "auto":
-        return setting == "on"
-    if not transport_choice.offered():
-        return False  # no choice to make: nothing is offered
-    from unionfs import transport_trial  # only the first mount of a boot measures
-
-    return transport_choice.choose(transport_trial.measure) == transport_choice.IO_URING
 
 
 def serve_until_stopped(

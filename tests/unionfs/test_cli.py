@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import signal
@@ -16,8 +15,6 @@ import pytest
 
 from tests import mounting
 from tests.mounting import UNIONFS, Layers, is_mountpoint, make_layers, unmount
-from unionfs import transport_choice
-from unionfs.transport_choice import DEV, IO_URING
 from unionfs.workdir_lock import wait_released
 
 pytestmark = pytest.mark.root
@@ -78,38 +75,6 @@ def test_requests_come_through_io_uring_queues_where_offered_unless_refused(
     rings = mounting.io_uring_fds(mounting.daemon_pid(mnt))
     # One ring a queue thread: at least two a CPU.
     assert rings >= 2 * len(os.sched_getaffinity(0)) if not option else rings == 0
-
-
-@contextlib.contextmanager
-def no_verdict() -> Iterator[None]:
-    """As after a boot: no transport verdict yet (the machine's is put back afterwards)."""
-    with transport_choice.chosen(DEV):
-        os.unlink(transport_choice.CHOICE_FILE)
-        yield
-
-
-@pytest.mark.parametrize(
-    ("verdict", "option"),
-    [(IO_URING, ""), (DEV, ""), (None, ""), (DEV, ",io_uring")],
-    ids=["io_uring", "dev", "measured", "dev-but-asked"],
-)
-def test_a_mount_takes_the_transport_of_this_boots_verdict_measured_if_there_is_none(
-    layers: tuple[Layers, Path], verdict: str | None, option: str
-) -> None:
-    if not mounting.io_uring_supported():
-        pytest.skip("this kernel has no FUSE over io_uring")
-    union, mnt = layers
-    verdict_now = no_verdict() if verdict is None else transport_choice.chosen(verdict)
-    with mounting.fuse_io_uring(True), verdict_now:
-        result = unionfs("-o", union.options() + option, str(mnt))
-        measured = transport_choice.read_choice()
-    assert result.returncode == 0, result.stderr
-    assert (mnt / "hello").read_text() == "from the lower layer\n"
-    taken = IO_URING if option else verdict or measured
-    assert taken in (IO_URING, DEV)
-    rings = mounting.io_uring_fds(mounting.daemon_pid(mnt))
-    assert (rings > 0) == (taken == IO_URING)
-    assert "unionfs-trial" not in Path("/proc/mounts").read_text()
 
 
 @pytest.mark.parametrize("io_uring", [True, False], ids=["io_uring", "dev-fuse"])
