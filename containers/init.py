@@ -142,7 +142,7 @@ def container_main(spec: ContainerSpec, root: str, channels: Channels) -> NoRetu
         # as the image's own directories do (host root is outside the union's mapping).
         userns = spec.userns if spec.layers else None
         owner = (userns.uid_base, userns.gid_base) if userns is not None else None
-        execute_plan(root, plan_mounts(spec), owner)
+        execute_plan(root, plan_mounts(spec, os.path.join(os.path.dirname(root), "etc")), owner)
 
     def make_root_readonly() -> None:
         if spec.read_only:

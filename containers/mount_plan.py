@@ -7,6 +7,7 @@ as data lets tests check docker's layout (/proc, /dev, masked paths...) without 
 
 from __future__ import annotations
 
+from containers import etc_files
 from containers import syscalls as sc
 from containers.records import Record
 from containers.spec import BindVolume, ContainerSpec, TmpfsVolume
@@ -83,8 +84,9 @@ READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysr
 _NOSUID_NODEV_NOEXEC = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
 
 
-def plan_mounts(spec: ContainerSpec) -> list[Step]:
-    """Everything mounted inside the container's root, in order."""
+def plan_mounts(spec: ContainerSpec, etc_dir: str | None = None) -> list[Step]:
+    """Everything mounted inside the container's root, in order. etc_dir: where the
+    container's own /etc/hostname, hosts and resolv.conf are (etc_files.py)."""
     sys_flags = _NOSUID_NODEV_NOEXEC | (0 if spec.privileged else sc.MS_RDONLY)
     steps: list[Step] = [
         Mount("proc", "/proc", "proc", _NOSUID_NODEV_NOEXEC),
@@ -113,6 +115,11 @@ def plan_mounts(spec: ContainerSpec) -> list[Step]:
         Symlink("/dev/stderr", "/proc/self/fd/2"),
         Mount("sysfs", "/sys", "sysfs", sys_flags),
     ]
+    if etc_dir is not None:  # before the volumes: a volume over /etc/hosts wins
+        steps += [
+            Mount(f"{etc_dir}/{name}", f"/etc/{name}", None, sc.MS_BIND, target_is_file=True)
+            for name in etc_files.NAMES
+        ]
     for volume in spec.volumes:
         if isinstance(volume, BindVolume):
             steps.append(

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 
-from containers import collector, lean_json, mount_helper, namespaces, state
+from containers import collector, etc_files, lean_json, mount_helper, namespaces, state
 from containers import syscalls as sc
 from containers.cgroups.base import Cgroup, Entrance
 from containers.cli import UserError
@@ -113,7 +113,8 @@ def start(
         if spec.layers:
             # In the background: the cgroup and the fork below overlap with the daemon's
             # start-up; the first process is let go only once the union is mounted.
-            mounting = MountProgram.start(record, list(spec.layers), spec.userns)
+            layers = [etc_files.init_layer(os.fspath(root)), *spec.layers]
+            mounting = MountProgram.start(record, layers, spec.userns)
             undo.callback(mounting.abandon)
         try:
             cgroup = open_cgroup(spec.id)
@@ -207,6 +208,8 @@ def _create_record(spec: ContainerSpec, root: StrPath) -> ContainerRecord:
         os.chmod(scratch, 0o700)
         for sub in ("upper", "work", "rootfs"):
             os.mkdir(os.path.join(scratch, sub))
+        owner = (spec.userns.uid_base, spec.userns.gid_base) if spec.userns else None
+        etc_files.write(os.path.join(scratch, "etc"), spec.hostname, spec.host_network, owner)
         state.save(record, into=scratch)
         os.rename(scratch, directory)
         state.reserve_name(root, spec.name, spec.id)

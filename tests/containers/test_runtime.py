@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from containers.sample import build_busybox_rootfs
 from containers.spec import DEFAULT_CAPABILITIES, capability_mask
 from tests.containers.reliability_helpers import is_running, union_processes
 from tests.containers.runtime_helpers import (  # noqa: F401 - fixtures
@@ -63,6 +64,44 @@ def test_the_hostname_is_the_containers_own(lamina: Lamina, busybox_rootfs: Path
     assert named.strip() == "named" and socket.gethostname() != "named"
 
 
+def test_localhost_and_the_hostname_resolve_from_etc_files_of_the_containers_own(
+    lamina: Lamina, tmp_path: Path
+) -> None:
+    """docker's /etc/hostname, hosts and resolv.conf: made for the container, changed by
+    it in its own copies, never in the image, its diff or a commit."""
+    busybox_rootfs = build_busybox_rootfs(tmp_path / "rootfs")  # a layer of this test's own
+    assert not (busybox_rootfs / "etc" / "hosts").exists()  # the image has none
+    show = (
+        "cat /etc/hostname; hostname; ping -c1 -W2 localhost >/dev/null"
+        " && ping -c1 -W2 $(hostname) >/dev/null && echo resolved"
+        "; grep -c nameserver /etc/resolv.conf || true"
+    )
+    code, out, err = run(lamina, busybox_rootfs, command=show)
+    assert code == 0, err
+    in_file, hostname, resolved, servers = out.split()
+    assert (in_file, resolved, servers) == (hostname, "resolved", "0")
+    host_resolv = Path("/etc/resolv.conf")
+    if host_resolv.exists():
+        shared = run(lamina, busybox_rootfs, "--network", "host", command="cat /etc/resolv.conf")
+        assert shared[1] == host_resolv.read_text()
+    changed = lamina(
+        "run",
+        "--name",
+        "edits",
+        "--layer",
+        str(busybox_rootfs),
+        "--",
+        "sh",
+        "-c",
+        "echo '10.1.2.3 db' >> /etc/hosts && echo other > /etc/hostname && grep -c db /etc/hosts",
+    )
+    assert (changed.returncode, changed.stdout) == (0, "1\n"), changed.stderr
+    assert lamina("diff", "edits").stdout == ""
+    assert not (busybox_rootfs / "etc" / "hosts").exists()
+    assert (busybox_rootfs / "etc" / "hostname").read_text() == "lamina\n"
+    lamina("rm", "edits")
+
+
 def test_only_lo_exists_and_it_is_up(lamina: Lamina, busybox_rootfs: Path) -> None:
     code, out, err = run(lamina, busybox_rootfs, command="ls /sys/class/net; ip -o addr")
     assert code == 0, err
@@ -78,7 +117,7 @@ def test_writes_land_in_the_upper_dir_and_never_in_the_layers(
     before = (busybox_rootfs / "etc/passwd").read_text()
     result = lamina(
         "run", "--name", "w", "--layer", str(busybox_rootfs), "--",
-        "sh", "-c", "echo hi > /etc/new; echo x >> /etc/passwd; rm /etc/hostname",
+        "sh", "-c", "echo hi > /etc/new; echo x >> /etc/passwd; rm /etc/group",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     from containers.state import find_container
@@ -86,11 +125,11 @@ def test_writes_land_in_the_upper_dir_and_never_in_the_layers(
     upper = Path(find_container(lamina.root, "w").upper_dir)
     assert (upper / "etc/new").read_text() == "hi\n"
     assert (upper / "etc/passwd").read_text() == before + "x\n"
-    whiteout = os.lstat(upper / "etc/hostname")
+    whiteout = os.lstat(upper / "etc/group")
     assert stat.S_ISCHR(whiteout.st_mode) and whiteout.st_rdev == 0
     assert not (busybox_rootfs / "etc/new").exists()
     assert (busybox_rootfs / "etc/passwd").read_text() == before
-    assert (busybox_rootfs / "etc/hostname").exists()
+    assert (busybox_rootfs / "etc/group").exists()
     lamina.ok("rm", "w")
     assert not upper.exists()
 

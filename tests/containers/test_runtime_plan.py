@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from containers import init
+from containers import etc_files, init
 from containers.mount_plan import (
     MASKED_PATHS,
     READONLY_PATHS,
@@ -59,6 +59,38 @@ def test_volumes_come_after_the_system_mounts(tmp_path: Path) -> None:
     assert (data.target, data.readonly, data.target_is_file) == ("/data", True, False)
     assert (conf.target, conf.target_is_file) == ("/etc/conf", True)
     assert (run.fstype, run.data) == ("tmpfs", "mode=1777,size=1m")
+
+
+def test_the_containers_etc_files_are_bound_before_the_volumes(tmp_path: Path) -> None:
+    (tmp_path / "hosts").write_text("")
+    volume = BindVolume(str(tmp_path / "hosts"), "/etc/hosts", source_is_dir=False)
+    steps = plan_mounts(spec(volumes=(volume,)), "/state/c/etc")
+    mounts = [s for s in steps if isinstance(s, Mount)]
+    etc = [(m.source, m.target, m.target_is_file) for m in mounts if m.source.startswith("/state")]
+    assert etc == [
+        ("/state/c/etc/hostname", "/etc/hostname", True),
+        ("/state/c/etc/hosts", "/etc/hosts", True),
+        ("/state/c/etc/resolv.conf", "/etc/resolv.conf", True),
+    ]
+    assert mounts[-1].source == str(tmp_path / "hosts")  # the user's own wins: it comes last
+    assert not [m for m in plan_mounts(spec()) if isinstance(m, Mount) and "/etc/" in m.target]
+
+
+def test_localhost_and_the_hostname_resolve_and_dns_is_the_hosts_with_its_network() -> None:
+    own = etc_files.contents("c0ffee", False, "10.0.0.1 host\n", "nameserver 10.0.0.53\n")
+    assert own["hostname"] == "c0ffee\n"
+    assert own["hosts"].startswith("127.0.0.1\tlocalhost\n::1\tlocalhost ")
+    assert own["hosts"].endswith("127.0.1.1\tc0ffee\n")
+    assert "10.0.0.1" not in own["hosts"]  # the host's names mean nothing without its network
+    assert "nameserver" not in own["resolv.conf"]  # no network: fail at once, not time out
+    shared = etc_files.contents("web", True, "127.0.0.1 localhost\n10.0.0.7 web # me", None)
+    assert shared["hosts"] == "127.0.0.1 localhost\n10.0.0.7 web # me"  # listed already
+    assert etc_files.contents("box", True, "127.0.0.1 localhost", None)["hosts"] == (
+        "127.0.0.1 localhost\n127.0.1.1\tbox\n"
+    )
+    assert "nameserver" not in shared["resolv.conf"]  # the host has none
+    resolv = etc_files.contents("web", True, None, "nameserver 10.0.0.53\n")["resolv.conf"]
+    assert resolv == "nameserver 10.0.0.53\n"
 
 
 def test_paths_resolve_inside_the_root_even_through_absolute_symlinks(tmp_path: Path) -> None:
