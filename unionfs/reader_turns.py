@@ -26,8 +26,9 @@ PATIENCE = 0.002  # seconds a request may hold up the others
 
 class ReaderTurns:
     """The turns of a mount's workers. A worker calls first_turn() once, then took() for
-    each request it reads and answered() once it answered it; both return when it is
-    its turn to read again. watch() is the watcher's loop; close() ends all waits."""
+    each request it reads and answered() once it answered it; first_turn() and answered()
+    return when it is the worker's turn to read. watch() is the watcher's loop; close()
+    ends all waits."""
 
     def __init__(
         self, patience: float = PATIENCE, sleep: Callable[[float], None] = time.sleep
