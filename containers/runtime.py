@@ -263,7 +263,7 @@ class MountProgram:
         """id_map (--userns): the union shows the image's owners shifted into the
         container's range, so its root owns what the image's root owns; the layers keep
         them unshifted (diff and commit see the image's own ids)."""
-        from unionfs.config import escape_path  # the child imports it anyway
+        from unionfs.option_text import escape_path
 
         lowers = ":".join(escape_path(p) for p in layers)
         work = escape_path(record.work_dir)
@@ -381,7 +381,7 @@ class MountProgram:
 def _upper_option(record: ContainerRecord) -> str:
     """The mount option naming the container's upper dir (its mount program's is found by
     it, see _end_unfinished_mount)."""
-    from unionfs.config import escape_path
+    from unionfs.option_text import escape_path
 
     return f"upperdir={escape_path(record.upper_dir)}"
 

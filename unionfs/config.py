@@ -11,6 +11,7 @@ import errno
 import os
 
 from unionfs.idmap import MAX_ID, OVERFLOW_ID, IdRanges, Ownership
+from unionfs.option_text import split_escaped, unescape
 from unionfs.whiteouts import XattrNames
 
 # Mount options that make sense for any filesystem and need nothing from us.
@@ -101,40 +102,6 @@ def parse_size(text: str) -> int:
     if value < 0:
         raise ValueError(text)
     return value
-
-
-def split_escaped(text: str, sep: str, *, keep_escapes: bool = False) -> list[str]:
-    """Split on sep, honouring backslash escapes (`\\:` is a colon inside a layer path).
-
-    keep_escapes leaves every escape in the parts, for a second split: options are split
-    on commas first, then lowerdir on colons, as the kernel's overlayfs does.
-    """
-    parts, current, escaped = [], [], False
-    for char in text:
-        if escaped:
-            current.append(char)
-            escaped = False
-        elif char == "\\":
-            escaped = True
-            if keep_escapes:
-                current.append(char)
-        elif char == sep:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current))
-    return parts
-
-
-def unescape(text: str) -> str:
-    """A path with its backslash escapes undone (`\\,` is a comma, `\\\\` a backslash)."""
-    return "".join(split_escaped(text, "\0"))
-
-
-def escape_path(path: str) -> str:
-    """A path as a value of lowerdir=, upperdir= or workdir= (what unescape undoes)."""
-    return path.replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
 
 
 def parse_options(option_strings: list[str], mountpoint: str) -> MountConfig:

@@ -10,14 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.mounting import unmount
-from unionfs.config import (
-    ConfigError,
-    escape_path,
-    parse_options,
-    split_escaped,
-    unescape_mountinfo,
-    validate,
-)
+from unionfs.config import ConfigError, parse_options, unescape_mountinfo, validate
+from unionfs.option_text import escape_path, split_escaped
 
 
 def test_podman_style_options_with_an_empty_option_and_volatile_parse() -> None:
