@@ -131,6 +131,9 @@ FS_SYSTEMS: tuple[FsSystem, ...] = (
     FsSystem("fuse-overlayfs", "fuse-overlayfs", "fuse-overlayfs"),
     FsSystem("unionfs-fuse", "unionfs-fuse -o cow", str(UNIONFS_FUSE)),
     FsSystem("lamina-unionfs", "lamina unionfs (ours)", str(OURS)),
+    # Ours as a kernel with fuse.enable_uring off (the default) serves it, which is also the
+    # faster way on hosts where io_uring is slower (README, "FUSE over io_uring").
+    FsSystem("lamina-unionfs-devfuse", "lamina unionfs, /dev/fuse", str(OURS), ",noio_uring"),
     # Ours without io_uring queues and passthrough: what a kernel before 6.9 (or one without
     # fuse.enable_uring, and a daemon without CAP_SYS_ADMIN) gives.
     FsSystem(
