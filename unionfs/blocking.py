@@ -29,6 +29,7 @@ class Gate:
     def __init__(self, heavy_bytes: int = HEAVY_BYTES) -> None:
         self.state = threading.Lock()
         self._mutation = threading.Lock()
+        self.mutations = 0  # mutations finished: what was true before one may not be after
         self.heavy_bytes = heavy_bytes
 
     def is_heavy(self, size: int) -> bool:
@@ -54,4 +55,5 @@ class Gate:
         try:
             yield
         finally:
+            self.mutations += 1
             self._mutation.release()

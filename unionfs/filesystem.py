@@ -144,6 +144,8 @@ class UnionFilesystem:
         # Their attributes and xattrs live on there, as on the kernel overlayfs. (An open
         # regular file has its handle's descriptor.)
         self._removed: dict[int, int] = {}
+        # The last name a LOOKUP did not find: (parent, name, gate.mutations then).
+        self._missing: tuple[Node, bytes, int] | None = None
 
     # -- resolution ----------------------------------------------------------------------
 
@@ -225,11 +227,27 @@ class UnionFilesystem:
     # -- lookup, attributes --------------------------------------------------------------
 
     def lookup(self, parent_ino: int, name: bytes) -> Found:
-        found = self._find_child(self._node(parent_ino), name)
+        parent = self._node(parent_ino)
+        found = self._find_child(parent, name)
         if found is None:
+            self._missing = (parent, name, self.gate.mutations)
             raise errors.not_found()
         self.inodes.lookup(found[0])
         return found
+
+    def _check_free(self, parent: Node, name: bytes) -> None:
+        """EEXIST if the merged directory has name. A create comes right after the kernel's
+        LOOKUP of the name found nothing: unless a mutation finished since, that answer
+        holds, and the layers need not be asked again (two lstats, ~12 µs a create)."""
+        missing, self._missing = self._missing, None
+        still_missing = (
+            missing is not None
+            and missing[0] is parent
+            and missing[1] == name
+            and missing[2] == self.gate.mutations
+        )
+        if not still_missing and self._resolve_child(parent, name) is not None:
+            raise errors.exists()
 
     def forget(self, ino: int, count: int) -> None:
         self.inodes.forget(ino, count)
@@ -531,8 +549,7 @@ class UnionFilesystem:
         The owner is set after `build`, then the set-id bits again: a chown clears them.
         """
         parent = self._node(parent_ino)
-        if self._resolve_child(parent, name) is not None:
-            raise errors.exists()
+        self._check_free(parent, name)
         self._ensure_upper_dir(parent)
         uid, gid, _ = self._new_owner(parent, caller)
         rel = join(parent.rel_path(), name)
@@ -643,8 +660,7 @@ class UnionFilesystem:
     def mkdir(self, parent_ino: int, name: bytes, mode: int, caller: Caller) -> Answer:
         with self.gate.mutating():
             parent = self._node(parent_ino)
-            if self._resolve_child(parent, name) is not None:
-                raise errors.exists()
+            self._check_free(parent, name)
             self._ensure_upper_dir(parent)
             uid, gid, setgid = self._new_owner(parent, caller)
             if setgid:
