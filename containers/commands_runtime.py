@@ -192,6 +192,8 @@ def _run_container(args: argparse.Namespace) -> int:
         volumes=tuple(args.volume),
         tmpfs=tuple(args.tmpfs),
         network=args.network,
+        add_hosts=tuple(args.add_host),
+        dns=tuple(args.dns),
         init=args.init,
         privileged=args.privileged,
         cap_add=tuple(args.cap_add),

@@ -15,6 +15,10 @@ from __future__ import annotations
 import contextlib
 import os
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from containers.spec import ContainerSpec
+
 NAMES = ("hostname", "hosts", "resolv.conf")
 INIT_LAYER = "init-layer"
 
@@ -26,18 +30,25 @@ LOCALHOST = (
     "ff02::1\tip6-allnodes\n"
     "ff02::2\tip6-allrouters\n"
 )
-NO_DNS = "# no name servers: the container has no network (lamina run --network host has)\n"
+NO_DNS = "# no name servers: the container has no network (--network host has, or give --dns)\n"
 
 
 def contents(
-    hostname: str, host_network: bool, host_hosts: str | None, host_resolv: str | None
+    spec: ContainerSpec, host_hosts: str | None, host_resolv: str | None
 ) -> dict[str, str]:
     """The three files' text. host_hosts and host_resolv: the host's own (None where it
     has none), used with the host's network."""
-    hosts = host_hosts if host_network and host_hosts is not None else LOCALHOST
+    hostname = spec.hostname
+    hosts = host_hosts if spec.host_network and host_hosts is not None else LOCALHOST
     if hostname not in _names_in(hosts):
         hosts = _ended(hosts) + f"127.0.1.1\t{hostname}\n"
-    resolv = host_resolv if host_network and host_resolv is not None else NO_DNS
+    hosts += "".join(f"{address}\t{name}\n" for name, address in spec.extra_hosts)
+    if spec.dns:
+        resolv = "".join(f"nameserver {address}\n" for address in spec.dns)
+    elif spec.host_network and host_resolv is not None:
+        resolv = host_resolv
+    else:
+        resolv = NO_DNS
     return {"hostname": f"{hostname}\n", "hosts": hosts, "resolv.conf": resolv}
 
 
@@ -60,13 +71,12 @@ def _host_file(path: str) -> str | None:
         return None
 
 
-def write(directory: str, hostname: str, host_network: bool, owner: tuple[int, int] | None) -> None:
-    """Write the files into directory (made here). owner: who owns them (under --userns,
-    the container's root, so that it may change them), else root."""
+def write(directory: str, spec: ContainerSpec) -> None:
+    """Write the files into directory (made here). Under --userns they belong to the
+    container's root, so that it may change them."""
     os.mkdir(directory, 0o755)
-    texts = contents(
-        hostname, host_network, _host_file("/etc/hosts"), _host_file("/etc/resolv.conf")
-    )
+    texts = contents(spec, _host_file("/etc/hosts"), _host_file("/etc/resolv.conf"))
+    owner = (spec.userns.uid_base, spec.userns.gid_base) if spec.userns else None
     for name, text in texts.items():
         path = os.path.join(directory, name)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)

@@ -208,8 +208,7 @@ def _create_record(spec: ContainerSpec, root: StrPath) -> ContainerRecord:
         os.chmod(scratch, 0o700)
         for sub in ("upper", "work", "rootfs"):
             os.mkdir(os.path.join(scratch, sub))
-        owner = (spec.userns.uid_base, spec.userns.gid_base) if spec.userns else None
-        etc_files.write(os.path.join(scratch, "etc"), spec.hostname, spec.host_network, owner)
+        etc_files.write(os.path.join(scratch, "etc"), spec)
         state.save(record, into=scratch)
         os.rename(scratch, directory)
         state.reserve_name(root, spec.name, spec.id)

@@ -146,6 +146,8 @@ class RunOptions(Record, frozen=True):
     volumes: tuple[str, ...] = ()
     tmpfs: tuple[str, ...] = ()
     network: str = "private"
+    add_hosts: tuple[str, ...] = ()
+    dns: tuple[str, ...] = ()
     init: bool = False
     privileged: bool = False
     cap_add: tuple[str, ...] = ()
@@ -179,6 +181,8 @@ class ContainerSpec(Record, frozen=True):
     read_only: bool = False
     volumes: tuple[Volume, ...] = ()
     host_network: bool = False
+    extra_hosts: tuple[tuple[str, str], ...] = ()  # (name, address): --add-host
+    dns: tuple[str, ...] = ()  # --dns: name servers instead of the defaults
     use_init: bool = False
     privileged: bool = False
     capabilities: tuple[str, ...] = field(default_factory=lambda: tuple(DEFAULT_CAPABILITIES))
@@ -233,6 +237,25 @@ def parse_volume(text: str) -> BindVolume:
         readonly=mode == "ro",
         source_is_dir=os.path.isdir(source),
     )
+
+
+def parse_add_host(text: str) -> tuple[str, str]:
+    """--add-host NAME:IP (docker's form; the address may be IPv6, colons and all)."""
+    name, sep, address = text.partition(":")
+    if not sep or not name or any(c.isspace() or c == "#" for c in name):
+        raise UserError(f"invalid --add-host {text!r}: expected NAME:IP")
+    return name, check_address(address, "--add-host")
+
+
+def check_address(text: str, option: str) -> str:
+    """An IPv4 or IPv6 address, as given (ipaddress is imported only when asked)."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise UserError(f"invalid {option} address {text!r}: expected an IP address") from None
+    return text
 
 
 def parse_tmpfs(text: str) -> TmpfsVolume:
@@ -371,6 +394,8 @@ def build_spec(
         read_only=options.read_only,
         volumes=tuple(volumes),
         host_network=host_network,
+        extra_hosts=tuple(parse_add_host(text) for text in options.add_hosts),
+        dns=tuple(check_address(text, "--dns") for text in options.dns),
         use_init=options.init,
         privileged=options.privileged,
         capabilities=resolve_capabilities(options.cap_add, options.cap_drop, options.privileged),

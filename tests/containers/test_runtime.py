@@ -84,6 +84,16 @@ def test_localhost_and_the_hostname_resolve_from_etc_files_of_the_containers_own
     if host_resolv.exists():
         shared = run(lamina, busybox_rootfs, "--network", "host", command="cat /etc/resolv.conf")
         assert shared[1] == host_resolv.read_text()
+    added = run(
+        lamina, busybox_rootfs, "--add-host", "db:10.1.2.3", "--dns", "9.9.9.9",
+        command="grep -w db /etc/hosts; cat /etc/resolv.conf",
+    )  # fmt: skip
+    assert added[1] == "10.1.2.3\tdb\nnameserver 9.9.9.9\n", added[2]
+    refused = lamina("run", "--rm", "--add-host", "db", "--layer", str(busybox_rootfs), "true")
+    assert (refused.returncode, refused.stderr) == (
+        125,
+        "lamina: error: invalid --add-host 'db': expected NAME:IP\n",
+    )
     changed = lamina(
         "run",
         "--name",

@@ -77,20 +77,30 @@ def test_the_containers_etc_files_are_bound_before_the_volumes(tmp_path: Path) -
 
 
 def test_localhost_and_the_hostname_resolve_and_dns_is_the_hosts_with_its_network() -> None:
-    own = etc_files.contents("c0ffee", False, "10.0.0.1 host\n", "nameserver 10.0.0.53\n")
+    hosts, resolv = "10.0.0.1 host\n", "nameserver 10.0.0.53\n"
+    own = etc_files.contents(spec(hostname="c0ffee"), hosts, resolv)
     assert own["hostname"] == "c0ffee\n"
     assert own["hosts"].startswith("127.0.0.1\tlocalhost\n::1\tlocalhost ")
     assert own["hosts"].endswith("127.0.1.1\tc0ffee\n")
     assert "10.0.0.1" not in own["hosts"]  # the host's names mean nothing without its network
     assert "nameserver" not in own["resolv.conf"]  # no network: fail at once, not time out
-    shared = etc_files.contents("web", True, "127.0.0.1 localhost\n10.0.0.7 web # me", None)
+    web = spec(hostname="web", host_network=True)
+    shared = etc_files.contents(web, "127.0.0.1 localhost\n10.0.0.7 web # me", None)
     assert shared["hosts"] == "127.0.0.1 localhost\n10.0.0.7 web # me"  # listed already
-    assert etc_files.contents("box", True, "127.0.0.1 localhost", None)["hosts"] == (
+    box = spec(hostname="box", host_network=True)
+    assert etc_files.contents(box, "127.0.0.1 localhost", None)["hosts"] == (
         "127.0.0.1 localhost\n127.0.1.1\tbox\n"
     )
     assert "nameserver" not in shared["resolv.conf"]  # the host has none
-    resolv = etc_files.contents("web", True, None, "nameserver 10.0.0.53\n")["resolv.conf"]
-    assert resolv == "nameserver 10.0.0.53\n"
+    assert etc_files.contents(web, None, resolv)["resolv.conf"] == resolv
+
+
+def test_add_host_lines_and_dns_servers_are_the_users(tmp_path: Path) -> None:
+    added = (("db", "10.1.2.3"), ("v6", "2001:db8::33"))
+    box = spec(hostname="box", host_network=True, extra_hosts=added, dns=("9.9.9.9", "::1"))
+    texts = etc_files.contents(box, "127.0.0.1 localhost\n", "nameserver 10.0.0.53\n")
+    assert texts["hosts"].endswith("127.0.1.1\tbox\n10.1.2.3\tdb\n2001:db8::33\tv6\n")
+    assert texts["resolv.conf"] == "nameserver 9.9.9.9\nnameserver ::1\n"  # not the host's
 
 
 def test_paths_resolve_inside_the_root_even_through_absolute_symlinks(tmp_path: Path) -> None:

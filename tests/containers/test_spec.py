@@ -96,6 +96,10 @@ def test_the_image_gives_defaults_the_command_line_overrides(tmp_path: Path) -> 
         ({"volumes": ("/tmp:/x:rx",)}, "invalid volume mode"),
         ({"tmpfs": ("/",)}, "cannot mount over /"),
         ({"env": ("=x",)}, "invalid environment variable"),
+        ({"add_hosts": ("db",)}, "invalid --add-host 'db': expected NAME:IP"),
+        ({"add_hosts": ("db:10.0.0.300",)}, "invalid --add-host address '10.0.0.300'"),
+        ({"add_hosts": ("my db:10.0.0.3",)}, "expected NAME:IP"),
+        ({"dns": ("dns.example",)}, "invalid --dns address 'dns.example'"),
     ],
 )
 def test_invalid_options_are_refused_with_a_reason(
@@ -103,6 +107,12 @@ def test_invalid_options_are_refused_with_a_reason(
 ) -> None:
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
         spec_of(tmp_path, **options)
+
+
+def test_add_host_and_dns_reach_the_spec(tmp_path: Path) -> None:
+    spec = spec_of(tmp_path, add_hosts=("db:10.1.2.3", "v6:2001:db8::33"), dns=("9.9.9.9",))
+    assert spec.extra_hosts == (("db", "10.1.2.3"), ("v6", "2001:db8::33"))
+    assert spec.dns == ("9.9.9.9",)
 
 
 def test_capabilities_follow_dockers_rules() -> None:
