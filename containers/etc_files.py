@@ -93,8 +93,8 @@ def init_layer(root: str) -> str:
     layer = os.path.join(root, INIT_LAYER)
     if os.path.isdir(layer):
         return layer
-    scratch = f"{layer}.new-{os.getpid()}"
-    os.makedirs(os.path.join(scratch, "etc"), 0o755)
+    scratch = f"{layer}.new-{os.getpid()}"  # one a start killed here left may be reused
+    os.makedirs(os.path.join(scratch, "etc"), 0o755, exist_ok=True)
     os.chmod(scratch, 0o755)
     for name in NAMES:
         os.close(os.open(os.path.join(scratch, "etc", name), os.O_CREAT | os.O_WRONLY, 0o644))

@@ -108,8 +108,9 @@ def run_steps(channels: Channels, steps: list[tuple[str, Callable[[], object]]])
     raise AssertionError("the last step execs")
 
 
-def container_main(spec: ContainerSpec, root: str, channels: Channels) -> NoReturn:
-    """PID 1 of a new container: namespaces, mounts, pivot_root, privileges, exec."""
+def container_main(spec: ContainerSpec, root: str, etc_dir: str, channels: Channels) -> NoReturn:
+    """PID 1 of a new container: namespaces, mounts, pivot_root, privileges, exec.
+    etc_dir: the container's own /etc files, bound over the image's."""
     process = Process(
         argv=spec.command,
         env=spec.env,
@@ -142,7 +143,7 @@ def container_main(spec: ContainerSpec, root: str, channels: Channels) -> NoRetu
         # as the image's own directories do (host root is outside the union's mapping).
         userns = spec.userns if spec.layers else None
         owner = (userns.uid_base, userns.gid_base) if userns is not None else None
-        execute_plan(root, plan_mounts(spec, os.path.join(os.path.dirname(root), "etc")), owner)
+        execute_plan(root, plan_mounts(spec, etc_dir), owner)
 
     def make_root_readonly() -> None:
         if spec.read_only:

@@ -113,7 +113,10 @@ def start(
         if spec.layers:
             # In the background: the cgroup and the fork below overlap with the daemon's
             # start-up; the first process is let go only once the union is mounted.
-            layers = [etc_files.init_layer(os.fspath(root)), *spec.layers]
+            try:
+                layers = [etc_files.init_layer(os.fspath(root)), *spec.layers]
+            except OSError as exc:
+                raise UserError(f"cannot make the store's init layer: {exc}") from None
             mounting = MountProgram.start(record, layers, spec.userns)
             undo.callback(mounting.abandon)
         try:
@@ -137,7 +140,7 @@ def start(
         def child(channels: init.Channels) -> NoReturn:
             from containers.init import container_main
 
-            container_main(spec, rootfs, channels)
+            container_main(spec, rootfs, record.etc_dir, channels)
 
         def note_pid(pid: int) -> None:
             # Recorded before the child may run: should we die from here on, the command
@@ -212,9 +215,11 @@ def _create_record(spec: ContainerSpec, root: StrPath) -> ContainerRecord:
         state.save(record, into=scratch)
         os.rename(scratch, directory)
         state.reserve_name(root, spec.name, spec.id)
-    except BaseException:
+    except BaseException as exc:
         remove_tree(scratch)
         remove_tree(directory)
+        if isinstance(exc, OSError):  # a full or read-only disk: one line, nothing left
+            raise UserError(f"cannot create the container's state: {exc}") from None
         raise
     return record
 

@@ -85,6 +85,11 @@ class ContainerRecord(Record):
         return os.path.join(self.dir, "rootfs")
 
     @property
+    def etc_dir(self) -> str:
+        """The container's own /etc/hostname, hosts and resolv.conf (etc_files.py)."""
+        return os.path.join(self.dir, "etc")
+
+    @property
     def log_path(self) -> str:
         return os.path.join(self.dir, "container.log")
 

@@ -103,6 +103,16 @@ def test_add_host_lines_and_dns_servers_are_the_users(tmp_path: Path) -> None:
     assert texts["resolv.conf"] == "nameserver 9.9.9.9\nnameserver ::1\n"  # not the host's
 
 
+def test_the_init_layer_is_made_once_even_over_a_killed_starts_scratch(tmp_path: Path) -> None:
+    stale = tmp_path / f"{etc_files.INIT_LAYER}.new-{os.getpid()}" / "etc"
+    stale.mkdir(parents=True)  # a start killed half way, whose pid is ours now
+    layer = etc_files.init_layer(str(tmp_path))
+    assert sorted(os.listdir(os.path.join(layer, "etc"))) == sorted(etc_files.NAMES)
+    assert all(os.path.getsize(os.path.join(layer, "etc", n)) == 0 for n in etc_files.NAMES)
+    assert etc_files.init_layer(str(tmp_path)) == layer
+    assert sorted(os.listdir(tmp_path)) == [etc_files.INIT_LAYER]
+
+
 def test_paths_resolve_inside_the_root_even_through_absolute_symlinks(tmp_path: Path) -> None:
     root = tmp_path / "root"
     (root / "real").mkdir(parents=True)
