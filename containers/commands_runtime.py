@@ -205,6 +205,7 @@ def _run_container(args: argparse.Namespace) -> int:
         pids_limit=args.pids_limit,
         cpuset_cpus=args.cpuset_cpus,
         userns=args.userns,
+        security_opts=tuple(args.security_opt),
     )
     spec = build_spec(options, runtime.new_container_id())
     root: str = os.path.abspath(args.root)
@@ -323,6 +324,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         capabilities=_all_caps() if args.privileged else record.capabilities,
         privileged=args.privileged or record.privileged,
         tty=args.tty,
+        seccomp=record.seccomp and not args.privileged,
     )
     return runtime.exec_in(record, process, args.interactive)
 

@@ -15,7 +15,7 @@ import stat
 import struct
 from collections.abc import Callable, Sequence
 
-from containers import collector, lean_json, namespaces
+from containers import collector, lean_json, namespaces, seccomp
 from containers import syscalls as sc
 from containers.mount_plan import Device, Mask, Mount, ReadOnly, Step, Symlink, plan_mounts
 from containers.records import Record
@@ -84,6 +84,7 @@ class Process(Record, frozen=True):
     privileged: bool
     tty: bool
     use_init: bool = False
+    seccomp: bool = True  # the default filter, loaded just before the command runs
 
 
 def report_and_exit(channels: Channels, step: str, exc: BaseException) -> NoReturn:
@@ -120,6 +121,7 @@ def container_main(spec: ContainerSpec, root: str, etc_dir: str, channels: Chann
         privileged=spec.privileged,
         tty=spec.tty,
         use_init=spec.use_init,
+        seccomp=spec.seccomp,
     )
     tty: list[int] = []
 
@@ -218,6 +220,8 @@ def start_process(process: Process, channels: Channels, tty: list[int]) -> NoRet
     enter_workdir(process.workdir)
     who = resolve_user(process.user)
     drop_privileges(who, process.capabilities, process.privileged)
+    if process.seccomp:  # after no_new_privs, which lets an unprivileged process load it
+        sc.seccomp_filter(seccomp.program(process.capabilities))
     env = list(process.env)
     if not any(item.startswith("HOME=") for item in env):
         env.append(f"HOME={who.home}")

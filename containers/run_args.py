@@ -69,6 +69,7 @@ RUN_OPTIONS = (
     RunOption(("--init",), FLAG, "run a small init as PID 1 (signals, zombies)"),
     RunOption(("--privileged",), FLAG, "all capabilities, no masked paths"),
     RunOption(("--userns",), FLAG, "root inside is an unprivileged host uid range"),
+    RunOption(("--security-opt",), APPEND, "seccomp=unconfined: no seccomp filter"),
     RunOption(("--cap-add",), APPEND),
     RunOption(("--cap-drop",), APPEND),
     RunOption(("-m", "--memory"), VALUE, "memory limit, e.g. 64m"),

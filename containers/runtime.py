@@ -202,6 +202,7 @@ def _create_record(spec: ContainerSpec, root: StrPath) -> ContainerRecord:
         user=spec.user,
         capabilities=list(spec.capabilities),
         privileged=spec.privileged,
+        seccomp=spec.seccomp,
         memory_limit=spec.resources.memory,
     )
     try:

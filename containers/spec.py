@@ -159,6 +159,7 @@ class RunOptions(Record, frozen=True):
     pids_limit: int | None = None
     cpuset_cpus: str | None = None
     userns: bool = False
+    security_opts: tuple[str, ...] = ()
 
 
 class ContainerSpec(Record, frozen=True):
@@ -188,6 +189,7 @@ class ContainerSpec(Record, frozen=True):
     capabilities: tuple[str, ...] = field(default_factory=lambda: tuple(DEFAULT_CAPABILITIES))
     resources: Resources = field(default_factory=Resources)
     userns: IdMap | None = None
+    seccomp: bool = True  # the default filter (containers.seccomp)
 
 
 def capability_mask(names: tuple[str, ...] | list[str]) -> int:
@@ -256,6 +258,24 @@ def check_address(text: str, option: str) -> str:
     except ValueError:
         raise UserError(f"invalid {option} address {text!r}: expected an IP address") from None
     return text
+
+
+def wants_seccomp(security_opts: tuple[str, ...], privileged: bool) -> bool:
+    """--security-opt as docker reads the forms lamina has: seccomp=unconfined turns the
+    default filter off (--privileged does too); no-new-privileges is always in effect."""
+    seccomp = not privileged
+    for text in security_opts:
+        key, _, value = text.replace(":", "=", 1).partition("=")
+        if key == "seccomp" and value == "unconfined":
+            seccomp = False
+        elif key == "no-new-privileges" and value in ("", "true"):
+            pass  # every container has it, --privileged aside
+        else:
+            raise UserError(
+                f"unsupported --security-opt {text!r}: lamina takes seccomp=unconfined "
+                "and no-new-privileges"
+            )
+    return seccomp
 
 
 def parse_tmpfs(text: str) -> TmpfsVolume:
@@ -401,4 +421,5 @@ def build_spec(
         capabilities=resolve_capabilities(options.cap_add, options.cap_drop, options.privileged),
         resources=resources,
         userns=host_id_map() if options.userns else None,
+        seccomp=wants_seccomp(options.security_opts, options.privileged),
     )

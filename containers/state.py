@@ -70,6 +70,7 @@ class ContainerRecord(Record):
     user: str = ""
     capabilities: list[str] = field(default_factory=list)
     privileged: bool = False
+    seccomp: bool = True
     memory_limit: int | None = None
 
     @property

@@ -185,3 +185,24 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
         data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
     result = _libc.syscall(ctypes.c_long(_SYS_CAPSET), ctypes.byref(header), data)
     _check(result, "capset", hex(effective))
+
+
+_SYS_SECCOMP = 317  # x86_64
+_SECCOMP_SET_MODE_FILTER = 1
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+
+def seccomp_filter(program: bytes) -> None:
+    """Load a BPF program (struct sock_filter array) as this thread's seccomp filter. Needs
+    no_new_privs or CAP_SYS_ADMIN; every later execve keeps it."""
+    fprog = _SockFprog(len(program) // 8, program)
+    result = _libc.syscall(
+        ctypes.c_long(_SYS_SECCOMP),
+        ctypes.c_uint(_SECCOMP_SET_MODE_FILTER),
+        ctypes.c_uint(0),
+        ctypes.byref(fprog),
+    )
+    _check(result, "seccomp", "SECCOMP_SET_MODE_FILTER", len(program) // 8)
