@@ -18,13 +18,14 @@ from collections.abc import Callable, Sequence
 from containers import collector, lean_json, namespaces, seccomp
 from containers import syscalls as sc
 from containers.mount_plan import Device, Mask, Mount, ReadOnly, Step, Symlink, plan_mounts
+from containers.namespaces import UserNamespace
 from containers.records import Record
 from containers.spec import CAPABILITY_NUMBERS, DEFAULT_PATH, ContainerSpec, capability_mask
 
 TYPE_CHECKING = False  # typing costs milliseconds at every start; only mypy needs it
 if TYPE_CHECKING:
     import signal
-    import socket  # at run time only with -t or --userns: the parent has imported it then
+    import socket  # at run time only with -t: the parent has imported it then
     from typing import NoReturn
 else:
     import _signal as signal  # signal.py builds enums at import (enum costs ~4 ms a start)
@@ -70,7 +71,7 @@ class Channels(Record, frozen=True):
     errors: int  # write, close-on-exec: a JSON error line if a step fails
     console: socket.socket | None  # sends the pty master with -t
     stdio: tuple[int, int, int] | None  # fds for 0, 1, 2 without -t (None: inherit)
-    userns: socket.socket | None = None  # --userns: "unshared" -> parent writes the id maps
+    userns: UserNamespace | None = None  # --userns: the namespaces to join
 
 
 class Process(Record, frozen=True):
@@ -135,9 +136,21 @@ def container_main(spec: ContainerSpec, root: str, etc_dir: str, channels: Chann
         if spec.tty:
             tty.append(open_pty_pair(root + "/dev/pts", channels, console=root + "/dev/console"))
 
+    userns = channels.userns
+
+    def unshare() -> None:
+        flags = namespaces.unshare_flags(spec.host_network)
+        if userns is not None and userns.network is not None:
+            # Its own, made in the user namespace (make_user_namespace): joined before
+            # /sys is mounted, which shows the devices of the namespace it is mounted in.
+            sc.setns(userns.network, sc.CLONE_NEWNET)
+            flags &= ~sc.CLONE_NEWNET
+        sc.unshare(flags)
+
     def isolate_network() -> None:
-        if not spec.host_network:
+        if not spec.host_network and userns is None:
             namespaces.bring_up_loopback()
+            namespaces.allow_ping_sockets()
         sc.sethostname(spec.hostname)  # in the container's own UTS namespace
 
     def mount_plan() -> None:
@@ -152,14 +165,14 @@ def container_main(spec: ContainerSpec, root: str, etc_dir: str, channels: Chann
             remount_readonly("/")
 
     def enter_user_namespace() -> None:
-        if spec.userns is not None:
-            become_root_of_new_user_namespace(channels)
+        if userns is not None:
+            become_root_of_user_namespace(userns)
 
     run_steps(
         channels,
         [
             ("wait for the cgroup", lambda: wait_for_parent(channels.go)),
-            ("unshare namespaces", lambda: sc.unshare(namespaces.unshare_flags(spec.host_network))),
+            ("unshare namespaces", unshare),
             ("mount the root filesystem", bind_rootfs),
             ("mount /proc, /dev, /sys and volumes", mount_plan),
             ("bring up lo and set the hostname", isolate_network),
@@ -197,14 +210,11 @@ def exec_main(process: Process, ns_fds: list[tuple[int, int]], channels: Channel
     )
 
 
-def become_root_of_new_user_namespace(channels: Channels) -> None:
-    """unshare the user namespace, let the parent map our ids, become its root."""
-    assert channels.userns is not None
-    sc.unshare(sc.CLONE_NEWUSER)
-    channels.userns.sendall(b"u")
-    if channels.userns.recv(1) != b"m":
-        os._exit(125)  # the parent could not write the maps and reports why
-    channels.userns.close()
+def become_root_of_user_namespace(userns: UserNamespace) -> None:
+    """Join the container's user namespace (with every capability in it) and become its
+    root: the ids it maps to the host's subordinate range."""
+    sc.setns(userns.user, sc.CLONE_NEWUSER)
+    userns.close()
     os.setresgid(0, 0, 0)
     os.setresuid(0, 0, 0)
 

@@ -135,6 +135,12 @@ def start(
         undo.callback(entrance.close)
         pause_at("cgroup")
 
+        userns = None
+        if spec.userns is not None:
+            try:
+                userns = namespaces.make_user_namespace(spec.userns, not spec.host_network)
+            except OSError as exc:
+                raise UserError(f"--userns: {exc.strerror or exc}") from None
         rootfs = record.mount_point
 
         def child(channels: init.Channels) -> NoReturn:
@@ -155,17 +161,21 @@ def start(
                 mounting.wait()
                 pause_at("mounted")
 
-        pid, console = spawn(
-            child,
-            entrance,
-            new_pid_namespace=True,
-            tty=spec.tty,
-            stdio=stdio,
-            undo=undo,
-            id_map=spec.userns,
-            on_fork=note_pid,
-            before_go=wait_mounted,
-        )
+        try:
+            pid, console = spawn(
+                child,
+                entrance,
+                new_pid_namespace=True,
+                tty=spec.tty,
+                stdio=stdio,
+                undo=undo,
+                userns=userns,
+                on_fork=note_pid,
+                before_go=wait_mounted,
+            )
+        finally:
+            if userns is not None:
+                userns.close()  # the first process holds them now, or failed
         entrance.close()
         pause_at("started")
         record.status = state.RUNNING
@@ -420,7 +430,7 @@ def spawn(
     tty: bool,
     stdio: tuple[int, int, int] | None,
     undo: ExitStack,
-    id_map: namespaces.IdMap | None = None,
+    userns: namespaces.UserNamespace | None = None,
     on_fork: Callable[[int], None] | None = None,
     before_go: Callable[[], None] | None = None,
 ) -> tuple[int, int | None]:
@@ -434,16 +444,15 @@ def spawn(
     """
     go_r, go_w = os.pipe()
     err_r, err_w = os.pipe()
-    if tty or id_map:
+    if tty:
         import socket
     parent_sock, child_sock = socket.socketpair() if tty else (None, None)
-    userns_parent, userns_child = socket.socketpair() if id_map else (None, None)
     try:
         pid, born_in_v2 = _fork_into(entrance, new_pid_namespace)
     except OSError as exc:
         for fd in (go_r, go_w, err_r, err_w):
             os.close(fd)
-        for sock in (parent_sock, child_sock, userns_parent, userns_child):
+        for sock in (parent_sock, child_sock):
             if sock is not None:
                 sock.close()
         raise UserError(f"cannot start the container's first process: {exc.strerror}") from None
@@ -451,9 +460,8 @@ def spawn(
         try:
             os.close(go_w)
             os.close(err_r)
-            for sock in (parent_sock, userns_parent):
-                if sock is not None:
-                    sock.close()
+            if parent_sock is not None:
+                parent_sock.close()
             try:
                 entrance.join(born_in_v2)
             except OSError as exc:
@@ -464,7 +472,7 @@ def spawn(
             from containers.init import Channels
 
             channels = Channels(
-                go=go_r, errors=err_w, console=child_sock, stdio=stdio, userns=userns_child
+                go=go_r, errors=err_w, console=child_sock, stdio=stdio, userns=userns
             )
             child_main(channels)
         except BaseException as exc:  # never back into the parent's code
@@ -476,9 +484,8 @@ def spawn(
             os._exit(125)
     os.close(go_r)
     os.close(err_w)
-    for sock in (child_sock, userns_child):
-        if sock is not None:
-            sock.close()
+    if child_sock is not None:
+        child_sock.close()
     undo.callback(_kill_and_reap, pid)
     if on_fork is not None:
         on_fork(pid)
@@ -495,14 +502,6 @@ def spawn(
         console = fds[0] if fds else None
         if console is not None:
             undo.callback(os.close, console)
-    if userns_parent is not None and id_map is not None:
-        with userns_parent:
-            if userns_parent.recv(1) == b"u":  # else it failed before: the pipe says why
-                try:
-                    id_map.write(pid)
-                except OSError as exc:
-                    raise UserError(f"cannot map the user namespace's ids: {exc}") from None
-                userns_parent.sendall(b"m")
     report = _read_all(err_r)
     if report:
         _kill_and_reap(pid)

@@ -339,6 +339,36 @@ def test_userns_makes_root_inside_an_unprivileged_host_uid_owning_the_image(
     lamina.ok("rm", "-f", "u")
 
 
+def test_userns_gives_the_container_a_network_its_root_may_use(
+    lamina: Lamina, busybox_rootfs: Path
+) -> None:
+    """Regression: under --userns the network namespace belonged to the host's user
+    namespace, so root inside had no CAP_NET_RAW there and ping failed. It is now made in
+    the container's user namespace; /sys, mounted by the host's root, shows its devices."""
+    code, out, err = run(
+        lamina, busybox_rootfs, "--userns", "--cap-add", "NET_ADMIN",
+        command="ping -c1 -W5 127.0.0.1 >/dev/null && echo pinged; ls /sys/class/net; "
+        "ip link set lo mtu 1400 && ip link show lo | grep -o 'mtu [0-9]*'",
+    )  # fmt: skip
+    assert code == 0, err
+    assert out.splitlines() == ["pinged", "lo", "mtu 1400"]
+    assert err == ""
+
+
+def test_ping_sockets_are_open_to_every_group_as_in_docker(
+    lamina: Lamina, busybox_rootfs: Path
+) -> None:
+    from containers.namespaces import host_id_map
+
+    # Under --userns: every group the container's user namespace maps.
+    for options, last in (((), 2**31 - 1), (("--userns",), host_id_map().size - 1)):
+        code, out, err = run(
+            lamina, busybox_rootfs, *options, command="cat /proc/sys/net/ipv4/ping_group_range"
+        )
+        assert code == 0, err
+        assert out.split() == ["0", str(last)]
+
+
 def test_t_gives_a_tty(lamina: Lamina, busybox_rootfs: Path) -> None:
     code, out, err = run(lamina, busybox_rootfs, "-t", command="test -t 0 && test -t 1 && tty")
     assert code == 0, err
