@@ -1,5 +1,5 @@
-"""The container lifecycle subcommands: run, ps, logs, exec, stop, kill, rm, pause, unpause,
-stats. Each parses its options, calls runtime/state, and returns an exit status.
+"""The container lifecycle subcommands: run, ps, logs, exec, stop, kill, rm, inspect, pause,
+unpause, stats. Each parses its options, calls runtime/state, and returns an exit status.
 
 Imports of the heavier modules happen inside the commands, so `lamina run` starts fast.
 """
@@ -73,6 +73,13 @@ def _register_kill(sub: Subparsers) -> None:
     kill.add_argument("-s", "--signal", default="KILL")
     kill.add_argument("containers", nargs="+")
     kill.set_defaults(func=cmd_kill)
+
+
+def _register_inspect(sub: Subparsers) -> None:
+    inspect = sub.add_parser("inspect", help="containers' state, config and union dirs as JSON")
+    inspect.add_argument("-f", "--format", help="a template per container, e.g. '{{.State.Pid}}'")
+    inspect.add_argument("containers", nargs="+")
+    inspect.set_defaults(func=cmd_inspect)
 
 
 def _register_rm(sub: Subparsers) -> None:
@@ -388,6 +395,24 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return _each(args, lambda record: lifecycle.stop(args.root, record, args.time))
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from containers import state
+    from containers.inspection import describe, render
+
+    described = []
+    for ref in args.containers:
+        record = state.find_container(args.root, ref)
+        described.append(describe(record, state.live_status(record), args.root))
+    if args.format is not None:
+        lines = [render(args.format, d) for d in described]  # every one, or an error
+        print("\n".join(lines))
+    else:
+        print(json.dumps(described, indent=4))
+    return 0
+
+
 def cmd_rm(args: argparse.Namespace) -> int:
     from containers import lifecycle
 
@@ -420,6 +445,7 @@ _PARSERS: dict[str, Callable[[Subparsers], None]] = {
     "stop": _register_stop,
     "kill": _register_kill,
     "rm": _register_rm,
+    "inspect": _register_inspect,
     "pause": _register_pause,
     "unpause": _register_unpause,
     "stats": _register_stats,
