@@ -146,6 +146,10 @@ class UnionFilesystem:
         self._removed: dict[int, int] = {}
         # The last name a LOOKUP did not find: (parent, name, gate.mutations then).
         self._missing: tuple[Node, bytes, int] | None = None
+        # What the last directory made entries in passes down (see _parent_traits), and
+        # the count of attribute and xattr changes it holds for.
+        self._traits: tuple[Node, int, ParentTraits] | None = None
+        self._attribute_changes = 0
 
     # -- resolution ----------------------------------------------------------------------
 
@@ -269,6 +273,7 @@ class UnionFilesystem:
     def setattr(self, ino: int, changes: AttrChanges, fh: int | None, caller: Caller) -> Answer:
         node = self._node(ino)
         with self.gate.mutating():
+            self._attribute_changes += 1
             if not node.linked and not node.in_upper and not node.is_dir and changes.only_times:
                 # An unlinked lower file open somewhere: the kernel's page cache still
                 # flushes its times, but there is nothing left in any layer to change.
@@ -527,11 +532,28 @@ class UnionFilesystem:
 
     # -- creating entries ----------------------------------------------------------------
 
+    def _parent_traits(self, parent: Node) -> ParentTraits:
+        """What the upper copy of a directory passes down to a new entry: its set-group-ID
+        bit and group, its default ACL. Kept for the last directory asked about, which
+        programs fill with many entries in a row (~10 µs of each create: an lstat and a
+        getxattr that fails), until an attribute or xattr changes anywhere: we are the
+        upper layer's only writer."""
+        memo = self._traits
+        if memo is not None and memo[0] is parent and memo[1] == self._attribute_changes:
+            return memo[2]
+        directory = self.stack.upper_path(parent.rel_path())
+        st = os.lstat(directory)
+        traits = ParentTraits(
+            bool(st.st_mode & stat.S_ISGID), st.st_gid, acls.default_acl(directory)
+        )
+        self._traits = (parent, self._attribute_changes, traits)
+        return traits
+
     def _new_owner(self, parent: Node, caller: Caller) -> tuple[int, int, bool]:
         """(uid, gid, inherit setgid): setgid directories pass their group down."""
-        parent_st = os.lstat(self.stack.upper_path(parent.rel_path()))
-        if parent_st.st_mode & stat.S_ISGID:
-            return caller.uid, parent_st.st_gid, True
+        traits = self._parent_traits(parent)
+        if traits.setgid:
+            return caller.uid, traits.gid, True
         return caller.uid, caller.gid, False
 
     def _create_entry(
@@ -556,7 +578,7 @@ class UnionFilesystem:
         path = self.stack.upper_path(rel)
         parent_default = None
         if mode is not None:
-            parent_default = acls.default_acl(self.stack.upper_path(parent.rel_path()))
+            parent_default = self._parent_traits(parent).default_acl
             mode = acls.creation_mode(mode, caller.umask, parent_default)
         try:
             build(path, mode or 0)  # the name is free, or holds a whiteout
@@ -639,7 +661,8 @@ class UnionFilesystem:
             self._ensure_upper_dir(parent)
             uid, gid, _ = self._new_owner(parent, caller)
             directory = self.stack.upper_path(parent.rel_path())
-            made = acls.creation_mode(mode, caller.umask, acls.default_acl(directory))
+            default = self._parent_traits(parent).default_acl
+            made = acls.creation_mode(mode, caller.umask, default)
             fd = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, made & 0o7777)
             try:
                 os.fchown(fd, uid, gid)
@@ -667,7 +690,7 @@ class UnionFilesystem:
                 mode |= stat.S_ISGID
             rel = join(parent.rel_path(), name)
             path = self.stack.upper_path(rel)
-            default = acls.default_acl(self.stack.upper_path(parent.rel_path()))
+            default = self._parent_traits(parent).default_acl
             mode = acls.creation_mode(mode, caller.umask, default) & 0o7777
             existing = lstat_or_none(path)
             over_whiteout = existing is not None and is_whiteout(existing)
@@ -1245,6 +1268,7 @@ class UnionFilesystem:
         if self.markers.is_private(name):
             raise errors.not_permitted()
         with self.gate.mutating():
+            self._attribute_changes += 1
             node = self._node(ino)
             self._copy_up(node)
             target, follow = self._target(node)
@@ -1282,12 +1306,24 @@ class UnionFilesystem:
         if self.markers.is_private(name):
             raise errors.no_data()
         with self.gate.mutating():
+            self._attribute_changes += 1
             node = self._node(ino)
             target, follow = self._target(node)
             os.getxattr(target, name, follow_symlinks=follow)  # ENODATA first
             self._copy_up(node)
             target, follow = self._target(node)
             os.removexattr(target, name, follow_symlinks=follow)
+
+
+class ParentTraits:
+    """What a directory passes down to an entry made in it (filesystem._parent_traits)."""
+
+    __slots__ = ("default_acl", "gid", "setgid")
+
+    def __init__(self, setgid: bool, gid: int, default_acl: bytes | None) -> None:
+        self.setgid = setgid  # new entries take the directory's group, and subdirs the bit
+        self.gid = gid
+        self.default_acl = default_acl  # in xattr form; None: the umask applies
 
 
 def _set_owner(path: bytes, uid: int, gid: int, mode: int | None) -> os.stat_result | None:
