@@ -1,5 +1,6 @@
-"""The container lifecycle subcommands: run, ps, logs, exec, stop, kill, rm, inspect, pause,
-unpause, stats. Each parses its options, calls runtime/state, and returns an exit status.
+"""The container lifecycle subcommands: run, ps, logs, exec, stop, kill, rm, start,
+restart, inspect, pause, unpause, stats. Each parses its options, calls runtime/state, and
+returns an exit status.
 
 Imports of the heavier modules happen inside the commands, so `lamina run` starts fast.
 """
@@ -73,6 +74,21 @@ def _register_kill(sub: Subparsers) -> None:
     kill.add_argument("-s", "--signal", default="KILL")
     kill.add_argument("containers", nargs="+")
     kill.set_defaults(func=cmd_kill)
+
+
+def _register_start(sub: Subparsers) -> None:
+    start = sub.add_parser("start", help="start stopped containers again (their files kept)")
+    start.add_argument("-a", "--attach", action="store_true", help="attach, wait, exit with it")
+    start.add_argument("-i", "--interactive", action="store_true", help="with -a: attach stdin")
+    start.add_argument("containers", nargs="+")
+    start.set_defaults(func=cmd_start)
+
+
+def _register_restart(sub: Subparsers) -> None:
+    restart = sub.add_parser("restart", help="stop (if running), then start containers")
+    restart.add_argument("-t", "--time", type=int, default=10, help="seconds (default 10)")
+    restart.add_argument("containers", nargs="+")
+    restart.set_defaults(func=cmd_restart)
 
 
 def _register_inspect(sub: Subparsers) -> None:
@@ -345,7 +361,7 @@ def _all_caps() -> list[str]:
 # ---- stop, kill, rm, pause ----------------------------------------------------------------
 
 
-def _each(args: argparse.Namespace, action: Callable[[ContainerRecord], None]) -> int:
+def _each(args: argparse.Namespace, action: Callable[[ContainerRecord], object]) -> int:
     """Apply action to every named container; report failures one per line, like docker."""
     from containers import state
 
@@ -393,6 +409,47 @@ def cmd_stop(args: argparse.Namespace) -> int:
     from containers import lifecycle
 
     return _each(args, lambda record: lifecycle.stop(args.root, record, args.time))
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    if args.attach and len(args.containers) > 1:
+        raise UserError("start -a takes one container")
+    if args.attach:
+        from containers import state
+
+        return _start_again(args.root, state.find_container(args.root, args.containers[0]),
+                            attach=True, interactive=args.interactive)  # fmt: skip
+    return _each(args, lambda record: _start_again(args.root, record))
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    from containers import lifecycle
+
+    def restart(record: ContainerRecord) -> None:
+        lifecycle.stop(args.root, record, args.time)
+        _start_again(args.root, record)
+
+    return _each(args, restart)
+
+
+def _start_again(
+    root: str, record: ContainerRecord, attach: bool = False, interactive: bool = False
+) -> int:
+    """Start an exited container anew, as docker's start: detached (0 once it runs) or
+    attached (its exit code). One that runs already is left as it is."""
+    from containers import runtime
+    from containers.spec import ContainerSpec
+
+    spec = runtime.stored_spec(record)
+    claimed = runtime.claim_for_start(record)
+    if claimed is None:
+        if attach:
+            raise UserError(f"container {record.name} is running: lamina cannot attach to it")
+        return 0
+    spec = ContainerSpec(**{**spec.values(), "interactive": interactive, "detach": not attach})
+    if attach:
+        return runtime.run_foreground(spec, root, again=claimed)
+    return runtime.run_detached(spec, root, again=claimed)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -445,6 +502,8 @@ _PARSERS: dict[str, Callable[[Subparsers], None]] = {
     "stop": _register_stop,
     "kill": _register_kill,
     "rm": _register_rm,
+    "start": _register_start,
+    "restart": _register_restart,
     "inspect": _register_inspect,
     "pause": _register_pause,
     "unpause": _register_unpause,

@@ -22,9 +22,9 @@ from containers import syscalls as sc
 from containers.cgroups.base import Cgroup, Entrance
 from containers.cli import UserError
 from containers.records import Record
-from containers.spec import ContainerSpec
+from containers.spec import ContainerSpec, spec_from_json, spec_to_json
 from containers.state import ContainerRecord
-from containers.trees import remove_tree
+from containers.trees import remove_tree, replace_file
 
 TYPE_CHECKING = False  # typing costs milliseconds at every start; only mypy needs it
 if TYPE_CHECKING:
@@ -95,14 +95,21 @@ def start(
     stdio: tuple[int, int, int] | None,
     *,
     log_output: bool = False,
+    again: ContainerRecord | None = None,
 ) -> Started:
     """Create everything a container needs and start its first process, or nothing at all.
 
-    With log_output (detached), stdout and stderr go to the container's log file.
+    With log_output (detached), stdout and stderr go to the container's log file. again:
+    the record of an exited container that claim_for_start claimed, started anew on its own
+    dir (upper dir, /etc files and log kept); a failure leaves it exited, as it was.
     """
     with ExitStack() as undo:
-        record = _create_record(spec, root)
-        undo.callback(_remove_record_files, root, record)
+        if again is None:
+            record = _create_record(spec, root)
+            undo.callback(_remove_record_files, root, record)
+        else:
+            record = again
+            undo.callback(_back_to_exited, record)
         pause_at("record")
         if log_output:
             log = os.open(record.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
@@ -180,6 +187,7 @@ def start(
         pause_at("started")
         record.status = state.RUNNING
         record.mounted = mounting is not None
+        record.exit_code, record.oom_killed, record.finished_at = None, False, None
         state.save(record)
         undo.pop_all()
         pause_at("running")
@@ -223,6 +231,7 @@ def _create_record(spec: ContainerSpec, root: StrPath) -> ContainerRecord:
         for sub in ("upper", "work", "rootfs"):
             os.mkdir(os.path.join(scratch, sub))
         etc_files.write(os.path.join(scratch, "etc"), spec)
+        replace_file(os.path.join(scratch, "spec.json"), lean_json.dumps(spec_to_json(spec)))
         state.save(record, into=scratch)
         os.rename(scratch, directory)
         state.reserve_name(root, spec.name, spec.id)
@@ -233,6 +242,42 @@ def _create_record(spec: ContainerSpec, root: StrPath) -> ContainerRecord:
             raise UserError(f"cannot create the container's state: {exc}") from None
         raise
     return record
+
+
+def claim_for_start(record: ContainerRecord) -> ContainerRecord | None:
+    """Mark an exited (or never started) container as being started by us, under its lock:
+    its record now, or None if it runs, or another start has it."""
+    with state.locked(record.dir):
+        current = state.load(record.dir)
+        status = state.live_status(current)
+        if status in (state.RUNNING, state.PAUSED) or state.monitor_alive(current):
+            return None
+        teardown(current)  # what a killed lamina may have left: safe to repeat
+        current.status = state.CREATED
+        current.pid = current.pid_start = None
+        current.monitor_pid = os.getpid()
+        current.monitor_start = state.process_start_time(current.monitor_pid)
+        state.save(current)
+        return current
+
+
+def _back_to_exited(record: ContainerRecord) -> None:
+    """A start of an exited container failed: it is exited again, as it was."""
+    record.status = state.EXITED
+    record.mounted = False
+    with contextlib.suppress(OSError):
+        state.save(record)
+
+
+def stored_spec(record: ContainerRecord) -> ContainerSpec:
+    """The spec a container was created with."""
+    try:
+        with open(record.spec_path, encoding="utf-8") as f:
+            return spec_from_json(lean_json.loads(f.read()))
+    except FileNotFoundError:
+        raise UserError(
+            f"container {record.name} was created by an older lamina: it cannot be started again"
+        ) from None
 
 
 def _sweep_dead_scratch(containers: str) -> None:
@@ -759,15 +804,16 @@ def _write_all(fd: int, data: bytes) -> None:
 # ---- run ----------------------------------------------------------------------------------
 
 
-def run_foreground(spec: ContainerSpec, root: StrPath) -> int:
-    """`lamina run` without -d: this process is the monitor; returns the exit code."""
+def run_foreground(spec: ContainerSpec, root: StrPath, again: ContainerRecord | None = None) -> int:
+    """`lamina run` without -d (and `start -a`, again): this process is the monitor;
+    returns the exit code."""
     stdio = None
     if not spec.tty:
         stdin = 0 if spec.interactive else os.open(os.devnull, os.O_RDONLY)
         stdio = (stdin, 1, 2)
     with ExitStack() as forwarding:
         with signals_held():
-            started = start(spec, root, stdio)
+            started = start(spec, root, stdio, again=again)
             forwarding.enter_context(forwarding_signals(started.pid))
         collector.resume()
         if started.console is not None:
@@ -776,13 +822,14 @@ def run_foreground(spec: ContainerSpec, root: StrPath) -> int:
     return finish(started, code, root)
 
 
-def run_detached(spec: ContainerSpec, root: StrPath) -> int:
-    """`lamina run -d`: fork a monitor that starts the container, print its id, return."""
+def run_detached(spec: ContainerSpec, root: StrPath, again: ContainerRecord | None = None) -> int:
+    """`lamina run -d`: fork a monitor that starts the container, print its id, return.
+    again (`start`): that exited container's, and nothing printed."""
     report_r, report_w = os.pipe()
     monitor = os.fork()
     if monitor == 0:
         os.close(report_r)
-        _monitor_main(spec, root, report_w)
+        _monitor_main(spec, root, report_w, again)
     os.close(report_w)
     report = _read_all(report_r)
     os.waitpid(monitor, 0)  # it forks again and exits, so it is no one's zombie
@@ -791,11 +838,14 @@ def run_detached(spec: ContainerSpec, root: StrPath) -> int:
         raise UserError(failure["message"], status=failure["status"])
     if report != b"ok":
         raise UserError("the container's monitor process died while starting it")
-    print(spec.id)
+    if again is None:
+        print(spec.id)
     return 0
 
 
-def _monitor_main(spec: ContainerSpec, root: StrPath, report_w: int) -> NoReturn:
+def _monitor_main(
+    spec: ContainerSpec, root: StrPath, report_w: int, again: ContainerRecord | None
+) -> NoReturn:
     status = 0
     try:
         os.setsid()
@@ -808,7 +858,9 @@ def _monitor_main(spec: ContainerSpec, root: StrPath, report_w: int) -> NoReturn
         forwarding = ExitStack()
         try:
             with signals_held():
-                started = start(spec, root, (devnull, devnull, devnull), log_output=True)
+                started = start(
+                    spec, root, (devnull, devnull, devnull), log_output=True, again=again
+                )
                 forwarding.enter_context(forwarding_signals(started.pid))
         except UserError as exc:
             failure = {"message": str(exc), "status": exc.status}

@@ -423,3 +423,35 @@ def build_spec(
         userns=host_id_map() if options.userns else None,
         seccomp=wants_seccomp(options.security_opts, options.privileged),
     )
+
+
+# ---- kept with the container, for `lamina start` ------------------------------------------
+
+
+def spec_to_json(spec: ContainerSpec) -> dict[str, object]:
+    """The spec as JSON values (lists for tuples; each volume tagged with its kind)."""
+    values = spec.values()
+    values["volumes"] = [
+        {"bind" if isinstance(v, BindVolume) else "tmpfs": v.values()} for v in spec.volumes
+    ]
+    values["resources"] = spec.resources.values()
+    values["userns"] = spec.userns.values() if spec.userns is not None else None
+    return values
+
+
+def spec_from_json(data: dict[str, object]) -> ContainerSpec:
+    """spec_to_json read back; fields a later lamina added keep their defaults."""
+    known = set(ContainerSpec.field_names())
+    values = {key: value for key, value in data.items() if key in known}
+    for key, value in values.items():
+        if isinstance(value, list) and key != "volumes":
+            values[key] = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+    volumes: list[Volume] = []
+    for tagged in data.get("volumes") or ():  # type: ignore[attr-defined]
+        ((kind, fields),) = tagged.items()
+        volumes.append(BindVolume(**fields) if kind == "bind" else TmpfsVolume(**fields))
+    values["volumes"] = tuple(volumes)
+    values["resources"] = Resources(**data.get("resources", {}))  # type: ignore[arg-type]
+    userns = data.get("userns")
+    values["userns"] = IdMap(**userns) if isinstance(userns, dict) else None
+    return ContainerSpec(**values)  # type: ignore[arg-type]

@@ -94,6 +94,11 @@ class ContainerRecord(Record):
     def log_path(self) -> str:
         return os.path.join(self.dir, "container.log")
 
+    @property
+    def spec_path(self) -> str:
+        """The spec it was created with (spec.spec_to_json), for `lamina start`."""
+        return os.path.join(self.dir, "spec.json")
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ContainerRecord:
         """The record saved as data (its fields are JSON's own types: paths are strings);
