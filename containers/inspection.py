@@ -23,9 +23,8 @@ def _timestamp(seconds: float | None) -> str:
     """RFC 3339 in UTC, as docker prints times; the zero time for never."""
     if seconds is None:
         return "0001-01-01T00:00:00Z"
-    whole = int(seconds)
-    fraction = f"{seconds - whole:.9f}"[1:]
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + fraction + "Z"
+    whole, nanoseconds = divmod(round(seconds * 1e9), 10**9)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{nanoseconds:09d}Z"
 
 
 def describe(record: ContainerRecord, status: str, root: str) -> dict[str, object]:
@@ -53,7 +52,7 @@ def describe(record: ContainerRecord, status: str, root: str) -> dict[str, objec
         "Args": record.command[1:],
         "State": {
             "Status": status,
-            "Running": status == RUNNING,
+            "Running": running,  # a paused container is running too, as docker says
             "Paused": status == PAUSED,
             "Pid": record.pid if running and record.pid else 0,
             "ExitCode": record.exit_code or 0,

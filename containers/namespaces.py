@@ -61,10 +61,9 @@ def close_all(fds: list[tuple[int, int]]) -> None:
 
 def allow_ping_sockets(last_gid: int = 2**31 - 1) -> None:
     """docker's net.ipv4.ping_group_range for a container's own network: ICMP echo sockets
-    for every group, so ping works without a raw socket. That matters for users without
-    CAP_NET_RAW (-u, --cap-drop NET_RAW) and under --userns, where the network namespace
-    belongs to the host's user namespace and the container's CAP_NET_RAW does not count.
-    Written from a user namespace, the range may hold only the groups it maps (last_gid)."""
+    for every group, so a ping that uses them works without a raw socket, for users
+    without CAP_NET_RAW too (-u, --cap-drop NET_RAW). Written from a user namespace, the
+    range may hold only the groups it maps (last_gid)."""
     with open("/proc/sys/net/ipv4/ping_group_range", "w") as f:
         f.write(f"0 {last_gid}")
 

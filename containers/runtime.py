@@ -248,7 +248,10 @@ def claim_for_start(record: ContainerRecord) -> ContainerRecord | None:
     """Mark an exited (or never started) container as being started by us, under its lock:
     its record now, or None if it runs, or another start has it."""
     with state.locked(record.dir):
-        current = state.load(record.dir)
+        try:
+            current = state.load(record.dir)
+        except FileNotFoundError:
+            raise UserError(f"no such container: {record.name}") from None
         status = state.live_status(current)
         if status in (state.RUNNING, state.PAUSED) or state.monitor_alive(current):
             return None
@@ -275,6 +278,8 @@ def stored_spec(record: ContainerRecord) -> ContainerSpec:
         with open(record.spec_path, encoding="utf-8") as f:
             return spec_from_json(lean_json.loads(f.read()))
     except FileNotFoundError:
+        if not os.path.isdir(record.dir):  # removed meanwhile (a --rm one, stopped)
+            raise UserError(f"no such container: {record.name}") from None
         raise UserError(
             f"container {record.name} was created by an older lamina: it cannot be started again"
         ) from None

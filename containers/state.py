@@ -223,7 +223,14 @@ def locked(record_dir: StrPath) -> Iterator[None]:
     """Serialize state changes of one container between the monitor, stop and rm."""
     import fcntl
 
-    fd = os.open(os.path.join(record_dir, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    path = os.path.join(record_dir, ".lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except FileNotFoundError:
+        # Removed meanwhile (rm, or the monitor of a --rm one): nothing left to serialize,
+        # and the caller's load() says so.
+        yield
+        return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

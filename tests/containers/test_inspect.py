@@ -11,7 +11,7 @@ import pytest
 
 from containers.cli import UserError
 from containers.inspection import describe, render
-from containers.state import EXITED, RUNNING, ContainerRecord
+from containers.state import EXITED, PAUSED, RUNNING, ContainerRecord
 from tests.containers.runtime_helpers import (  # noqa: F401 - fixtures
     Lamina,
     busybox_rootfs,
@@ -66,6 +66,17 @@ def test_an_exited_container_has_no_pid_and_keeps_its_exit_code() -> None:
     assert state["FinishedAt"] == "1970-01-01T00:00:02.000000000Z"
     host = shown["HostConfig"]
     assert isinstance(host, dict) and host["SecurityOpt"] == ["seccomp=unconfined"]
+
+
+def test_a_paused_container_is_running_and_paused_as_docker_says() -> None:
+    state = describe(record(), PAUSED, "/store")["State"]
+    assert isinstance(state, dict)
+    assert (state["Status"], state["Running"], state["Paused"], state["Pid"]) == (
+        "paused",
+        True,
+        True,
+        42,
+    )
 
 
 def test_a_rootfs_container_has_no_union() -> None:

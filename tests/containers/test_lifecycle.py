@@ -172,3 +172,14 @@ def test_rm_cleans_up_after_a_dead_lamina_and_a_finished_container(
     finally:
         monitor.kill()
         monitor.wait()
+
+
+def test_stopping_a_detached_rm_container_removes_it_without_a_traceback(
+    lamina: Lamina, busybox_rootfs: Path
+) -> None:
+    """Regression: its monitor removed the container's dir, lock file and all, before stop
+    took the lock to record the exit, and stop died with FileNotFoundError."""
+    start(lamina, busybox_rootfs, "tmp", "--rm", command="exec sleep 600")
+    result = lamina("stop", "-t", "0", "tmp")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "tmp\n", "")
+    assert lamina.container_ids() == []

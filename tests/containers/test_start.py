@@ -130,3 +130,12 @@ def test_a_container_made_before_start_existed_says_so(
     assert result.stderr == (
         "lamina: error: container old was created by an older lamina: it cannot be started again\n"
     )
+
+
+def test_restarting_a_rm_container_ends_with_it_gone(lamina: Lamina, busybox_rootfs: Path) -> None:
+    lamina.ok("run", "-d", "--rm", "--name", "tmp", "--layer", str(busybox_rootfs),
+              "--", "sleep", "600")  # fmt: skip
+    result = lamina("restart", "-t", "0", "tmp")
+    assert result.returncode == 1
+    assert result.stderr == "lamina: error: no such container: tmp\n"
+    assert lamina.container_ids() == []
