@@ -1,5 +1,5 @@
 """The container lifecycle subcommands: run, ps, logs, exec, stop, kill, rm, start,
-restart, inspect, pause, unpause, stats. Each parses its options, calls runtime/state, and
+restart, wait, inspect, pause, unpause, stats. Each parses its options, calls runtime/state, and
 returns an exit status.
 
 Imports of the heavier modules happen inside the commands, so `lamina run` starts fast.
@@ -89,6 +89,12 @@ def _register_restart(sub: Subparsers) -> None:
     restart.add_argument("-t", "--time", type=int, default=10, help="seconds (default 10)")
     restart.add_argument("containers", nargs="+")
     restart.set_defaults(func=cmd_restart)
+
+
+def _register_wait(sub: Subparsers) -> None:
+    wait = sub.add_parser("wait", help="wait until containers stop, print their exit codes")
+    wait.add_argument("containers", nargs="+")
+    wait.set_defaults(func=cmd_wait)
 
 
 def _register_inspect(sub: Subparsers) -> None:
@@ -452,6 +458,19 @@ def _start_again(
     return runtime.run_detached(spec, root, again=claimed)
 
 
+def cmd_wait(args: argparse.Namespace) -> int:
+    from containers import lifecycle, state
+
+    status = 0
+    for ref in args.containers:
+        try:
+            print(lifecycle.wait_exit(state.find_container(args.root, ref)), flush=True)
+        except UserError as exc:
+            print(f"lamina: error: {exc}", file=sys.stderr)
+            status = 1
+    return status
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     import json
 
@@ -504,6 +523,7 @@ _PARSERS: dict[str, Callable[[Subparsers], None]] = {
     "rm": _register_rm,
     "start": _register_start,
     "restart": _register_restart,
+    "wait": _register_wait,
     "inspect": _register_inspect,
     "pause": _register_pause,
     "unpause": _register_unpause,

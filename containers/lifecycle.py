@@ -1,4 +1,4 @@
-"""Acting on existing containers: stop, rm, pause/unpause, stats.
+"""Acting on existing containers: stop, wait, rm, pause/unpause, stats.
 
 These work from the state records alone, so they behave the same whether the monitor of a
 container (the `lamina run` that started it) is alive or died: when it is gone, they do its
@@ -59,6 +59,38 @@ def stop(root: Path, record: ContainerRecord, timeout: int) -> None:
     current = settle(root, record)
     if current is not None and current.auto_remove:
         runtime.remove(root, current)
+
+
+def wait_exit(record: ContainerRecord) -> int:
+    """docker's wait: block until the container has stopped and its exit is recorded; its
+    exit code. Sleeps on a pidfd of its first process while it runs, then watches the
+    record closely: a --rm one is removed a few milliseconds after its exit is recorded."""
+    import select
+
+    while True:
+        try:
+            current = state.load(record.dir)
+        except FileNotFoundError:
+            raise UserError(f"no such container: {record.name}") from None
+        if current.status == state.EXITED and current.exit_code is not None:
+            return current.exit_code  # recorded by its monitor: final
+        status = state.live_status(current)
+        if status == state.EXITED and not state.monitor_alive(current):
+            raise UserError(f"container {record.name} exited, its exit code unknown")
+        if status == state.CREATED and not state.monitor_alive(current):
+            raise UserError(f"container {record.name} was never started")
+        if status in (state.RUNNING, state.PAUSED) and current.pid is not None:
+            try:
+                pidfd = os.pidfd_open(current.pid)
+            except ProcessLookupError:
+                continue
+            try:
+                if state.is_alive(current.pid, current.pid_start):  # still that process
+                    select.select([pidfd], [], [], 1.0)
+            finally:
+                os.close(pidfd)
+            continue
+        time.sleep(0.001)  # exited: its monitor is recording it (or it is being started)
 
 
 def rm(root: Path, record: ContainerRecord, force: bool) -> None:

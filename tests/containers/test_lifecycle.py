@@ -183,3 +183,13 @@ def test_stopping_a_detached_rm_container_removes_it_without_a_traceback(
     result = lamina("stop", "-t", "0", "tmp")
     assert (result.returncode, result.stdout, result.stderr) == (0, "tmp\n", "")
     assert lamina.container_ids() == []
+
+
+def test_wait_prints_each_exit_code_once_recorded(lamina: Lamina, busybox_rootfs: Path) -> None:
+    start(lamina, busybox_rootfs, "quick", command="exit 2")
+    start(lamina, busybox_rootfs, "slow", command="sleep 1; exit 4")
+    start(lamina, busybox_rootfs, "gone", "--rm", command="sleep 1; exit 9")
+    result = lamina("wait", "gone", "slow", "quick", "nope")
+    assert result.stdout.split() == ["9", "4", "2"]
+    assert (result.returncode, result.stderr) == (1, "lamina: error: no such container: nope\n")
+    assert "gone" not in lamina.ok("ps", "-a")
