@@ -235,6 +235,7 @@ def _run_container(args: argparse.Namespace) -> int:
         cpuset_cpus=args.cpuset_cpus,
         userns=args.userns,
         security_opts=tuple(args.security_opt),
+        publish=tuple(args.publish),
     )
     spec = build_spec(options, runtime.new_container_id())
     root: str = os.path.abspath(args.root)
@@ -284,13 +285,15 @@ def cmd_ps(args: argparse.Namespace) -> int:
         for r in records:
             print(r.id[:12])
         return 0
-    rows = [("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES")]
+    rows = [("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES")]
     for r in records:
         image = r.image or (str(r.rootfs_dir) if r.rootfs_dir else f"<{len(r.layers)} layers>")
         command = " ".join(r.command)
         command = f'"{command[:20]}…"' if len(command) > 20 else f'"{command}"'
         created = f"{_ago(now - r.created_at)} ago"
-        rows.append((r.id[:12], image, command, created, describe_status(r, now), r.name))
+        status = describe_status(r, now)
+        ports = ", ".join(r.ports) if status.startswith("Up") else ""
+        rows.append((r.id[:12], image, command, created, status, ports, r.name))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

@@ -77,7 +77,18 @@ def describe(record: ContainerRecord, status: str, root: str) -> dict[str, objec
             "Cgroup": record.cgroup or "",
         },
         "GraphDriver": driver,
+        "NetworkSettings": {"Ports": _ports(record.ports)},
     }
+
+
+def _ports(shown: list[str]) -> dict[str, list[dict[str, str]]]:
+    """'0.0.0.0:8080->80/tcp' as docker's {"80/tcp": [{"HostIp": ..., "HostPort": ...}]}."""
+    ports: dict[str, list[dict[str, str]]] = {}
+    for mapping in shown:
+        host, _, inside = mapping.partition("->")
+        host_ip, _, host_port = host.rpartition(":")
+        ports.setdefault(inside, []).append({"HostIp": host_ip, "HostPort": host_port})
+    return ports
 
 
 def render(template: str, value: Mapping[str, object]) -> str:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     # Imported by the child (init) or only with -t and --userns (socket): not on the
     # parent's path of every start.
     from containers import init
+    from containers.ports import Publisher
     from containers.state import StrPath
 else:
     import _signal as signal  # signal.py builds enums at import (enum costs ~4 ms a start)
@@ -84,6 +85,7 @@ class Started(Record):
     cgroup: Cgroup
     pid: int
     console: int | None  # the pty master, with -t
+    publisher: Publisher | None = None  # -p: relaying while it runs
 
 
 # ---- start --------------------------------------------------------------------------------
@@ -142,6 +144,12 @@ def start(
         undo.callback(entrance.close)
         pause_at("cgroup")
 
+        publisher = None
+        if spec.ports:
+            from containers.ports import Publisher
+
+            publisher = Publisher(spec.ports)  # listening now: a port in use fails the start
+            undo.callback(publisher.close)
         userns = None
         if spec.userns is not None:
             try:
@@ -184,6 +192,11 @@ def start(
             if userns is not None:
                 userns.close()  # the first process holds them now, or failed
         entrance.close()
+        if publisher is not None:
+            try:
+                publisher.serve(os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC))
+            except OSError as exc:
+                raise UserError(f"cannot publish ports: {exc.strerror}") from None
         pause_at("started")
         record.status = state.RUNNING
         record.mounted = mounting is not None
@@ -193,7 +206,7 @@ def start(
         pause_at("running")
     if log_output:
         os.close(log)
-    return Started(record, cgroup, pid, console)
+    return Started(record, cgroup, pid, console, publisher)
 
 
 def _create_record(spec: ContainerSpec, root: StrPath) -> ContainerRecord:
@@ -222,6 +235,7 @@ def _create_record(spec: ContainerSpec, root: StrPath) -> ContainerRecord:
         privileged=spec.privileged,
         seccomp=spec.seccomp,
         memory_limit=spec.resources.memory,
+        ports=[str(p) for p in spec.ports],
     )
     try:
         os.mkdir(scratch)
@@ -637,6 +651,8 @@ def wait_exit_code(pid: int) -> int:
 def finish(started: Started, code: int, root: StrPath) -> int:
     """After the first process ended: record the result, tear down, report an OOM kill."""
     record, cgroup = started.record, started.cgroup
+    if started.publisher is not None:
+        started.publisher.close()  # the ports are free again once it has exited
     oom_kills = 0
     with contextlib.suppress(OSError):
         oom_kills = cgroup.oom_kills()  # before the cgroup is removed

@@ -112,6 +112,41 @@ class TmpfsVolume(Record, frozen=True):
 Volume = BindVolume | TmpfsVolume
 
 
+class PortMapping(Record, frozen=True):
+    """-p [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp]"""
+
+    host_port: int
+    container_port: int
+    host_ip: str = "0.0.0.0"
+
+    def __str__(self) -> str:
+        return f"{self.host_ip}:{self.host_port}->{self.container_port}/tcp"
+
+
+def parse_publish(text: str) -> PortMapping:
+    """docker's forms of -p, TCP only; UserError for the rest."""
+    spec, _, protocol = text.partition("/")
+    if protocol not in ("", "tcp"):
+        raise UserError(f"invalid -p {text!r}: lamina publishes TCP ports only")
+    parts = spec.rsplit(":", 2)
+    if len(parts) < 2:
+        raise UserError(f"invalid -p {text!r}: expected [HOST_IP:]HOST_PORT:CONTAINER_PORT")
+    host_ip = parts[0] if len(parts) == 3 else ""
+    host, container = parts[-2:]
+    if host_ip.startswith("[") and host_ip.endswith("]"):
+        host_ip = host_ip[1:-1]  # [::1]:8080:80
+    mapping = PortMapping(_port(host, text), _port(container, text), host_ip or "0.0.0.0")
+    if host_ip:
+        check_address(host_ip, "-p")
+    return mapping
+
+
+def _port(text: str, whole: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise UserError(f"invalid -p {whole!r}: {text!r} is not a port (1-65535)")
+    return int(text)
+
+
 class ImageDefaults(Record, frozen=True):
     """What an image contributes when the command line does not say."""
 
@@ -160,6 +195,7 @@ class RunOptions(Record, frozen=True):
     cpuset_cpus: str | None = None
     userns: bool = False
     security_opts: tuple[str, ...] = ()
+    publish: tuple[str, ...] = ()
 
 
 class ContainerSpec(Record, frozen=True):
@@ -190,6 +226,7 @@ class ContainerSpec(Record, frozen=True):
     resources: Resources = field(default_factory=Resources)
     userns: IdMap | None = None
     seccomp: bool = True  # the default filter (containers.seccomp)
+    ports: tuple[PortMapping, ...] = ()  # -p: host ports relayed into its network
 
 
 def capability_mask(names: tuple[str, ...] | list[str]) -> int:
@@ -258,6 +295,23 @@ def check_address(text: str, option: str) -> str:
     except ValueError:
         raise UserError(f"invalid {option} address {text!r}: expected an IP address") from None
     return text
+
+
+def published_ports(texts: tuple[str, ...], network: str) -> tuple[PortMapping, ...]:
+    """-p, each host port once; only for a container with a network of its own."""
+    if not texts:
+        return ()
+    if network in ("host", "none"):
+        raise UserError(
+            f"-p publishes ports of the container's own network: not with --network {network}"
+        )
+    mappings = tuple(parse_publish(text) for text in texts)
+    seen: set[tuple[str, int]] = set()
+    for mapping in mappings:
+        if (mapping.host_ip, mapping.host_port) in seen:
+            raise UserError(f"host port {mapping.host_port} is published twice")
+        seen.add((mapping.host_ip, mapping.host_port))
+    return mappings
 
 
 def wants_seccomp(security_opts: tuple[str, ...], privileged: bool) -> bool:
@@ -422,6 +476,7 @@ def build_spec(
         resources=resources,
         userns=host_id_map() if options.userns else None,
         seccomp=wants_seccomp(options.security_opts, options.privileged),
+        ports=published_ports(options.publish, options.network),
     )
 
 
@@ -435,6 +490,7 @@ def spec_to_json(spec: ContainerSpec) -> dict[str, object]:
         {"bind" if isinstance(v, BindVolume) else "tmpfs": v.values()} for v in spec.volumes
     ]
     values["resources"] = spec.resources.values()
+    values["ports"] = [p.values() for p in spec.ports]
     values["userns"] = spec.userns.values() if spec.userns is not None else None
     return values
 
@@ -451,6 +507,7 @@ def spec_from_json(data: dict[str, object]) -> ContainerSpec:
         ((kind, fields),) = tagged.items()
         volumes.append(BindVolume(**fields) if kind == "bind" else TmpfsVolume(**fields))
     values["volumes"] = tuple(volumes)
+    values["ports"] = tuple(PortMapping(**p) for p in data.get("ports") or ())  # type: ignore[attr-defined]
     values["resources"] = Resources(**data.get("resources", {}))  # type: ignore[arg-type]
     userns = data.get("userns")
     values["userns"] = IdMap(**userns) if isinstance(userns, dict) else None

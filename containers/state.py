@@ -72,6 +72,7 @@ class ContainerRecord(Record):
     privileged: bool = False
     seccomp: bool = True
     memory_limit: int | None = None
+    ports: list[str] = field(default_factory=list)  # -p, as ps shows them
 
     @property
     def upper_dir(self) -> str:

@@ -14,6 +14,7 @@ from containers.namespaces import IdMap
 from containers.spec import (
     BindVolume,
     ContainerSpec,
+    PortMapping,
     TmpfsVolume,
     spec_from_json,
     spec_to_json,
@@ -55,6 +56,7 @@ def test_a_spec_survives_its_json() -> None:
         resources=Resources(memory=1 << 26, pids_limit=10),
         userns=IdMap(100000, 100000, 65536),
         seccomp=False,
+        ports=(PortMapping(8080, 80), PortMapping(8443, 443, "127.0.0.1")),
     )
     assert spec_from_json(lean_json.loads(lean_json.dumps(spec_to_json(spec)))) == spec
 
