@@ -1,4 +1,4 @@
-"""The container lifecycle subcommands: run, ps, logs, exec, stop, kill, rm, start,
+"""The container lifecycle subcommands: run, ps, logs, exec, top, stop, kill, rm, start,
 restart, wait, inspect, pause, unpause, stats. Each parses its options, calls runtime/state, and
 returns an exit status.
 
@@ -17,7 +17,7 @@ from containers.cli import UserError
 TYPE_CHECKING = False  # typing costs milliseconds at every start; only mypy needs it
 if TYPE_CHECKING:
     import argparse
-    from typing import Any
+    from typing import Any, BinaryIO
 
     from containers.spec import ImageDefaults
     from containers.state import ContainerRecord
@@ -43,6 +43,7 @@ def _register_ps(sub: Subparsers) -> None:
 def _register_logs(sub: Subparsers) -> None:
     logs = sub.add_parser("logs", help="output of a detached container")
     logs.add_argument("-f", "--follow", action="store_true", help="follow until it exits")
+    logs.add_argument("-n", "--tail", default="all", help="only the last N lines (default all)")
     logs.add_argument("container")
     logs.set_defaults(func=cmd_logs)
 
@@ -60,6 +61,12 @@ def _register_exec(sub: Subparsers) -> None:
     exe.add_argument("container")
     exe.add_argument("command", nargs=argparse.REMAINDER)
     exe.set_defaults(func=cmd_exec)
+
+
+def _register_top(sub: Subparsers) -> None:
+    top = sub.add_parser("top", help="the processes of a running container")
+    top.add_argument("container")
+    top.set_defaults(func=cmd_top)
 
 
 def _register_stop(sub: Subparsers) -> None:
@@ -303,12 +310,19 @@ def cmd_ps(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     from containers import state
 
+    tail = None
+    if args.tail != "all":
+        if not args.tail.isdigit():
+            raise UserError(f"invalid --tail {args.tail!r}: a number of lines, or all")
+        tail = int(args.tail)
     record = state.find_container(args.root, args.container)
     try:
         log = open(record.log_path, "rb")  # noqa: SIM115 - read incrementally below
     except FileNotFoundError:
         raise UserError(f"container {record.name} has no logs: only -d containers log") from None
     with log:
+        if tail is not None:
+            log.seek(_start_of_last_lines(log, tail))
         while True:
             data = log.read()
             sys.stdout.buffer.write(data)
@@ -412,6 +426,42 @@ def cmd_kill(args: argparse.Namespace) -> int:
             raise UserError(f"container {record.name} is not running") from None
 
     return _each(args, kill)
+
+
+def _start_of_last_lines(log: BinaryIO, count: int, block: int = 65536) -> int:
+    """Where the last count lines of log begin (a last line without its newline counts)."""
+    end = log.seek(0, os.SEEK_END)
+    if count == 0:
+        return end
+    position, newlines = end, 0
+    while position > 0:
+        size = min(block, position)
+        position -= size
+        log.seek(position)
+        chunk = log.read(size)
+        if position + size == end and chunk.endswith(b"\n"):
+            chunk = chunk[:-1]  # the newline that ends the last line starts nothing
+        index = len(chunk)
+        while (index := chunk.rfind(b"\n", 0, index)) != -1:
+            newlines += 1
+            if newlines == count:
+                return position + index + 1
+    return 0
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from containers import runtime, state
+    from containers.processes import describe_processes
+
+    record = state.find_container(args.root, args.container)
+    if state.live_status(record) not in (state.RUNNING, state.PAUSED):
+        raise UserError(f"container {record.name} is not running")
+    rows = describe_processes(runtime.open_cgroup(record.id).pids())
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=False)]
+        print("   ".join([*cells, row[-1]]))
+    return 0
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -521,6 +571,7 @@ _PARSERS: dict[str, Callable[[Subparsers], None]] = {
     "ps": _register_ps,
     "logs": _register_logs,
     "exec": _register_exec,
+    "top": _register_top,
     "stop": _register_stop,
     "kill": _register_kill,
     "rm": _register_rm,
