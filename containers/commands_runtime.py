@@ -1,6 +1,6 @@
-"""The container lifecycle subcommands: run, ps, logs, exec, top, stop, kill, rm, start,
-restart, wait, inspect, pause, unpause, stats. Each parses its options, calls runtime/state, and
-returns an exit status.
+"""The container lifecycle subcommands: run, ps, logs, exec, top, cp, stop, kill, rm,
+start, restart, wait, inspect, pause, unpause, stats. Each parses its options, calls
+runtime/state, and returns an exit status.
 
 Imports of the heavier modules happen inside the commands, so `lamina run` starts fast.
 """
@@ -67,6 +67,13 @@ def _register_top(sub: Subparsers) -> None:
     top = sub.add_parser("top", help="the processes of a running container")
     top.add_argument("container")
     top.set_defaults(func=cmd_top)
+
+
+def _register_cp(sub: Subparsers) -> None:
+    cp = sub.add_parser("cp", help="copy files between a container and the host")
+    cp.add_argument("source", help="CONTAINER:PATH or a host path")
+    cp.add_argument("destination", help="a host path or CONTAINER:PATH")
+    cp.set_defaults(func=cmd_cp)
 
 
 def _register_stop(sub: Subparsers) -> None:
@@ -464,6 +471,25 @@ def cmd_top(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cp(args: argparse.Namespace) -> int:
+    from containers import copying, state
+
+    src_name, src_path = copying.parse_reference(args.source)
+    dst_name, dst_path = copying.parse_reference(args.destination)
+    if (src_name is None) == (dst_name is None):
+        raise UserError(
+            "cp copies between a container and the host",
+            hint="lamina cp CONTAINER:PATH HOST_PATH, or lamina cp HOST_PATH CONTAINER:PATH",
+        )
+    record = state.find_container(args.root, src_name or dst_name or "")
+    host = copying.host_side()
+    if src_name is not None:
+        copying.in_container(args.root, record, lambda c: copying.copy(c, src_path, host, dst_path))
+    else:
+        copying.in_container(args.root, record, lambda c: copying.copy(host, src_path, c, dst_path))
+    return 0
+
+
 def cmd_stop(args: argparse.Namespace) -> int:
     from containers import lifecycle
 
@@ -572,6 +598,7 @@ _PARSERS: dict[str, Callable[[Subparsers], None]] = {
     "logs": _register_logs,
     "exec": _register_exec,
     "top": _register_top,
+    "cp": _register_cp,
     "stop": _register_stop,
     "kill": _register_kill,
     "rm": _register_rm,

@@ -206,3 +206,29 @@ def seccomp_filter(program: bytes) -> None:
         ctypes.byref(fprog),
     )
     _check(result, "seccomp", "SECCOMP_SET_MODE_FILTER", len(program) // 8)
+
+
+_SYS_OPENAT2 = 437  # every architecture
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_IN_ROOT = 0x10
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def open_in_root(root_fd: int, path: str, flags: int, mode: int = 0) -> int:
+    """openat2(2) with RESOLVE_IN_ROOT: path resolved as if root_fd were `/`, so neither
+    `..` nor a symlink (absolute ones too) leads out of it."""
+    how = _OpenHow(flags | os.O_CLOEXEC, mode, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+    fd = _libc.syscall(
+        ctypes.c_long(_SYS_OPENAT2),
+        ctypes.c_int(root_fd),
+        os.fsencode(path),
+        ctypes.byref(how),
+        ctypes.c_size_t(ctypes.sizeof(how)),
+    )
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return int(fd)
