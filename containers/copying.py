@@ -222,7 +222,7 @@ def _in_stopped_container(
         except UserError as exc:
             os.write(report_w, lean_json.dumps({"message": str(exc)}).encode())
             status = 1
-        except OSError as exc:
+        except Exception as exc:  # an OSError above all: one line, as the parent says
             os.write(report_w, lean_json.dumps({"message": f"cp: {exc}"}).encode())
             status = 1
         finally:
