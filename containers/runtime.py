@@ -196,7 +196,8 @@ def start(
             try:
                 publisher.serve(os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC))
             except OSError as exc:
-                raise UserError(f"cannot publish ports: {exc.strerror}") from None
+                if state.is_alive(pid, record.pid_start):  # else done already: nothing to relay
+                    raise UserError(f"cannot publish ports: {exc.strerror}") from None
         pause_at("started")
         record.status = state.RUNNING
         record.mounted = mounting is not None

@@ -138,3 +138,14 @@ def test_a_connection_nothing_answers_inside_is_closed_at_once(
         contextlib.suppress(ConnectionResetError),  # closed, or reset: either way at once
     ):
         assert sock.recv(1) == b""
+
+
+@pytest.mark.root
+def test_a_command_that_ends_at_once_is_no_error(lamina: Lamina, busybox_rootfs: Path) -> None:
+    """It may be gone before its network namespace is opened for the relay: nothing to relay
+    then, and no error."""
+    port = free_port()
+    for _ in range(5):
+        result = lamina("run", "--rm", "-p", f"{port}:80", "--layer", str(busybox_rootfs),
+                        "--", "true")  # fmt: skip
+        assert (result.returncode, result.stderr) == (0, "")
