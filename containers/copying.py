@@ -69,7 +69,12 @@ def copy(src: Side, src_path: str, dst: Side, dst_path: str) -> None:
         contents_only = src_path.rstrip("/").endswith("/.") or src_path.rstrip("/") == "."
         source_parent, source_name = _split(src, src_path)
         with _closing(source_parent):
-            _copy_to(src, source_parent, source_name, source_st, dst, dst_path, contents_only)
+            try:
+                _copy_to(src, source_parent, source_name, source_st, dst, dst_path, contents_only)
+            except OSError as exc:  # half way (a full disk, a name taken meanwhile...)
+                raise UserError(f"cp: {exc.filename or src_path}: {exc.strerror}") from None
+            except RecursionError:
+                raise UserError(f"cp: {src.label}{src_path}: nested too deeply") from None
 
 
 def _copy_to(
