@@ -80,7 +80,10 @@ class Publisher:
         relay = _Relay(self._wake_r)
         for listener, port in self.listeners:
             relay.listen(listener, port)
-        relay.run()
+        try:
+            relay.run()
+        except Exception as exc:  # a bug of ours: say so in one line, not a thread's traceback
+            print(f"lamina: warning: published ports stopped: {exc!r}", file=sys.stderr)
 
 
 def _listen(mapping: PortMapping) -> socket.socket:
@@ -137,11 +140,12 @@ class _Relay:
                     self._stop_accepting()
                     continue
                 if kind == "accept":
-                    self._accept(key.fileobj, data)  # type: ignore[arg-type]
+                    if deadline is None:  # stopping: no new connection
+                        self._accept(key.fileobj, data)  # type: ignore[arg-type]
                 elif kind == "connecting":
                     self._connected(key.fileobj, data)  # type: ignore[arg-type]
-                else:
-                    self._move(key.fileobj, events)  # type: ignore[arg-type]
+                elif key.fileobj in self.connections:  # not dropped earlier in this batch
+                    self._move(key.fileobj, events)
 
     def _drop_finished(self) -> None:
         """Stopping: a connection whose container side has ended and whose every byte
@@ -250,4 +254,8 @@ class _Relay:
         for sock in list(self.connections):
             if sock in self.connections:
                 self._drop(sock)
+        for key in list(self.selector.get_map().values()):
+            if key.data[0] == "connecting":  # still connecting inside: the client too
+                key.data[1].close()
+                key.fileobj.close()  # type: ignore[union-attr]
         self.selector.close()

@@ -128,7 +128,7 @@ def test_what_docker_refuses_is_one_line(fake: tuple[Path, Path]) -> None:
         out(inside, "/data", host / "file")
     with pytest.raises(UserError, match="box:/nope: No such file or directory"):
         out(inside, "/nope", host / "x")
-    with pytest.raises(UserError, match="^cp: "):  # failing half way: one line too
+    with pytest.raises(UserError, match=r"^cp: "):  # failing half way: one line too
         out(inside, "/data", "/proc/sys/lamina-cannot-be-made")
     with pytest.raises(UserError, match="no such directory"):
         out(inside, "/data/a", f"{host}/missing/")  # a directory that is not there
