@@ -10,9 +10,9 @@ dir (the same on-disk format), in the mount namespace of a child process made fo
 mount goes away with that child, whatever happens.
 
 Copied: directories, regular files (data, permission bits, times), symlinks and FIFOs.
-Owners are not copied (what is made belongs to root, as with docker cp), nor device nodes or
-sockets (a device node from a container must not appear on the host): each is named in a
-warning and left out.
+Owners are not copied: what is made belongs to the container's root, or to root on the
+host, as with docker cp. Nor are device nodes or sockets (a device node from a container
+must not appear on the host): each is named in a warning and left out.
 """
 
 from __future__ import annotations
@@ -33,17 +33,19 @@ Opener = Callable[[str, int], int]  # (path, flags) -> fd on one side of the cop
 class Side:
     """One end of a copy: how its paths are opened, and how they are named in messages."""
 
-    def __init__(self, opener: Opener, label: str) -> None:
+    def __init__(self, opener: Opener, label: str, owner: tuple[int, int] | None = None) -> None:
         self.open = opener
         self.label = label  # "" on the host, "NAME:" in a container
+        self.owner = owner  # who what is made here belongs to (None: us, root)
 
 
 def host_side() -> Side:
     return Side(lambda path, flags: os.open(path, flags | os.O_CLOEXEC), "")
 
 
-def container_side(root_fd: int, name: str) -> Side:
-    return Side(lambda path, flags: sc.open_in_root(root_fd, path, flags), f"{name}:")
+def container_side(root_fd: int, name: str, owner: tuple[int, int] | None = None) -> Side:
+    """owner: the host ids of the container's root, where they are not ours (--userns)."""
+    return Side(lambda path, flags: sc.open_in_root(root_fd, path, flags), f"{name}:", owner)
 
 
 def parse_reference(text: str) -> tuple[str | None, str]:
@@ -98,9 +100,9 @@ def _copy_to(
             into = dst.open(dst_path, os.O_RDONLY | os.O_DIRECTORY)
             with _closing(into):
                 if is_dir and contents_only:
-                    _copy_children(src_parent, src_name, into, dst.label + dst_path)
+                    _copy_children(src_parent, src_name, into, dst.owner)
                 else:
-                    _copy_entry(src_parent, src_name, into, _base(src_name), dst.label)
+                    _copy_entry(src_parent, src_name, into, _base(src_name), dst.owner)
             return
         if target >= 0 and is_dir:
             raise UserError(f"cp: cannot copy a directory onto the file {dst.label}{dst_path}")
@@ -108,7 +110,7 @@ def _copy_to(
             raise UserError(f"cp: {dst.label}{dst_path}: no such directory")
         parent, name = _split(dst, dst_path)
         with _closing(parent):
-            _copy_entry(src_parent, src_name, parent, name, dst.label)
+            _copy_entry(src_parent, src_name, parent, name, dst.owner)
 
 
 def _split(side: Side, path: str) -> tuple[int, str]:
@@ -131,14 +133,18 @@ def _base(name: str) -> str:
     return name if name not in (".", "") else "root"
 
 
-def _copy_children(src_parent: int, src_name: str, dst_dir: int, shown: str) -> None:
+def _copy_children(
+    src_parent: int, src_name: str, dst_dir: int, owner: tuple[int, int] | None
+) -> None:
     directory = os.open(src_name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=src_parent)
     with _closing(directory):
         for child in sorted(os.listdir(directory)):
-            _copy_entry(directory, child, dst_dir, child, shown)
+            _copy_entry(directory, child, dst_dir, child, owner)
 
 
-def _copy_entry(src_dir: int, name: str, dst_dir: int, dst_name: str, shown: str) -> None:
+def _copy_entry(
+    src_dir: int, name: str, dst_dir: int, dst_name: str, owner: tuple[int, int] | None
+) -> None:
     st = os.stat(name, dir_fd=src_dir, follow_symlinks=False)
     mode = st.st_mode
     if stat.S_ISDIR(mode):
@@ -149,19 +155,24 @@ def _copy_entry(src_dir: int, name: str, dst_dir: int, dst_name: str, shown: str
                 raise UserError(f"cp: cannot copy a directory onto the file {dst_name}") from None
         made = os.open(dst_name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dst_dir)
         with _closing(made):
-            _copy_children(src_dir, name, made, shown)
+            _copy_children(src_dir, name, made, owner)
+            if owner is not None:
+                os.chown(made, *owner)
             os.chmod(made, stat.S_IMODE(mode))
             os.utime(made, ns=(st.st_atime_ns, st.st_mtime_ns))
         return
     _remove_non_directory(dst_dir, dst_name)
     if stat.S_ISREG(mode):
-        _copy_file(src_dir, name, dst_dir, dst_name, st)
-    elif stat.S_ISLNK(mode):
-        os.symlink(os.readlink(name, dir_fd=src_dir), dst_name, dir_fd=dst_dir)
+        _copy_file(src_dir, name, dst_dir, dst_name, st, owner)
+    elif stat.S_ISLNK(mode) or stat.S_ISFIFO(mode):
+        if stat.S_ISLNK(mode):
+            os.symlink(os.readlink(name, dir_fd=src_dir), dst_name, dir_fd=dst_dir)
+        else:
+            os.mkfifo(dst_name, stat.S_IMODE(mode), dir_fd=dst_dir)
+        if owner is not None:
+            os.chown(dst_name, *owner, dir_fd=dst_dir, follow_symlinks=False)
         os.utime(dst_name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dst_dir,
                  follow_symlinks=False)  # fmt: skip
-    elif stat.S_ISFIFO(mode):
-        os.mkfifo(dst_name, stat.S_IMODE(mode), dir_fd=dst_dir)
     else:
         kind = "device node" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "socket"
         print(f"lamina: warning: cp: {name}: a {kind}, left out", file=sys.stderr)
@@ -175,7 +186,14 @@ def _remove_non_directory(directory: int, name: str) -> None:
         os.unlink(name, dir_fd=directory)
 
 
-def _copy_file(src_dir: int, name: str, dst_dir: int, dst_name: str, st: os.stat_result) -> None:
+def _copy_file(
+    src_dir: int,
+    name: str,
+    dst_dir: int,
+    dst_name: str,
+    st: os.stat_result,
+    owner: tuple[int, int] | None,
+) -> None:
     source = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_dir)
     with _closing(source):
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -183,6 +201,8 @@ def _copy_file(src_dir: int, name: str, dst_dir: int, dst_name: str, st: os.stat
         with _closing(target):
             while os.sendfile(target, source, None, 1 << 24):
                 pass
+            if owner is not None:
+                os.fchown(target, *owner)  # before the mode: a chown clears set-id bits
             os.chmod(target, stat.S_IMODE(st.st_mode))
             os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
 
@@ -198,7 +218,7 @@ def in_container(root: str, record: ContainerRecord, action: Callable[[Side], No
         with _closing(root_fd):
             if not state.is_alive(record.pid, record.pid_start):
                 raise UserError(f"container {record.name} stopped during the copy: try again")
-            action(container_side(root_fd, record.name))
+            action(container_side(root_fd, record.name, _root_of(record)))
         return
     with state.locked(record.dir):  # a start waits for the copy (claim_for_start)
         try:
@@ -208,6 +228,18 @@ def in_container(root: str, record: ContainerRecord, action: Callable[[Side], No
         if state.live_status(current) in (state.RUNNING, state.PAUSED):
             raise UserError(f"container {record.name} started during the copy: try again")
         _in_stopped_container(root, current, action)
+
+
+def _root_of(record: ContainerRecord) -> tuple[int, int] | None:
+    """The host ids of a running --userns container's root (through its union, they are
+    what it sees as 0:0); None for any other container."""
+    from containers.runtime import stored_spec
+
+    with contextlib.suppress(UserError):
+        userns = stored_spec(record).userns
+        if userns is not None:
+            return userns.uid_base, userns.gid_base
+    return None
 
 
 def _in_stopped_container(

@@ -166,3 +166,21 @@ def test_cp_with_a_running_and_a_stopped_container(
     assert "A /later" in lamina.ok("diff", "box").splitlines()
     refused = lamina("cp", str(tmp_path / "in"), str(tmp_path / "in2"))
     assert refused.returncode == 125 and "between a container and the host" in refused.stderr
+
+
+@pytest.mark.root
+def test_what_is_copied_into_a_userns_container_belongs_to_its_root(
+    lamina: Lamina, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    """Regression: copied in as the host's root (uid 0, outside the container's range), it
+    showed as nobody:nogroup inside."""
+    lamina.ok("run", "-d", "--userns", "--name", "box", "--layer", str(busybox_rootfs),
+              "--", "sleep", "600")  # fmt: skip
+    (tmp_path / "tree" / "sub").mkdir(parents=True)
+    (tmp_path / "tree" / "file").write_text("x")
+    (tmp_path / "tree" / "link").symlink_to("file")
+    lamina.ok("cp", str(tmp_path / "tree"), "box:/in")
+    owners = lamina.ok(
+        "exec", "box", "stat", "-c", "%u:%g", "/in", "/in/sub", "/in/file", "/in/link"
+    )
+    assert owners.split() == ["0:0"] * 4
