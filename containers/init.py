@@ -191,6 +191,8 @@ def exec_main(process: Process, ns_fds: list[tuple[int, int]], channels: Channel
     tty: list[int] = []
 
     def join() -> None:
+        # Until its execve, this child shows `lamina exec`'s command line: not in there.
+        sc.set_command_line([os.fsencode(a) for a in process.argv])
         for fd, flag in ns_fds:
             sc.setns(fd, flag)
             os.close(fd)
@@ -536,6 +538,9 @@ def run_init(
     executable: str, argv: Sequence[str], env: Sequence[str], channels: Channels
 ) -> NoReturn:
     """--init: stay PID 1, run the command as a child, forward signals, reap every orphan."""
+    # A fork of lamina shows lamina's command line (host paths, every option) to the
+    # container's ps: show docker's form instead.
+    sc.set_command_line([b"init", b"--", *(os.fsencode(a) for a in argv)])
     child = os.fork()
     if child == 0:
         try:

@@ -208,6 +208,7 @@ def seccomp_filter(program: bytes) -> None:
     _check(result, "seccomp", "SECCOMP_SET_MODE_FILTER", len(program) // 8)
 
 
+_PR_SET_NAME = 15
 _SYS_OPENAT2 = 437  # every architecture
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_IN_ROOT = 0x10
@@ -232,3 +233,21 @@ def open_in_root(root_fd: int, path: str, flags: int, mode: int = 0) -> int:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
     return int(fd)
+
+
+def set_command_line(argv: list[bytes]) -> None:
+    """Write argv over this process's command line, in place (/proc/PID/cmdline and ps
+    show it): a fork keeps the command line of the program it was forked from. What does not
+    fit the original's length is cut, the rest filled with NULs."""
+    with open("/proc/self/stat", "rb") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (stat fields 48, 49)
+    room = end - start
+    if room <= 0:
+        return
+    text = b"\0".join(argv)[: room - 1]
+    ctypes.memmove(start, text + b"\0" * (room - len(text)), room)
+    name = ctypes.c_char_p(os.path.basename(argv[0])[:15])  # and its name (ps's {comm})
+    zero = ctypes.c_ulong(0)
+    _libc.prctl(ctypes.c_int(_PR_SET_NAME), name, zero, zero, zero)

@@ -13,6 +13,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -434,3 +435,25 @@ def test_pivot_root_leaves_no_way_back_to_the_host_root(
     code, out, err = sh(lamina, busybox_rootfs, script=script)
     assert code == 0, err
     assert out.split() == ["/", "/", "same-root", "1"]  # one mount at /: the container's
+
+
+def test_an_init_shows_no_host_path_or_option_of_lamina(
+    lamina: Lamina, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    """Regression: --init's PID 1, a fork of lamina, showed lamina's whole command line to
+    the container (the host's venv path, every option: -v's host paths, --env-file's)."""
+    secret_dir = tmp_path / "host-only-dir"
+    secret_dir.mkdir()
+    code, out, err = sh(
+        lamina,
+        busybox_rootfs,
+        "--init",
+        "-v",
+        f"{secret_dir}:/data",
+        script="tr '\\0' ' ' < /proc/1/cmdline; echo; cat /proc/1/comm",
+    )
+    assert code == 0, err
+    cmdline, comm = out.splitlines()
+    assert cmdline.split()[:3] == ["init", "--", "sh"]
+    assert comm == "init"
+    assert str(secret_dir) not in out and sys.executable not in out
