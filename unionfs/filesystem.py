@@ -146,10 +146,9 @@ class UnionFilesystem:
         self._removed: dict[int, int] = {}
         # The last name a LOOKUP did not find: (parent, name, gate.mutations then).
         self._missing: tuple[Node, bytes, int] | None = None
-        # What the last directory made entries in passes down (see _parent_traits), and
-        # the count of attribute and xattr changes it holds for.
-        self._traits: tuple[Node, int, ParentTraits] | None = None
-        self._attribute_changes = 0
+        # What the last directory made entries in passes down (see _parent_traits); any
+        # attribute or xattr change drops it.
+        self._traits: tuple[Node, ParentTraits] | None = None
 
     # -- resolution ----------------------------------------------------------------------
 
@@ -273,7 +272,7 @@ class UnionFilesystem:
     def setattr(self, ino: int, changes: AttrChanges, fh: int | None, caller: Caller) -> Answer:
         node = self._node(ino)
         with self.gate.mutating():
-            self._attribute_changes += 1
+            self._traits = None
             if not node.linked and not node.in_upper and not node.is_dir and changes.only_times:
                 # An unlinked lower file open somewhere: the kernel's page cache still
                 # flushes its times, but there is nothing left in any layer to change.
@@ -539,22 +538,20 @@ class UnionFilesystem:
         getxattr that fails), until an attribute or xattr changes anywhere: we are the
         upper layer's only writer."""
         memo = self._traits
-        if memo is not None and memo[0] is parent and memo[1] == self._attribute_changes:
-            return memo[2]
+        if memo is not None and memo[0] is parent:
+            return memo[1]
         directory = self.stack.upper_path(parent.rel_path())
         st = os.lstat(directory)
         traits = ParentTraits(
             bool(st.st_mode & stat.S_ISGID), st.st_gid, acls.default_acl(directory)
         )
-        self._traits = (parent, self._attribute_changes, traits)
+        self._traits = (parent, traits)
         return traits
 
-    def _new_owner(self, parent: Node, caller: Caller) -> tuple[int, int, bool]:
-        """(uid, gid, inherit setgid): setgid directories pass their group down."""
-        traits = self._parent_traits(parent)
-        if traits.setgid:
-            return caller.uid, traits.gid, True
-        return caller.uid, caller.gid, False
+    @staticmethod
+    def _new_owner(traits: ParentTraits, caller: Caller) -> tuple[int, int]:
+        """(uid, gid) of a new entry: set-group-ID directories pass their group down."""
+        return caller.uid, traits.gid if traits.setgid else caller.gid
 
     def _create_entry(
         self,
@@ -573,12 +570,13 @@ class UnionFilesystem:
         parent = self._node(parent_ino)
         self._check_free(parent, name)
         self._ensure_upper_dir(parent)
-        uid, gid, _ = self._new_owner(parent, caller)
+        traits = self._parent_traits(parent)
+        uid, gid = self._new_owner(traits, caller)
         rel = join(parent.rel_path(), name)
         path = self.stack.upper_path(rel)
         parent_default = None
         if mode is not None:
-            parent_default = self._parent_traits(parent).default_acl
+            parent_default = traits.default_acl
             mode = acls.creation_mode(mode, caller.umask, parent_default)
         try:
             build(path, mode or 0)  # the name is free, or holds a whiteout
@@ -659,10 +657,10 @@ class UnionFilesystem:
             parent = self._node(parent_ino)
             self._writable()
             self._ensure_upper_dir(parent)
-            uid, gid, _ = self._new_owner(parent, caller)
+            traits = self._parent_traits(parent)
+            uid, gid = self._new_owner(traits, caller)
             directory = self.stack.upper_path(parent.rel_path())
-            default = self._parent_traits(parent).default_acl
-            made = acls.creation_mode(mode, caller.umask, default)
+            made = acls.creation_mode(mode, caller.umask, traits.default_acl)
             fd = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, made & 0o7777)
             try:
                 os.fchown(fd, uid, gid)
@@ -685,12 +683,13 @@ class UnionFilesystem:
             parent = self._node(parent_ino)
             self._check_free(parent, name)
             self._ensure_upper_dir(parent)
-            uid, gid, setgid = self._new_owner(parent, caller)
-            if setgid:
+            traits = self._parent_traits(parent)
+            uid, gid = self._new_owner(traits, caller)
+            if traits.setgid:
                 mode |= stat.S_ISGID
             rel = join(parent.rel_path(), name)
             path = self.stack.upper_path(rel)
-            default = self._parent_traits(parent).default_acl
+            default = traits.default_acl
             mode = acls.creation_mode(mode, caller.umask, default) & 0o7777
             existing = lstat_or_none(path)
             over_whiteout = existing is not None and is_whiteout(existing)
@@ -1268,7 +1267,7 @@ class UnionFilesystem:
         if self.markers.is_private(name):
             raise errors.not_permitted()
         with self.gate.mutating():
-            self._attribute_changes += 1
+            self._traits = None
             node = self._node(ino)
             self._copy_up(node)
             target, follow = self._target(node)
@@ -1306,7 +1305,7 @@ class UnionFilesystem:
         if self.markers.is_private(name):
             raise errors.no_data()
         with self.gate.mutating():
-            self._attribute_changes += 1
+            self._traits = None
             node = self._node(ino)
             target, follow = self._target(node)
             os.getxattr(target, name, follow_symlinks=follow)  # ENODATA first
