@@ -23,6 +23,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Collection
 
+from containers.records import Record
+
 # struct seccomp_data: int nr; __u32 arch; __u64 instruction_pointer; __u64 args[6].
 _NR, _ARCH, _ARG0_LOW = 0, 4, 16  # args[0]'s low half on a little-endian machine
 
@@ -50,27 +52,16 @@ UNSHARE_NAMESPACES = CLONE_NAMESPACES | 0x80
 REFUSE, REFUSE_ENOSYS, NAMESPACE_FLAGS = "refuse", "enosys", "namespace flags"
 
 
-class Rule:
+class Rule(Record, frozen=True):
     """One screened syscall: its number on x86_64 and on i386 (None: not in that ABI), what
     is done with it, and the capabilities any one of which lets it through (none: never)."""
 
-    __slots__ = ("action", "i386", "lifted_by", "mask", "name", "x86_64")
-
-    def __init__(
-        self,
-        name: str,
-        x86_64: int | None,
-        i386: int | None,
-        lifted_by: tuple[str, ...] = (),
-        action: str = REFUSE,
-        mask: int = 0,
-    ) -> None:
-        self.name = name
-        self.x86_64 = x86_64
-        self.i386 = i386
-        self.lifted_by = lifted_by
-        self.action = action
-        self.mask = mask
+    name: str
+    x86_64: int | None
+    i386: int | None
+    lifted_by: tuple[str, ...] = ()
+    action: str = REFUSE
+    mask: int = 0  # NAMESPACE_FLAGS: the flags of the first argument that are refused
 
 
 _MOUNTS = ("SYS_ADMIN",)
