@@ -484,9 +484,13 @@ def cmd_cp(args: argparse.Namespace) -> int:
     record = state.find_container(args.root, src_name or dst_name or "")
     host = copying.host_side()
     if src_name is not None:
-        copying.in_container(args.root, record, lambda c: copying.copy(c, src_path, host, dst_path))
+        copying.in_container(
+            args.root, record, lambda c: copying.copy(c, src_path, host, dst_path), writable=False
+        )
     else:
-        copying.in_container(args.root, record, lambda c: copying.copy(host, src_path, c, dst_path))
+        copying.in_container(
+            args.root, record, lambda c: copying.copy(host, src_path, c, dst_path), writable=True
+        )
     return 0
 
 

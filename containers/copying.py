@@ -207,9 +207,11 @@ def _copy_file(
             os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def in_container(root: str, record: ContainerRecord, action: Callable[[Side], None]) -> None:
+def in_container(
+    root: str, record: ContainerRecord, action: Callable[[Side], None], *, writable: bool
+) -> None:
     """Run action with the container's side: in this process for a running container, in
-    a child with the tree mounted for a stopped one (writable if writable)."""
+    a child with the tree mounted for a stopped one (read-only unless writable)."""
     from containers import state
 
     if state.live_status(record) in (state.RUNNING, state.PAUSED):
@@ -227,7 +229,7 @@ def in_container(root: str, record: ContainerRecord, action: Callable[[Side], No
             raise UserError(f"no such container: {record.name}") from None
         if state.live_status(current) in (state.RUNNING, state.PAUSED):
             raise UserError(f"container {record.name} started during the copy: try again")
-        _in_stopped_container(root, current, action)
+        _in_stopped_container(root, current, action, writable)
 
 
 def _root_of(record: ContainerRecord) -> tuple[int, int] | None:
@@ -243,7 +245,7 @@ def _root_of(record: ContainerRecord) -> tuple[int, int] | None:
 
 
 def _in_stopped_container(
-    root: str, record: ContainerRecord, action: Callable[[Side], None]
+    root: str, record: ContainerRecord, action: Callable[[Side], None], writable: bool
 ) -> None:
     from containers import lean_json
 
@@ -253,7 +255,7 @@ def _in_stopped_container(
         status = 0
         try:
             os.close(report_r)
-            tree = _mount_stopped_tree(root, record)
+            tree = _mount_stopped_tree(root, record, writable)
             root_fd = os.open(tree, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             action(container_side(root_fd, record.name))
         except UserError as exc:
@@ -276,20 +278,39 @@ def _in_stopped_container(
         raise UserError(lean_json.loads(b"".join(chunks))["message"])
 
 
-def _mount_stopped_tree(root: str, record: ContainerRecord) -> str:
+def _mount_stopped_tree(root: str, record: ContainerRecord, writable: bool) -> str:
     """In this (child) process's own mount namespace: the container's tree, as its union
-    shows it, at its mount point; the --rootfs directory as it is."""
+    shows it, at its mount point (read-only unless writable); a --rootfs directory as it
+    is. Its union's workdir is ours meanwhile (no daemon mounts it), and the copy-ups a
+    crash interrupted are finished first, as its next mount would: the kernel's mount
+    empties the workdir's `work`, where they wait."""
     if not record.layers:
         assert record.rootfs_dir is not None
         return record.rootfs_dir
-    from containers.etc_files import INIT_LAYER
+    from containers.etc_files import union_lowers
+    from unionfs.deferred import recover
+    from unionfs.workdir_lock import WorkdirBusy, hold
 
+    try:
+        hold(record.work_dir)  # until this child exits
+    except WorkdirBusy:
+        raise UserError(f"cp: the union of {record.name} is still in use: try again") from None
+    work = os.fsencode(record.work_dir) + b"/work"
+    if os.path.isdir(work):
+        for line in recover(work, os.fsencode(record.upper_dir)):
+            print(f"lamina: warning: cp: {line}", file=sys.stderr)
     sc.unshare(sc.CLONE_NEWNS)
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)  # nothing of ours reaches the host
-    lowers = ":".join([os.path.join(root, INIT_LAYER), *record.layers])
-    options = f"lowerdir={lowers},upperdir={record.upper_dir},workdir={record.work_dir}"
+    lowers = union_lowers(root, record.layers)
+    if writable:
+        options = (
+            f"lowerdir={':'.join(lowers)},upperdir={record.upper_dir},workdir={record.work_dir}"
+        )
+        flags = 0
+    else:  # the upper dir as the top lower layer: nothing is written anywhere
+        options, flags = f"lowerdir={':'.join([record.upper_dir, *lowers])}", sc.MS_RDONLY
     try:
-        sc.mount("overlay", record.mount_point, "overlay", 0, options)
+        sc.mount("overlay", record.mount_point, "overlay", flags, options)
     except OSError as exc:
         raise UserError(f"cp: cannot mount the stopped container's tree: {exc.strerror}") from None
     return record.mount_point

@@ -17,6 +17,8 @@ import os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from containers.spec import ContainerSpec
 
 NAMES = ("hostname", "hosts", "resolv.conf")
@@ -86,6 +88,12 @@ def write(directory: str, spec: ContainerSpec) -> None:
                 os.fchown(fd, *owner)
         finally:
             os.close(fd)
+
+
+def union_lowers(root: str, layers: Sequence[str]) -> list[str]:
+    """The lower dirs of a container's union, topmost first: the store's init layer (see
+    init_layer, which makes it) above the image's layers."""
+    return [os.path.join(root, INIT_LAYER), *layers]
 
 
 def init_layer(root: str) -> str:

@@ -7,13 +7,12 @@ UpperDir, WorkDir, MergedDir), so a script can mount the same layers by hand.
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from collections.abc import Mapping
 
 from containers.cli import UserError
-from containers.etc_files import INIT_LAYER
+from containers.etc_files import union_lowers
 from containers.state import PAUSED, RUNNING, ContainerRecord
 
 _FIELD = re.compile(r"\{\{\s*((?:\.[A-Za-z_][A-Za-z0-9_]*)+|\.)\s*\}\}")
@@ -32,7 +31,7 @@ def describe(record: ContainerRecord, status: str, root: str) -> dict[str, objec
     store's (whose init layer tops the image's layers)."""
     running = status in (RUNNING, PAUSED)
     if record.layers:
-        lowers = [os.path.join(root, INIT_LAYER), *record.layers]
+        lowers = union_lowers(root, record.layers)
         driver: dict[str, object] = {
             "Name": "unionfs",
             "Data": {

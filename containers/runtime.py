@@ -123,7 +123,8 @@ def start(
             # In the background: the cgroup and the fork below overlap with the daemon's
             # start-up; the first process is let go only once the union is mounted.
             try:
-                layers = [etc_files.init_layer(os.fspath(root)), *spec.layers]
+                etc_files.init_layer(os.fspath(root))
+                layers = etc_files.union_lowers(os.fspath(root), spec.layers)
             except OSError as exc:
                 raise UserError(f"cannot make the store's init layer: {exc}") from None
             mounting = MountProgram.start(record, layers, spec.userns)

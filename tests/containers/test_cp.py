@@ -184,3 +184,39 @@ def test_what_is_copied_into_a_userns_container_belongs_to_its_root(
         "exec", "box", "stat", "-c", "%u:%g", "/in", "/in/sub", "/in/file", "/in/link"
     )
     assert owners.split() == ["0:0"] * 4
+
+
+@pytest.mark.root
+def test_a_stopped_containers_interrupted_copy_up_is_finished_not_wiped(
+    lamina: Lamina, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    """A copy-up its daemon's crash interrupted after an fsync waits in the workdir's
+    `work`, which the kernel's mount empties: cp finishes it first, as the union's next
+    mount would, and copying out mounts nothing writable at all."""
+    from containers.state import find_container
+    from unionfs.deferred import CHUNK, PendingCopy
+
+    lamina.ok("run", "--name", "box", "--layer", str(busybox_rootfs), "--", "true")
+    record = find_container(lamina.root, "box")
+    lower = busybox_rootfs / "bin" / "busybox"  # a file of the image, not yet copied up
+    work = Path(record.work_dir) / "work"
+    work.mkdir(exist_ok=True)
+    size = lower.stat().st_size
+    temp = work / "#1"
+    with open(temp, "wb") as f:
+        f.truncate(size)
+    pending = PendingCopy(bytes(temp), bytes(lower), size, os.lstat(lower))
+    pending.prepare(CHUNK, 3)
+    os.pwrite(pending.fd, b"new", CHUNK)
+    pending.wrote()
+    (Path(record.upper_dir) / "bin").mkdir()  # its parent, copied up before it
+    pending.persist(b"bin/busybox")  # fsynced: what the user's fsync promised
+    os.close(pending.fd)  # the daemon dies here
+    os.close(pending.lower_fd)
+    (work / "marker").write_text("left alone by a copy out\n")
+    lamina.ok("cp", "box:/bin/busybox", str(tmp_path / "out"))
+    expected = bytearray(lower.read_bytes())
+    expected[CHUNK : CHUNK + 3] = b"new"
+    assert (tmp_path / "out").read_bytes() == bytes(expected)
+    assert (work / "marker").exists()  # nothing was mounted writable
+    assert (Path(record.upper_dir) / "bin" / "busybox").read_bytes() == bytes(expected)
