@@ -196,9 +196,12 @@ def start(
         if publisher is not None:
             try:
                 publisher.serve(os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC))
+            except FileNotFoundError:
+                # Our child, not reaped, so its pid is its own: its namespaces are gone
+                # only as it exits. Done already: nothing to relay.
+                pass
             except OSError as exc:
-                if state.is_alive(pid, record.pid_start):  # else done already: nothing to relay
-                    raise UserError(f"cannot publish ports: {exc.strerror}") from None
+                raise UserError(f"cannot publish ports: {exc.strerror}") from None
         pause_at("started")
         record.status = state.RUNNING
         record.mounted = mounting is not None
