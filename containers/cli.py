@@ -124,6 +124,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return cmd_run(args)
 
 
+def format_table(rows: Sequence[Sequence[str]]) -> str:
+    """Rows as the commands print them (ps, images, stats, top): columns padded to their
+    widest cell, three spaces apart."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
 def exit_without_teardown(status: int) -> NoReturn:
     """Exit once our output is out, skipping the interpreter's teardown: freeing every module
     takes ~10 ms of each `lamina run --rm`, and what it closes the kernel closes too."""

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from containers.cli import UserError
+from containers.cli import UserError, format_table
 
 if TYPE_CHECKING:
     from containers import oci
@@ -157,7 +157,7 @@ def cmd_images(args: argparse.Namespace) -> int:
                 continue
             repo, _, t = tag.rpartition(":")
             rows.append([repo, t, _short_id(r.id, args.no_trunc), created, *cells])
-    _print_table(rows)
+    print(format_table(rows))
     return 0
 
 
@@ -194,12 +194,6 @@ def _ago(seconds: float) -> str:
         if seconds >= 2 * size:
             return f"{int(seconds // size)} {unit} ago"
     return "less than a minute ago" if seconds < 60 else "about a minute ago"
-
-
-def _print_table(rows: list[list[str]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 def cmd_rmi(args: argparse.Namespace) -> int:

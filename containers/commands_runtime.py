@@ -12,12 +12,12 @@ import sys
 import time
 from collections.abc import Callable
 
-from containers.cli import UserError
+from containers.cli import UserError, format_table
 
 TYPE_CHECKING = False  # typing costs milliseconds at every start; only mypy needs it
 if TYPE_CHECKING:
     import argparse
-    from typing import Any, BinaryIO
+    from typing import Any
 
     from containers.spec import ImageDefaults
     from containers.state import ContainerRecord
@@ -308,9 +308,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
         status = describe_status(r, now)
         ports = ", ".join(r.ports) if status.startswith("Up") else ""
         rows.append((r.id[:12], image, command, created, status, ports, r.name))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print(format_table(rows))
     return 0
 
 
@@ -329,7 +327,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
         raise UserError(f"container {record.name} has no logs: only -d containers log") from None
     with log:
         if tail is not None:
-            log.seek(_start_of_last_lines(log, tail))
+            from containers.log_tail import start_of_last_lines
+
+            log.seek(start_of_last_lines(log, tail))
         while True:
             data = log.read()
             sys.stdout.buffer.write(data)
@@ -435,27 +435,6 @@ def cmd_kill(args: argparse.Namespace) -> int:
     return _each(args, kill)
 
 
-def _start_of_last_lines(log: BinaryIO, count: int, block: int = 65536) -> int:
-    """Where the last count lines of log begin (a last line without its newline counts)."""
-    end = log.seek(0, os.SEEK_END)
-    if count == 0:
-        return end
-    position, newlines = end, 0
-    while position > 0:
-        size = min(block, position)
-        position -= size
-        log.seek(position)
-        chunk = log.read(size)
-        if position + size == end and chunk.endswith(b"\n"):
-            chunk = chunk[:-1]  # the newline that ends the last line starts nothing
-        index = len(chunk)
-        while (index := chunk.rfind(b"\n", 0, index)) != -1:
-            newlines += 1
-            if newlines == count:
-                return position + index + 1
-    return 0
-
-
 def cmd_top(args: argparse.Namespace) -> int:
     from containers import runtime, state
     from containers.processes import describe_processes
@@ -463,11 +442,7 @@ def cmd_top(args: argparse.Namespace) -> int:
     record = state.find_container(args.root, args.container)
     if state.live_status(record) not in (state.RUNNING, state.PAUSED):
         raise UserError(f"container {record.name} is not running")
-    rows = describe_processes(runtime.open_cgroup(record.id).pids())
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=False)]
-        print("   ".join([*cells, row[-1]]))
+    print(format_table(describe_processes(runtime.open_cgroup(record.id).pids())))
     return 0
 
 

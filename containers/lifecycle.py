@@ -15,7 +15,7 @@ from pathlib import Path
 
 from containers import runtime, state
 from containers.cgroups.base import wait_until
-from containers.cli import UserError
+from containers.cli import UserError, format_table
 from containers.state import ContainerRecord
 
 
@@ -157,8 +157,4 @@ def stats_table(root: Path, refs: list[str]) -> str:
         limit = format_bytes(sample.memory_limit) if sample.memory_limit else "unlimited"
         memory = f"{format_bytes(sample.memory_bytes)} / {limit}"
         rows.append((record.id[:12], record.name, f"{cpu:.2f}%", memory, str(sample.pids)))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
+    return format_table(rows)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from containers.commands_runtime import _start_of_last_lines
+from containers.log_tail import start_of_last_lines
 from containers.processes import HEADER, describe_processes
 from tests.containers.runtime_helpers import (  # noqa: F401 - fixtures
     Lamina,
@@ -35,7 +35,7 @@ def test_tail_finds_where_the_last_lines_begin(
     text: bytes, count: int, expected: bytes, block: int
 ) -> None:
     log = io.BytesIO(text)
-    assert text[_start_of_last_lines(log, count, block) :] == expected
+    assert text[start_of_last_lines(log, count, block) :] == expected
 
 
 def test_a_process_row_reads_proc() -> None:
