@@ -18,7 +18,6 @@ next request comes.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
 PATIENCE = 0.002  # seconds a request may hold up the others
@@ -31,10 +30,14 @@ class ReaderTurns:
     ends all waits."""
 
     def __init__(
-        self, patience: float = PATIENCE, sleep: Callable[[float], None] = time.sleep
+        self, patience: float = PATIENCE, sleep: Callable[[float], object] | None = None
     ) -> None:
         self._patience = patience
-        self._sleep = sleep
+        # The watcher's pause between looks ends early at close(): the daemon joins the
+        # watcher before it lets go of the upper dir, and a full pause was up to 2 ms more
+        # of every container's teardown.
+        self._ended = threading.Event()
+        self._sleep = sleep if sleep is not None else self._ended.wait
         self._lock = threading.Lock()
         self._called = threading.Condition(self._lock)  # where workers stand by
         self._work = threading.Condition(self._lock)  # where an idle watcher sleeps
@@ -112,3 +115,4 @@ class ReaderTurns:
             self._closed = True
             self._called.notify_all()
             self._work.notify_all()
+        self._ended.set()

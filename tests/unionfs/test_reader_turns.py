@@ -153,3 +153,15 @@ def test_closing_releases_the_workers_on_standby() -> None:
     wait_for(lambda: pool.turns.reading == 1)
     pool.close()
     assert not any(thread.is_alive() for thread in pool.threads)
+
+
+def test_closing_ends_the_watchers_pause_at_once() -> None:
+    """The daemon joins the watcher before it lets go of the upper dir (a container's
+    teardown waits for that): its pause between looks must not outlast close()."""
+    turns = ReaderTurns(patience=30.0)  # the real pause, long
+    watcher = threading.Thread(target=turns.watch, daemon=True)
+    watcher.start()
+    time.sleep(0.05)  # in its first pause now
+    turns.close()
+    watcher.join(5)
+    assert not watcher.is_alive()
