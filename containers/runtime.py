@@ -24,7 +24,7 @@ from containers.cli import UserError
 from containers.records import Record
 from containers.spec import ContainerSpec, spec_from_json, spec_to_json
 from containers.state import ContainerRecord
-from containers.trees import remove_tree, replace_file
+from containers.trees import GONE_PREFIX, remove_tree, remove_tree_soon, replace_file, sweep_gone
 
 TYPE_CHECKING = False  # typing costs milliseconds at every start; only mypy needs it
 if TYPE_CHECKING:
@@ -305,13 +305,16 @@ def stored_spec(record: ContainerRecord) -> ContainerSpec:
 
 
 def _sweep_dead_scratch(containers: str) -> None:
-    """Remove the scratch dirs of starts killed before they published (pid in the name)."""
+    """Remove the scratch dirs of starts killed before they published (pid in the name),
+    and what a `--rm` left to a remover that died before it was done."""
     for entry in os.scandir(containers):
         parts = entry.name.split("-")
         if entry.name.startswith(".new-") and len(parts) >= 3:
             pid = parts[1]
             if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
                 remove_tree(entry.path)
+        elif entry.name.startswith(GONE_PREFIX):
+            sweep_gone(containers, entry.name)  # its remover died before the end
 
 
 def _remove_record_files(root: StrPath, record: ContainerRecord) -> None:
@@ -670,10 +673,11 @@ def finish(started: Started, code: int, root: StrPath) -> int:
         record.exit_code = code
         record.oom_killed = oom_kills > 0
         record.finished_at = time.time()
-        state.save(record)
-        teardown(record, cgroup)
+        state.save(record)  # a --rm one's too: `wait` reads its exit code there
+        teardown(record, cgroup, save_unmounted=not record.auto_remove)
         if record.auto_remove:  # torn down just now: no second teardown as `remove` does
-            _remove_record_files(root, record)
+            state.release_name(root, record.name, record.id)
+            remove_tree_soon(record.dir)
     if oom_kills:
         limit = record.memory_limit
         what = f"the memory limit ({limit // 2**20}MiB)" if limit else "the memory limit"
@@ -685,8 +689,11 @@ def finish(started: Started, code: int, root: StrPath) -> int:
     return code
 
 
-def teardown(record: ContainerRecord, cgroup: Cgroup | None = None) -> None:
-    """Kill what is left, unmount the union, remove the cgroup; safe to repeat."""
+def teardown(
+    record: ContainerRecord, cgroup: Cgroup | None = None, *, save_unmounted: bool = True
+) -> None:
+    """Kill what is left, unmount the union, remove the cgroup; safe to repeat.
+    save_unmounted=False: the record is about to go, do not save it unmounted first."""
     cgroup = cgroup if cgroup is not None else open_cgroup(record.id)
     if any(os.path.exists(p) for p in cgroup.paths()):
         cgroup.destroy()
@@ -704,7 +711,7 @@ def teardown(record: ContainerRecord, cgroup: Cgroup | None = None) -> None:
 
     if not wait_released(record.work_dir, timeout=300):
         print(f"lamina: warning: the union daemon of {record.id} is still busy", file=sys.stderr)
-    if record.mounted:
+    if record.mounted and save_unmounted:
         record.mounted = False
         with contextlib.suppress(FileNotFoundError):
             state.save(record)

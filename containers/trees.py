@@ -28,6 +28,83 @@ def remove_tree(directory: str | os.PathLike[str]) -> None:
         os.rmdir(directory)
 
 
+# A tree taken out of sight to be removed by a child lamina does not wait for.
+GONE_PREFIX = ".gone-"
+
+
+def remove_tree_soon(directory: str) -> None:
+    """Take directory out of sight at once and remove it in a forked child that nobody
+    waits for: removing a container's files took 4-8 ms of each `run --rm` on ext4 here,
+    after the container had ended. docker's daemon removes a `--rm` container after its
+    client has the exit code, too.
+
+    directory is renamed to a hidden sibling (GONE_PREFIX + its name): from then on no
+    listing shows it, and its name may be used again. The child holds a lock on it while
+    it works; sweep_gone removes one whose child died first. Where any step fails, the
+    tree is removed here and now, as remove_tree would."""
+    import fcntl
+
+    parent, name = os.path.split(os.path.normpath(directory))
+    hidden = os.path.join(parent, GONE_PREFIX + name)
+    try:
+        lock = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        remove_tree(directory)
+        return
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(directory, hidden)
+        except OSError:
+            remove_tree(directory)
+            return
+        try:
+            pid = os.fork()
+        except OSError:
+            remove_tree(hidden)
+            return
+        if pid == 0:
+            _remove_detached(hidden, lock)
+    finally:
+        os.close(lock)  # the child's copy keeps the lock: flock's belongs to the open file
+
+
+def _remove_detached(directory: str, lock: int) -> None:
+    """In the forked child: let go of everything the caller holds (a pipe it reads to
+    its end, the terminal), remove directory, exit."""
+    try:
+        os.setsid()  # no terminal's signals
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.closerange(3, lock)
+        os.closerange(lock + 1, 1 << 20)  # close_range(2): one call, however many are open
+        remove_tree(directory)
+    finally:
+        os._exit(0)
+
+
+def sweep_gone(parent: str, name: str) -> None:
+    """Remove parent/name, a tree remove_tree_soon hid, if its remover died before the end
+    (its lock is free); one still at work is left to it."""
+    import fcntl
+
+    path = os.path.join(parent, name)
+    try:
+        lock = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return  # gone meanwhile
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(lock)
+        return
+    try:
+        remove_tree(path)
+    finally:
+        os.close(lock)
+
+
 def replace_file(path: str | os.PathLike[str], text: str) -> None:
     """Write path atomically: readers see the old file or the new one, never half of one,
     and a failed write (a full disk) leaves no temporary file behind."""

@@ -21,6 +21,7 @@ import pytest
 
 from containers.cgroups.detect import detect_layout
 from containers.sample import build_busybox_rootfs
+from containers.trees import GONE_PREFIX
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "it") -> None:
@@ -70,8 +71,17 @@ class Lamina:
         )
 
     def container_ids(self) -> list[str]:
+        """Every entry of the store's containers dir, hidden ones too, once the removals
+        `run --rm` leaves to a child of its own are done (a few ms; 10 s at most)."""
         directory = self.root / "containers"
-        return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+        if not directory.exists():
+            return []
+        with contextlib.suppress(AssertionError):
+            wait_for(
+                lambda: not any(p.name.startswith(GONE_PREFIX) for p in directory.iterdir()),
+                timeout=10.0,
+            )
+        return sorted(p.name for p in directory.iterdir())
 
     def status_of(self, ref: str) -> str:
         out = self.ok("ps", "-a")

@@ -193,6 +193,58 @@ def test_a_container_directory_is_removed_without_following_its_symlinks(tmp_pat
     remove_tree(container)  # nothing left: nothing to do
 
 
+def test_a_tree_removed_soon_is_out_of_sight_at_once_and_gone_after(tmp_path: Path) -> None:
+    """`run --rm` leaves the removal of a container's files to a child it does not wait
+    for: the directory must be gone (renamed) when the call returns, the hidden tree
+    removed after, its symlinks not followed."""
+    from containers.trees import GONE_PREFIX
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "file").write_text("mine")
+    containers = tmp_path / "containers"
+    container = containers / "abc"
+    (container / "upper" / "a").mkdir(parents=True)
+    for i in range(200):
+        (container / "upper" / "a" / f"f{i}").write_text("x")
+    (container / "upper" / "to-file").symlink_to(outside / "file")
+    (container / "upper" / "to-dir").symlink_to(outside)
+    code = "import sys; from containers import trees; trees.remove_tree_soon(sys.argv[1])"
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(container)], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0 and done.stderr == ""
+    assert not container.exists()
+    deadline = time.monotonic() + 10
+    while os.listdir(containers):
+        assert time.monotonic() < deadline, f"left: {os.listdir(containers)}"
+        time.sleep(0.01)
+    assert (outside / "file").read_text() == "mine"
+    assert not (containers / f"{GONE_PREFIX}abc").exists()
+
+
+def test_a_hidden_tree_is_swept_only_once_its_remover_is_gone(tmp_path: Path) -> None:
+    """A remover holds a lock on its tree; a sweep (at the next start) removes a tree whose
+    remover died, and leaves one still at work alone."""
+    import fcntl
+
+    from containers.trees import GONE_PREFIX, sweep_gone
+
+    hidden = tmp_path / f"{GONE_PREFIX}abc"
+    (hidden / "upper").mkdir(parents=True)
+    (hidden / "upper" / "file").write_text("x")
+    lock = os.open(hidden, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        sweep_gone(str(tmp_path), hidden.name)
+        assert (hidden / "upper" / "file").exists()  # its remover is at work
+    finally:
+        os.close(lock)
+    sweep_gone(str(tmp_path), hidden.name)
+    assert not hidden.exists()
+    sweep_gone(str(tmp_path), hidden.name)  # nothing there: nothing to do
+
+
 def test_a_run_that_fails_before_mounting_leaves_no_mount_program(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
