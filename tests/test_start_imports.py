@@ -47,3 +47,23 @@ def test_the_start_path_does_not_import_what_it_does_not_need() -> None:
         [sys.executable, "-c", program], capture_output=True, text=True, check=True
     ).stdout
     assert out.split() == [], f"imported at every start: {out.strip()}"
+
+
+def test_the_launchers_start_python_without_site() -> None:
+    """`./dev setup` writes the `lamina` and `unionfs` programs: Python started without
+    `site` (-S), ~5 ms less of every start here, with the paths `site` would add."""
+    from pathlib import Path
+
+    bin_dir = Path(sys.executable).parent
+    for name in ("lamina", "unionfs"):
+        launcher = bin_dir / name
+        done = subprocess.run(
+            [str(launcher), "--help"],
+            capture_output=True,
+            text=True,
+            env={"PYTHONPROFILEIMPORTTIME": "1", "PATH": "/usr/bin:/bin"},
+        )
+        assert done.returncode == 0, done.stderr
+        imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
+        assert "site" not in imported, f"{name} imports site"
+        assert "usage:" in done.stdout
