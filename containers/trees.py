@@ -34,7 +34,7 @@ GONE_PREFIX = ".gone-"
 
 def remove_tree_soon(directory: str) -> None:
     """Take directory out of sight at once and remove it in a forked child that nobody
-    waits for: removing a container's files took 4-8 ms of each `run --rm` on ext4 here,
+    waits for: removing a container's files took 2-4 ms of each `run --rm` on ext4 here,
     after the container had ended. docker's daemon removes a `--rm` container after its
     client has the exit code, too.
 
