@@ -255,10 +255,24 @@ class Session:
             workers += fuse_uring.start(
                 self.fd, handle, read_into, MAX_PAGES * 4096, per_queue, self.unmount, refused
             )
-        # Over /dev/fuse one worker reads at a time, the others stand by for a slow
-        # request (reader_turns.py); the two io_uring side readers just read.
-        turns = None if self.io_uring else ReaderTurns()
-        readers = 2 if self.io_uring else threads
+        # Over /dev/fuse one worker reads at a time, and more are started (up to threads)
+        # only when a slow request holds up the rest (reader_turns.py); the two io_uring
+        # side readers just read.
+        turns = None
+        if not self.io_uring:
+
+            def spawn() -> None:
+                worker = threading.Thread(
+                    target=self._worker,
+                    args=(handle, read_into, turns, True),
+                    name=f"fuse-{len(workers)}",
+                    daemon=True,
+                )
+                worker.start()
+                workers.append(worker)  # joined by whoever joins the list, in its turn
+
+            turns = ReaderTurns(spawn=spawn, limit=threads)
+        readers = 2 if self.io_uring else 1
         for i in range(readers):
             worker = threading.Thread(
                 target=self._worker, args=(handle, read_into, turns), name=f"fuse-{i}", daemon=True
@@ -273,8 +287,15 @@ class Session:
             workers.append(watcher)
         return workers
 
-    def _worker(self, handle: Handler, read_into: Reader | None, turns: ReaderTurns | None) -> None:
+    def _worker(
+        self,
+        handle: Handler,
+        read_into: Reader | None,
+        turns: ReaderTurns | None,
+        called: bool = False,
+    ) -> None:
         fd = self.fd
+
         buf = request_buffer()
         view = memoryview(buf)
         unpack = proto.IN_HEADER.unpack_from
@@ -283,7 +304,7 @@ class Session:
         # A READ's data goes out from the page after its request, in the same buffer.
         reply = view[BUFFER_SIZE - MAX_PAGES * 4096 :]
         if turns is not None:
-            turns.first_turn()
+            turns.first_turn(called)
         while True:
             try:
                 n = os.readv(fd, (buf,))

@@ -42,18 +42,31 @@ class Looks:
 class Pool:
     """Workers in the loop of fuse_session's, reading a queue instead of /dev/fuse."""
 
-    def __init__(self) -> None:
+    def __init__(self, spawning: bool = False) -> None:
+        """spawning: one worker to begin with, the watcher starts the others (as the
+        daemon does); else all WORKERS from the start."""
         self.looks = Looks()
-        self.turns = ReaderTurns(patience=0.0, sleep=self.looks.sleep)
+        spawn = self._spawn if spawning else None
+        self.turns = ReaderTurns(patience=0.0, sleep=self.looks.sleep, spawn=spawn, limit=WORKERS)
         self.device: queue.Queue[Request | None] = queue.Queue()
-        self.threads = [threading.Thread(target=self._work, daemon=True) for _ in range(WORKERS)]
+        first = 1 if spawning else WORKERS
+        self.threads = [threading.Thread(target=self._work, daemon=True) for _ in range(first)]
         self.threads.append(threading.Thread(target=self.turns.watch, daemon=True))
         for thread in self.threads:
             thread.start()
         wait_for(lambda: self.looks.asked == 1 and self.turns.reading == 1)  # all set
 
-    def _work(self) -> None:
-        self.turns.first_turn()
+    @property
+    def workers(self) -> int:
+        return len(self.threads) - 1
+
+    def _spawn(self) -> None:
+        thread = threading.Thread(target=self._work, args=(True,), daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def _work(self, called: bool = False) -> None:
+        self.turns.first_turn(called)
         while True:
             request = self.device.get()
             if request is None:  # the device is gone
@@ -72,14 +85,14 @@ class Pool:
     def close(self) -> None:
         for _ in range(WORKERS):
             self.device.put(None)
-        self.looks.allow(WORKERS)
+        self.looks.allow(WORKERS + 1)
         for thread in self.threads:
             thread.join(timeout=5)
 
 
-@pytest.fixture
-def pool() -> Iterator[Pool]:
-    pool = Pool()
+@pytest.fixture(params=[False, True], ids=["all-started", "spawned"])
+def pool(request: pytest.FixtureRequest) -> Iterator[Pool]:
+    pool = Pool(spawning=request.param)
     yield pool
     pool.close()
     assert not any(thread.is_alive() for thread in pool.threads)
@@ -165,3 +178,27 @@ def test_closing_ends_the_watchers_pause_at_once() -> None:
     turns.close()
     watcher.join(5)
     assert not watcher.is_alive()
+
+
+def test_workers_are_started_only_as_slow_requests_need_them() -> None:
+    """The daemon starts one worker; the watcher starts another only where it would call
+    one from standby and none stands by, and never more than the limit."""
+    pool = Pool(spawning=True)
+    try:
+        for number in range(50):
+            assert pool.ask(Request(number)).done.wait(5)
+        assert pool.workers == 1  # quick requests: nobody else was needed
+        release = threading.Event()
+        slow = [pool.ask(Request(100 + n, answer=lambda: release.wait(5))) for n in range(WORKERS)]
+        pool.looks.allow(4 * WORKERS)
+        wait_for(lambda: all(request.taken_by is not None for request in slow))
+        wait_for(lambda: pool.workers == WORKERS)  # one more for each slow request
+        stuck = pool.ask(Request(200))
+        pool.looks.allow(4)
+        assert not stuck.done.wait(0.05)  # at the limit: no fifth worker
+        release.set()
+        assert stuck.done.wait(5)
+        assert pool.workers == WORKERS
+    finally:
+        pool.close()
+    assert not any(thread.is_alive() for thread in pool.threads)
