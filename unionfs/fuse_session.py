@@ -295,7 +295,6 @@ class Session:
         called: bool = False,
     ) -> None:
         fd = self.fd
-
         buf = request_buffer()
         view = memoryview(buf)
         unpack = proto.IN_HEADER.unpack_from
