@@ -51,7 +51,8 @@ class Pool:
         self.device: queue.Queue[Request | None] = queue.Queue()
         first = 1 if spawning else WORKERS
         self.threads = [threading.Thread(target=self._work, daemon=True) for _ in range(first)]
-        self.threads.append(threading.Thread(target=self.turns.watch, daemon=True))
+        self.watcher = threading.Thread(target=self.turns.watch, daemon=True)
+        self.threads.append(self.watcher)
         for thread in self.threads:
             thread.start()
         wait_for(lambda: self.looks.asked == 1 and self.turns.reading == 1)  # all set
@@ -85,9 +86,11 @@ class Pool:
     def close(self) -> None:
         for _ in range(WORKERS):
             self.device.put(None)
-        self.looks.allow(WORKERS + 1)
-        for thread in self.threads:
+        workers = [thread for thread in self.threads if thread is not self.watcher]
+        for thread in workers:
             thread.join(timeout=5)
+        self.looks.allow(2)  # the turns are closed now: the watcher sees it at its next look
+        self.watcher.join(timeout=5)
 
 
 @pytest.fixture(params=[False, True], ids=["all-started", "spawned"])
