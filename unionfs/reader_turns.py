@@ -42,7 +42,7 @@ class ReaderTurns:
         limit: int = 0,
     ) -> None:
         """spawn() starts one more worker, which calls first_turn(called=True); at most
-        limit workers in all. Without spawn, the workers started by the caller are all there will be."""
+        limit workers in all. Without spawn, the caller's workers are all there will be."""
         self._patience = patience
         self._spawn = spawn
         self._limit = limit
