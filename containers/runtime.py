@@ -177,6 +177,12 @@ def start(
                 mounting.wait()
                 pause_at("mounted")
 
+        def warm_up() -> None:
+            if mounting is not None:  # a bind-mounted --rootfs has no round trips to save
+                from containers.warmup import warm_union
+
+                warm_union(rootfs, spec.command, spec.env, spec.workdir)
+
         try:
             pid, console = spawn(
                 child,
@@ -188,6 +194,7 @@ def start(
                 userns=userns,
                 on_fork=note_pid,
                 before_go=wait_mounted,
+                after_go=warm_up,
             )
         finally:
             if userns is not None:
@@ -505,11 +512,12 @@ def spawn(
     userns: namespaces.UserNamespace | None = None,
     on_fork: Callable[[int], None] | None = None,
     before_go: Callable[[], None] | None = None,
+    after_go: Callable[[], None] | None = None,
 ) -> tuple[int, int | None]:
     """Fork a child (PID 1 of a new PID namespace, if asked) that joins the cgroup
     through entrance, then runs child_main; wait until it has exec'd.
 
-    before_go runs before the child is let go.
+    before_go runs before the child is let go, after_go while it sets itself up.
 
     Returns (pid, pty master). A failure in the child comes back as a UserError carrying
     the child's message and exit status (127, 126 or 125), after the child was reaped.
@@ -567,6 +575,8 @@ def spawn(
     with contextlib.suppress(BrokenPipeError):  # the child failed already: its report says why
         os.write(go_w, b"1")
     os.close(go_w)
+    if after_go is not None:
+        after_go()
     console = None
     if parent_sock is not None:
         with parent_sock:

@@ -17,6 +17,7 @@ START_PATH = (
     "containers.spec",
     "containers.state",
     "containers.cgroups.detect",
+    "containers.warmup",
     "unionfs.cli",
     "unionfs.mount",
     "unionfs.workdir_lock",
