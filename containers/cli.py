@@ -1,7 +1,8 @@
 """The `lamina` command: parses arguments, dispatches to one function per subcommand.
 
 Subcommands live in two modules that each register their own parsers:
-`commands_runtime` (run, ps, logs, exec, stop, kill, rm, pause, unpause, stats) and
+`commands_runtime` (run, ps, logs, exec, stop, kill, rm, pause, unpause, stats; run's own
+command is in `commands_run`) and
 `commands_images` (import, images, rmi, image, diff, commit, save). Errors reach the user
 as one `error: ...` line and a non-zero exit, never as a traceback.
 """
@@ -119,7 +120,7 @@ def _read_run(argv: Sequence[str]) -> argparse.Namespace | None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from containers.commands_runtime import cmd_run
+    from containers.commands_run import cmd_run
 
     return cmd_run(args)
 

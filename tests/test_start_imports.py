@@ -9,7 +9,7 @@ import sys
 
 START_PATH = (
     "containers.cli",
-    "containers.commands_runtime",
+    "containers.commands_run",
     "containers.runtime",
     "containers.mount_helper",
     "containers.image_index",

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from containers.cli import build_parser
-from containers.commands_runtime import cmd_run, register
+from containers.commands_run import cmd_run
+from containers.commands_runtime import register
 from containers.run_args import RUN_OPTIONS, read_run
 
 READ_ALIKE = [
