@@ -17,6 +17,7 @@ from containers import runtime, state
 from containers.cgroups.base import wait_until
 from containers.cli import UserError, format_table
 from containers.state import ContainerRecord
+from containers.trees import GONE_PREFIX
 
 
 def _wait_dead(record: ContainerRecord, timeout: float) -> bool:
@@ -69,7 +70,7 @@ def wait_exit(record: ContainerRecord) -> int:
 
     while True:
         try:
-            current = state.load(record.dir)
+            current = _load_even_if_removing(record)
         except FileNotFoundError:
             raise UserError(f"no such container: {record.name}") from None
         if current.status == state.EXITED and current.exit_code is not None:
@@ -91,6 +92,16 @@ def wait_exit(record: ContainerRecord) -> int:
                 os.close(pidfd)
             continue
         time.sleep(0.001)  # exited: its monitor is recording it (or it is being started)
+
+
+def _load_even_if_removing(record: ContainerRecord) -> ContainerRecord:
+    """The record, also from a --rm container's directory hidden for removal: its record,
+    exit code included, is the last of its files to go (containers/trees.py)."""
+    try:
+        return state.load(record.dir)
+    except FileNotFoundError:
+        parent, name = os.path.split(record.dir)
+        return state.load(os.path.join(parent, GONE_PREFIX + name))
 
 
 def rm(root: Path, record: ContainerRecord, force: bool) -> None:

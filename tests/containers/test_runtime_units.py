@@ -296,3 +296,22 @@ def test_teardown_ends_a_mount_program_left_mounting_only_for_a_union(
     finally:
         mounter.kill()
         mounter.wait()
+
+
+def test_wait_finds_the_exit_code_of_a_rm_container_being_removed(tmp_path: Path) -> None:
+    """`run --rm` hides the container's directory before a child removes it: `wait` still
+    reads the exit code from the hidden record, the last of its files to go."""
+    from containers import lifecycle, state
+    from containers.trees import GONE_PREFIX
+
+    directory = tmp_path / "containers" / "abc"
+    directory.mkdir(parents=True)
+    record = ContainerRecord(id="abc", name="gone", dir=str(directory))
+    record.status, record.exit_code, record.auto_remove = state.EXITED, 9, True
+    state.save(record)
+    os.rename(directory, directory.parent / f"{GONE_PREFIX}abc")
+    assert lifecycle.wait_exit(record) == 9
+    for leftover in (directory.parent / f"{GONE_PREFIX}abc").iterdir():
+        leftover.unlink()
+    with pytest.raises(UserError, match="no such container: gone"):
+        lifecycle.wait_exit(record)
