@@ -56,6 +56,9 @@ _early: ForkedMountProgram | None = None
 def fork_early() -> None:
     """Fork the program now, for take() to find; silently nothing if fork fails."""
     global _early
+    # Both sides load ctypes (lamina's syscalls, the daemon's): loaded once, before they
+    # part, it is 1.2-2 ms of CPU less a start where many start at once on few CPUs.
+    import ctypes  # noqa: F401
     with contextlib.suppress(OSError):
         _early = fork()
 
