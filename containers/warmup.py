@@ -81,14 +81,21 @@ def _find_program(root: int, command: str, env: Sequence[str], workdir: str) -> 
 
 
 def _read_head(root: int, program: str) -> None:
+    """Read the start of program if it is a regular file: found without opening it first
+    (O_PATH), so no device or FIFO of an image is ever opened from the host's side."""
     try:
-        fd = sc.open_in_root(root, program, os.O_RDONLY | os.O_NONBLOCK)
+        found = sc.open_in_root(root, program, os.O_PATH)
     except OSError:
         return
     try:
-        if stat.S_ISREG(os.fstat(fd).st_mode):  # never a device node's or a FIFO's
+        if not stat.S_ISREG(os.fstat(found).st_mode):
+            return
+        fd = os.open(f"/proc/self/fd/{found}", os.O_RDONLY | os.O_CLOEXEC)  # that very file
+        try:
             os.pread(fd, PROGRAM_HEAD, 0)
+        finally:
+            os.close(fd)
     except OSError:
         pass
     finally:
-        os.close(fd)
+        os.close(found)
