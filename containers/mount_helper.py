@@ -59,6 +59,7 @@ def fork_early() -> None:
     # Both sides load ctypes (lamina's syscalls, the daemon's): loaded once, before they
     # part, it is 1.2-2 ms of CPU less a start where many start at once on few CPUs.
     import ctypes  # noqa: F401
+
     with contextlib.suppress(OSError):
         _early = fork()
 
