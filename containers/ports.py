@@ -1,4 +1,4 @@
-"""`run -p HOST:CONTAINER`: TCP ports of the host forwarded into the container's network.
+"""`run -p HOST:CONTAINER[/udp]`: ports of the host forwarded into the container's network.
 
 A container's network namespace holds only `lo`, so nothing outside can reach it. The
 process that watches the container (`lamina run`, or the monitor of `run -d`) listens on
@@ -7,6 +7,12 @@ container, as docker's userland proxy does. The relay is one thread that has joi
 container's network namespace: sockets belong to the namespace they were made in, so the
 listeners (made before it joined) stay on the host and every socket it makes to connect is
 in the container. A connection that finds nothing listening inside is closed at once.
+
+UDP has no connections: each client address (host and port) that sends to a published
+UDP port gets a socket of its own inside, connected to 127.0.0.1:PORT, and what comes back
+on it goes to that client from the published port. Such a session ends after UDP_IDLE
+seconds without a datagram either way (docker's proxy waits 90 s too), or when
+UDP_SESSIONS others are newer.
 """
 
 from __future__ import annotations
@@ -26,6 +32,11 @@ from containers.spec import PortMapping
 
 CHUNK = 65536
 DRAIN_SECONDS = 5.0  # after the container stops: for what it sent to reach the clients
+UDP_IDLE = 90.0  # seconds a UDP client's session lasts without a datagram
+UDP_SESSIONS = 1024  # sessions kept at most per container; the oldest goes first
+DATAGRAM = 65535  # the largest UDP payload
+
+Address = tuple[object, ...]  # a client's (host, port), or IPv6's four
 
 
 class Publisher:
@@ -88,11 +99,14 @@ class Publisher:
 
 def _listen(mapping: PortMapping) -> socket.socket:
     family = socket.AF_INET6 if ":" in mapping.host_ip else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
+    udp = mapping.protocol == "udp"
+    listener = socket.socket(family, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
     try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if not udp:  # for UDP it would let a second bind share the port
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((mapping.host_ip, mapping.host_port))
-        listener.listen(128)
+        if not udp:
+            listener.listen(128)
         listener.setblocking(False)
     except OSError as exc:
         listener.close()
@@ -119,9 +133,14 @@ class _Relay:
         self.selector = selectors.DefaultSelector()
         self.selector.register(wake, selectors.EVENT_READ, ("wake", None))
         self.connections: dict[socket.socket, tuple[_Pipe, _Pipe]] = {}
+        # UDP: (published socket, client address) -> the session's socket inside, in the
+        # order of their last datagram (dicts keep the order of insertion)
+        self.sessions: dict[tuple[socket.socket, Address], socket.socket] = {}
+        self.last_datagram: dict[socket.socket, float] = {}
 
     def listen(self, listener: socket.socket, port: int) -> None:
-        self.selector.register(listener, selectors.EVENT_READ, ("accept", port))
+        kind = "datagram" if listener.type == socket.SOCK_DGRAM else "accept"
+        self.selector.register(listener, selectors.EVENT_READ, (kind, port))
 
     def run(self) -> None:
         deadline = None  # once told to stop: when the connections left are cut
@@ -133,6 +152,8 @@ class _Relay:
                 if not self.connections or timeout <= 0:
                     self._close_all()
                     return
+            elif self.sessions:
+                timeout = self._end_idle_sessions()
             for key, events in self.selector.select(timeout):
                 kind, data = key.data
                 if kind == "wake":
@@ -142,10 +163,83 @@ class _Relay:
                 if kind == "accept":
                     if deadline is None:  # stopping: no new connection
                         self._accept(key.fileobj, data)  # type: ignore[arg-type]
+                elif kind == "datagram":
+                    self._datagrams_in(key.fileobj, data)  # type: ignore[arg-type]
+                elif kind == "session":
+                    self._datagrams_out(key.fileobj, data)  # type: ignore[arg-type]
                 elif kind == "connecting":
                     self._connected(key.fileobj, data)  # type: ignore[arg-type]
                 elif key.fileobj in self.connections:  # not dropped earlier in this batch
                     self._move(key.fileobj, events)
+
+    # ---- UDP ----------------------------------------------------------------------------
+
+    def _datagrams_in(self, published: socket.socket, port: int) -> None:
+        """Datagrams from clients to a published port: each on to its client's session."""
+        for _ in range(64):  # then let the rest of the loop have a turn
+            try:
+                data, client = published.recvfrom(DATAGRAM)
+            except BlockingIOError:
+                return
+            except OSError:
+                continue  # an ICMP error for an earlier datagram of ours
+            inner = self.sessions.pop((published, client), None)
+            if inner is None:
+                inner = self._open_session(published, client, port)
+                if inner is None:
+                    continue
+            self.sessions[(published, client)] = inner  # the newest now
+            self.last_datagram[inner] = time.monotonic()
+            with contextlib.suppress(OSError):  # nothing listens inside (yet): dropped
+                inner.send(data)
+
+    def _open_session(
+        self, published: socket.socket, client: Address, port: int
+    ) -> socket.socket | None:
+        while len(self.sessions) >= UDP_SESSIONS:
+            self._end_session(next(iter(self.sessions)))
+        inner = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # in the container
+        try:
+            inner.setblocking(False)
+            inner.connect(("127.0.0.1", port))
+        except OSError:
+            inner.close()
+            return None
+        self.selector.register(inner, selectors.EVENT_READ, ("session", (published, client)))
+        return inner
+
+    def _datagrams_out(self, inner: socket.socket, session: tuple[socket.socket, Address]) -> None:
+        """Datagrams from inside on a session: back to its client, from the published port."""
+        published, client = session
+        for _ in range(64):
+            try:
+                data = inner.recv(DATAGRAM)
+            except BlockingIOError:
+                return
+            except OSError:
+                continue  # ECONNREFUSED: an earlier datagram found nothing listening
+            self.last_datagram[inner] = time.monotonic()
+            with contextlib.suppress(OSError):
+                published.sendto(data, client)
+
+    def _end_idle_sessions(self) -> float:
+        """End the sessions idle for UDP_IDLE; seconds until the next one would be."""
+        now = time.monotonic()
+        soonest = UDP_IDLE
+        for session, inner in list(self.sessions.items()):
+            idle = now - self.last_datagram[inner]
+            if idle >= UDP_IDLE:
+                self._end_session(session)
+            else:
+                soonest = min(soonest, UDP_IDLE - idle)
+        return soonest
+
+    def _end_session(self, session: tuple[socket.socket, Address]) -> None:
+        inner = self.sessions.pop(session)
+        self.last_datagram.pop(inner, None)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(inner)
+        inner.close()
 
     def _drop_finished(self) -> None:
         """Stopping: a connection whose container side has ended and whose every byte
@@ -156,7 +250,7 @@ class _Relay:
 
     def _stop_accepting(self) -> None:
         for key in list(self.selector.get_map().values()):
-            if key.data[0] in ("wake", "accept"):
+            if key.data[0] in ("wake", "accept", "datagram"):
                 self.selector.unregister(key.fileobj)
 
     def _accept(self, listener: socket.socket, port: int) -> None:
@@ -254,6 +348,8 @@ class _Relay:
         for sock in list(self.connections):
             if sock in self.connections:
                 self._drop(sock)
+        for session in list(self.sessions):
+            self._end_session(session)
         for key in list(self.selector.get_map().values()):
             if key.data[0] == "connecting":  # still connecting inside: the client too
                 key.data[1].close()

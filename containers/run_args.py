@@ -64,7 +64,7 @@ RUN_OPTIONS = (
     RunOption(("-v", "--volume"), APPEND, "HOST:CONTAINER[:ro]"),
     RunOption(("--tmpfs",), APPEND, "PATH[:OPTIONS]"),
     RunOption(("--network", "--net"), VALUE, "host, or none (default: only lo)", None, "private"),
-    RunOption(("-p", "--publish"), APPEND, "[HOST_IP:]HOST_PORT:CONTAINER_PORT (TCP)"),
+    RunOption(("-p", "--publish"), APPEND, "[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]"),
     RunOption(("--add-host",), APPEND, "NAME:IP, a line of the container's /etc/hosts"),
     RunOption(("--dns",), APPEND, "a name server for the container's /etc/resolv.conf"),
     RunOption(("--init",), FLAG, "run a small init as PID 1 (signals, zombies)"),

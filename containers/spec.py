@@ -113,21 +113,22 @@ Volume = BindVolume | TmpfsVolume
 
 
 class PortMapping(Record, frozen=True):
-    """-p [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp]"""
+    """-p [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]"""
 
     host_port: int
     container_port: int
     host_ip: str = "0.0.0.0"
+    protocol: str = "tcp"  # or "udp"
 
     def __str__(self) -> str:
-        return f"{self.host_ip}:{self.host_port}->{self.container_port}/tcp"
+        return f"{self.host_ip}:{self.host_port}->{self.container_port}/{self.protocol}"
 
 
 def parse_publish(text: str) -> PortMapping:
-    """docker's forms of -p, TCP only; UserError for the rest."""
+    """docker's forms of -p, TCP or UDP; UserError for the rest."""
     spec, _, protocol = text.partition("/")
-    if protocol not in ("", "tcp"):
-        raise UserError(f"invalid -p {text!r}: lamina publishes TCP ports only")
+    if protocol not in ("", "tcp", "udp"):
+        raise UserError(f"invalid -p {text!r}: lamina publishes TCP and UDP ports only")
     parts = spec.rsplit(":", 2)
     if len(parts) < 2:
         raise UserError(f"invalid -p {text!r}: expected [HOST_IP:]HOST_PORT:CONTAINER_PORT")
@@ -135,7 +136,9 @@ def parse_publish(text: str) -> PortMapping:
     host, container = parts[-2:]
     if host_ip.startswith("[") and host_ip.endswith("]"):
         host_ip = host_ip[1:-1]  # [::1]:8080:80
-    mapping = PortMapping(_port(host, text), _port(container, text), host_ip or "0.0.0.0")
+    mapping = PortMapping(
+        _port(host, text), _port(container, text), host_ip or "0.0.0.0", protocol or "tcp"
+    )
     if host_ip:
         check_address(host_ip, "-p")
     return mapping
@@ -298,7 +301,7 @@ def check_address(text: str, option: str) -> str:
 
 
 def published_ports(texts: tuple[str, ...], network: str) -> tuple[PortMapping, ...]:
-    """-p, each host port once; only for a container with a network of its own."""
+    """-p, each host port once a protocol; only for a container with a network of its own."""
     if not texts:
         return ()
     if network in ("host", "none"):
@@ -306,11 +309,12 @@ def published_ports(texts: tuple[str, ...], network: str) -> tuple[PortMapping, 
             f"-p publishes ports of the container's own network: not with --network {network}"
         )
     mappings = tuple(parse_publish(text) for text in texts)
-    seen: set[tuple[str, int]] = set()
+    seen: set[tuple[str, int, str]] = set()
     for mapping in mappings:
-        if (mapping.host_ip, mapping.host_port) in seen:
-            raise UserError(f"host port {mapping.host_port} is published twice")
-        seen.add((mapping.host_ip, mapping.host_port))
+        key = (mapping.host_ip, mapping.host_port, mapping.protocol)
+        if key in seen:
+            raise UserError(f"host port {mapping.host_port}/{mapping.protocol} is published twice")
+        seen.add(key)
     return mappings
 
 

@@ -1,5 +1,5 @@
 # ruff: noqa: F811 - pytest fixtures imported from runtime_helpers are used as parameters
-"""`run -p`: host TCP ports relayed into the container's own network."""
+"""`run -p`: host TCP and UDP ports relayed into the container's own network."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -29,6 +31,8 @@ from tests.containers.runtime_helpers import (  # noqa: F401 - fixtures
         ("127.0.0.1:8080:80", PortMapping(8080, 80, "127.0.0.1")),
         ("8080:80/tcp", PortMapping(8080, 80)),
         ("[::1]:8080:80", PortMapping(8080, 80, "::1")),
+        ("5353:53/udp", PortMapping(5353, 53, protocol="udp")),
+        ("127.0.0.1:5353:53/udp", PortMapping(5353, 53, "127.0.0.1", "udp")),
     ],
 )
 def test_publish_reads_dockers_forms(text: str, expected: PortMapping) -> None:
@@ -38,7 +42,7 @@ def test_publish_reads_dockers_forms(text: str, expected: PortMapping) -> None:
 @pytest.mark.parametrize(
     ("text", "why"),
     [
-        ("8080:80/udp", "TCP ports only"),
+        ("8080:80/sctp", "TCP and UDP ports only"),
         ("80", "expected"),
         ("0:80", "not a port"),
         ("8080:70000", "not a port"),
@@ -57,6 +61,10 @@ def test_ports_need_a_network_of_the_containers_own_and_a_port_once() -> None:
             published_ports(("1:2",), network)
     with pytest.raises(UserError, match="twice"):
         published_ports(("1:2", "1:3"), "private")
+    with pytest.raises(UserError, match="1/udp is published twice"):
+        published_ports(("1:2/udp", "1:3/udp"), "private")
+    both = published_ports(("1:2", "1:2/udp"), "private")  # one port, two protocols
+    assert [str(m) for m in both] == ["0.0.0.0:1->2/tcp", "0.0.0.0:1->2/udp"]
 
 
 def free_port() -> int:
@@ -149,3 +157,134 @@ def test_a_command_that_ends_at_once_is_no_error(lamina: Lamina, busybox_rootfs:
         result = lamina("run", "--rm", "-p", f"{port}:80", "--layer", str(busybox_rootfs),
                         "--", "true")  # fmt: skip
         assert (result.returncode, result.stderr) == (0, "")
+
+
+UDP_ECHO = r"""
+#include <arpa/inet.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+int main(int argc, char **argv) {  /* each datagram back to its sender, on 127.0.0.1:PORT */
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in at = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[1])),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (bind(s, (struct sockaddr *)&at, sizeof at) != 0) return 1;
+    static char buf[65536];
+    for (;;) {
+        struct sockaddr_in from;
+        socklen_t size = sizeof from;
+        ssize_t n = recvfrom(s, buf, sizeof buf, 0, (struct sockaddr *)&from, &size);
+        if (n >= 0) sendto(s, buf, n, 0, (struct sockaddr *)&from, size);
+    }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def udp_echo_layer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A layer holding /udp-echo, a static program (busybox has no UDP server)."""
+    layer = tmp_path_factory.mktemp("udp-echo")
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        pytest.skip("needs a C compiler to build the UDP echo server")
+    source = layer.parent / "udp-echo.c"
+    source.write_text(UDP_ECHO)
+    built = subprocess.run(
+        [compiler, "-static", "-O", "-o", str(layer / "udp-echo"), str(source)],
+        capture_output=True,
+        text=True,
+    )
+    if built.returncode != 0:
+        pytest.skip(f"cannot build a static UDP echo server: {built.stderr.strip()[-200:]}")
+    return layer
+
+
+def ask(client: socket.socket, port: int, payload: bytes, timeout: float = 20.0) -> bytes:
+    """Send payload to the published UDP port until an answer comes (the server inside may
+    not be up yet, and UDP says nothing of a datagram it lost)."""
+    deadline = time.monotonic() + timeout
+    client.settimeout(0.2)
+    while time.monotonic() < deadline:
+        client.sendto(payload, ("127.0.0.1", port))
+        try:
+            data, sender = client.recvfrom(65536)
+        except TimeoutError:
+            continue
+        assert sender == ("127.0.0.1", port)  # from the published port, as a server answers
+        return data
+    raise AssertionError(f"no answer on UDP port {port}")
+
+
+@pytest.mark.root
+def test_a_published_udp_port_answers_each_client_on_its_own(
+    lamina: Lamina, busybox_rootfs: Path, udp_echo_layer: Path
+) -> None:
+    port = free_port()
+    lamina.ok("run", "-d", "--name", "dns", "-p", f"127.0.0.1:{port}:53/udp",
+              "-p", f"127.0.0.1:{port}:53", "--layer", str(udp_echo_layer),
+              "--layer", str(busybox_rootfs), "--", "/udp-echo", "53")  # fmt: skip
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as first,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as second,
+    ):
+        assert ask(first, port, b"one") == b"one"
+        assert ask(second, port, b"two") == b"two"
+        big = os.urandom(60000)
+        assert ask(first, port, big) == big
+        for n in range(20):  # each client's answers come to it alone
+            assert ask(second, port, b"s%d" % n) == b"s%d" % n
+            assert ask(first, port, b"f%d" % n) == b"f%d" % n
+    status = lamina.status_of("dns")
+    assert f"127.0.0.1:{port}->53/udp" in status and f"127.0.0.1:{port}->53/tcp" in status
+    shown = json.loads(lamina.ok("inspect", "-f", "{{json .NetworkSettings.Ports}}", "dns"))
+    assert shown["53/udp"] == [{"HostIp": "127.0.0.1", "HostPort": str(port)}]
+    lamina.ok("rm", "-f", "dns")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
+        again.bind(("127.0.0.1", port))  # nothing of ours holds the UDP port any more
+
+
+def test_udp_sessions_end_when_idle_and_the_oldest_give_way(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The relay's UDP sessions, without namespaces: a server socket stands in for the
+    container's. Each session is a socket of its own, seen by the server as a source port."""
+    import threading
+
+    from containers import ports
+
+    monkeypatch.setattr(ports, "UDP_IDLE", 0.5)
+    monkeypatch.setattr(ports, "UDP_SESSIONS", 2)
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        server.bind(("127.0.0.1", 0))
+        server.settimeout(5)
+        published = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        published.bind(("127.0.0.1", 0))
+        published.setblocking(False)
+        wake_r, wake_w = os.pipe()
+        stack.callback(os.close, wake_r)
+        stack.callback(os.close, wake_w)
+        relay = ports._Relay(wake_r)
+        relay.listen(published, server.getsockname()[1])
+        thread = threading.Thread(target=relay.run, daemon=True)
+        thread.start()
+        clients = [
+            stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)) for _ in range(3)
+        ]
+
+        def source_of(client: socket.socket) -> int:
+            client.sendto(b"x", published.getsockname())
+            _, (_, source) = server.recvfrom(16)
+            return int(source)
+
+        first, second = source_of(clients[0]), source_of(clients[1])
+        assert first != second  # a session each
+        assert source_of(clients[0]) == first  # kept while in use
+        source_of(clients[2])  # a third: the oldest (the second client's) gives way
+        assert source_of(clients[0]) == first
+        assert source_of(clients[1]) != second
+        kept = source_of(clients[0])
+        time.sleep(1.0)  # idle past UDP_IDLE: ended
+        assert source_of(clients[0]) != kept
+        os.write(wake_w, b"x")
+        thread.join(10)
+        assert not thread.is_alive()
