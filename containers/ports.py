@@ -134,7 +134,7 @@ class _Relay:
         self.selector.register(wake, selectors.EVENT_READ, ("wake", None))
         self.connections: dict[socket.socket, tuple[_Pipe, _Pipe]] = {}
         # UDP: (published socket, client address) -> the session's socket inside, in the
-        # order of their last datagram (dicts keep the order of insertion)
+        # order of their client's last datagram (dicts keep the order of insertion)
         self.sessions: dict[tuple[socket.socket, Address], socket.socket] = {}
         self.last_datagram: dict[socket.socket, float] = {}
 
@@ -210,6 +210,8 @@ class _Relay:
 
     def _datagrams_out(self, inner: socket.socket, session: tuple[socket.socket, Address]) -> None:
         """Datagrams from inside on a session: back to its client, from the published port."""
+        if self.sessions.get(session) is not inner:
+            return  # ended earlier in this batch of events
         published, client = session
         for _ in range(64):
             try:
