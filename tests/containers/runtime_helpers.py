@@ -24,6 +24,25 @@ from containers.sample import build_busybox_rootfs
 from containers.trees import GONE_PREFIX
 
 
+def build_static(source: str, program: Path, what: str) -> None:
+    """Compile C source into a static program (busybox lacks what a test needs inside a
+    container); skip the test where no compiler can."""
+    import shutil
+
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        pytest.skip(f"needs a C compiler to build {what}")
+    source_file = program.parent.parent / f"{program.name}.c"
+    source_file.write_text(source)
+    built = subprocess.run(
+        [compiler, "-static", "-O", "-o", str(program), str(source_file)],
+        capture_output=True,
+        text=True,
+    )
+    if built.returncode != 0:
+        pytest.skip(f"cannot build {what}: {built.stderr.strip()[-200:]}")
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "it") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -7,9 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from containers.cli import UserError
 from containers.spec import PortMapping, parse_publish, published_ports
 from tests.containers.runtime_helpers import (  # noqa: F401 - fixtures
     Lamina,
+    build_static,
     busybox_rootfs,
     lamina,
 )
@@ -182,19 +181,9 @@ int main(int argc, char **argv) {  /* each datagram back to its sender, on 127.0
 @pytest.fixture(scope="module")
 def udp_echo_layer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A layer holding /udp-echo, a static program (busybox has no UDP server)."""
-    layer = tmp_path_factory.mktemp("udp-echo")
-    compiler = shutil.which("gcc") or shutil.which("cc")
-    if compiler is None:
-        pytest.skip("needs a C compiler to build the UDP echo server")
-    source = layer.parent / "udp-echo.c"
-    source.write_text(UDP_ECHO)
-    built = subprocess.run(
-        [compiler, "-static", "-O", "-o", str(layer / "udp-echo"), str(source)],
-        capture_output=True,
-        text=True,
-    )
-    if built.returncode != 0:
-        pytest.skip(f"cannot build a static UDP echo server: {built.stderr.strip()[-200:]}")
+    layer = tmp_path_factory.mktemp("udp-echo") / "layer"
+    layer.mkdir()
+    build_static(UDP_ECHO, layer / "udp-echo", "the UDP echo server")
     return layer
 
 

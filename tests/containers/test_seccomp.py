@@ -5,9 +5,7 @@ inside a container, filtered and with `--security-opt seccomp=unconfined`."""
 
 from __future__ import annotations
 
-import shutil
 import struct
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from containers.spec import CAPABILITY_NUMBERS, DEFAULT_CAPABILITIES, wants_secc
 from tests.containers.reliability_helpers import copy_rootfs
 from tests.containers.runtime_helpers import (  # noqa: F401 - fixtures
     Lamina,
+    build_static,
     busybox_rootfs,
     lamina,
 )
@@ -212,18 +211,7 @@ ALLOWED = ("unshare_files", "getpid_i386")
 @pytest.fixture(scope="module")
 def probe_rootfs(busybox_rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     rootfs = copy_rootfs(busybox_rootfs, tmp_path_factory.mktemp("seccomp") / "rootfs")
-    compiler = shutil.which("gcc") or shutil.which("cc")
-    if compiler is None:
-        pytest.skip("needs a C compiler to build the syscall probe")
-    source = rootfs.parent / "probe.c"
-    source.write_text(PROBE_SOURCE)
-    built = subprocess.run(
-        [compiler, "-static", "-O", "-o", str(rootfs / "probe"), str(source)],
-        capture_output=True,
-        text=True,
-    )
-    if built.returncode != 0:
-        pytest.skip(f"cannot build a static probe: {built.stderr.strip()[-200:]}")
+    build_static(PROBE_SOURCE, rootfs / "probe", "the syscall probe")
     return rootfs
 
 
