@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -22,6 +23,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "root: needs root, /dev/fuse and the kernel overlayfs")
+    # A run stopped with SIGTERM (a timeout, kill) tears down as one stopped with ^C does:
+    # the session's fixtures put back what they changed for the whole machine
+    # (fuse.enable_uring), and the tests' mounts, cgroups and processes go.
+    signal.signal(signal.SIGTERM, _stop_as_interrupted)
+
+
+_RUNNER = os.getpid()
+
+
+def _stop_as_interrupted(signum: int, frame: object) -> None:
+    if os.getpid() != _RUNNER:  # a test's forked child: it dies of it, as it always did
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def pytest_report_header(config: pytest.Config) -> str:
