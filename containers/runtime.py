@@ -750,10 +750,11 @@ def _end_unfinished_mount(record: ContainerRecord) -> None:
 
 
 def remove(root: StrPath, record: ContainerRecord) -> None:
+    """`rm`: torn down and gone before it returns (the user asked for it; `run --rm` leaves
+    the files to a child, see finish)."""
     with state.locked(record.dir):
-        teardown(record)
-        state.release_name(root, record.name, record.id)
-        remove_tree(record.dir)
+        teardown(record, save_unmounted=False)
+        _remove_record_files(root, record)
 
 
 # ---- terminal -----------------------------------------------------------------------------
