@@ -19,11 +19,18 @@ def describe_processes(pids: list[int], proc: str = "/proc") -> list[tuple[str, 
     return rows
 
 
-def _row(proc: str, pid: int, ticks: int) -> tuple[str, ...]:
+def read_stat(pid: int | str, proc: str = "/proc") -> tuple[str, list[bytes]]:
+    """/proc/PID/stat (PID may be "self"): the command name, and the fields after it, the
+    state first (stat(5)'s field 3 is index 0 here). The name may hold spaces and
+    parentheses: the fields start after its last ')'."""
     with open(f"{proc}/{pid}/stat", "rb") as f:
         stat = f.read()
-    name = stat[stat.index(b"(") + 1 : stat.rindex(b")")].decode(errors="replace")
-    fields = stat[stat.rindex(b")") + 2 :].split()
+    end = stat.rindex(b")")
+    return stat[stat.index(b"(") + 1 : end].decode(errors="replace"), stat[end + 2 :].split()
+
+
+def _row(proc: str, pid: int, ticks: int) -> tuple[str, ...]:
+    name, fields = read_stat(pid, proc)
     ppid, cpu = int(fields[1]), (int(fields[11]) + int(fields[12])) // ticks
     with open(f"{proc}/{pid}/status", "rb") as f:
         uid = next(line.split()[1] for line in f if line.startswith(b"Uid:")).decode()

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 
 from containers import lean_json
 from containers.cli import UserError
+from containers.processes import read_stat
 from containers.records import Record, field
 from containers.trees import replace_file
 
@@ -186,12 +187,9 @@ def release_name(root: StrPath, name: str, container_id: str) -> None:
 def process_start_time(pid: int) -> int | None:
     """The kernel's start time of pid (clock ticks since boot), or None if it is gone."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
+        _, fields = read_stat(pid)
     except (FileNotFoundError, ProcessLookupError):
         return None
-    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
-    fields = stat[stat.rindex(b")") + 2 :].split()
     if fields[0] == b"Z":
         return None  # a zombie has exited already; its parent just has not reaped it
     return int(fields[19])

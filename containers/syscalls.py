@@ -239,9 +239,9 @@ def set_command_line(argv: list[bytes]) -> None:
     """Write argv over this process's command line, in place (/proc/PID/cmdline and ps
     show it): a fork keeps the command line of the program it was forked from. What does not
     fit the original's length is cut, the rest filled with NULs."""
-    with open("/proc/self/stat", "rb") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(b")") + 2 :].split()
+    from containers.processes import read_stat
+
+    _, fields = read_stat("self")
     start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (stat fields 48, 49)
     room = end - start
     if room <= 0:
