@@ -74,6 +74,10 @@ def _remove_detached(directory: str, lock: int) -> None:
     its end, the terminal), remove directory, exit."""
     try:
         os.setsid()  # no terminal's signals
+        if lock < 3:  # lamina ran with a standard descriptor closed: dup2 below would end it
+            import fcntl
+
+            lock = fcntl.fcntl(lock, fcntl.F_DUPFD, 3)
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)

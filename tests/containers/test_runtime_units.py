@@ -223,6 +223,41 @@ def test_a_tree_removed_soon_is_out_of_sight_at_once_and_gone_after(tmp_path: Pa
     assert not (containers / f"{GONE_PREFIX}abc").exists()
 
 
+def test_a_remover_started_with_stdin_closed_still_holds_its_lock(tmp_path: Path) -> None:
+    """With descriptor 0 closed, the remover's lock is opened as 0: the child must keep it
+    while it works (else a sweep could remove the tree under it), not end it with its
+    dup2 of /dev/null over the standard descriptors."""
+    import fcntl
+
+    from containers.trees import GONE_PREFIX
+
+    containers = tmp_path / "containers"
+    (containers / "abc" / "upper").mkdir(parents=True)
+    for i in range(20000):  # long enough a removal to find it at work
+        (containers / "abc" / "upper" / f"f{i}").write_bytes(b"")
+    code = (
+        "import os, sys; os.close(0); from containers import trees; "
+        "trees.remove_tree_soon(sys.argv[1])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(containers / "abc")], capture_output=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    try:
+        lock = os.open(containers / f"{GONE_PREFIX}abc", os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        pytest.skip("removed before it could be looked at")
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(lock)
+    deadline = time.monotonic() + 30
+    while os.listdir(containers):
+        assert time.monotonic() < deadline, f"left: {os.listdir(containers)}"
+        time.sleep(0.01)
+
+
 def test_a_hidden_tree_is_swept_only_once_its_remover_is_gone(tmp_path: Path) -> None:
     """A remover holds a lock on its tree; a sweep (at the next start) removes a tree whose
     remover died, and leaves one still at work alone."""
