@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 START_PATH = (
     "containers.cli",
@@ -53,8 +54,6 @@ def test_the_start_path_does_not_import_what_it_does_not_need() -> None:
 def test_the_launchers_start_python_without_site() -> None:
     """`./dev setup` writes the `lamina` and `unionfs` programs: Python started without
     `site` (-S), ~5 ms less of every start here, with the paths `site` would add."""
-    from pathlib import Path
-
     bin_dir = Path(sys.executable).parent
     for name in ("lamina", "unionfs"):
         launcher = bin_dir / name
@@ -68,3 +67,35 @@ def test_the_launchers_start_python_without_site() -> None:
         imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
         assert "site" not in imported, f"{name} imports site"
         assert "usage:" in done.stdout
+
+
+def test_a_launcher_starts_from_a_path_with_blanks(tmp_path: Path) -> None:
+    """A checkout at a path with a blank: the kernel splits a #! line at its first blank,
+    so the launcher must start Python another way, and still without `site`."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "launchers", Path(__file__).parents[1] / "scripts" / "launchers.py"
+    )
+    assert spec is not None and spec.loader is not None
+    launchers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launchers)
+    bin_dir = tmp_path / "a b 'c'"
+    bin_dir.mkdir()
+    python = bin_dir / "python"
+    python.symlink_to(sys.executable)
+    launcher = bin_dir / "unionfs"
+    launcher.write_text(
+        launchers.launcher_text(str(python), launchers.site_paths(sys.executable), "unionfs.cli")
+    )
+    launcher.chmod(0o755)
+    done = subprocess.run(
+        [str(launcher), "--help"],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPROFILEIMPORTTIME": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
+    assert "site" not in imported
+    assert "usage:" in done.stdout
