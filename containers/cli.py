@@ -80,6 +80,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one lamina command; called without argv (as the `lamina` program), exit with it."""
+    _standard_descriptors_open()
     if argv is None and _command_of(sys.argv[1:]) in ("run", "exec"):
         from containers import collector
 
@@ -88,6 +89,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         exit_without_teardown(status)
     return status
+
+
+def _standard_descriptors_open() -> None:
+    """Started with stdin, stdout or stderr closed: /dev/null there, as a container without
+    -i gets for its stdin. Else the first descriptor lamina opens takes that number and
+    what it passes on as 0, 1 or 2 is not what it means to (a mount failed so)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)  # the lowest free number: fd
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            os.set_inheritable(fd, True)  # os.open's are not: the container's command gets it
+            name = ("stdin", "stdout", "stderr")[fd]
+            if getattr(sys, name) is None:  # Python found it closed at its start
+                stream = open(fd, "r" if fd == 0 else "w", closefd=False)  # noqa: SIM115 - kept
+                setattr(sys, name, stream)
 
 
 def _run(argv: Sequence[str]) -> int:

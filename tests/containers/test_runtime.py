@@ -216,6 +216,27 @@ def test_exit_codes_and_signals_propagate(lamina: Lamina, busybox_rootfs: Path) 
     assert result.returncode == 126 and "permission denied" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("closed", "command", "expected"),
+    [
+        ("<&-", "cat; echo after", ("after\n", "")),
+        (">&-", "echo lost && echo kept >&2", ("", "kept\n")),
+        ("2>&-", "echo kept && echo lost >&2", ("kept\n", "")),
+    ],
+)
+def test_lamina_started_with_a_standard_descriptor_closed(
+    lamina: Lamina, busybox_rootfs: Path, closed: str, command: str, expected: tuple[str, str]
+) -> None:
+    """The container gets /dev/null there (as its stdin without -i), and the start works:
+    the first descriptor lamina opened took that number (a mount failed, a traceback)."""
+    argv = lamina.argv("run", "--rm", "--layer", str(busybox_rootfs), "--", "sh", "-c", command)
+    result = subprocess.run(
+        ["sh", "-c", f'exec "$@" {closed}', "sh", *argv],
+        capture_output=True, text=True, env=lamina.env, timeout=60,
+    )  # fmt: skip
+    assert (result.stdout, result.stderr, result.returncode) == (*expected, 0)
+
+
 def test_sigterm_to_lamina_reaches_the_command(lamina: Lamina, busybox_rootfs: Path) -> None:
     proc = lamina.popen("run", "--rm", "--init", "--name", "s",
                         "--layer", str(busybox_rootfs), "--", "sleep", "600")  # fmt: skip
