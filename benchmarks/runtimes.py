@@ -58,6 +58,7 @@ class Runtime:
     program: str
     limits: bool  # can it apply memory and pids limits?
     mount_program: str | None = None  # lamina's $LAMINA_MOUNT_PROGRAM, None for ours
+    server: bool = False  # lamina with `lamina server` running for its root
 
     def env(self, cgroup_parent: str) -> dict[str, str] | None:
         """lamina's environment: its cgroups under our own parent, its mount program."""
@@ -82,6 +83,13 @@ RUNTIMES: tuple[Runtime, ...] = (
     Runtime("lamina", "lamina run --rootfs (ours, bind)", str(LAMINA), True),
     Runtime("lamina-union", "lamina run IMAGE (ours, unionfs)", str(LAMINA), True),
     Runtime(
+        "lamina-server",
+        "lamina run IMAGE, with `lamina server`",
+        str(LAMINA),
+        True,
+        server=True,
+    ),
+    Runtime(
         "lamina-fuse-overlayfs",
         "lamina run IMAGE, fuse-overlayfs mounts",
         str(LAMINA),
@@ -103,6 +111,7 @@ class ContainerBench:
         self.state = work / "state"
         self._template: dict[str, object] | None = None
         self._limits_bite: set[str] = set()
+        self._servers: set[Path] = set()  # roots a `lamina server` runs for
         # lamina's cgroups go under a parent of the run's own, removed at the end (lamina
         # removes a parent it made with its last container; this is for a run cut short).
         self.cgroup_parent = f"lamina-bench-{os.getpid()}"
@@ -218,7 +227,44 @@ class ContainerBench:
             cid = f"bench-{uuid.uuid4().hex[:12]}"
             return self.oci_argv(runtime.name, self.bundle(command, limits), cid)
         image = runtime.name != "lamina"
+        if runtime.server:
+            root = self.state / "lamina-server"
+            self.serve(root, runtime)
+            return self.lamina_argv(root, image, args, limits)
         return self.lamina_argv(self.state / "lamina", image, args, limits)
+
+    def serve(self, root: Path, runtime: Runtime) -> None:
+        """Start `lamina server` for root once (stopped by the janitor)."""
+        if root in self._servers:
+            return
+        root.mkdir(parents=True, exist_ok=True)
+        self.lamina_image(root)
+        env = runtime.env(self.cgroup_parent)
+        lamina = [str(LAMINA), "--root", str(root), "server"]
+        out = subprocess.run([*lamina, "start"], capture_output=True, text=True, env=env)
+        if out.returncode != 0:
+            raise RuntimeError(f"lamina server start: {out.stderr.strip()}")
+        self._servers.add(root)
+
+        def stop() -> None:
+            self._servers.discard(root)
+            status = subprocess.run([*lamina, "status"], capture_output=True, text=True)
+            subprocess.run([*lamina, "stop"], capture_output=True, check=False, timeout=60)
+            if " 0 command(s) served" in status.stdout:
+                raise RuntimeError("the lamina server served no command")
+
+        self.janitor.add(f"lamina server of {root}", stop)
+
+    def stop_serving(self, root: Path) -> None:
+        """Stop the server of root now (its janitor entry then finds it stopped)."""
+        if root in self._servers:
+            self._servers.discard(root)
+            subprocess.run(
+                [str(LAMINA), "--root", str(root), "server", "stop"],
+                capture_output=True,
+                check=False,
+                timeout=60,
+            )
 
     # --- workloads ------------------------------------------------------------------------
 
@@ -263,10 +309,15 @@ class ContainerBench:
         root = sample_dir / "lamina-root"
         # No --rm: each container keeps its upper, to be measured below.
         argv = self.lamina_argv(root, True, FLEET_COMMAND, limits=False, rm=False)
-        start = perf_counter()
-        with spawn_all([argv] * n, runtime.env(self.cgroup_parent)) as procs:
-            results = [(*p.communicate(timeout=TIMEOUT), p.returncode) for p in procs]
-        seconds = perf_counter() - start
+        if runtime.server:
+            self.serve(root, runtime)
+        try:
+            start = perf_counter()
+            with spawn_all([argv] * n, runtime.env(self.cgroup_parent)) as procs:
+                results = [(*p.communicate(timeout=TIMEOUT), p.returncode) for p in procs]
+            seconds = perf_counter() - start
+        finally:
+            self.stop_serving(root)
         for stdout, stderr, rc in results:
             expect_output(rc, stdout, stderr, b"hi\n")
         # All of --root if the layout is not the expected containers/<id>/upper.

@@ -1,5 +1,3 @@
-import sys
+from containers.launch import main
 
-from containers.cli import main
-
-sys.exit(main())
+main()

@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from containers.launch import command_of as _command_of
 from containers.run_args import default_root, read_run
 
 TYPE_CHECKING = False  # typing costs milliseconds at every start; only mypy needs it
@@ -38,17 +39,6 @@ RUNTIME_COMMANDS = frozenset(
 )
 
 
-def _command_of(argv: Sequence[str]) -> str | None:
-    """The subcommand in argv, skipping the global options (only --root takes a value)."""
-    args = iter(argv)
-    for arg in args:
-        if arg == "--root":
-            next(args, None)
-        elif not arg.startswith("-"):
-            return arg
-    return None
-
-
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     import argparse
 
@@ -67,7 +57,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
         commands_runtime.register(sub, only=command)
         return parser
-    for module_name in ["containers.commands_runtime", "containers.commands_images"]:
+    modules = [
+        "containers.commands_runtime",
+        "containers.commands_images",
+        "containers.commands_server",
+    ]
+    for module_name in modules:
         try:
             module = __import__(module_name, fromlist=["register"])
         except ModuleNotFoundError as exc:

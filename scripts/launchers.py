@@ -57,7 +57,7 @@ def site_paths(python: str) -> list[str]:
 
 def write(bin_dir: str, python: str) -> None:
     extra = site_paths(python)
-    for name, module in (("lamina", "containers.cli"), ("unionfs", "unionfs.cli")):
+    for name, module in (("lamina", "containers.launch"), ("unionfs", "unionfs.cli")):
         target = os.path.join(bin_dir, name)
         with open(target + ".new", "w", encoding="utf-8") as f:
             f.write(launcher_text(python, extra, module))
