@@ -17,6 +17,7 @@ import pytest
 from containers import fork_server
 from containers.launch import PROTOCOL
 from tests.containers import test_runtime
+from tests.containers.reliability_helpers import is_running, union_processes
 from tests.containers.runtime_helpers import (  # noqa: F401 - fixtures
     Lamina,
     busybox_rootfs,
@@ -92,6 +93,40 @@ def test_signals_reach_the_command_of_a_served_run(server: Lamina, busybox_rootf
     test_runtime.test_sigterm_to_lamina_reaches_the_command(server, busybox_rootfs)
     test_runtime.test_the_command_starts_with_no_blocked_signals(server, busybox_rootfs)
     assert served(server) == before + 3
+
+
+def test_a_served_run_gets_its_tty_and_refuses_bad_input_in_one_line(
+    server: Lamina, busybox_rootfs: Path
+) -> None:
+    before = served(server)
+    test_runtime.test_t_gives_a_tty(server, busybox_rootfs)
+    test_runtime.test_invalid_input_is_one_line_and_creates_nothing(
+        server, busybox_rootfs, ["--memory", "12xyz"]
+    )
+    assert served(server) == before + 2
+
+
+def test_what_a_served_run_forks_keeps_nothing_of_the_server(
+    server: Lamina, busybox_rootfs: Path
+) -> None:
+    """The union daemon and the monitor are forks of a fork of the server: neither may
+    hold its socket, its log or another client's connection."""
+    test_runtime.test_the_union_daemon_keeps_nothing_of_lamina(server, busybox_rootfs)  # -d
+    proc = server.popen("run", "--rm", "--init", "--name", "f", "--layer", str(busybox_rootfs),
+                        "--", "sleep", "600")  # fmt: skip
+    try:
+        wait_for(lambda: "Up" in server.status_of("f"), what="the container to run")
+        (container_id,) = server.container_ids()
+        container_dir = server.root / "containers" / container_id
+        (daemon,) = [pid for pid in union_processes(server.root) if is_running(pid)]
+        allowed = ("/dev/null", "/dev/fuse", "anon_inode:", str(busybox_rootfs),
+                   f"{container_dir}/upper", f"{container_dir}/work")  # fmt: skip
+        held = [os.readlink(f"/proc/{daemon}/fd/{fd}") for fd in os.listdir(f"/proc/{daemon}/fd")]
+        assert [target for target in held if not target.startswith(allowed)] == []
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert served(server) == 2
 
 
 def test_a_killed_client_takes_its_command_with_it(server: Lamina, busybox_rootfs: Path) -> None:
