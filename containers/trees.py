@@ -6,6 +6,10 @@ from __future__ import annotations
 import contextlib
 import os
 
+TYPE_CHECKING = False  # typing costs milliseconds at every start; only mypy needs it
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 
 def remove_tree(directory: str | os.PathLike[str]) -> None:
     """Remove what there is of directory, ignoring what cannot go. Not shutil.rmtree:
@@ -32,7 +36,7 @@ def remove_tree(directory: str | os.PathLike[str]) -> None:
 GONE_PREFIX = ".gone-"
 
 
-def remove_tree_soon(directory: str) -> None:
+def remove_tree_soon(directory: str, first: Callable[[str], object] | None = None) -> None:
     """Take directory out of sight at once and remove it in a forked child that nobody
     waits for: removing a container's files took 2-4 ms of each `run --rm` on ext4 here,
     after the container had ended. docker's daemon removes a `--rm` container after its
@@ -41,35 +45,42 @@ def remove_tree_soon(directory: str) -> None:
     directory is renamed to a hidden sibling (GONE_PREFIX + its name): from then on no
     listing shows it, and its name may be used again. The child holds a lock on it while
     it works; sweep_gone removes one whose child died first. Where any step fails, the
-    tree is removed here and now, as remove_tree would."""
+    tree is removed here and now, as remove_tree would. first(path): what is done before
+    the tree at path is removed (by the child, or here where there is none)."""
     import fcntl
 
     parent, name = os.path.split(os.path.normpath(directory))
     hidden = os.path.join(parent, GONE_PREFIX + name)
+
+    def now(path: str) -> None:
+        if first is not None:
+            first(path)
+        remove_tree(path)
+
     try:
         lock = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
-        remove_tree(directory)
+        now(directory)
         return
     try:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.rename(directory, hidden)
         except OSError:
-            remove_tree(directory)
+            now(directory)
             return
         try:
             pid = os.fork()
         except OSError:
-            remove_tree(hidden)
+            now(hidden)
             return
         if pid == 0:
-            _remove_detached(hidden, lock)
+            _remove_detached(hidden, lock, now)
     finally:
         os.close(lock)  # the child's copy keeps the lock: flock's belongs to the open file
 
 
-def _remove_detached(directory: str, lock: int) -> None:
+def _remove_detached(directory: str, lock: int, remove: Callable[[str], None]) -> None:
     """In the forked child: let go of everything the caller holds (a pipe it reads to
     its end, the terminal), remove directory, exit."""
     try:
@@ -83,7 +94,7 @@ def _remove_detached(directory: str, lock: int) -> None:
             os.dup2(null, fd)
         os.closerange(3, lock)
         os.closerange(lock + 1, 1 << 20)  # close_range(2): one call, however many are open
-        remove_tree(directory)
+        remove(directory)
     finally:
         os._exit(0)
 
