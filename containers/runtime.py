@@ -320,8 +320,8 @@ def _sweep_dead_scratch(containers: str) -> None:
             pid = parts[1]
             if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
                 remove_tree(entry.path)
-        elif entry.name.startswith(GONE_PREFIX):
-            sweep_gone(containers, entry.name)  # its remover died before the end
+        elif entry.name.startswith(GONE_PREFIX):  # its remover died before the end
+            sweep_gone(containers, entry.name, first=_tear_down_gone)
 
 
 def _remove_record_files(root: StrPath, record: ContainerRecord) -> None:
@@ -730,13 +730,24 @@ def teardown(
             state.save(record)
 
 
-def _tear_down_moved(record: ContainerRecord, directory: str, cgroup: Cgroup) -> None:
+def _tear_down_moved(record: ContainerRecord, directory: str, cgroup: Cgroup | None = None) -> None:
     """teardown, for a record whose directory is now directory (remove_tree_soon's)."""
     import copy
 
     moved = copy.copy(record)
     moved.dir = directory
     teardown(moved, cgroup, save_unmounted=False)
+
+
+def _tear_down_gone(directory: str) -> None:
+    """What a `--rm` remover that died first may have left: the union still mounted (a
+    removal would go through it), the cgroup."""
+    try:
+        record = state.load(directory)
+    except (OSError, ValueError):  # no record to say more: at least no removal through it
+        unmount(os.path.join(directory, "rootfs"))
+        return
+    _tear_down_moved(record, directory)
 
 
 def _end_unfinished_mount(record: ContainerRecord) -> None:

@@ -99,9 +99,9 @@ def _remove_detached(directory: str, lock: int, remove: Callable[[str], None]) -
         os._exit(0)
 
 
-def sweep_gone(parent: str, name: str) -> None:
+def sweep_gone(parent: str, name: str, first: Callable[[str], object] | None = None) -> None:
     """Remove parent/name, a tree remove_tree_soon hid, if its remover died before the end
-    (its lock is free); one still at work is left to it."""
+    (its lock is free); one still at work is left to it. first(path) as remove_tree_soon's."""
     import fcntl
 
     path = os.path.join(parent, name)
@@ -115,6 +115,8 @@ def sweep_gone(parent: str, name: str) -> None:
         os.close(lock)
         return
     try:
+        if first is not None:
+            first(path)
         remove_tree(path)
     finally:
         os.close(lock)

@@ -258,6 +258,34 @@ def test_a_remover_started_with_stdin_closed_still_holds_its_lock(tmp_path: Path
         time.sleep(0.01)
 
 
+@pytest.mark.parametrize("with_record", [True, False])
+def test_a_sweep_unmounts_what_a_dead_remover_left_mounted(
+    tmp_path: Path, with_record: bool
+) -> None:
+    """A `--rm` remover unmounts the union before it removes the files: one that died
+    between the two leaves the union mounted, and a sweep must not remove through it."""
+    from containers import state
+    from containers.runtime import _sweep_dead_scratch
+    from containers.trees import GONE_PREFIX
+
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "file").write_text("keep")
+    containers = tmp_path / "containers"
+    hidden = containers / f"{GONE_PREFIX}abc"
+    (hidden / "rootfs").mkdir(parents=True)
+    if with_record:
+        state.save(ContainerRecord(id="abc", name="x", dir=str(hidden), layers=["/l"]))
+    subprocess.run(["mount", "--bind", str(precious), str(hidden / "rootfs")], check=True)
+    try:
+        _sweep_dead_scratch(str(containers))
+        assert not hidden.exists()
+        assert (precious / "file").read_text() == "keep"
+    finally:
+        if os.path.ismount(hidden / "rootfs"):
+            subprocess.run(["umount", "-l", str(hidden / "rootfs")], check=False)
+
+
 def test_a_hidden_tree_is_swept_only_once_its_remover_is_gone(tmp_path: Path) -> None:
     """A remover holds a lock on its tree; a sweep (at the next start) removes a tree whose
     remover died, and leaves one still at work alone."""
