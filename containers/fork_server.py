@@ -1,5 +1,6 @@
 """`lamina server`: a resident process, lamina's modules imported, that runs each `lamina
-run` of its root in a fork of itself (a fork server, as Python's multiprocessing has one).
+run` and `lamina exec` of its root in a fork of itself (a fork server, as Python's
+multiprocessing has one).
 
 A start otherwise pays for two interpreters' imports: lamina's (10-14 ms here) and the
 union daemon's (~10 ms, forked from lamina before it imports). A fork of the server has
@@ -15,7 +16,7 @@ directory than the server (the fork would start its container in the server's), 
 requests once lamina's code changed under it (it then stops: it must not run old code).
 
 Protocol, on a Unix stream socket (ROOT/server.sock, mode 0600):
-  client: 4 bytes little-endian length, marshal of (PROTOCOL, "run", argv, environ as
+  client: 4 bytes little-endian length, marshal of (PROTOCOL, "command", argv, environ as
           bytes, umask), with SCM_RIGHTS: stdin, stdout, stderr, the working directory
   server: b"A" (taken) or the connection closed (refused)
   client: one byte per signal it got, to be passed on
@@ -46,7 +47,9 @@ NAMESPACES = ("mnt", "pid", "net", "ipc", "uts", "user", "cgroup")
 MAX_REQUEST = 1 << 20
 # The modules a start imports (lamina's and the union daemon's): imported here, once.
 PRELOADED = (
+    "argparse",  # `lamina exec` reads its command line with it
     "containers.cli",
+    "containers.commands_runtime",
     "containers.commands_run",
     "containers.runtime",
     "containers.spec",
@@ -200,7 +203,7 @@ def read_request(conn: socket.socket) -> tuple[Request, list[int]]:
         if message[1] == "status":
             return Request("status", [], {}, 0), fds
         _, kind, argv, environ, umask = message
-        if kind != "run" or len(fds) != 4:
+        if kind != "command" or len(fds) != 4:
             raise ValueError("malformed request")
         return Request(kind, list(argv), dict(environ), int(umask)), fds
     except BaseException:
@@ -219,8 +222,9 @@ class Served:
 
 
 class ForkServer:
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, lock: int) -> None:
         self.root = root
+        self.lock = lock  # held while it serves; no fork may keep it (a detached monitor would)
         self.path = os.path.join(root, SOCKET_NAME)
         self.directories = code_directories()
         self.fingerprint = code_fingerprint(self.directories)
@@ -396,6 +400,7 @@ class ForkServer:
             served.conn.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
+        os.close(self.lock)
         if self.listener is not None:
             self.listener.close()
         # The server's own 0-2 are always open (its log, /dev/null): what came is above.
@@ -558,7 +563,7 @@ def _run(root: str, lock: int, ready: int | None) -> None:
         os.close(out)
     for name in PRELOADED:
         __import__(name)
-    server = ForkServer(root)
+    server = ForkServer(root, lock)
     server.listen()
     log(f"serving {server.path}")
     if ready is not None:

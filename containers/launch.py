@@ -1,5 +1,5 @@
-"""The `lamina` program's first step: hand `lamina run` to a `lamina server` of its root,
-if one runs, else run it here (containers.cli).
+"""The `lamina` program's first step: hand `lamina run` or `lamina exec` to a `lamina
+server` of its root, if one runs, else run it here (containers.cli).
 
 Every `lamina` start imports this module, and a start served by the server imports nothing
 else of ours: it stays small and imports the C modules (_socket, _signal) alone, not the
@@ -22,7 +22,7 @@ else:
 
 SOCKET_NAME = "server.sock"
 PROTOCOL = 1
-SERVED = frozenset({"run"})
+SERVED = frozenset({"run", "exec"})
 DEFAULT_ROOT = "/var/lib/lamina"
 # What the client passes on to the command it handed over; the others (SIGKILL, SIGSTOP)
 # cannot be caught, and a client killed by one takes the command with it.
@@ -88,7 +88,7 @@ def through_server(path: str, argv: list[str]) -> bytes | None:
 
         umask = os.umask(0)
         os.umask(umask)
-        body = marshal.dumps((PROTOCOL, "run", argv, dict(os.environb), umask))
+        body = marshal.dumps((PROTOCOL, "command", argv, dict(os.environb), umask))
         fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2, cwd))
         sock.sendmsg(
             [len(body).to_bytes(4, "little"), body],

@@ -5,6 +5,7 @@ it cannot serve faithfully (then the client runs lamina itself), and stop cleanl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -42,9 +43,11 @@ def server(lamina: Lamina) -> Iterator[Lamina]:
     try:
         yield lamina
     finally:
-        lamina("server", "stop")
+        stopped = lamina("server", "stop")
         if fork_server.running_pid(str(lamina.root)) is not None:
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            raise AssertionError(f"the server did not stop: {stopped.stdout}")
         wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 10, "the server to end")
         assert not (lamina.root / "server.sock").exists()
 
@@ -127,6 +130,18 @@ def test_what_a_served_run_forks_keeps_nothing_of_the_server(
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     assert served(server) == 2
+
+
+def test_a_served_exec_joins_the_container_as_its_own_would(
+    server: Lamina, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    from tests.containers import test_escapes, test_lifecycle
+
+    test_lifecycle.test_exec_joins_the_pid_namespace_filesystem_and_cgroup(server, busybox_rootfs)
+    test_escapes.test_a_process_joining_by_exec_never_shows_the_host_root(
+        server, busybox_rootfs, tmp_path
+    )
+    assert served(server) >= 10  # the runs and the execs of both
 
 
 def test_a_killed_client_takes_its_command_with_it(server: Lamina, busybox_rootfs: Path) -> None:
