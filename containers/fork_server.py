@@ -45,6 +45,8 @@ LOCK_NAME = "server.lock"
 LOG_NAME = "server.log"
 NAMESPACES = ("mnt", "pid", "net", "ipc", "uts", "user", "cgroup")
 MAX_REQUEST = 1 << 20
+CHECK_EVERY = 10.0  # seconds: how often an idle server checks that its socket is still there
+CHECK_EVERY_ENV = "LAMINA_TEST_SERVER_CHECK_EVERY"  # for tests: sooner
 # The modules a start imports (lamina's and the union daemon's): imported here, once.
 PRELOADED = (
     "argparse",  # `lamina exec` reads its command line with it
@@ -235,6 +237,7 @@ class ForkServer:
         self.running: dict[int, Served] = {}  # by pid
         self.by_fd: dict[int, Served] = {}
         self.stopping = False
+        self.check_every = float(os.environ.get(CHECK_EVERY_ENV) or CHECK_EVERY)
         self.listener: socket.socket | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -273,9 +276,12 @@ class ForkServer:
                 listening = False
                 continue
             try:
-                events = poller.poll()
+                events = poller.poll(self.check_every * 1000)
             except InterruptedError:
                 continue
+            if not events and listening and not self._still_ours():
+                log("its socket is gone (the state directory removed?): stopping")
+                self.stopping = True
             for fd, _event in events:
                 if fd == self._wake_r:
                     with contextlib.suppress(BlockingIOError):
@@ -290,6 +296,14 @@ class ForkServer:
 
     def _stop(self, _signum: int, _frame: object) -> None:
         self.stopping = True
+
+    def _still_ours(self) -> bool:
+        """Whether the socket's path still names our socket: a server whose state
+        directory was removed (or taken by another) must not live on unseen."""
+        try:
+            return os.stat(self.path).st_ino == self._socket_id
+        except OSError:
+            return False
 
     def _stale(self) -> bool:
         return code_fingerprint(self.directories) != self.fingerprint

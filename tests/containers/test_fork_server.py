@@ -214,6 +214,25 @@ def test_start_status_stop(lamina: Lamina) -> None:
     assert not (lamina.root / "server.sock").exists()
 
 
+def test_a_server_whose_state_directory_is_removed_stops(lamina: Lamina) -> None:
+    """Else a test's (or a user's) removed state directory would leave a server behind."""
+    root = lamina.root / "gone"
+    env = dict(lamina.env, LAMINA_TEST_SERVER_CHECK_EVERY="0.05")
+    started = subprocess.run(
+        [sys.executable, "-m", "containers", "--root", str(root), "server", "start"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    pid = fork_server.running_pid(str(root))
+    assert pid is not None
+    try:
+        (root / "server.sock").unlink()
+        wait_for(lambda: _is_zombie(pid), 10, "the server to stop")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def _is_zombie(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as f:
