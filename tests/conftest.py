@@ -19,6 +19,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="how our mounts get their requests: per-CPU io_uring queues where the kernel "
         "has them (the fuse module's enable_uring is set for the run), or /dev/fuse reads",
     )
+    parser.addoption(
+        "--lamina-server",
+        action="store_true",
+        help="the container tests' `lamina` commands go through a `lamina server` of each "
+        "test's state directory (started and stopped by the test's `lamina` fixture)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -127,14 +127,18 @@ def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def lamina(tmp_path: Path) -> Iterator[Lamina]:
-    """A private state root and cgroup parent; afterwards: no container, mount or cgroup left."""
+def lamina(tmp_path: Path, pytestconfig: pytest.Config) -> Iterator[Lamina]:
+    """A private state root and cgroup parent; afterwards: no container, mount or cgroup left.
+    With --lamina-server, a `lamina server` serves that root (stopped after, and gone)."""
     parent = f"lamina-test-{os.getpid()}-{tmp_path.name}"[:60]
     env = dict(os.environ, LAMINA_CGROUP_PARENT=parent)
     runner = Lamina(root=tmp_path / "state", env=env)
+    server = start_server(runner) if pytestconfig.getoption("--lamina-server") else None
     try:
         yield runner
     finally:
+        if server is not None:
+            stop_server(runner, server)
         leftovers = runner.container_ids()
         for cid in leftovers:
             runner("rm", "-f", cid)
@@ -145,6 +149,39 @@ def lamina(tmp_path: Path) -> Iterator[Lamina]:
         _force_clean(runner.root, parent)
         assert not leaked_mounts, f"mounts leaked: {leaked_mounts}"
         assert not leaked_cgroups, f"cgroups leaked: {leaked_cgroups}"
+
+
+def start_server(lamina: Lamina) -> int:
+    """Start a `lamina server` for lamina's root; its pid."""
+    from containers import fork_server
+
+    started = lamina("server", "start")
+    assert started.returncode == 0, started.stderr
+    pid = fork_server.running_pid(str(lamina.root))
+    assert pid is not None
+    return pid
+
+
+def stop_server(lamina: Lamina, pid: int) -> None:
+    """Stop it; it must be gone (no fork of it may hold its lock), its socket too."""
+    from containers import fork_server
+
+    stopped = lamina("server", "stop")
+    if fork_server.running_pid(str(lamina.root)) is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        raise AssertionError(f"the server did not stop: {stopped.stdout}")
+    wait_for(lambda: has_ended(pid), 10, "the server to end")
+    assert not (lamina.root / "server.sock").exists()
+
+
+def has_ended(pid: int) -> bool:
+    """pid has ended (a zombie its parent has not reaped yet counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 def _force_clean(root: Path, parent: str) -> None:

@@ -22,7 +22,10 @@ from tests.containers.reliability_helpers import is_running, union_processes
 from tests.containers.runtime_helpers import (  # noqa: F401 - fixtures
     Lamina,
     busybox_rootfs,
+    has_ended,
     lamina,
+    start_server,
+    stop_server,
     wait_for,
 )
 
@@ -34,22 +37,16 @@ def served(lamina: Lamina) -> int:
 
 
 @pytest.fixture
-def server(lamina: Lamina) -> Iterator[Lamina]:
+def server(lamina: Lamina, pytestconfig: pytest.Config) -> Iterator[Lamina]:
     """lamina, with a server started for its root; stopped after, its process gone."""
-    started = lamina("server", "start")
-    assert started.returncode == 0, started.stderr
-    pid = fork_server.running_pid(str(lamina.root))
-    assert pid is not None
+    if pytestconfig.getoption("--lamina-server"):
+        yield lamina  # the lamina fixture has started one
+        return
+    pid = start_server(lamina)
     try:
         yield lamina
     finally:
-        stopped = lamina("server", "stop")
-        if fork_server.running_pid(str(lamina.root)) is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            raise AssertionError(f"the server did not stop: {stopped.stdout}")
-        wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 10, "the server to end")
-        assert not (lamina.root / "server.sock").exists()
+        stop_server(lamina, pid)
 
 
 def test_a_served_run_exits_and_prints_as_its_own_would(
@@ -193,7 +190,9 @@ def test_a_client_with_a_closed_stdin_runs_lamina_itself(
     assert served(server) == before
 
 
-def test_start_status_stop(lamina: Lamina) -> None:
+def test_start_status_stop(lamina: Lamina, pytestconfig: pytest.Config) -> None:
+    if pytestconfig.getoption("--lamina-server"):
+        pytest.skip("starts and stops its own server")
     none = lamina("server", "status")
     assert none.returncode == 3 and "no lamina server" in none.stdout
     assert lamina("server", "stop").stdout.startswith("no lamina server")
@@ -210,7 +209,7 @@ def test_start_status_stop(lamina: Lamina) -> None:
     finally:
         stopped = lamina("server", "stop")
     assert stopped.stdout.strip() == f"lamina server {pid} stopped"
-    assert pid is not None and (not os.path.exists(f"/proc/{pid}") or _is_zombie(pid))
+    assert pid is not None and (not os.path.exists(f"/proc/{pid}") or has_ended(pid))
     assert not (lamina.root / "server.sock").exists()
 
 
@@ -227,18 +226,10 @@ def test_a_server_whose_state_directory_is_removed_stops(lamina: Lamina) -> None
     assert pid is not None
     try:
         (root / "server.sock").unlink()
-        wait_for(lambda: _is_zombie(pid), 10, "the server to stop")
+        wait_for(lambda: has_ended(pid), 10, "the server to stop")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 # ---- the decisions, without a server --------------------------------------------------------
