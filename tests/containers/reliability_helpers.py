@@ -121,6 +121,16 @@ def processes_mentioning(text: str) -> list[int]:
     return found
 
 
+def open_files(pid: int) -> list[str]:
+    """What pid's descriptors name, those it closes meanwhile left out (a daemon's threads
+    open and close descriptors as they start)."""
+    held = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):
+            held.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    return held
+
+
 def processes_holding(directory: str | Path) -> list[int]:
     """Pids with a descriptor of something under directory (a union daemon holds its
     workdir; forked by lamina, its command line names no path of the container)."""

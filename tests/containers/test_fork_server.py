@@ -18,7 +18,7 @@ import pytest
 from containers import fork_server
 from containers.launch import PROTOCOL
 from tests.containers import test_runtime
-from tests.containers.reliability_helpers import is_running, union_processes
+from tests.containers.reliability_helpers import is_running, open_files, union_processes
 from tests.containers.runtime_helpers import (  # noqa: F401 - fixtures
     Lamina,
     busybox_rootfs,
@@ -121,7 +121,7 @@ def test_what_a_served_run_forks_keeps_nothing_of_the_server(
         (daemon,) = [pid for pid in union_processes(server.root) if is_running(pid)]
         allowed = ("/dev/null", "/dev/fuse", "anon_inode:", str(busybox_rootfs),
                    f"{container_dir}/upper", f"{container_dir}/work")  # fmt: skip
-        held = [os.readlink(f"/proc/{daemon}/fd/{fd}") for fd in os.listdir(f"/proc/{daemon}/fd")]
+        held = open_files(daemon)
         assert [target for target in held if not target.startswith(allowed)] == []
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -14,7 +14,7 @@ import pytest
 from containers.cli import UserError
 from containers.runtime import MountProgram, signals_held, unmount
 from containers.state import ContainerRecord
-from tests.containers.reliability_helpers import is_running, processes_holding
+from tests.containers.reliability_helpers import is_running, open_files, processes_holding
 from unionfs.workdir_lock import wait_released
 
 
@@ -140,8 +140,7 @@ def test_our_forked_mount_program_mounts_and_its_daemon_holds_none_of_our_descri
             assert (Path(record.mount_point) / "hello").read_text() == "hi"
             (daemon,) = processes_holding(record.dir)  # its workdir
             assert daemon == mounting.pid  # the program serves the mount itself
-            fds = os.listdir(f"/proc/{daemon}/fd")
-            held = {os.readlink(f"/proc/{daemon}/fd/{fd}") for fd in fds}
+            held = set(open_files(daemon))
             assert not held & ours
             lines = Path(f"/proc/{daemon}/status").read_text().splitlines()
             blocked = next(line.split()[1] for line in lines if line.startswith("SigBlk:"))
