@@ -29,6 +29,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "root: needs root, /dev/fuse and the kernel overlayfs")
+    config.addinivalue_line(
+        "markers",
+        "lamina_process: looks at the `lamina` process itself (its imports, its pid stopped "
+        "at a step): skipped with --lamina-server, where a fork of the server does the work",
+    )
     # A run stopped with SIGTERM (a timeout, kill) tears down as one stopped with ^C does:
     # the session's fixtures put back what they changed for the whole machine
     # (fuse.enable_uring), and the tests' mounts, cgroups and processes go.
@@ -62,3 +67,7 @@ def _fuse_transport(pytestconfig: pytest.Config) -> Iterator[None]:
 def _require_root(request: pytest.FixtureRequest) -> None:
     if request.node.get_closest_marker("root") and os.geteuid() != 0:
         pytest.skip("needs root")
+    if request.node.get_closest_marker("lamina_process") and request.config.getoption(
+        "--lamina-server"
+    ):
+        pytest.skip("looks at the lamina process itself, which a server's fork stands in for")

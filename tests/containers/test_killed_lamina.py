@@ -226,10 +226,25 @@ def kill_lamina_when(lamina: Lamina, rootfs: Path, milestone: str) -> list[int]:
         while not reached(lamina):  # as tight as we can: the kill should land mid-step
             assert run.poll() is None and time.monotonic() < deadline, f"never saw {milestone}"
         run.kill()
-        return children_of(run.pid) + _cgroup_pids(lamina)
+        started = children_of(run.pid) + _cgroup_pids(lamina)
     finally:
         run.kill()
         run.wait()
+    _wait_for_served_forks(lamina)
+    return started
+
+
+def _wait_for_served_forks(lamina: Lamina) -> None:
+    """With a `lamina server` (--lamina-server), the killed `lamina` stood for a fork of
+    the server, which the server kills in turn when it sees its client gone: until then
+    that fork works on (it may publish the record)."""
+    from containers import fork_server
+
+    def none_running() -> bool:
+        found = fork_server.status(str(lamina.root))
+        return found is None or found["running"] == 0
+
+    wait_for(none_running, 10, "the server's fork to end")
 
 
 def check_ps_and_rm_recover(lamina: Lamina, processes: list[int]) -> None:
@@ -264,6 +279,7 @@ def test_lamina_killed_at_milestones_many_times(
         check_ps_and_rm_recover(lamina, kill_lamina_when(lamina, busybox_rootfs, milestone))
 
 
+@pytest.mark.lamina_process
 def test_a_first_process_that_cannot_join_its_cgroup_fails_the_start_cleanly(
     lamina: Lamina, busybox_rootfs: Path
 ) -> None:

@@ -514,6 +514,7 @@ def test_rootfs_is_bind_mounted_without_a_union(lamina: Lamina, tmp_path: Path) 
     assert (rootfs / "made").read_text() == "x\n"
 
 
+@pytest.mark.lamina_process
 def test_a_start_from_an_image_imports_none_of_the_heavy_modules(
     lamina: Lamina, busybox_rootfs: Path
 ) -> None:
