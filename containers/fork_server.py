@@ -1,5 +1,5 @@
-"""`lamina server`: a resident process, lamina's modules imported, that runs each `lamina
-run` and `lamina exec` of its root in a fork of itself (a fork server, as Python's
+"""`lamina server`: a resident process, lamina's modules imported, that runs each `lamina`
+command of its root (but `server`) in a fork of itself (a fork server, as Python's
 multiprocessing has one).
 
 A start otherwise pays for two interpreters' imports: lamina's (10-14 ms here) and the
@@ -52,6 +52,7 @@ PRELOADED = (
     "argparse",  # `lamina exec` reads its command line with it
     "containers.cli",
     "containers.commands_runtime",
+    "containers.commands_images",  # not the libraries its commands import when they run
     "containers.commands_run",
     "containers.runtime",
     "containers.spec",

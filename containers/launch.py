@@ -1,5 +1,5 @@
-"""The `lamina` program's first step: hand `lamina run` or `lamina exec` to a `lamina
-server` of its root, if one runs, else run it here (containers.cli).
+"""The `lamina` program's first step: hand the command to a `lamina server` of its root,
+if one runs, else run it here (containers.cli).
 
 Every `lamina` start imports this module, and a start served by the server imports nothing
 else of ours: it stays small and imports the C modules (_socket, _signal) alone, not the
@@ -22,7 +22,7 @@ else:
 
 SOCKET_NAME = "server.sock"
 PROTOCOL = 1
-SERVED = frozenset({"run", "exec"})
+NOT_SERVED = frozenset({None, "server"})  # `server stop` served would wait for itself
 DEFAULT_ROOT = "/var/lib/lamina"
 # What the client passes on to the command it handed over; the others (SIGKILL, SIGSTOP)
 # cannot be caught, and a client killed by one takes the command with it.
@@ -56,7 +56,7 @@ def root_of(argv: Sequence[str]) -> str:
 
 def main() -> None:
     argv = sys.argv[1:]
-    if command_of(argv) in SERVED:
+    if command_of(argv) not in NOT_SERVED:
         path = os.path.join(root_of(argv), SOCKET_NAME)
         if os.path.exists(path):  # else not even _socket is imported
             status = through_server(path, argv)
