@@ -525,6 +525,7 @@ def running_pid(root: str) -> int | None:
 
 def start(root: str, *, foreground: bool = False) -> int:
     """Start the server of root; its pid. In the foreground: serve, then return 0."""
+    root = os.path.abspath(root)  # it leaves the caller's directory (for "/": not busy)
     os.makedirs(root, exist_ok=True)
     if len(os.path.join(root, SOCKET_NAME).encode()) >= 108:
         raise ServerError(f"the state directory's path is too long for a socket: {root}")
@@ -564,6 +565,7 @@ def start(root: str, *, foreground: bool = False) -> int:
 
 def _run(root: str, lock: int, ready: int | None) -> None:
     """Become the server: log, preload, listen, tell `start`, serve."""
+    os.chdir("/")  # keeps no directory of the caller's busy (each fork takes its client's)
     os.ftruncate(lock, 0)
     os.pwrite(lock, f"{os.getpid()}\n".encode(), 0)
     if ready is not None:
