@@ -56,17 +56,21 @@ def test_the_launchers_start_python_without_site() -> None:
     `site` (-S), ~5 ms less of every start here, with the paths `site` would add."""
     bin_dir = Path(sys.executable).parent
     for name in ("lamina", "unionfs"):
-        launcher = bin_dir / name
-        done = subprocess.run(
-            [str(launcher), "--help"],
-            capture_output=True,
-            text=True,
-            env={"PYTHONPROFILEIMPORTTIME": "1", "PATH": "/usr/bin:/bin"},
-        )
-        assert done.returncode == 0, done.stderr
-        imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
-        assert "site" not in imported, f"{name} imports site"
-        assert "usage:" in done.stdout
+        _starts_without_site(bin_dir / name)
+
+
+def _starts_without_site(launcher: Path) -> None:
+    """launcher --help works, and its Python imports no `site`."""
+    done = subprocess.run(
+        [str(launcher), "--help"],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPROFILEIMPORTTIME": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
+    assert "site" not in imported, f"{launcher.name} imports site"
+    assert "usage:" in done.stdout
 
 
 def test_a_launcher_starts_from_a_path_with_blanks(tmp_path: Path) -> None:
@@ -89,13 +93,4 @@ def test_a_launcher_starts_from_a_path_with_blanks(tmp_path: Path) -> None:
         launchers.launcher_text(str(python), launchers.site_paths(sys.executable), "unionfs.cli")
     )
     launcher.chmod(0o755)
-    done = subprocess.run(
-        [str(launcher), "--help"],
-        capture_output=True,
-        text=True,
-        env={"PYTHONPROFILEIMPORTTIME": "1", "PATH": "/usr/bin:/bin"},
-    )
-    assert done.returncode == 0, done.stderr
-    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
-    assert "site" not in imported
-    assert "usage:" in done.stdout
+    _starts_without_site(launcher)

@@ -131,6 +131,17 @@ def open_files(pid: int) -> list[str]:
     return held
 
 
+def union_daemon_strays(root: Path, container_id: str, rootfs: Path) -> tuple[int, list[str]]:
+    """The one running union daemon of root, and what it holds that is not its own: its
+    /dev/fuse, /dev/null, io_uring's anonymous inodes, the layer, the container's upper
+    and work dirs."""
+    container_dir = root / "containers" / container_id
+    (daemon,) = [pid for pid in union_processes(root) if is_running(pid)]
+    allowed = ("/dev/null", "/dev/fuse", "anon_inode:", str(rootfs),
+               f"{container_dir}/upper", f"{container_dir}/work")  # fmt: skip
+    return daemon, [target for target in open_files(daemon) if not target.startswith(allowed)]
+
+
 def processes_holding(directory: str | Path) -> list[int]:
     """Pids with a descriptor of something under directory (a union daemon holds its
     workdir; forked by lamina, its command line names no path of the container)."""

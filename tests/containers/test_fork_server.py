@@ -18,7 +18,7 @@ import pytest
 from containers import fork_server
 from containers.launch import PROTOCOL
 from tests.containers import test_runtime
-from tests.containers.reliability_helpers import is_running, open_files, union_processes
+from tests.containers.reliability_helpers import union_daemon_strays
 from tests.containers.runtime_helpers import (  # noqa: F401 - fixtures
     Lamina,
     busybox_rootfs,
@@ -117,12 +117,7 @@ def test_what_a_served_run_forks_keeps_nothing_of_the_server(
     try:
         wait_for(lambda: "Up" in server.status_of("f"), what="the container to run")
         (container_id,) = server.container_ids()
-        container_dir = server.root / "containers" / container_id
-        (daemon,) = [pid for pid in union_processes(server.root) if is_running(pid)]
-        allowed = ("/dev/null", "/dev/fuse", "anon_inode:", str(busybox_rootfs),
-                   f"{container_dir}/upper", f"{container_dir}/work")  # fmt: skip
-        held = open_files(daemon)
-        assert [target for target in held if not target.startswith(allowed)] == []
+        assert union_daemon_strays(server.root, container_id, busybox_rootfs)[1] == []
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)

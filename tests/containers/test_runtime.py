@@ -20,7 +20,7 @@ import pytest
 
 from containers.sample import build_busybox_rootfs
 from containers.spec import DEFAULT_CAPABILITIES, capability_mask
-from tests.containers.reliability_helpers import is_running, open_files, union_processes
+from tests.containers.reliability_helpers import union_daemon_strays
 from tests.containers.runtime_helpers import (  # noqa: F401 - fixtures
     Lamina,
     busybox_rootfs,
@@ -432,12 +432,8 @@ def test_the_union_daemon_keeps_nothing_of_lamina(lamina: Lamina, busybox_rootfs
     a caller, a state lock) and none of its signal handling, as an exec'd one would."""
     lamina.ok("run", "-d", "--name", "d", "--layer", str(busybox_rootfs), "--", "sleep", "600")
     (container_id,) = lamina.container_ids()
-    container_dir = lamina.root / "containers" / container_id
-    (daemon,) = [pid for pid in union_processes(lamina.root) if is_running(pid)]
-    allowed = ("/dev/null", "/dev/fuse", "anon_inode:", str(busybox_rootfs),
-               f"{container_dir}/upper", f"{container_dir}/work")  # fmt: skip
-    held = open_files(daemon)
-    assert [target for target in held if not target.startswith(allowed)] == []
+    daemon, strays = union_daemon_strays(lamina.root, container_id, busybox_rootfs)
+    assert strays == []
     status = dict(
         line.split(":\t", 1) for line in Path(f"/proc/{daemon}/status").read_text().splitlines()
     )
