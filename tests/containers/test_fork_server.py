@@ -260,8 +260,8 @@ def test_the_cgroups_a_fork_joins() -> None:
     own = "4:memory:/\n3:cpu,cpuacct:/\n1:name=systemd:/a\n0::/a\n"
     client = "4:memory:/sessions/7\n3:cpu,cpuacct:/\n1:name=systemd:/b\n0::/b\n"
     assert fork_server.cgroup_moves(client, own, mounts) == [
-        "/sys/fs/cgroup/memory/sessions/7/cgroup.procs",
-        "/sys/fs/cgroup/systemd/b/cgroup.procs",
+        "/sys/fs/cgroup/memory/sessions/7/tasks",
+        "/sys/fs/cgroup/systemd/b/tasks",
         "/sys/fs/cgroup/unified/b/cgroup.procs",
     ]
     assert fork_server.cgroup_moves(own, own, mounts) == []
