@@ -152,6 +152,64 @@ def test_a_killed_client_takes_its_command_with_it(server: Lamina, busybox_rootf
     wait_for(lambda: fork_server.status(str(server.root))["running"] == 0, 10, "the fork's end")  # type: ignore[index]
 
 
+def test_a_fork_joins_the_cgroups_of_a_client_in_other_ones(
+    server: Lamina, busybox_rootfs: Path
+) -> None:
+    """A fork of the server stands for its client: it (and the union daemon it forks) is
+    accounted where the client is, not where the server was started."""
+    from containers.cgroups.detect import detect_layout
+
+    layout = detect_layout()
+    hierarchy = layout.v1.get("memory") or layout.v2
+    assert hierarchy is not None
+    parent = server.env["LAMINA_CGROUP_PARENT"]
+    client_cgroup = Path(hierarchy) / parent / "client"
+    client_cgroup.mkdir(parents=True)
+    argv = server.argv("run", "--rm", "--init", "--name", "c", "--layer", str(busybox_rootfs),
+                       "--", "sleep", "600")  # fmt: skip
+    proc = subprocess.Popen(
+        ["sh", "-c", f'echo 0 > {client_cgroup}/cgroup.procs && exec "$@"', "sh", *argv],
+        env=server.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: "Up" in server.status_of("c"), what="the container to run")
+        server_pid = fork_server.running_pid(str(server.root))
+        forks = _children(server_pid or 0)
+        in_client = [p for p in forks if f"/{parent}/client\n" in _cgroups(p)]
+        assert forks and in_client == forks
+        assert all(f"/{parent}/client\n" in _cgroups(c) for f in forks for c in _children(f)
+                   if Path(f"/proc/{c}/comm").read_text().strip() == "unionfs")  # fmt: skip
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        wait_for(lambda: _rmdir(client_cgroup), 10, "the client's cgroup to empty")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    with contextlib.suppress(FileNotFoundError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            found += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    return found
+
+
+def _cgroups(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cgroup").read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def _rmdir(path: Path) -> bool:
+    try:
+        path.rmdir()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
 def test_a_client_in_other_namespaces_runs_lamina_itself(
     server: Lamina, busybox_rootfs: Path
 ) -> None:
