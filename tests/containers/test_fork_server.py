@@ -275,6 +275,30 @@ def test_start_status_stop(lamina: Lamina, pytestconfig: pytest.Config) -> None:
     assert not (lamina.root / "server.sock").exists()
 
 
+def test_a_server_in_the_foreground_serves_until_sigterm(
+    lamina: Lamina, busybox_rootfs: Path, pytestconfig: pytest.Config
+) -> None:
+    """`lamina server start --foreground`, as a service manager runs it: serves, logs to
+    its stderr, and ends with 0 on SIGTERM."""
+    if pytestconfig.getoption("--lamina-server"):
+        pytest.skip("starts and stops its own server")
+    proc = subprocess.Popen(
+        lamina.argv("server", "start", "--foreground"),
+        env=lamina.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: (lamina.root / "server.sock").exists(), 30, "the server's socket")
+        out = lamina.ok("run", "--rm", "--layer", str(busybox_rootfs), "--", "echo", "served")
+        assert out == "served\n" and served(lamina) == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert "serving" in stderr and "stopped" in stderr
+    assert not (lamina.root / "server.sock").exists()
+
+
 def test_a_server_whose_state_directory_is_removed_stops(lamina: Lamina) -> None:
     """Else a test's (or a user's) removed state directory would leave a server behind."""
     root = lamina.root / "gone"
