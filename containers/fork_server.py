@@ -11,9 +11,11 @@ client, which exits with it. A client that dies takes its fork with it (SIGKILL)
 killed `lamina run` would be.
 
 The server refuses a request (and the client runs lamina itself, as without a server)
-from a process that is not root, or that lives in other namespaces or under another root
-directory than the server (the fork would start its container in the server's), and all
-requests once lamina's code changed under it (it then stops: it must not run old code).
+from a process that is not root, that lives in other namespaces or under another root
+directory than the server (the fork would start its container in the server's), or that
+has other resource limits; and all requests once lamina's code changed under it (it then
+stops: it must not run old code). Where the client's cgroups are not the server's, the
+fork joins them.
 
 Protocol, on a Unix stream socket (ROOT/server.sock, mode 0600):
   client: 4 bytes little-endian length, marshal of (PROTOCOL, "command", argv, environ as
