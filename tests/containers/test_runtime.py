@@ -103,7 +103,9 @@ def test_localhost_and_the_hostname_resolve_from_etc_files_of_the_containers_own
         "--",
         "sh",
         "-c",
-        "echo '10.1.2.3 db' >> /etc/hosts && echo other > /etc/hostname && grep -c db /etc/hosts",
+        # -x: the hostname, 12 hex digits of the id, holds "db" in one start of 23.
+        "echo '10.1.2.3 db' >> /etc/hosts && echo other > /etc/hostname"
+        " && grep -cx '10.1.2.3 db' /etc/hosts",
     )
     assert (changed.returncode, changed.stdout) == (0, "1\n"), changed.stderr
     assert lamina("diff", "edits").stdout == ""
