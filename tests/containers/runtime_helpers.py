@@ -197,11 +197,12 @@ def _force_clean(root: Path, parent: str) -> None:
                         os.kill(int(pid), signal.SIGKILL)
         for child in sorted(directory.rglob("*"), reverse=True):
             if child.is_dir():
-                wait_for(lambda c=child: _rmdir(c), 10, f"rmdir {child}")  # type: ignore[misc]
-        _rmdir(directory)
+                wait_for(lambda c=child: rmdir_if_empty(c), 10, f"rmdir {child}")  # type: ignore[misc]
+        rmdir_if_empty(directory)
 
 
-def _rmdir(directory: Path) -> bool:
+def rmdir_if_empty(directory: Path) -> bool:
+    """Remove directory if it is empty (True), or say it is not yet (False)."""
     try:
         directory.rmdir()
     except FileNotFoundError:

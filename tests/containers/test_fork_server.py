@@ -24,6 +24,7 @@ from tests.containers.runtime_helpers import (  # noqa: F401 - fixtures
     busybox_rootfs,
     has_ended,
     lamina,
+    rmdir_if_empty,
     start_server,
     stop_server,
     wait_for,
@@ -186,7 +187,7 @@ def test_a_fork_joins_the_cgroups_of_a_client_in_other_ones(
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
         for cgroup in client_cgroups:
-            wait_for(lambda c=cgroup: _rmdir(c), 10, "the client's cgroup to empty")  # type: ignore[misc]
+            wait_for(lambda c=cgroup: rmdir_if_empty(c), 10, "the client's cgroup to empty")  # type: ignore[misc]
 
 
 def _comm(pid: int) -> str:
@@ -209,16 +210,6 @@ def _cgroups(pid: int) -> str:
         return Path(f"/proc/{pid}/cgroup").read_text()
     except FileNotFoundError:
         return ""
-
-
-def _rmdir(path: Path) -> bool:
-    try:
-        path.rmdir()
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
-    return True
 
 
 def test_a_client_in_other_namespaces_runs_lamina_itself(
