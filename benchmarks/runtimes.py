@@ -245,26 +245,19 @@ class ContainerBench:
         if out.returncode != 0:
             raise RuntimeError(f"lamina server start: {out.stderr.strip()}")
         self._servers.add(root)
-
-        def stop() -> None:
-            self._servers.discard(root)
-            status = subprocess.run([*lamina, "status"], capture_output=True, text=True)
-            subprocess.run([*lamina, "stop"], capture_output=True, check=False, timeout=60)
-            if " 0 command(s) served" in status.stdout:
-                raise RuntimeError("the lamina server served no command")
-
-        self.janitor.add(f"lamina server of {root}", stop)
+        self.janitor.add(f"lamina server of {root}", lambda: self.stop_serving(root))
 
     def stop_serving(self, root: Path) -> None:
-        """Stop the server of root now (its janitor entry then finds it stopped)."""
-        if root in self._servers:
-            self._servers.discard(root)
-            subprocess.run(
-                [str(LAMINA), "--root", str(root), "server", "stop"],
-                capture_output=True,
-                check=False,
-                timeout=60,
-            )
+        """Stop the server of root (if it still runs); an error if it served nothing: the
+        column would be lamina's without a server."""
+        if root not in self._servers:
+            return
+        self._servers.discard(root)
+        lamina = [str(LAMINA), "--root", str(root), "server"]
+        status = subprocess.run([*lamina, "status"], capture_output=True, text=True, timeout=60)
+        subprocess.run([*lamina, "stop"], capture_output=True, check=False, timeout=60)
+        if " 0 command(s) served" in status.stdout:
+            raise RuntimeError("the lamina server served no command")
 
     # --- workloads ------------------------------------------------------------------------
 

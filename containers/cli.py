@@ -15,7 +15,8 @@ import sys
 from collections.abc import Sequence
 
 from containers.launch import command_of as _command_of
-from containers.run_args import default_root, read_run
+from containers.launch import default_root
+from containers.run_args import read_run
 
 TYPE_CHECKING = False  # typing costs milliseconds at every start; only mypy needs it
 if TYPE_CHECKING:

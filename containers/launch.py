@@ -40,9 +40,13 @@ def command_of(argv: Sequence[str]) -> str | None:
     return None
 
 
+def default_root() -> str:
+    return os.environ.get("LAMINA_ROOT", DEFAULT_ROOT)
+
+
 def root_of(argv: Sequence[str]) -> str:
     """The state directory argv names (--root), else $LAMINA_ROOT's, else the default."""
-    root = os.environ.get("LAMINA_ROOT", DEFAULT_ROOT)
+    root = default_root()
     args = iter(argv)
     for arg in args:
         if arg == "--root":

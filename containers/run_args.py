@@ -12,7 +12,7 @@ to argparse's reading.
 
 from __future__ import annotations
 
-import os
+from containers.launch import default_root
 
 TYPE_CHECKING = False  # typing and argparse cost milliseconds at every start
 if TYPE_CHECKING:
@@ -81,12 +81,6 @@ RUN_OPTIONS = (
     RunOption(("--cpuset-cpus",), VALUE, "CPUs allowed, e.g. 0-1"),
 )
 _BY_NAME = {name: option for option in RUN_OPTIONS for name in option.names}
-
-DEFAULT_ROOT = "/var/lib/lamina"
-
-
-def default_root() -> str:
-    return os.environ.get("LAMINA_ROOT", DEFAULT_ROOT)
 
 
 def read_run(argv: Sequence[str], func: Callable[[Namespace], int]) -> Namespace | None:

@@ -201,6 +201,18 @@ def leftovers(lamina: Lamina, container_id: str, pids: list[int]) -> list[str]:
     return found
 
 
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is pid."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/stat", "rb") as f:
+                data = f.read()
+                if int(data[data.rindex(b")") + 2 :].split()[1]) == pid:
+                    found.append(int(entry))
+    return found
+
+
 def is_running(pid: int) -> bool:
     """Alive and not a zombie."""
     try:

@@ -171,17 +171,10 @@ def stop_server(lamina: Lamina, pid: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         raise AssertionError(f"the server did not stop: {stopped.stdout}")
-    wait_for(lambda: has_ended(pid), 10, "the server to end")
+    from tests.containers.reliability_helpers import is_running  # it imports this module
+
+    wait_for(lambda: not is_running(pid), 10, "the server to end")
     assert not (lamina.root / "server.sock").exists()
-
-
-def has_ended(pid: int) -> bool:
-    """pid has ended (a zombie its parent has not reaped yet counts as ended)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def _force_clean(root: Path, parent: str) -> None:

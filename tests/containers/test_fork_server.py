@@ -18,11 +18,10 @@ import pytest
 from containers import fork_server
 from containers.launch import PROTOCOL
 from tests.containers import test_runtime
-from tests.containers.reliability_helpers import union_daemon_strays
+from tests.containers.reliability_helpers import children_of, is_running, union_daemon_strays
 from tests.containers.runtime_helpers import (  # noqa: F401 - fixtures
     Lamina,
     busybox_rootfs,
-    has_ended,
     lamina,
     rmdir_if_empty,
     start_server,
@@ -179,9 +178,9 @@ def test_a_fork_joins_the_cgroups_of_a_client_in_other_ones(
     try:
         wait_for(lambda: "Up" in server.status_of("c"), what="the container to run")
         server_pid = fork_server.running_pid(str(server.root))
-        forks = _children(server_pid or 0)
+        forks = children_of(server_pid or 0)
         assert forks
-        for pid in forks + [c for f in forks for c in _children(f) if _comm(c) == "unionfs"]:
+        for pid in forks + [c for f in forks for c in children_of(f) if _comm(c) == "unionfs"]:
             assert _cgroups(pid).count(in_client) == len(client_cgroups), _cgroups(pid)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -195,14 +194,6 @@ def _comm(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except FileNotFoundError:
         return ""
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    with contextlib.suppress(FileNotFoundError):
-        for task in os.listdir(f"/proc/{pid}/task"):
-            found += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
-    return found
 
 
 def _cgroups(pid: int) -> str:
@@ -262,7 +253,7 @@ def test_start_status_stop(lamina: Lamina, pytestconfig: pytest.Config) -> None:
     finally:
         stopped = lamina("server", "stop")
     assert stopped.stdout.strip() == f"lamina server {pid} stopped"
-    assert pid is not None and (not os.path.exists(f"/proc/{pid}") or has_ended(pid))
+    assert pid is not None and not is_running(pid)
     assert not (lamina.root / "server.sock").exists()
 
 
@@ -303,7 +294,7 @@ def test_a_server_whose_state_directory_is_removed_stops(lamina: Lamina) -> None
     assert pid is not None
     try:
         (root / "server.sock").unlink()
-        wait_for(lambda: has_ended(pid), 10, "the server to stop")
+        wait_for(lambda: not is_running(pid), 10, "the server to stop")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

@@ -25,6 +25,7 @@ from containers.runtime import PAUSE_AT_ENV
 from containers.state import find_container
 from tests.containers.reliability_helpers import (
     cgroups_of,
+    children_of,
     is_running,
     leftovers,
     processes_mentioning,
@@ -60,17 +61,6 @@ def process_state(pid: int) -> str:
     except OSError:
         return ""
     return data[data.rindex(b")") + 2 :].split()[0].decode()
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError), open(f"/proc/{entry}/stat", "rb") as f:
-                data = f.read()
-                if int(data[data.rindex(b")") + 2 :].split()[1]) == pid:
-                    found.append(int(entry))
-    return found
 
 
 def stopped_monitor(root: Path) -> int | None:
