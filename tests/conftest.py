@@ -64,7 +64,8 @@ def _fuse_transport(pytestconfig: pytest.Config) -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def _require_root(request: pytest.FixtureRequest) -> None:
+def _skip_by_markers(request: pytest.FixtureRequest) -> None:
+    """root: skipped without root; lamina_process: skipped with --lamina-server."""
     if request.node.get_closest_marker("root") and os.geteuid() != 0:
         pytest.skip("needs root")
     if request.node.get_closest_marker("lamina_process") and request.config.getoption(
