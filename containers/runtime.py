@@ -745,7 +745,7 @@ def _tear_down_gone(directory: str) -> None:
     try:
         record = state.load(directory)
     except (OSError, ValueError):  # no record to say more: at least no removal through it
-        unmount(os.path.join(directory, "rootfs"))
+        unmount(ContainerRecord(id="", name="", dir=directory).mount_point)
         return
     _tear_down_moved(record, directory)
 
