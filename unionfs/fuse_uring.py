@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 from unionfs import fuse_protocol as proto
-from unionfs.fuse_session import Handler, Reader, answer, answer_read
+from unionfs.fuse_session import Handler, Reader, answer, answer_read, private_mapping
 from unionfs.logger import get_logger
 from unionfs.syscalls import UringEnter, address_of, io_uring_setup
 from unionfs.yield_advisor import YieldAdvisor
@@ -207,8 +207,8 @@ class QueueWorker:
         # Whether to yield to the caller we answer (shared by every queue); None where we
         # could not leave SCHED_IDLE again (may_leave_sched_idle(), asked once for all).
         self.advisor = advisor
-        self.buffer = mmap.mmap(-1, _PAYLOAD_AT + payload_size)
-        self.iovecs = mmap.mmap(-1, _IOVECS.size)
+        self.buffer = private_mapping(_PAYLOAD_AT + payload_size)
+        self.iovecs = private_mapping(_IOVECS.size)
         base = address_of(self.buffer)
         self.iovecs_address = address_of(self.iovecs)
         _IOVECS.pack_into(
