@@ -14,6 +14,7 @@ import os
 import stat
 from collections.abc import Iterable, Sequence
 
+from unionfs.lower_names import LowerNames
 from unionfs.whiteouts import TRUSTED, WHITEOUT_DEV, XattrNames, is_whiteout
 
 Source = tuple[int, bytes]
@@ -108,6 +109,7 @@ class LayerStack:
         self.upper_root = upper
         self.markers = markers
         self._short = ShortPaths()
+        self.lower_names = LowerNames(self._list_lower)
 
     # -- paths ---------------------------------------------------------------------------
 
@@ -116,6 +118,12 @@ class LayerStack:
         root = self.lowers[index]
         path = root + b"/" + rel if rel else root
         return path if len(path) < LONG_PATH else self._short.shorten(path)
+
+    def _list_lower(self, directory: Source) -> list[bytes] | None:
+        try:
+            return os.listdir(self.lower_path(directory))
+        except OSError:
+            return None
 
     def upper_path(self, rel: bytes) -> bytes:
         assert self.upper_root is not None
@@ -194,11 +202,16 @@ class LayerStack:
             # Most lookups: no upper dir to merge with, no redirect. The first layer that
             # has the name answers, a non-directory there at once; a directory, which may
             # merge with layers below, takes the general way (its lstat made again).
-            for index, parent_path in parent_sources:
+            names = self.lower_names
+            for directory in parent_sources:
+                if names.absent(directory, name):
+                    continue
+                index, parent_path = directory
                 source = (index, parent_path + b"/" + name if parent_path else name)
                 try:
                     st = os.lstat(self.lower_path(source))
                 except (FileNotFoundError, NotADirectoryError):
+                    names.missed(directory)
                     continue
                 mode = st.st_mode
                 if stat.S_ISDIR(mode):
