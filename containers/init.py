@@ -426,11 +426,22 @@ def setup_stdio(channels: Channels, tty: int | None) -> None:
 
 
 def _read_db(path: str) -> list[list[str]]:
+    # os.read, not open(): open() asks isatty(), an ioctl that the union daemon must
+    # answer (a round trip for each file, while the container waits to start).
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return [line.rstrip("\n").split(":") for line in f if ":" in line]
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return []
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    except OSError:
+        return []
+    finally:
+        os.close(fd)
+    text = b"".join(chunks).decode("utf-8", errors="replace")
+    return [line.split(":") for line in text.splitlines() if ":" in line]
 
 
 class Identity(Record, frozen=True):
