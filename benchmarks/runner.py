@@ -86,6 +86,20 @@ def rotated(items: Sequence[Named], k: int) -> list[Named]:
     return [*items[k:], *items[:k]]
 
 
+def interrupted(exc: BaseException) -> bool:
+    """Whether exc was raised while a KeyboardInterrupt (^C, or SIGTERM: see cleanup.py)
+    was handled: a sample's clean-up that failed then (its mount still busy) must not turn
+    the interrupt into a failed sample and let the run go on."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__context__
+    return False
+
+
 def describe_error(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     if not isinstance(exc, (OSError, RuntimeError, CheckFailed, Unsupported, MountFailed)):
@@ -126,6 +140,8 @@ def run_cell(
             suite.unavailable[system.name] = "cannot mount: " + describe_error(exc)
             cell.stop(UNAVAILABLE, suite.unavailable[system.name])
         except Exception as exc:
+            if interrupted(exc):  # ^C stops the run, even where a clean-up error followed it
+                raise KeyboardInterrupt(describe_error(exc)) from exc
             cell.stop(FAILED, describe_error(exc))
             progress.note(f"{suite.name}/{workload.name}/{system.name} failed: {cell.note}")
             if not isinstance(exc, (OSError, RuntimeError)):

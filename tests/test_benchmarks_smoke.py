@@ -3,6 +3,7 @@ expected shape. Measurement, not a gate: no timing is asserted here."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -15,7 +16,8 @@ from benchmarks import report
 from benchmarks.__main__ import pick
 from benchmarks.cleanup import RETIRE_KEEPS_BELOW, retire
 from benchmarks.dataset import CHUNK, HEADER, chunk_header, write_big_file
-from benchmarks.runner import OK, Cell, Named, Suite, check_agreement, rotated
+from benchmarks.progress import Progress
+from benchmarks.runner import FAILED, OK, Cell, Named, Suite, check_agreement, rotated, run_cell
 from benchmarks.runtimes import disk_usage, memory_bytes
 from benchmarks.workloads import Measurement, daemon_rss
 from tests.mounting import UNIONFS, make_layers, unmount
@@ -58,6 +60,32 @@ def test_an_answer_that_changes_between_samples_is_marked_wrong() -> None:
     suite = fake_suite({"native": ["x", "x"], "flaky": ["x", "z"]})
     check_agreement(suite)
     assert suite.cells[("w", "flaky")].status == "wrong"
+
+
+def failing_suite(error: Exception) -> Suite:
+    def sample(workload: str, system: str) -> Measurement:
+        raise error
+
+    return Suite("t", [Named("w", "w")], [Named("s", "s")], ("s",), sample)
+
+
+def test_a_failing_sample_is_recorded_and_the_run_goes_on() -> None:
+    suite = failing_suite(RuntimeError("mount busy"))
+    run_cell(suite, Named("w", "w"), Named("s", "s"), 0, 1, Progress(1, io.StringIO()))
+    assert suite.cells[("w", "s")].status == FAILED
+
+
+def test_an_interrupt_stops_the_run_even_if_a_clean_up_error_followed_it() -> None:
+    try:
+        try:
+            raise KeyboardInterrupt("signal 2")
+        finally:
+            raise RuntimeError("mnt would not unmount; detached lazily")
+    except RuntimeError as exc:
+        masked = exc
+    suite = failing_suite(masked)
+    with pytest.raises(KeyboardInterrupt):
+        run_cell(suite, Named("w", "w"), Named("s", "s"), 0, 1, Progress(1, io.StringIO()))
 
 
 def test_only_takes_exact_names_groups_and_prefixes() -> None:
