@@ -63,7 +63,7 @@ class LowerNames:
             return
         self._misses.pop(directory, None)
         names = self._list_dir(directory)
-        if names is None or len(names) > self._most_a_dir:
+        if names is None or len(names) > min(self._most_a_dir, self._most_in_all):
             if len(self._unlisted) >= MOST_COUNTED:
                 self._unlisted.clear()  # such a directory may then be listed once more
             self._unlisted.add(directory)
@@ -74,9 +74,8 @@ class LowerNames:
         while self._listings and self._kept + len(names) > self._most_in_all:
             oldest = next(iter(self._listings))
             self._kept -= len(self._listings.pop(oldest))
-        if len(names) <= self._most_in_all:
-            self._listings[directory] = names
-            self._kept += len(names)
+        self._listings[directory] = names
+        self._kept += len(names)
 
     @property
     def kept(self) -> int:

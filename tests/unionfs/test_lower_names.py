@@ -72,6 +72,14 @@ def test_the_oldest_listings_go_when_more_names_than_allowed_are_kept() -> None:
     assert not names.absent(A, b"9") and names.absent(B, b"9") and names.absent(C, b"9")
 
 
+def test_a_listing_bigger_than_all_that_may_be_kept_leaves_the_others_alone() -> None:
+    lister = Lister({A: [b"1"], B: [b"2", b"3", b"4"]})
+    names = LowerNames(lister, most_a_dir=10, most_in_all=2)
+    miss(names, A)
+    miss(names, B)
+    assert names.kept == 1 and names.absent(A, b"9") and not names.absent(B, b"9")
+
+
 # --- through a LayerStack, on real directories ---------------------------------------------
 
 
