@@ -33,11 +33,12 @@ class LowerNames:
 
     def __init__(
         self,
-        list_dir: Callable[[Directory], list[bytes] | None],
+        list_dir: Callable[[Directory, int], list[bytes] | None],
         most_a_dir: int = MOST_A_DIR,
         most_in_all: int = MOST_IN_ALL,
     ) -> None:
-        """list_dir: a directory's names, None if it cannot be listed."""
+        """list_dir(directory, most): its names, None if it cannot be listed or holds
+        more than most."""
         self._list_dir = list_dir
         self._most_a_dir = most_a_dir
         self._most_in_all = most_in_all
@@ -62,8 +63,8 @@ class LowerNames:
             self._misses[directory] = misses
             return
         self._misses.pop(directory, None)
-        names = self._list_dir(directory)
-        if names is None or len(names) > min(self._most_a_dir, self._most_in_all):
+        names = self._list_dir(directory, min(self._most_a_dir, self._most_in_all))
+        if names is None:
             if len(self._unlisted) >= MOST_COUNTED:
                 self._unlisted.clear()  # such a directory may then be listed once more
             self._unlisted.add(directory)

@@ -119,11 +119,19 @@ class LayerStack:
         path = root + b"/" + rel if rel else root
         return path if len(path) < LONG_PATH else self._short.shorten(path)
 
-    def _list_lower(self, directory: Source) -> list[bytes] | None:
+    def _list_lower(self, directory: Source, most: int) -> list[bytes] | None:
+        """The names in a lower directory; None if it cannot be read or holds more than
+        most (read no further: a huge directory would cost a long pause for nothing)."""
+        names: list[bytes] = []
         try:
-            return os.listdir(self.lower_path(directory))
+            with os.scandir(self.lower_path(directory)) as entries:
+                for entry in entries:
+                    if len(names) == most:
+                        return None
+                    names.append(entry.name)
         except OSError:
             return None
+        return names
 
     def upper_path(self, rel: bytes) -> bytes:
         assert self.upper_root is not None

@@ -21,9 +21,10 @@ class Lister:
         self.dirs = dirs
         self.listed: list[tuple[int, bytes]] = []
 
-    def __call__(self, directory: tuple[int, bytes]) -> list[bytes] | None:
+    def __call__(self, directory: tuple[int, bytes], most: int) -> list[bytes] | None:
         self.listed.append(directory)
-        return self.dirs.get(directory)
+        names = self.dirs.get(directory)
+        return None if names is None or len(names) > most else names
 
 
 def miss(names: LowerNames, directory: tuple[int, bytes], times: int = LIST_AT_MISS) -> None:
@@ -119,3 +120,15 @@ def test_lookups_find_the_same_files_before_and_after_the_top_layer_is_listed(
     assert stack.lower_names.absent((0, b"d"), b"f4")
     assert not stack.lower_names.absent((0, b"d"), b"hidden")  # the whiteout is an entry
     assert resolve(stack, *names) == expected
+
+
+def test_a_lower_directory_is_read_no_further_than_what_may_be_kept(
+    layers: tuple[Path, Path, Path],
+) -> None:
+    upper, top, _ = layers
+    for i in range(5):
+        (top / "d" / f"f{i}").touch()
+    stack = LayerStack([bytes(top)], bytes(upper), TRUSTED)
+    assert sorted(stack._list_lower((0, b"d"), 5) or []) == [b"f%d" % i for i in range(5)]
+    assert stack._list_lower((0, b"d"), 4) is None
+    assert stack._list_lower((0, b"gone"), 5) is None
