@@ -251,3 +251,17 @@ def set_command_line(argv: list[bytes]) -> None:
     name = ctypes.c_char_p(os.path.basename(argv[0])[:15])  # and its name (ps's {comm})
     zero = ctypes.c_ulong(0)
     _libc.prctl(ctypes.c_int(_PR_SET_NAME), name, zero, zero, zero)
+
+
+IN_NONBLOCK = os.O_NONBLOCK
+IN_CLOEXEC = os.O_CLOEXEC
+
+
+def inotify_init() -> int:
+    """A non-blocking, close-on-exec inotify descriptor."""
+    return _check(_libc.inotify_init1(ctypes.c_int(IN_NONBLOCK | IN_CLOEXEC)), "inotify_init1")
+
+
+def inotify_add_watch(fd: int, path: str, mask: int) -> int:
+    watch = _libc.inotify_add_watch(ctypes.c_int(fd), os.fsencode(path), ctypes.c_uint32(mask))
+    return _check(watch, "inotify_add_watch", path, hex(mask))

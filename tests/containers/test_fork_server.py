@@ -313,6 +313,27 @@ def test_a_code_change_is_seen(tmp_path: Path) -> None:
     assert fork_server.code_fingerprint([str(tmp_path)]) != before
 
 
+def test_a_code_change_is_seen_by_the_servers_watch(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text("x = 1\n")
+    watch = fork_server.CodeWatch([str(tmp_path)])
+    try:
+        assert watch.fd is not None  # inotify, not a fingerprint at each request
+        (tmp_path / "notes.txt").write_text("not code")
+        (tmp_path / "__pycache__").mkdir()
+        assert not watch.stale()
+        (tmp_path / "a.py").write_text("x = 22\n")
+        assert watch.stale() and watch.stale()
+    finally:
+        watch.close()
+    added = fork_server.CodeWatch([str(tmp_path)])
+    try:
+        assert not added.stale()
+        (tmp_path / "b.py").write_text("y = 1\n")
+        assert added.stale()
+    finally:
+        added.close()
+
+
 def test_what_the_server_refuses() -> None:
     me = (*fork_server.process_identity("self"), fork_server.read_limits("self"))
     assert fork_server.refusal(0, me, me, stale=False) is None
