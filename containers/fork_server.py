@@ -337,7 +337,7 @@ class ForkServer:
         while listening or self.running:
             if listening and self.stopping:
                 poller.unregister(self.listener.fileno())
-                self._close_listener()
+                self.close_listener()
                 listening = False
                 continue
             try:
@@ -357,7 +357,7 @@ class ForkServer:
                 elif fd in self.by_fd:
                     self._from_client(self.by_fd[fd], poller)
         if listening:
-            self._close_listener()
+            self.close_listener()
 
     def _stop(self, _signum: int, _frame: object) -> None:
         self.stopping = True
@@ -370,7 +370,7 @@ class ForkServer:
         except OSError:
             return False
 
-    def _close_listener(self) -> None:
+    def close_listener(self) -> None:
         if self.listener is None:
             return
         with contextlib.suppress(OSError):
@@ -392,7 +392,8 @@ class ForkServer:
             conn.close()
             return
         if request.kind == "status":
-            conn.sendall(b"A" + marshal.dumps(self.status()))
+            with contextlib.suppress(OSError):  # a client gone already: no concern of ours
+                conn.sendall(b"A" + marshal.dumps(self.status()))
             conn.close()
             return
         try:
@@ -631,6 +632,8 @@ def start(root: str, *, foreground: bool = False) -> int:
                 os._exit(0)
             _run(root, lock, ready=ready_w)
             code = 0
+        except BaseException as exc:  # to the log (or the terminal, before it): not lost
+            log(f"ended by an error: {exc!r}")
         finally:
             os._exit(code)
     os.close(ready_w)
@@ -662,11 +665,14 @@ def _run(root: str, lock: int, ready: int | None) -> None:
         __import__(name)
     server = ForkServer(root, lock)
     server.listen()
-    log(f"serving {server.path}")
-    if ready is not None:
-        os.write(ready, str(os.getpid()).encode())
-        os.close(ready)
-    server.serve()
+    try:
+        log(f"serving {server.path}")
+        if ready is not None:
+            os.write(ready, str(os.getpid()).encode())
+            os.close(ready)
+        server.serve()
+    finally:
+        server.close_listener()  # no socket left that nothing answers
     log("stopped")
 
 
