@@ -29,23 +29,14 @@ DEFAULT_ROOT = "/var/lib/lamina"
 FORWARDED = (1, 2, 3, 10, 12, 15, 28)  # SIGHUP INT QUIT USR1 USR2 TERM WINCH
 
 
-def command_of(argv: Sequence[str]) -> str | None:
-    """The subcommand in argv, skipping the global options (only --root takes a value)."""
-    args = iter(argv)
-    for arg in args:
-        if arg == "--root":
-            next(args, None)
-        elif not arg.startswith("-"):
-            return arg
-    return None
-
-
 def default_root() -> str:
     return os.environ.get("LAMINA_ROOT", DEFAULT_ROOT)
 
 
-def root_of(argv: Sequence[str]) -> str:
-    """The state directory argv names (--root), else $LAMINA_ROOT's, else the default."""
+def root_and_command(argv: Sequence[str]) -> tuple[str, str | None]:
+    """The state directory argv names (--root DIR or --root=DIR, else $LAMINA_ROOT's, else
+    the default) and its subcommand (None if it has none), past the global options (only
+    --root takes a value)."""
     root = default_root()
     args = iter(argv)
     for arg in args:
@@ -54,14 +45,19 @@ def root_of(argv: Sequence[str]) -> str:
         elif arg.startswith("--root="):
             root = arg[len("--root=") :]
         elif not arg.startswith("-"):
-            break
-    return root
+            return root, arg
+    return root, None
+
+
+def command_of(argv: Sequence[str]) -> str | None:
+    return root_and_command(argv)[1]
 
 
 def main() -> None:
     argv = sys.argv[1:]
-    if command_of(argv) not in NOT_SERVED:
-        path = os.path.join(root_of(argv), SOCKET_NAME)
+    root, command = root_and_command(argv)
+    if command not in NOT_SERVED:
+        path = os.path.join(root, SOCKET_NAME)
         if os.path.exists(path):  # else not even _socket is imported
             status = through_server(path, argv)
             if status is not None:
