@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from containers.processes import read_stat
 from tests.containers.runtime_helpers import Lamina, cgroup_parent_dirs, mounts_under
 
 PROBE_SOURCE = """
@@ -206,9 +207,8 @@ def children_of(pid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            with contextlib.suppress(OSError), open(f"/proc/{entry}/stat", "rb") as f:
-                data = f.read()
-                if int(data[data.rindex(b")") + 2 :].split()[1]) == pid:
+            with contextlib.suppress(OSError):
+                if int(read_stat(entry)[1][1]) == pid:  # its ppid
                     found.append(int(entry))
     return found
 
